@@ -1,0 +1,326 @@
+//! The guest command line: `key=value` words that configure the guest.
+//!
+//! Parsed before the heap exists (the DMA share decides how the heap is sized), so the
+//! parser borrows the line and reports problems through a callback instead of collecting
+//! them. Unknown keys and malformed words are reported, never silently ignored.
+//!
+//! Keys:
+//! - `log=error|warn|info|debug|trace` — console log level (default `info`).
+//! - `exit=ready|never` — `ready` powers the guest off cleanly right after `TANDEM READY`.
+//! - `dma_pct=N` — percent of free RAM given to the DMA frame pool (1..=90, default 50).
+//! - `debug.panic=boot|ready` — panic on purpose at that point (tests the panic path).
+//! - `debug.fault=pagefault|gp|ud|divide|breakpoint` — raise that CPU exception after init.
+//! - `virtio_mmio.device=SIZE@BASE:IRQ[:ID]` — a virtio-mmio device (QEMU microvm adds these).
+
+use core::fmt;
+
+/// Most virtio-mmio devices accepted from the command line.
+pub const MAX_MMIO_DEVICES: usize = 32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitPolicy {
+    Never,
+    Ready,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PanicPoint {
+    Boot,
+    Ready,
+}
+
+/// CPU exceptions the guest can raise on request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    PageFault,
+    GeneralProtection,
+    InvalidOpcode,
+    DivideError,
+    Breakpoint,
+}
+
+/// A virtio-mmio window as Linux's `virtio_mmio.device=` describes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MmioDevice {
+    pub base: u64,
+    pub size: u64,
+    pub irq: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub log: LogLevel,
+    pub exit: ExitPolicy,
+    pub dma_pct: u8,
+    pub debug_panic: Option<PanicPoint>,
+    pub debug_fault: Option<Fault>,
+    mmio: [MmioDevice; MAX_MMIO_DEVICES],
+    mmio_count: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            log: LogLevel::Info,
+            exit: ExitPolicy::Never,
+            dma_pct: 50,
+            debug_panic: None,
+            debug_fault: None,
+            mmio: [MmioDevice::default(); MAX_MMIO_DEVICES],
+            mmio_count: 0,
+        }
+    }
+}
+
+impl Config {
+    pub fn mmio_devices(&self) -> &[MmioDevice] {
+        &self.mmio[..self.mmio_count]
+    }
+}
+
+/// A problem with one word of the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Issue<'a> {
+    /// A word without `=`, or with an empty key.
+    Malformed(&'a str),
+    UnknownKey(&'a str),
+    BadValue {
+        key: &'a str,
+        value: &'a str,
+        expected: &'static str,
+    },
+    TooMany(&'a str),
+}
+
+impl fmt::Display for Issue<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Issue::Malformed(w) => write!(f, "cmdline: malformed word '{w}' (expected key=value)"),
+            Issue::UnknownKey(k) => write!(f, "cmdline: unknown key '{k}' (ignored)"),
+            Issue::BadValue {
+                key,
+                value,
+                expected,
+            } => write!(
+                f,
+                "cmdline: bad value '{value}' for '{key}' (expected {expected}); default kept"
+            ),
+            Issue::TooMany(w) => write!(
+                f,
+                "cmdline: more than {MAX_MMIO_DEVICES} virtio-mmio devices, '{w}' dropped"
+            ),
+        }
+    }
+}
+
+/// Parses `line`, calling `report` for each word that is not understood.
+pub fn parse<'a>(line: &'a str, mut report: impl FnMut(Issue<'a>)) -> Config {
+    let mut cfg = Config::default();
+    for word in line.split_ascii_whitespace() {
+        let Some((key, value)) = word.split_once('=') else {
+            report(Issue::Malformed(word));
+            continue;
+        };
+        if key.is_empty() {
+            report(Issue::Malformed(word));
+            continue;
+        }
+        let bad = |expected| Issue::BadValue {
+            key,
+            value,
+            expected,
+        };
+        match key {
+            "log" => match parse_level(value) {
+                Some(l) => cfg.log = l,
+                None => report(bad("error|warn|info|debug|trace")),
+            },
+            "exit" => match value {
+                "ready" => cfg.exit = ExitPolicy::Ready,
+                "never" => cfg.exit = ExitPolicy::Never,
+                _ => report(bad("ready|never")),
+            },
+            "dma_pct" => match value.parse::<u8>() {
+                Ok(p) if (1..=90).contains(&p) => cfg.dma_pct = p,
+                _ => report(bad("a percentage from 1 to 90")),
+            },
+            "debug.panic" => match value {
+                "boot" => cfg.debug_panic = Some(PanicPoint::Boot),
+                "ready" => cfg.debug_panic = Some(PanicPoint::Ready),
+                _ => report(bad("boot|ready")),
+            },
+            "debug.fault" => match parse_fault(value) {
+                Some(f) => cfg.debug_fault = Some(f),
+                None => report(bad("pagefault|gp|ud|divide|breakpoint")),
+            },
+            "virtio_mmio.device" => match parse_mmio(value) {
+                Some(_) if cfg.mmio_count == MAX_MMIO_DEVICES => report(Issue::TooMany(word)),
+                Some(d) => {
+                    cfg.mmio[cfg.mmio_count] = d;
+                    cfg.mmio_count += 1;
+                }
+                None => report(bad("SIZE@BASE:IRQ")),
+            },
+            _ => report(Issue::UnknownKey(key)),
+        }
+    }
+    cfg
+}
+
+fn parse_level(v: &str) -> Option<LogLevel> {
+    Some(match v {
+        "error" => LogLevel::Error,
+        "warn" => LogLevel::Warn,
+        "info" => LogLevel::Info,
+        "debug" => LogLevel::Debug,
+        "trace" => LogLevel::Trace,
+        _ => return None,
+    })
+}
+
+fn parse_fault(v: &str) -> Option<Fault> {
+    Some(match v {
+        "pagefault" => Fault::PageFault,
+        "gp" => Fault::GeneralProtection,
+        "ud" => Fault::InvalidOpcode,
+        "divide" => Fault::DivideError,
+        "breakpoint" => Fault::Breakpoint,
+        _ => return None,
+    })
+}
+
+/// A number in decimal or `0x` hex, with an optional K/M/G suffix (Linux `memparse`).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let (digits, shift) = match s.as_bytes().last()? {
+        b'k' | b'K' => (&s[..s.len() - 1], 10),
+        b'm' | b'M' => (&s[..s.len() - 1], 20),
+        b'g' | b'G' => (&s[..s.len() - 1], 30),
+        _ => (s, 0),
+    };
+    let n = parse_number(digits)?;
+    n.checked_mul(1u64 << shift)
+}
+
+fn parse_number(s: &str) -> Option<u64> {
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => s.parse().ok(),
+    }
+}
+
+/// `SIZE@BASE:IRQ[:ID]`.
+fn parse_mmio(v: &str) -> Option<MmioDevice> {
+    let (size, rest) = v.split_once('@')?;
+    let mut parts = rest.split(':');
+    let base = parse_number(parts.next()?)?;
+    let irq = parts.next()?.parse().ok()?;
+    if let Some(id) = parts.next() {
+        id.parse::<u32>().ok()?;
+    }
+    if parts.next().is_some() {
+        return None;
+    }
+    let size = parse_size(size)?;
+    if size == 0 || base.checked_add(size).is_none() {
+        return None;
+    }
+    Some(MmioDevice { base, size, irq })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(line: &str) -> (Config, Vec<String>) {
+        let mut issues = Vec::new();
+        let cfg = parse(line, |i| issues.push(i.to_string()));
+        (cfg, issues)
+    }
+
+    #[test]
+    fn defaults_on_empty_line() {
+        let (cfg, issues) = parse_all("   ");
+        assert_eq!(cfg, Config::default());
+        assert!(issues.is_empty());
+    }
+
+    #[test]
+    fn known_keys() {
+        let (cfg, issues) = parse_all(
+            "log=debug exit=ready dma_pct=25 debug.panic=ready debug.fault=gp \
+             virtio_mmio.device=512@0xfeb00e00:12 virtio_mmio.device=4K@0xfeb00c00:11:3",
+        );
+        assert!(issues.is_empty(), "{issues:?}");
+        assert_eq!(cfg.log, LogLevel::Debug);
+        assert_eq!(cfg.exit, ExitPolicy::Ready);
+        assert_eq!(cfg.dma_pct, 25);
+        assert_eq!(cfg.debug_panic, Some(PanicPoint::Ready));
+        assert_eq!(cfg.debug_fault, Some(Fault::GeneralProtection));
+        assert_eq!(
+            cfg.mmio_devices(),
+            &[
+                MmioDevice { base: 0xfeb0_0e00, size: 512, irq: 12 },
+                MmioDevice { base: 0xfeb0_0c00, size: 4096, irq: 11 },
+            ]
+        );
+    }
+
+    #[test]
+    fn reports_unknown_and_malformed() {
+        let (cfg, issues) = parse_all("frobnicate=1 loose =x exit=ready");
+        assert_eq!(cfg.exit, ExitPolicy::Ready);
+        assert_eq!(
+            issues,
+            [
+                "cmdline: unknown key 'frobnicate' (ignored)",
+                "cmdline: malformed word 'loose' (expected key=value)",
+                "cmdline: malformed word '=x' (expected key=value)",
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_values_keep_defaults() {
+        let (cfg, issues) = parse_all(
+            "log=loud dma_pct=0 dma_pct=95 dma_pct=x debug.fault=nope \
+             virtio_mmio.device=512@zz:1 virtio_mmio.device=0@0x1000:1 \
+             virtio_mmio.device=1@0xffffffffffffffff:1 virtio_mmio.device=512@0x1000:1:2:3",
+        );
+        assert_eq!(cfg.log, LogLevel::Info);
+        assert_eq!(cfg.dma_pct, 50);
+        assert_eq!(cfg.debug_fault, None);
+        assert!(cfg.mmio_devices().is_empty());
+        assert_eq!(issues.len(), 9);
+        assert!(issues[0].contains("bad value 'loud' for 'log'"));
+    }
+
+    #[test]
+    fn mmio_device_limit() {
+        let line: String = (0..MAX_MMIO_DEVICES + 2)
+            .map(|i| format!("virtio_mmio.device=512@{:#x}:5 ", 0x1000 * (i + 1)))
+            .collect();
+        let (cfg, issues) = parse_all(&line);
+        assert_eq!(cfg.mmio_devices().len(), MAX_MMIO_DEVICES);
+        assert_eq!(issues.len(), 2);
+        assert!(issues[0].contains("dropped"));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512"), Some(512));
+        assert_eq!(parse_size("4K"), Some(4096));
+        assert_eq!(parse_size("0x200"), Some(512));
+        assert_eq!(parse_size("2m"), Some(2 << 20));
+        assert_eq!(parse_size("99999999999G"), None);
+        assert_eq!(parse_size(""), None);
+    }
+}

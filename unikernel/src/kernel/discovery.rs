@@ -1,0 +1,149 @@
+//! Device discovery: PCI functions through ECAM and virtio-mmio windows from the command
+//! line. Every virtio-blk and virtio-net device is initialised through `virtio-drivers`;
+//! everything else is listed in the inventory, never fatal.
+
+use alloc::format;
+use alloc::string::ToString;
+use alloc::vec::Vec;
+use core::ptr::NonNull;
+
+use log::{debug, warn};
+use unikernel::acpi::AcpiInfo;
+use unikernel::cmdline::MmioDevice;
+use unikernel::inventory::{DeviceInfo, Entry, Location};
+use virtio_drivers::device::blk::VirtIOBlk;
+use virtio_drivers::device::net::VirtIONetRaw;
+use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
+use virtio_drivers::transport::pci::{virtio_device_type, PciTransport};
+use virtio_drivers::transport::{DeviceType, SomeTransport, Transport};
+
+use crate::virtio_hal::TandemHal;
+
+pub type Transport_ = SomeTransport<'static>;
+pub type Blk = VirtIOBlk<TandemHal, Transport_>;
+/// Queue size for the NIC's queues (issue 3 moves this onto the HPDI).
+pub const NET_QUEUE: usize = 16;
+pub type Net = VirtIONetRaw<TandemHal, Transport_, NET_QUEUE>;
+
+/// What discovery found and initialised.
+#[derive(Default)]
+pub struct Devices {
+    pub inventory: Vec<Entry>,
+    pub blk: Vec<Blk>,
+    pub net: Vec<Net>,
+    /// Vendor and device id of the PCI host bridge at 00:00.0.
+    pub host_bridge: Option<(u16, u16)>,
+    pub pci_functions: usize,
+}
+
+impl Devices {
+    /// Initialises a virtio device behind `transport` and records it.
+    fn attach(&mut self, location: Location, transport: Transport_) {
+        let info = match transport.device_type() {
+            DeviceType::Block => match Blk::new(transport) {
+                Ok(blk) => {
+                    let info = DeviceInfo::VirtioBlk {
+                        capacity_sectors: blk.capacity(),
+                        read_only: blk.readonly(),
+                    };
+                    self.blk.push(blk);
+                    return self.push(Some(format!("blk{}", self.blk.len() - 1)), location, info);
+                }
+                Err(e) => failed("virtio-blk", e),
+            },
+            DeviceType::Network => match Net::new(transport) {
+                Ok(net) => {
+                    let info = DeviceInfo::VirtioNet {
+                        mac: net.mac_address(),
+                    };
+                    self.net.push(net);
+                    return self.push(Some(format!("net{}", self.net.len() - 1)), location, info);
+                }
+                Err(e) => failed("virtio-net", e),
+            },
+            other => DeviceInfo::VirtioOther {
+                device_type: other as u32,
+            },
+        };
+        self.push(None, location, info);
+    }
+
+    fn push(&mut self, name: Option<alloc::string::String>, location: Location, info: DeviceInfo) {
+        self.inventory.push(Entry {
+            name,
+            location,
+            info,
+        });
+    }
+}
+
+fn failed(kind: &'static str, e: impl core::fmt::Display) -> DeviceInfo {
+    DeviceInfo::Failed {
+        kind,
+        reason: e.to_string(),
+    }
+}
+
+/// Enumerates PCI (when ACPI gave an ECAM window) and the virtio-mmio windows.
+pub fn discover(acpi: Option<&AcpiInfo>, mmio: &[MmioDevice]) -> Devices {
+    let mut devs = Devices::default();
+    for region in acpi.map(|a| a.ecam_regions()).unwrap_or_default() {
+        if region.base + region.size() > crate::arch::paging::BOOT_MAPPED {
+            warn!("ECAM window {:#x} is above 4 GiB; segment {} skipped", region.base, region.segment);
+            continue;
+        }
+        let mut root = crate::pci::root(region);
+        for (df, info) in crate::pci::scan(&root, region) {
+            devs.pci_functions += 1;
+            let location = Location::Pci {
+                segment: region.segment,
+                bus: df.bus,
+                device: df.device,
+                function: df.function,
+            };
+            if df.bus == 0 && df.device == 0 && df.function == 0 && info.class == 0x06 {
+                devs.host_bridge = Some((info.vendor_id, info.device_id));
+            }
+            if virtio_device_type(&info).is_some() {
+                match PciTransport::new::<TandemHal, _>(&mut root, df) {
+                    Ok(t) => devs.attach(location, SomeTransport::from(t)),
+                    Err(e) => devs.push(None, location, failed("virtio-pci", e)),
+                }
+            } else {
+                devs.push(
+                    None,
+                    location,
+                    DeviceInfo::Unknown {
+                        vendor: info.vendor_id,
+                        device: info.device_id,
+                        class: info.class,
+                        subclass: info.subclass,
+                    },
+                );
+            }
+        }
+    }
+    for dev in mmio {
+        let location = Location::Mmio {
+            base: dev.base,
+            irq: dev.irq,
+        };
+        if let Err(e) = crate::arch::paging::identity_map(dev.base, dev.size) {
+            devs.push(None, location, failed("virtio-mmio", format!("{e:?}")));
+            continue;
+        }
+        let Some(header) = NonNull::new(dev.base as *mut VirtIOHeader) else {
+            continue;
+        };
+        // SAFETY: the window is mapped (above) and named by the VMM on our command line as a
+        // virtio-mmio device of `size` bytes; nothing else uses it.
+        match unsafe { MmioTransport::new(header, dev.size as usize) } {
+            Ok(t) => devs.attach(location, SomeTransport::from(t)),
+            Err(e) => {
+                debug!("virtio-mmio at {:#x}: {e}", dev.base);
+                devs.push(None, location, failed("virtio-mmio", e));
+            }
+        }
+    }
+    devs
+}

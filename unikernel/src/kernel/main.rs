@@ -1,0 +1,224 @@
+//! The Tandem guest kernel: entered through PVH, it sets up the CPU, memory and clock,
+//! discovers its devices, prints an inventory and `TANDEM READY`, and serves.
+//!
+//! Hardware-facing code lives in this binary's modules (`arch`, `console`, `mem`, `pci`,
+//! `virtio_hal`, `discovery`); the logic they feed is in the `unikernel` library, which
+//! unit-tests on the host.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+mod arch;
+mod console;
+mod discovery;
+mod exit;
+mod fault;
+mod mem;
+mod pci;
+mod time;
+mod virtio_hal;
+
+use core::panic::PanicInfo;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use log::{info, warn};
+use unikernel::cmdline::{self, ExitPolicy, PanicPoint};
+use unikernel::exit::GuestExit;
+use unikernel::start_info::{self, HvmStartInfo};
+use unikernel::units::Bytes;
+use unikernel::{acpi, inventory, memmap};
+
+use crate::mem::Phys;
+
+/// Longest kernel command line read from the loader.
+const MAX_CMDLINE: usize = 4096;
+
+/// Entered from the boot stub in 64-bit mode with the `hvm_start_info` physical address.
+pub extern "C" fn kmain(start_info_paddr: u64) -> ! {
+    time::mark_boot();
+    console::init();
+    arch::gdt::init();
+    arch::idt::init();
+    arch::cpu::mask_pics();
+    let (hz, source) = time::calibrate();
+    info!(
+        "Tandem unikernel {} booting (PVH entry, start_info at {start_info_paddr:#x})",
+        env!("CARGO_PKG_VERSION")
+    );
+    info!("time: TSC {}.{:03} MHz ({source:?})", hz / 1_000_000, hz / 1000 % 1000);
+
+    let si = read_start_info(start_info_paddr);
+    let (cmdline, cmdline_len) = read_cmdline(&si);
+    let cfg = cmdline::parse(cmdline, |issue| warn!("{issue}"));
+    console::set_level(cfg.log);
+    info!("cmdline: \"{cmdline}\"");
+    if cfg.debug_panic == Some(PanicPoint::Boot) {
+        panic!("debug.panic=boot requested on the command line");
+    }
+
+    let memmap_bytes = Phys::slice(si.memmap_paddr, si.memmap_bytes())
+        .unwrap_or_else(|| panic!("memory map at {:#x} is not addressable", si.memmap_paddr));
+    let entries = || start_info::memmap_entries(memmap_bytes).map(|e| (e.addr, e.size, e.kind));
+    let mut ram = 0;
+    for e in start_info::memmap_entries(memmap_bytes) {
+        log::debug!(
+            "memmap: {:#012x}-{:#012x} {}",
+            e.addr,
+            e.addr + e.size,
+            start_info::mem_type_name(e.kind)
+        );
+        if e.kind == start_info::mem_type::RAM {
+            ram += e.size;
+        }
+    }
+
+    // ACPI is read before the heap exists: firmware tables may sit in RAM the map calls free.
+    let acpi = match acpi::discover(&Phys, si.rsdp_paddr) {
+        Ok(a) => {
+            info!(
+                "acpi: RSDP {:#x} rev {} oem \"{}\", {} ECAM window(s)",
+                a.rsdp,
+                a.revision,
+                core::str::from_utf8(&a.oem_id).unwrap_or("?").trim_end(),
+                a.ecam_regions().len()
+            );
+            Some(a)
+        }
+        Err(e) => {
+            info!("acpi: {e}; PCI not scanned");
+            None
+        }
+    };
+
+    let kernel = mem::kernel_range();
+    let taken = [
+        kernel.clone(),
+        start_info_paddr..start_info_paddr + core::mem::size_of::<HvmStartInfo>() as u64,
+        si.memmap_paddr..si.memmap_paddr + si.memmap_bytes() as u64,
+        si.cmdline_paddr..si.cmdline_paddr + cmdline_len as u64 + 1,
+    ];
+    let usable = memmap::usable_ram(entries(), &taken);
+    if usable.dropped_bytes() > 0 {
+        warn!("memory: {} of RAM in too many fragments, not used", Bytes(usable.dropped_bytes()));
+    }
+    let split = memmap::split(&usable, cfg.dma_pct);
+    mem::init(&split);
+    info!(
+        "memory: ram={} kernel={} usable={} heap={} dma={} ({}%)",
+        Bytes(ram),
+        Bytes(kernel.end - kernel.start),
+        Bytes(usable.total()),
+        Bytes(split.heap.total()),
+        Bytes(split.dma.total()),
+        cfg.dma_pct
+    );
+
+    let devices = discovery::discover(acpi.as_ref(), cfg.mmio_devices());
+    for entry in &devices.inventory {
+        info!("{entry}");
+    }
+    let (disks, nics) = inventory::count(&devices.inventory);
+    let machine = inventory::machine_name(devices.host_bridge, cfg.mmio_devices().len());
+    let st = mem::stats();
+    console::line(format_args!(
+        "TANDEM READY machine={machine} disks={disks} nics={nics} pci_functions={} \
+         mem_total={} kernel={} heap_total={} heap_used={} dma_total={} dma_used={} \
+         hypervisor={} tsc_mhz={} boot_us={}",
+        devices.pci_functions,
+        Bytes(ram),
+        Bytes(kernel.end - kernel.start),
+        Bytes(st.heap_total),
+        Bytes(st.heap_used),
+        Bytes(st.dma_total),
+        Bytes(st.dma_used),
+        hypervisor(),
+        hz / 1_000_000,
+        time::now_us()
+    ));
+
+    if let Some(f) = cfg.debug_fault {
+        fault::raise(f);
+    }
+    if cfg.debug_panic == Some(PanicPoint::Ready) {
+        panic!("debug.panic=ready requested on the command line");
+    }
+    if cfg.exit == ExitPolicy::Ready {
+        info!("exit=ready: powering off");
+        exit::exit(GuestExit::Clean);
+    }
+    // The storage service arrives with later issues; until then the guest idles.
+    let _devices = devices;
+    arch::cpu::halt_forever()
+}
+
+fn read_start_info(paddr: u64) -> HvmStartInfo {
+    let bytes = Phys::slice(paddr, core::mem::size_of::<HvmStartInfo>())
+        .unwrap_or_else(|| panic!("hvm_start_info at {paddr:#x} is not addressable"));
+    match start_info::parse(bytes) {
+        Ok(si) => si,
+        Err(e) => panic!("cannot boot: {e}"),
+    }
+}
+
+/// The command line as the loader left it (NUL-terminated, bounded, UTF-8 prefix), and the
+/// number of bytes it occupies.
+fn read_cmdline(si: &HvmStartInfo) -> (&'static str, usize) {
+    if si.cmdline_paddr == 0 {
+        return ("", 0);
+    }
+    let mut len = 0;
+    while len < MAX_CMDLINE {
+        match Phys::slice(si.cmdline_paddr + len as u64, 1) {
+            Some([0]) | None => break,
+            Some(_) => len += 1,
+        }
+    }
+    if len == MAX_CMDLINE {
+        warn!("cmdline: longer than {MAX_CMDLINE} bytes, truncated");
+    }
+    let bytes = Phys::slice(si.cmdline_paddr, len).unwrap_or_default();
+    match core::str::from_utf8(bytes) {
+        Ok(s) => (s, len),
+        Err(e) => {
+            warn!("cmdline: not UTF-8 after byte {}, truncated", e.valid_up_to());
+            let valid = &bytes[..e.valid_up_to()];
+            (core::str::from_utf8(valid).unwrap_or_default(), len)
+        }
+    }
+}
+
+fn hypervisor() -> &'static str {
+    match arch::cpu::hypervisor_signature() {
+        Some(s) if s.starts_with(b"KVMKVMKVM") => "kvm",
+        Some(s) if s.starts_with(b"TCGTCGTCGTCG") => "tcg",
+        Some(s) if s.starts_with(b"XenVMMXenVMM") => "xen",
+        Some(_) => "other",
+        None => "none",
+    }
+}
+
+static PANICKING: AtomicBool = AtomicBool::new(false);
+
+#[panic_handler]
+fn panic(info: &PanicInfo) -> ! {
+    if PANICKING.swap(true, Ordering::SeqCst) {
+        console::emergency_line(format_args!("PANIC (nested): {}", info.message()));
+        exit::fail();
+    }
+    match info.location() {
+        Some(l) => console::emergency_line(format_args!(
+            "PANIC at {}:{}:{}: {}",
+            l.file(),
+            l.line(),
+            l.column(),
+            info.message()
+        )),
+        None => console::emergency_line(format_args!("PANIC at <unknown>: {}", info.message())),
+    }
+    console::emergency_line(format_args!(
+        "guest stopping after {} us (failure exit)",
+        time::now_us()
+    ));
+    exit::fail()
+}

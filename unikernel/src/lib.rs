@@ -1,0 +1,23 @@
+//! The Tandem guest's host-testable logic.
+//!
+//! The guest kernel (`src/main.rs` and its `arch`/driver modules) is the thin layer that
+//! touches hardware. Everything that can be expressed as plain data in, data out lives here
+//! so it builds with `std` and unit-tests on the host: the PVH start-info and memory-map
+//! parsing, the split of RAM between heap and DMA frames, the ACPI tables we read, the guest
+//! command line, and the console lines other tools parse (inventory, `TANDEM READY`).
+//!
+//! Nothing in this crate allocates before the heap exists: the parsers used during early
+//! boot work on borrowed bytes and fixed-size arrays.
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+pub mod acpi;
+pub mod cmdline;
+pub mod exceptions;
+pub mod exit;
+pub mod inventory;
+pub mod memmap;
+pub mod start_info;
+pub mod units;
