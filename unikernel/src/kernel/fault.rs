@@ -5,7 +5,7 @@ use core::arch::asm;
 use unikernel::cmdline::Fault;
 
 /// An address inside the canonical lower half that the identity map never covers.
-const UNMAPPED: u64 = 0x0000_dead_0000_0000;
+const UNMAPPED: u64 = 0x0000_0dea_d000_0000;
 /// A non-canonical address: any access raises #GP.
 const NON_CANONICAL: u64 = 0x8000_0000_0000_0000;
 

@@ -114,6 +114,12 @@ pub extern "C" fn kmain(start_info_paddr: u64) -> ! {
         cfg.dma_pct
     );
 
+    if cfg.mmio_devices().is_empty() && acpi.as_ref().is_some_and(|a| a.ecam_regions().is_empty()) {
+        warn!(
+            "no PCI ECAM and no virtio_mmio.device= words: on microvm, start QEMU with \
+             acpi=off so it lists its virtio-mmio devices on the command line"
+        );
+    }
     let devices = discovery::discover(acpi.as_ref(), cfg.mmio_devices());
     for entry in &devices.inventory {
         info!("{entry}");
