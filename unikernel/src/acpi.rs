@@ -88,7 +88,10 @@ pub enum AcpiError {
     NoRsdp,
     BadRsdpChecksum,
     Unreadable(u64),
-    BadTable { signature: [u8; 4], reason: &'static str },
+    BadTable {
+        signature: [u8; 4],
+        reason: &'static str,
+    },
 }
 
 impl core::fmt::Display for AcpiError {
@@ -113,9 +116,9 @@ fn sum(bytes: &[u8]) -> u8 {
 /// Searches the BIOS read-only area (0xE0000..0x100000) on 16-byte boundaries for the RSDP.
 pub fn find_rsdp(mem: &impl PhysRead) -> Option<u64> {
     let mut buf = [0u8; RSDP_V1_LEN];
-    (0xE_0000u64..0x10_0000).step_by(16).find(|&a| {
-        mem.read(a, &mut buf) && &buf[..8] == b"RSD PTR " && sum(&buf) == 0
-    })
+    (0xE_0000u64..0x10_0000)
+        .step_by(16)
+        .find(|&a| mem.read(a, &mut buf) && &buf[..8] == b"RSD PTR " && sum(&buf) == 0)
 }
 
 /// Walks RSDP → XSDT (or RSDT) → MCFG. `rsdp` is the address the loader gave, or 0 to search.
@@ -347,13 +350,22 @@ mod tests {
         );
         let mut mem = memory(true);
         mem.0[0xF_0010 + 9] ^= 1; // RSDP oem id
-        assert_eq!(discover(&mem, 0xF_0010).unwrap_err(), AcpiError::BadRsdpChecksum);
+        assert_eq!(
+            discover(&mem, 0xF_0010).unwrap_err(),
+            AcpiError::BadRsdpChecksum
+        );
         let mut mem = memory(true);
         mem.0[0x1004..0x1008].copy_from_slice(&u32::MAX.to_le_bytes()); // XSDT length
         assert!(matches!(
             discover(&mem, 0xF_0010).unwrap_err(),
-            AcpiError::BadTable { reason: "length out of bounds", .. }
+            AcpiError::BadTable {
+                reason: "length out of bounds",
+                ..
+            }
         ));
-        assert_eq!(discover(&Fake(vec![0; 0x10_0000]), 0).unwrap_err(), AcpiError::NoRsdp);
+        assert_eq!(
+            discover(&Fake(vec![0; 0x10_0000]), 0).unwrap_err(),
+            AcpiError::NoRsdp
+        );
     }
 }

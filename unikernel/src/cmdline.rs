@@ -268,8 +268,16 @@ mod tests {
         assert_eq!(
             cfg.mmio_devices(),
             &[
-                MmioDevice { base: 0xfeb0_0e00, size: 512, irq: 12 },
-                MmioDevice { base: 0xfeb0_0c00, size: 4096, irq: 11 },
+                MmioDevice {
+                    base: 0xfeb0_0e00,
+                    size: 512,
+                    irq: 12
+                },
+                MmioDevice {
+                    base: 0xfeb0_0c00,
+                    size: 4096,
+                    irq: 11
+                },
             ]
         );
     }

@@ -47,9 +47,17 @@ pub fn describe(vector: u64) -> (&'static str, &'static str) {
 /// Decodes a page-fault error code into words (`write user ...`).
 pub fn page_fault_reason(error: u64) -> [&'static str; 3] {
     [
-        if error & 1 != 0 { "protection" } else { "not-present" },
+        if error & 1 != 0 {
+            "protection"
+        } else {
+            "not-present"
+        },
         if error & 2 != 0 { "write" } else { "read" },
-        if error & 16 != 0 { "instruction-fetch" } else { "data" },
+        if error & 16 != 0 {
+            "instruction-fetch"
+        } else {
+            "data"
+        },
     ]
 }
 

@@ -83,7 +83,10 @@ impl core::fmt::Display for StartInfoError {
                 "hvm_start_info version {version} has no memory map (version 1 required)"
             ),
             Self::TooManyEntries(n) => {
-                write!(f, "memory map has {n} entries (at most {MAX_MEMMAP_ENTRIES})")
+                write!(
+                    f,
+                    "memory map has {n} entries (at most {MAX_MEMMAP_ENTRIES})"
+                )
             }
         }
     }
@@ -149,7 +152,10 @@ mod tests {
 
     #[test]
     fn rejects_bad_input() {
-        assert_eq!(parse(&raw(MAGIC, 1, 3)[..40]).unwrap_err(), StartInfoError::TooShort);
+        assert_eq!(
+            parse(&raw(MAGIC, 1, 3)[..40]).unwrap_err(),
+            StartInfoError::TooShort
+        );
         assert_eq!(
             parse(&raw(0x1234, 1, 3)).unwrap_err(),
             StartInfoError::BadMagic(0x1234)
@@ -167,8 +173,18 @@ mod tests {
     #[test]
     fn iterates_entries() {
         let e = [
-            HvmMemmapEntry { addr: 0, size: 0x9fc00, kind: 1, reserved: 0 },
-            HvmMemmapEntry { addr: 0x10_0000, size: 0x1f0_0000, kind: 1, reserved: 0 },
+            HvmMemmapEntry {
+                addr: 0,
+                size: 0x9fc00,
+                kind: 1,
+                reserved: 0,
+            },
+            HvmMemmapEntry {
+                addr: 0x10_0000,
+                size: 0x1f0_0000,
+                kind: 1,
+                reserved: 0,
+            },
         ];
         let mut bytes = e.as_bytes().to_vec();
         bytes.extend_from_slice(&[0u8; 5]); // trailing garbage is ignored

@@ -13,13 +13,13 @@ impl fmt::Display for Bytes {
         const MIB: u64 = 1 << 20;
         const GIB: u64 = 1 << 30;
         let b = self.0;
-        if b >= GIB && b % GIB == 0 {
+        if b >= GIB && b.is_multiple_of(GIB) {
             write!(f, "{}GiB", b / GIB)
-        } else if b >= MIB && b % MIB == 0 {
+        } else if b >= MIB && b.is_multiple_of(MIB) {
             write!(f, "{}MiB", b / MIB)
         } else if b >= 16 * MIB {
             write!(f, "{}.{}MiB", b / MIB, (b % MIB) * 10 / MIB)
-        } else if b >= KIB && b % KIB == 0 {
+        } else if b >= KIB && b.is_multiple_of(KIB) {
             write!(f, "{}KiB", b / KIB)
         } else if b >= KIB {
             write!(f, "{}.{}KiB", b / KIB, (b % KIB) * 10 / KIB)

@@ -140,8 +140,25 @@ pub fn report_exception(f: &ExceptionFrame, cr2: u64) {
          \n  r8 ={:#018x} r9 ={:#018x} r10={:#018x} r11={:#018x}\
          \n  r12={:#018x} r13={:#018x} r14={:#018x} r15={:#018x}\
          \n  cs={:#x} ss={:#x} rflags={:#x} cr3={:#x}\n",
-        f.rax, f.rbx, f.rcx, f.rdx, f.rsi, f.rdi, f.rbp, f.rsp, f.r8, f.r9, f.r10, f.r11,
-        f.r12, f.r13, f.r14, f.r15, f.cs, f.ss, f.rflags,
+        f.rax,
+        f.rbx,
+        f.rcx,
+        f.rdx,
+        f.rsi,
+        f.rdi,
+        f.rbp,
+        f.rsp,
+        f.r8,
+        f.r9,
+        f.r10,
+        f.r11,
+        f.r12,
+        f.r13,
+        f.r14,
+        f.r15,
+        f.cs,
+        f.ss,
+        f.rflags,
         crate::arch::cpu::read_cr3()
     );
 }

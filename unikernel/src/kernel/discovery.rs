@@ -89,7 +89,10 @@ pub fn discover(acpi: Option<&AcpiInfo>, mmio: &[MmioDevice]) -> Devices {
     let mut devs = Devices::default();
     for region in acpi.map(|a| a.ecam_regions()).unwrap_or_default() {
         if region.base + region.size() > crate::arch::paging::BOOT_MAPPED {
-            warn!("ECAM window {:#x} is above 4 GiB; segment {} skipped", region.base, region.segment);
+            warn!(
+                "ECAM window {:#x} is above 4 GiB; segment {} skipped",
+                region.base, region.segment
+            );
             continue;
         }
         let mut root = crate::pci::root(region);

@@ -46,7 +46,11 @@ pub extern "C" fn kmain(start_info_paddr: u64) -> ! {
         "Tandem unikernel {} booting (PVH entry, start_info at {start_info_paddr:#x})",
         env!("CARGO_PKG_VERSION")
     );
-    info!("time: TSC {}.{:03} MHz ({source:?})", hz / 1_000_000, hz / 1000 % 1000);
+    info!(
+        "time: TSC {}.{:03} MHz ({source:?})",
+        hz / 1_000_000,
+        hz / 1000 % 1000
+    );
 
     let si = read_start_info(start_info_paddr);
     let (cmdline, cmdline_len) = read_cmdline(&si);
@@ -100,7 +104,10 @@ pub extern "C" fn kmain(start_info_paddr: u64) -> ! {
     ];
     let usable = memmap::usable_ram(entries(), &taken);
     if usable.dropped_bytes() > 0 {
-        warn!("memory: {} of RAM in too many fragments, not used", Bytes(usable.dropped_bytes()));
+        warn!(
+            "memory: {} of RAM in too many fragments, not used",
+            Bytes(usable.dropped_bytes())
+        );
     }
     let split = memmap::split(&usable, cfg.dma_pct);
     mem::init(&split);
@@ -187,7 +194,10 @@ fn read_cmdline(si: &HvmStartInfo) -> (&'static str, usize) {
     match core::str::from_utf8(bytes) {
         Ok(s) => (s, len),
         Err(e) => {
-            warn!("cmdline: not UTF-8 after byte {}, truncated", e.valid_up_to());
+            warn!(
+                "cmdline: not UTF-8 after byte {}, truncated",
+                e.valid_up_to()
+            );
             let valid = &bytes[..e.valid_up_to()];
             (core::str::from_utf8(valid).unwrap_or_default(), len)
         }

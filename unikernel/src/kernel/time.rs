@@ -62,7 +62,8 @@ fn leaf_15() -> Option<u64> {
         return None;
     }
     let (den, num, crystal, _) = cpuid(0x15, 0);
-    (den != 0 && num != 0 && crystal != 0).then(|| u64::from(crystal) * u64::from(num) / u64::from(den))
+    (den != 0 && num != 0 && crystal != 0)
+        .then(|| u64::from(crystal) * u64::from(num) / u64::from(den))
 }
 
 fn pit_count() -> u16 {
@@ -81,7 +82,7 @@ fn pit() -> Option<u64> {
     // Bounded: a missing PIT reads a constant and never advances.
     for _ in 0..50_000_000u32 {
         let elapsed = start.wrapping_sub(pit_count());
-        if elapsed >= PIT_TICKS && elapsed < 0x8000 {
+        if (PIT_TICKS..0x8000).contains(&elapsed) {
             let cycles = rdtsc() - t0;
             return Some(cycles * PIT_HZ / u64::from(elapsed));
         }

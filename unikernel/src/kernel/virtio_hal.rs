@@ -18,7 +18,10 @@ unsafe impl Hal for TandemHal {
         let ptr = paddr as *mut u8;
         // SAFETY: freshly allocated frames, identity-mapped, `pages` pages long.
         unsafe { core::ptr::write_bytes(ptr, 0, pages * 4096) };
-        (paddr, NonNull::new(ptr).expect("frame 0 is never in the pool"))
+        (
+            paddr,
+            NonNull::new(ptr).expect("frame 0 is never in the pool"),
+        )
     }
 
     unsafe fn dma_dealloc(paddr: PhysAddr, _vaddr: NonNull<u8>, pages: usize) -> i32 {

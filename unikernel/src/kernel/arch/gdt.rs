@@ -64,9 +64,10 @@ pub fn init() {
     // the descriptors written are valid for the code and data the kernel already uses.
     unsafe {
         let stacks = &raw mut IST_STACKS;
+        let tss = &raw mut TSS;
         for i in 0..3 {
             let top = (&raw mut (*stacks)[i]).cast::<u8>().add(IST_STACK_SIZE) as u64;
-            (*(&raw mut TSS)).ist[i] = top;
+            (*tss).ist[i] = top;
         }
         let base = (&raw const TSS) as u64;
         let limit = (size_of::<Tss>() - 1) as u64;

@@ -135,8 +135,9 @@ pub fn init() {
     // SAFETY: single-threaded early boot; `isr_table` is defined by the assembly above and
     // holds the addresses of valid entry stubs; the IDT is static and lives forever.
     unsafe {
-        let table = &*(&raw const isr_table);
-        let idt = &mut *(&raw mut IDT);
+        let table: &[u64; 32] = &isr_table;
+        let idt_ptr = &raw mut IDT;
+        let idt = &mut *idt_ptr;
         for (v, &addr) in table.iter().enumerate() {
             let ist = match v {
                 2 | 18 => gdt::IST_NMI,
