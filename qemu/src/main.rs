@@ -1,0 +1,20 @@
+//! `tandem`: boot and drive the Tandem unikernel under QEMU. See the library docs.
+
+use clap::Parser;
+use tandem_qemu::cli::{BenchCommand, Cli, Command};
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Run(args) => tandem_qemu::run::run(args),
+        Command::Qmp(args) => tandem_qemu::qmp_cmd::qmp(args),
+        Command::Bench(BenchCommand::Boot(args)) => tandem_qemu::bench::bench_boot(args),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("tandem: error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Shared helpers for the integration tests in `tests/tests/`.
+//!
+//! The tests boot the real guest image (`<workspace>/target/release/unikernel`, built once
+//! with `cargo build --release -p unikernel` when missing) under real QEMU, with command
+//! lines from the same typed builder `tandem` uses, each in its own temporary state
+//! directory. They wait on observable conditions (a console line, QEMU's exit) with bounded
+//! timeouts and kill QEMU when a deadline passes; nothing sleeps and hopes.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use tandem_qemu::accel;
+use tandem_qemu::builder::{Disk, MacAddr, Machine, QemuCommand};
+use tandem_qemu::console::{ConsoleEvent, InventoryEntry};
+use tandem_qemu::size::ByteSize;
+use tandem_qemu::vm::{SpawnOptions, Vm};
+
+pub use tandem_qemu;
+
+/// Upper bound for one boot to reach a condition (generous: TCG on a loaded 2-CPU host).
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The MAC the tests give their NIC.
+pub const TEST_MAC: &str = "52:54:00:aa:bb:01";
+
+/// The workspace root (this package lives in `<workspace>/tests`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The guest image, built once (per process here, across processes by the builder's lock).
+pub fn guest_image() -> &'static Path {
+    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        if let Some(p) = std::env::var_os(tandem_qemu::image::ENV_IMAGE).filter(|p| !p.is_empty()) {
+            return PathBuf::from(p);
+        }
+        let ws = workspace_root();
+        tandem_qemu::image::build_guest(&ws).unwrap_or_else(|e| panic!("{e}"));
+        tandem_qemu::image::default_image_path(&ws)
+    })
+}
+
+/// The QEMU executable.
+pub fn qemu() -> PathBuf {
+    tandem_qemu::qemu_bin::find_qemu().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The accelerator for tests: `TANDEM_ACCEL` or auto (TCG on hosts without real KVM).
+pub fn test_accel() -> accel::Accel {
+    accel::choose(None).expect("valid TANDEM_ACCEL").accel
+}
+
+/// The test NIC's MAC.
+pub fn test_mac() -> MacAddr {
+    TEST_MAC.parse().expect("valid MAC")
+}
+
+/// A command booting the guest on `machine`, 64 MiB, QMP socket in `dir`, `-no-reboot`.
+/// On microvm ACPI is off so QEMU lists the virtio-mmio devices on the guest command line.
+pub fn guest_command(machine: Machine, dir: &Path) -> QemuCommand {
+    let mut cmd = QemuCommand::new(qemu())
+        .name("tandem-test")
+        .machine(machine)
+        .accel(test_accel())
+        .memory(ByteSize::mib(64))
+        .kernel(guest_image())
+        .qmp_socket(dir.join("qmp.sock"))
+        .no_reboot(true);
+    if machine == Machine::Microvm {
+        cmd = cmd.microvm_acpi(false);
+    }
+    cmd
+}
+
+/// A sparse raw disk of `size` named `name` in `dir`.
+pub fn sparse_disk(dir: &Path, name: &str, size: ByteSize) -> Disk {
+    let path = dir.join(name);
+    tandem_qemu::state::create_sparse_disk(&path, size).expect("create sparse disk");
+    Disk::new(path)
+}
+
+/// Start QEMU quietly, logging the console to `dir/console.log`.
+pub fn spawn(cmd: &QemuCommand, dir: &Path) -> Vm {
+    Vm::spawn(
+        cmd,
+        SpawnOptions {
+            echo_console: false,
+            echo_stderr: false,
+            console_log: Some(dir.join("console.log")),
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\ncommand: {cmd}"))
+}
+
+/// The inventory lines seen so far.
+pub fn inventory(vm: &Vm) -> Vec<InventoryEntry> {
+    vm.history()
+        .iter()
+        .filter_map(|l| match &l.event {
+            ConsoleEvent::Inventory(e) => Some(e.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The console so far, for assertion messages.
+pub fn console(vm: &Vm) -> String {
+    vm.context()
+}
