@@ -390,7 +390,7 @@ mod tests {
 
     #[test]
     fn tee_splits_lines_and_logs() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::scratch::tempdir().unwrap();
         let log_path = dir.path().join("console.log");
         let tee = ConsoleTee {
             echo: false,

@@ -44,7 +44,7 @@ pub struct ImageLocation {
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     /// An explicitly named image does not exist.
-    #[error("guest image {path} (from {from}) does not exist")]
+    #[error("guest image {} (from {from}) does not exist", .path.display())]
     Missing {
         /// The path.
         path: PathBuf,
@@ -59,14 +59,15 @@ pub enum ImageError {
     NoWorkspace,
     /// The default image is missing and cargo is not available.
     #[error(
-        "guest image {0} is missing and cargo is not available; build it with: {BUILD_COMMAND}"
+        "guest image {} is missing and cargo is not available; build it with: {BUILD_COMMAND}",
+        .0.display()
     )]
     NoCargo(PathBuf),
     /// The build failed.
     #[error("building the guest image failed ({0}); run `{BUILD_COMMAND}` to see why")]
     BuildFailed(String),
     /// The build succeeded but produced no image.
-    #[error("`{BUILD_COMMAND}` succeeded but {0} does not exist")]
+    #[error("`{BUILD_COMMAND}` succeeded but {} does not exist", .0.display())]
     NotProduced(PathBuf),
 }
 
@@ -206,7 +207,7 @@ mod tests {
 
     #[test]
     fn finds_workspace_by_table() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::scratch::tempdir().unwrap();
         let ws = dir.path().join("ws");
         let member = ws.join("member").join("src");
         std::fs::create_dir_all(&member).unwrap();

@@ -35,6 +35,7 @@ pub mod qemu_bin;
 pub mod qmp;
 pub mod qmp_cmd;
 pub mod run;
+pub mod scratch;
 pub mod size;
 pub mod state;
 pub mod vm;

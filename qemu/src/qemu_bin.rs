@@ -110,7 +110,7 @@ mod tests {
 
     #[test]
     fn finds_in_path_list() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::scratch::tempdir().unwrap();
         let exe = dir.path().join("fake-qemu");
         std::fs::write(&exe, "#!/bin/sh\n").unwrap();
         let not_exec = dir.path().join("plain");

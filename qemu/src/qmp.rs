@@ -21,7 +21,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, thiserror::Error)]
 pub enum QmpError {
     /// Could not connect to the socket.
-    #[error("cannot connect to QMP socket {path}: {source}")]
+    #[error("cannot connect to QMP socket {}: {source}", .path.display())]
     Connect {
         /// The socket path.
         path: PathBuf,
@@ -267,8 +267,10 @@ mod tests {
     use std::os::unix::net::UnixListener;
 
     /// A scripted fake QEMU on the other end of a socket.
-    fn fake_qemu(script: Vec<(&'static str, Vec<&'static str>)>) -> (tempfile::TempDir, PathBuf) {
-        let dir = tempfile::tempdir().unwrap();
+    fn fake_qemu(
+        script: Vec<(&'static str, Vec<&'static str>)>,
+    ) -> (crate::scratch::TempDir, PathBuf) {
+        let dir = crate::scratch::tempdir().unwrap();
         let path = dir.path().join("qmp.sock");
         let listener = UnixListener::bind(&path).unwrap();
         std::thread::spawn(move || {

@@ -30,8 +30,9 @@ pub const MAX_SOCKET_PATH: usize = 107;
 pub enum StateError {
     /// Another process holds the lock.
     #[error(
-        "state directory {dir} is in use by another `tandem run`{holder}; stop it or pass a \
-         different --state-dir"
+        "state directory {} is in use by another `tandem run`{holder}; stop it or pass a \
+         different --state-dir",
+        .dir.display()
     )]
     Busy {
         /// The directory.
@@ -41,11 +42,12 @@ pub enum StateError {
     },
     /// The QMP socket path would be too long for a unix socket.
     #[error(
-        "QMP socket path {0} is longer than {MAX_SOCKET_PATH} bytes; use a shorter --state-dir"
+        "QMP socket path {} is longer than {MAX_SOCKET_PATH} bytes; use a shorter --state-dir",
+        .0.display()
     )]
     SocketPathTooLong(PathBuf),
     /// I/O on a state file.
-    #[error("{path}: {source}")]
+    #[error("{}: {source}", .path.display())]
     Io {
         /// The file.
         path: PathBuf,
@@ -200,7 +202,7 @@ mod tests {
 
     #[test]
     fn second_lock_fails_clearly_and_cleanup_runs() {
-        let tmp = tempfile::tempdir().unwrap();
+        let tmp = crate::scratch::tempdir().unwrap();
         let dir = StateDir::new(tmp.path().join("st"));
         let lock = dir.lock().unwrap();
         std::fs::write(dir.qmp_socket(), "").unwrap();
@@ -220,7 +222,7 @@ mod tests {
 
     #[test]
     fn default_disk_is_sparse_and_kept() {
-        let tmp = tempfile::tempdir().unwrap();
+        let tmp = crate::scratch::tempdir().unwrap();
         let dir = StateDir::new(tmp.path());
         let (path, created) = dir.ensure_default_disk(ByteSize::gib(1)).unwrap();
         assert!(created);
@@ -239,7 +241,7 @@ mod tests {
 
     #[test]
     fn long_socket_path_is_refused() {
-        let tmp = tempfile::tempdir().unwrap();
+        let tmp = crate::scratch::tempdir().unwrap();
         let deep = tmp.path().join("x".repeat(120));
         let err = StateDir::new(deep).lock().unwrap_err();
         assert!(matches!(err, StateError::SocketPathTooLong(_)), "{err}");

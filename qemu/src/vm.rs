@@ -39,7 +39,7 @@ pub struct SpawnOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
     /// QEMU could not be started.
-    #[error("cannot start {qemu}: {source}")]
+    #[error("cannot start {}: {source}", .qemu.display())]
     Spawn {
         /// The executable.
         qemu: PathBuf,
@@ -47,7 +47,7 @@ pub enum VmError {
         source: std::io::Error,
     },
     /// The console log could not be created.
-    #[error("cannot create console log {path}: {source}")]
+    #[error("cannot create console log {}: {source}", .path.display())]
     ConsoleLog {
         /// The path.
         path: PathBuf,

@@ -42,7 +42,7 @@ fn text(b: &[u8]) -> String {
 #[test]
 fn tandem_run_cli() {
     ensure_image();
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tandem_qemu::scratch::tempdir().unwrap();
     let state = tmp.path().join("state");
     let port = free_port().to_string();
     let out = tandem(
@@ -88,7 +88,7 @@ fn tandem_run_cli() {
 #[test]
 fn tandem_run_reports_guest_panic() {
     ensure_image();
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tandem_qemu::scratch::tempdir().unwrap();
     let out = tandem(
         &[
             "run",
@@ -112,7 +112,7 @@ fn tandem_run_reports_guest_panic() {
 
 #[test]
 fn bogus_machine_is_a_clap_error() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tandem_qemu::scratch::tempdir().unwrap();
     let out = tandem(&["run", "--machine", "bogus"], tmp.path());
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
@@ -129,7 +129,7 @@ fn bogus_machine_is_a_clap_error() {
 
 #[test]
 fn dry_run_prints_the_command_line_only() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tandem_qemu::scratch::tempdir().unwrap();
     let out = tandem(
         &[
             "run",
@@ -177,7 +177,7 @@ fn dry_run_prints_the_command_line_only() {
 #[test]
 fn interrupt_stops_qemu_and_exits_130() {
     ensure_image();
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tandem_qemu::scratch::tempdir().unwrap();
     let state = tmp.path().join("s");
     let state_arg = state.to_str().unwrap();
     let mut child = Command::new(TANDEM)
@@ -265,7 +265,7 @@ fn interrupt_stops_qemu_and_exits_130() {
 
 #[test]
 fn missing_qemu_names_the_install_command() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tandem_qemu::scratch::tempdir().unwrap();
     let out = Command::new(TANDEM)
         .args(["run", "--dry-run"])
         .current_dir(tmp.path())

@@ -10,7 +10,7 @@ use tandem_tests::*;
 /// with their capacity and the NIC with its MAC, the ready line counts them, and the guest
 /// shuts down cleanly.
 fn boot_two_disks_one_nic(machine: Machine, transport: Transport) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tandem_qemu::scratch::tempdir().unwrap();
     let cmd = guest_command(machine, dir.path())
         .disk(sparse_disk(dir.path(), "a.raw", ByteSize::mib(64)))
         .disk(sparse_disk(dir.path(), "b.raw", ByteSize::mib(64)))
@@ -60,7 +60,7 @@ fn boot_microvm() {
 
 #[test]
 fn boot_in_32m() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tandem_qemu::scratch::tempdir().unwrap();
     let cmd = guest_command(Machine::Q35, dir.path())
         .memory(ByteSize::mib(32))
         .disk(sparse_disk(dir.path(), "a.raw", ByteSize::mib(64)))
@@ -77,7 +77,7 @@ fn boot_in_32m() {
 
 #[test]
 fn read_only_disk_is_offered_read_only() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tandem_qemu::scratch::tempdir().unwrap();
     let cmd = guest_command(Machine::Q35, dir.path())
         .disk(sparse_disk(dir.path(), "rw.raw", ByteSize::mib(64)))
         .disk(sparse_disk(dir.path(), "ro.raw", ByteSize::mib(64)).read_only())

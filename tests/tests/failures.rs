@@ -8,7 +8,7 @@ use tandem_tests::*;
 
 #[test]
 fn panic_reports_and_fails() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tandem_qemu::scratch::tempdir().unwrap();
     let cmd = guest_command(Machine::Q35, dir.path()).cmdline("debug.panic=boot");
     let mut vm = spawn(&cmd, dir.path());
     let exit = vm.wait_exit(BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
@@ -32,7 +32,7 @@ fn panic_reports_and_fails() {
 
 #[test]
 fn page_fault_reported() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tandem_qemu::scratch::tempdir().unwrap();
     let cmd = guest_command(Machine::Q35, dir.path())
         .disk(sparse_disk(dir.path(), "a.raw", ByteSize::mib(64)))
         .cmdline("debug.fault=pagefault");
@@ -61,7 +61,7 @@ fn page_fault_reported() {
 
 #[test]
 fn unknown_cmdline_key_reported() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tandem_qemu::scratch::tempdir().unwrap();
     let cmd = guest_command(Machine::Q35, dir.path())
         .nic(Nic::user())
         .cmdline("frobnicate=1 exit=ready");
@@ -78,7 +78,7 @@ fn unknown_cmdline_key_reported() {
 
 #[test]
 fn malformed_cmdline_word_reported() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tandem_qemu::scratch::tempdir().unwrap();
     let cmd = guest_command(Machine::Q35, dir.path()).cmdline("=oops exit=ready");
     let mut vm = spawn(&cmd, dir.path());
     vm.wait_for_line("the malformed-word warning", BOOT_TIMEOUT, |l| {

@@ -11,7 +11,7 @@ use tandem_tests::*;
 /// No kernel, CPUs stopped: the QMP client's handshake, replies, errors and `quit`.
 #[test]
 fn qmp_against_paused_qemu() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tandem_qemu::scratch::tempdir().unwrap();
     let sock = dir.path().join("qmp.sock");
     let cmd = QemuCommand::new(qemu())
         .machine(Machine::Q35)
@@ -40,7 +40,7 @@ fn qmp_against_paused_qemu() {
 /// makes QEMU exit.
 #[test]
 fn qmp_query_status_and_quit_guest() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tandem_qemu::scratch::tempdir().unwrap();
     let cmd = guest_command(Machine::Q35, dir.path())
         .disk(sparse_disk(dir.path(), "a.raw", ByteSize::mib(64)))
         .nic(Nic::user());
@@ -59,7 +59,7 @@ fn qmp_query_status_and_quit_guest() {
 /// `Vm::stop` (what Ctrl-C does) ends a running guest through QMP.
 #[test]
 fn stop_quits_running_guest() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tandem_qemu::scratch::tempdir().unwrap();
     let cmd = guest_command(Machine::Microvm, dir.path());
     let mut vm = spawn(&cmd, dir.path());
     vm.wait_ready(BOOT_TIMEOUT)

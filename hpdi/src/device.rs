@@ -1,0 +1,198 @@
+//! The device side of the HPDI: what a front-end driver implements and advertises.
+
+use crate::error::Error;
+use crate::pool::BufferPool;
+use crate::request::{Completion, Op, Request};
+use crate::ring::Ring;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    Block,
+    Net,
+    Memory,
+}
+
+impl DeviceKind {
+    /// Name prefix in the registry (`blk0`, `net0`, `nvram0`).
+    pub fn prefix(self) -> &'static str {
+        match self {
+            DeviceKind::Block => "blk",
+            DeviceKind::Net => "net",
+            DeviceKind::Memory => "nvram",
+        }
+    }
+}
+
+/// A set of [`Op`]s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OpSet(u16);
+
+impl OpSet {
+    pub fn of(ops: &[Op]) -> Self {
+        Self(ops.iter().fold(0, |m, op| m | 1 << *op as u8))
+    }
+
+    pub fn contains(self, op: Op) -> bool {
+        self.0 & (1 << op as u8) != 0
+    }
+
+    pub fn with(self, op: Op) -> Self {
+        Self(self.0 | 1 << op as u8)
+    }
+}
+
+/// What a device offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    pub kind: DeviceKind,
+    /// Smallest addressable unit in bytes (512 for virtio-blk, 1 for memory regions).
+    pub block_size: u32,
+    /// Size in bytes (0 for network devices).
+    pub capacity: u64,
+    pub max_segments: u16,
+    /// Requests the device can hold at once.
+    pub queue_depth: u16,
+    pub ops: OpSet,
+    pub read_only: bool,
+}
+
+impl Capabilities {
+    /// The checks every block or memory device applies before touching hardware: supported
+    /// op, writable device, segment count, alignment and range. Segments are checked against
+    /// the pool by the device when it resolves their addresses.
+    pub fn validate(&self, req: &Request) -> Result<(), Error> {
+        if !self.ops.contains(req.op) {
+            return Err(Error::Unsupported(req.op));
+        }
+        if self.read_only
+            && matches!(
+                req.op,
+                Op::Write | Op::Discard | Op::WriteZeroes | Op::Store
+            )
+        {
+            return Err(Error::Unsupported(req.op));
+        }
+        if req.sg.len() > usize::from(self.max_segments) {
+            return Err(Error::TooManySegments);
+        }
+        if matches!(req.op, Op::Flush | Op::Persist | Op::Send | Op::Recv) {
+            return Ok(());
+        }
+        let len = req.byte_len();
+        let block = u64::from(self.block_size.max(1));
+        if !req.offset.is_multiple_of(block) || !len.is_multiple_of(block) {
+            return Err(Error::Misaligned {
+                offset: req.offset,
+                len,
+                block: self.block_size,
+            });
+        }
+        if req
+            .offset
+            .checked_add(len)
+            .is_none_or(|end| end > self.capacity)
+        {
+            return Err(Error::OutOfRange {
+                offset: req.offset,
+                len,
+                capacity: self.capacity,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A front-end driver behind the HPDI.
+pub trait Device {
+    fn capabilities(&self) -> Capabilities;
+
+    /// Takes requests from `sq` (as many as the device has room for, and never more than
+    /// `cq` can take completions for), starts them, and posts finished ones to `cq`.
+    /// Returns the number of completions posted.
+    fn poll(
+        &mut self,
+        pool: &mut BufferPool,
+        sq: &mut Ring<Request>,
+        cq: &mut Ring<Completion>,
+    ) -> usize;
+
+    /// Requests taken from the submission ring and not yet completed.
+    fn in_flight(&self) -> usize;
+
+    /// Counters for benchmarks and tests.
+    fn stats(&self) -> DeviceStats {
+        DeviceStats::default()
+    }
+}
+
+/// What a device counts about itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeviceStats {
+    pub submitted: u64,
+    pub completed: u64,
+    /// Most requests in flight at once.
+    pub max_in_flight: u32,
+    /// Payload bytes the driver copied (a zero-copy driver keeps this at 0).
+    pub bytes_copied: u64,
+    /// Payload bytes moved to or from the device.
+    pub bytes_moved: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::BufId;
+    use crate::request::{Segment, SgList};
+
+    fn caps() -> Capabilities {
+        Capabilities {
+            kind: DeviceKind::Block,
+            block_size: 512,
+            capacity: 1 << 20,
+            max_segments: 2,
+            queue_depth: 8,
+            ops: OpSet::of(&[Op::Read, Op::Write, Op::Flush]),
+            read_only: false,
+        }
+    }
+
+    #[test]
+    fn validation_errors() {
+        let c = caps();
+        let sg = SgList::one(Segment::whole(BufId(0), 4096));
+        assert_eq!(c.validate(&Request::write(0, sg, 0)), Ok(()));
+        assert_eq!(c.validate(&Request::flush(0)), Ok(()));
+        assert_eq!(
+            c.validate(&Request::discard(0, 512, 0)),
+            Err(Error::Unsupported(Op::Discard))
+        );
+        assert!(matches!(
+            c.validate(&Request::read(1, sg, 0)),
+            Err(Error::Misaligned { .. })
+        ));
+        assert!(matches!(
+            c.validate(&Request::read((1 << 20) - 512, sg, 0)),
+            Err(Error::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            c.validate(&Request::read(u64::MAX - 511, sg, 0)),
+            Err(Error::OutOfRange { .. })
+        ));
+        let mut three = sg;
+        three.push(Segment::whole(BufId(1), 512)).unwrap();
+        three.push(Segment::whole(BufId(2), 512)).unwrap();
+        assert_eq!(
+            c.validate(&Request::write(0, three, 0)),
+            Err(Error::TooManySegments)
+        );
+        let ro = Capabilities {
+            read_only: true,
+            ..c
+        };
+        assert_eq!(
+            ro.validate(&Request::write(0, sg, 0)),
+            Err(Error::Unsupported(Op::Write))
+        );
+        assert!(OpSet::default().with(Op::Send).contains(Op::Send));
+    }
+}

@@ -1,0 +1,53 @@
+//! Devices by name: the application opens `blk0`, `net0`, `nvram0` without knowing which
+//! driver or transport is behind it.
+
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::device::{Device, DeviceKind};
+use crate::error::Error;
+
+#[derive(Default)]
+pub struct Registry {
+    devices: Vec<(String, Box<dyn Device>)>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers a device under the next free name of its kind; returns the name.
+    pub fn add(&mut self, dev: Box<dyn Device>) -> String {
+        let kind = dev.capabilities().kind;
+        let n = self
+            .devices
+            .iter()
+            .filter(|(_, d)| d.capabilities().kind == kind)
+            .count();
+        let name = format!("{}{n}", kind.prefix());
+        self.devices.push((name.clone(), dev));
+        name
+    }
+
+    pub fn open(&mut self, name: &str) -> Result<&mut dyn Device, Error> {
+        self.devices
+            .iter_mut()
+            .find(|(n, _)| n == name)
+            .map(|(_, d)| d.as_mut() as &mut dyn Device)
+            .ok_or(Error::NoSuchDevice)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.devices.iter().map(|(n, _)| n.as_str())
+    }
+
+    pub fn of_kind(&self, kind: DeviceKind) -> impl Iterator<Item = &str> {
+        self.devices
+            .iter()
+            .filter(move |(_, d)| d.capabilities().kind == kind)
+            .map(|(n, _)| n.as_str())
+    }
+}
