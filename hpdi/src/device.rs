@@ -75,6 +75,10 @@ impl Capabilities {
         if req.sg.len() > usize::from(self.max_segments) {
             return Err(Error::TooManySegments);
         }
+        if req.op.has_data() && (req.sg.is_empty() || req.sg.as_slice().iter().any(|s| s.len == 0))
+        {
+            return Err(Error::BadSegment);
+        }
         if matches!(req.op, Op::Flush | Op::Persist | Op::Send | Op::Recv) {
             return Ok(());
         }
@@ -103,25 +107,72 @@ impl Capabilities {
 }
 
 /// A front-end driver behind the HPDI.
+///
+/// Drivers implement [`Device::start`] and [`Device::complete`]; the ring plumbing in
+/// [`Device::poll`] is shared by all of them. Applications use the rings (through
+/// [`crate::QueuePair`]); benchmarks may call `start`/`complete` directly to measure what the
+/// rings cost.
 pub trait Device {
     fn capabilities(&self) -> Capabilities;
 
-    /// Takes requests from `sq` (as many as the device has room for, and never more than
-    /// `cq` can take completions for), starts them, and posts finished ones to `cq`.
-    /// Returns the number of completions posted.
-    fn poll(
+    /// Starts one request. `Err(Error::RingFull)`: the device has no room now and the request
+    /// was not taken (retry after completions). Any other error rejects the request.
+    fn start(&mut self, pool: &mut BufferPool, req: &Request) -> Result<(), Error>;
+
+    /// Posts up to `max` finished requests to `done`; returns how many.
+    fn complete(
         &mut self,
         pool: &mut BufferPool,
-        sq: &mut Ring<Request>,
-        cq: &mut Ring<Completion>,
+        max: usize,
+        done: &mut dyn FnMut(Completion),
     ) -> usize;
 
-    /// Requests taken from the submission ring and not yet completed.
+    /// Tells the hardware about requests started since the last call (one doorbell per batch).
+    fn notify(&mut self) {}
+
+    /// Requests started and not yet completed.
     fn in_flight(&self) -> usize;
 
     /// Counters for benchmarks and tests.
     fn stats(&self) -> DeviceStats {
         DeviceStats::default()
+    }
+
+    /// Reaps completions into `cq`, then starts requests from `sq` while the device has room,
+    /// never holding more requests than `cq` can take completions for. Returns the number of
+    /// completions posted.
+    fn poll(
+        &mut self,
+        pool: &mut BufferPool,
+        sq: &mut Ring<Request>,
+        cq: &mut Ring<Completion>,
+    ) -> usize {
+        let mut posted = self.complete(pool, cq.free(), &mut |c| {
+            let _ = cq.push(c);
+        });
+        let mut started = 0;
+        while let Some(req) = sq.peek() {
+            // Room for every in-flight completion plus one more.
+            if cq.free() <= self.in_flight() {
+                break;
+            }
+            match self.start(pool, req) {
+                Ok(()) => started += 1,
+                Err(Error::RingFull) => break,
+                Err(e) => {
+                    let _ = cq.push(Completion {
+                        tag: req.tag,
+                        result: Err(e),
+                    });
+                    posted += 1;
+                }
+            }
+            sq.pop();
+        }
+        if started > 0 {
+            self.notify();
+        }
+        posted
     }
 }
 

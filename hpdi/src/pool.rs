@@ -154,6 +154,32 @@ impl BufferPool {
         Ok(&mut self.mem.bytes_mut()[r])
     }
 
+    /// Mutable slices for several segments at once, in the order given (a driver hands them
+    /// all to the device in one descriptor chain). Overlapping segments are refused, so the
+    /// slices never alias.
+    pub fn slices_mut(&mut self, segs: &[Segment]) -> Result<Vec<&mut [u8]>, Error> {
+        let mut ranges = Vec::with_capacity(segs.len());
+        for (i, seg) in segs.iter().enumerate() {
+            ranges.push((self.range(seg)?, i));
+        }
+        ranges.sort_by_key(|(r, _)| r.start);
+        if ranges.windows(2).any(|w| w[0].0.end > w[1].0.start) {
+            return Err(Error::BadSegment);
+        }
+        let mut out: Vec<Option<&mut [u8]>> = (0..segs.len()).map(|_| None).collect();
+        let mut rest = self.mem.bytes_mut();
+        let mut consumed = 0;
+        for (r, i) in ranges {
+            let tail = core::mem::take(&mut rest);
+            let (_, tail) = tail.split_at_mut(r.start - consumed);
+            let (piece, tail) = tail.split_at_mut(r.len());
+            out[i] = Some(piece);
+            rest = tail;
+            consumed = r.end;
+        }
+        Ok(out.into_iter().flatten().collect())
+    }
+
     /// The whole buffer.
     pub fn buf(&self, id: BufId) -> Result<&[u8], Error> {
         self.slice(&Segment::whole(id, self.buf_size))
@@ -242,6 +268,52 @@ mod tests {
         ] {
             assert_eq!(p.slice(&bad).err(), Some(Error::BadSegment), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn many_slices_without_aliasing() {
+        let mut p = BufferPool::host(4, 4096).unwrap();
+        let a = p.alloc().unwrap();
+        let b = p.alloc().unwrap();
+        let segs = [
+            Segment {
+                buf: b,
+                offset: 0,
+                len: 100,
+            },
+            Segment {
+                buf: a,
+                offset: 512,
+                len: 512,
+            },
+            Segment {
+                buf: b,
+                offset: 100,
+                len: 50,
+            },
+        ];
+        let got = p.slices_mut(&segs).unwrap();
+        assert_eq!(
+            got.iter().map(|s| s.len()).collect::<Vec<_>>(),
+            [100, 512, 50]
+        );
+        let addrs: Vec<u64> = got.iter().map(|s| s.as_ptr() as u64).collect();
+        for (seg, addr) in segs.iter().zip(addrs) {
+            assert_eq!(p.phys(seg).unwrap(), addr);
+        }
+        let overlapping = [
+            Segment {
+                buf: a,
+                offset: 0,
+                len: 100,
+            },
+            Segment {
+                buf: a,
+                offset: 99,
+                len: 2,
+            },
+        ];
+        assert_eq!(p.slices_mut(&overlapping).err(), Some(Error::BadSegment));
     }
 
     #[test]
