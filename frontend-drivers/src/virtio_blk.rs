@@ -119,7 +119,12 @@ pub struct VirtioBlk<H: Hal, T: Transport, const Q: usize> {
 impl<H: Hal, T: Transport, const Q: usize> VirtioBlk<H, T, Q> {
     pub fn new(mut transport: T) -> Result<Self, virtio_drivers::Error> {
         let f = transport.begin_init(Features::all());
-        let capacity_sectors: u64 = transport.read_config_space(cfg::CAPACITY)?;
+        // Config space is only 4-byte aligned: read the 64-bit capacity as two halves.
+        let capacity_sectors = transport.read_consistent(|| {
+            let lo: u32 = transport.read_config_space(cfg::CAPACITY)?;
+            let hi: u32 = transport.read_config_space(cfg::CAPACITY + 4)?;
+            Ok(u64::from(lo) | u64::from(hi) << 32)
+        })?;
         let seg_max = if f.contains(Features::SEG_MAX) {
             transport.read_config_space::<u32>(cfg::SEG_MAX)?.max(1)
         } else {
@@ -155,10 +160,8 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioBlk<H, T, Q> {
         }
         // Without indirect descriptors a request takes header + segments + status slots.
         let seg_limit = if indirect { Q } else { Q.saturating_sub(2) };
-        let max_segments = (seg_max as usize)
-            .min(seg_limit)
-            .min(hpdi::request::MAX_SEGMENTS)
-            .max(1) as u16;
+        let max_segments =
+            (seg_max as usize).clamp(1, seg_limit.min(hpdi::request::MAX_SEGMENTS).max(1)) as u16;
         let caps = Capabilities {
             kind: DeviceKind::Block,
             block_size: SECTOR as u32,

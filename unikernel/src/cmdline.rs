@@ -11,8 +11,14 @@
 //! - `debug.panic=boot|ready` — panic on purpose at that point (tests the panic path).
 //! - `debug.fault=pagefault|gp|ud|divide|breakpoint` — raise that CPU exception after init.
 //! - `virtio_mmio.device=SIZE@BASE:IRQ[:ID]` — a virtio-mmio device (QEMU microvm adds these).
+//! - `bench=DEVICE` — run the block benchmark on `DEVICE` (e.g. `blk0`) instead of serving,
+//!   print one `BENCH {json}` line and power off; tuned by `bench.rw=read|write|randread|
+//!   randwrite|randrw`, `bench.bs=SIZE`, `bench.qd=N`, `bench.ops=N`, `bench.time_ms=MS`,
+//!   `bench.path=hpdi|direct`, `bench.span_mib=N`, `bench.verify=0|1`, `bench.seed=N`.
 
 use core::fmt;
+
+use crate::bench::{JobSpec, Path, Rw};
 
 /// Most virtio-mmio devices accepted from the command line.
 pub const MAX_MMIO_DEVICES: usize = 32;
@@ -63,6 +69,8 @@ pub struct Config {
     pub dma_pct: u8,
     pub debug_panic: Option<PanicPoint>,
     pub debug_fault: Option<Fault>,
+    /// The benchmark job; it runs when `bench=DEVICE` named a device.
+    pub bench: JobSpec,
     mmio: [MmioDevice; MAX_MMIO_DEVICES],
     mmio_count: usize,
 }
@@ -75,6 +83,7 @@ impl Default for Config {
             dma_pct: 50,
             debug_panic: None,
             debug_fault: None,
+            bench: JobSpec::default(),
             mmio: [MmioDevice::default(); MAX_MMIO_DEVICES],
             mmio_count: 0,
         }
@@ -170,10 +179,58 @@ pub fn parse<'a>(line: &'a str, mut report: impl FnMut(Issue<'a>)) -> Config {
                 }
                 None => report(bad("SIZE@BASE:IRQ")),
             },
+            _ if key == "bench" || key.starts_with("bench.") => {
+                if let Err(expected) = parse_bench(&mut cfg.bench, key, value) {
+                    report(bad(expected));
+                }
+            }
             _ => report(Issue::UnknownKey(key)),
         }
     }
     cfg
+}
+
+/// One `bench` / `bench.*` word; on error, what was expected.
+fn parse_bench(job: &mut JobSpec, key: &str, v: &str) -> Result<(), &'static str> {
+    let num = |max: u64, what| {
+        parse_number(v)
+            .filter(|n| (1..=max).contains(n))
+            .ok_or(what)
+    };
+    match key {
+        "bench" => {
+            if !job.set_device(v) {
+                return Err("a device name such as blk0");
+            }
+        }
+        "bench.rw" => job.rw = Rw::parse(v).ok_or("read|write|randread|randwrite|randrw")?,
+        "bench.bs" => {
+            job.bs = parse_size(v)
+                .filter(|n| (512..=u64::from(crate::bench::MAX_BS)).contains(n))
+                .ok_or("a size from 512 to 4M")? as u32
+        }
+        "bench.qd" => job.qd = num(u64::from(crate::bench::MAX_QD), "1..=1024")? as u16,
+        "bench.ops" => job.ops = Some(num(u64::MAX, "a positive count")?),
+        "bench.time_ms" => job.time_ms = Some(num(3_600_000, "1..=3600000 ms")?),
+        "bench.span_mib" => job.span = Some(num(1 << 30, "a positive MiB count")? << 20),
+        "bench.seed" => job.seed = parse_number(v).ok_or("a number")?,
+        "bench.path" => {
+            job.path = match v {
+                "hpdi" => Path::Hpdi,
+                "direct" => Path::Direct,
+                _ => return Err("hpdi|direct"),
+            }
+        }
+        "bench.verify" => {
+            job.verify = match v {
+                "1" => true,
+                "0" => false,
+                _ => return Err("0|1"),
+            }
+        }
+        _ => return Err("a known bench.* key"),
+    }
+    Ok(())
 }
 
 fn parse_level(v: &str) -> Option<LogLevel> {
@@ -320,6 +377,30 @@ mod tests {
         assert_eq!(cfg.mmio_devices().len(), MAX_MMIO_DEVICES);
         assert_eq!(issues.len(), 2);
         assert!(issues[0].contains("dropped"));
+    }
+
+    #[test]
+    fn bench_keys() {
+        let (cfg, issues) = parse_all(
+            "bench.qd=32 bench=blk1 bench.rw=randwrite bench.bs=64K bench.ops=100 \
+             bench.path=direct bench.verify=1 bench.span_mib=16 bench.time_ms=50",
+        );
+        assert!(issues.is_empty(), "{issues:?}");
+        let b = cfg.bench;
+        assert_eq!(b.device(), Some("blk1"));
+        assert_eq!(
+            (b.rw, b.bs, b.qd, b.ops),
+            (Rw::RandWrite, 65536, 32, Some(100))
+        );
+        assert_eq!(
+            (b.path, b.verify, b.span, b.time_ms),
+            (Path::Direct, true, Some(16 << 20), Some(50))
+        );
+        let (cfg, issues) =
+            parse_all("bench.qd=0 bench.bs=3 bench.rw=sideways bench.frob=1 bench=");
+        assert_eq!(cfg.bench, JobSpec::default());
+        assert_eq!(issues.len(), 5, "{issues:?}");
+        assert!(Config::default().bench.device().is_none());
     }
 
     #[test]

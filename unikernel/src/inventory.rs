@@ -48,6 +48,10 @@ pub enum DeviceInfo {
     VirtioBlk {
         capacity_sectors: u64,
         read_only: bool,
+        /// Virtqueue size the driver uses (requests in flight at most).
+        queue_size: u16,
+        /// Negotiated optional features, comma-separated (`indirect,flush,discard`).
+        features: alloc::string::String,
     },
     VirtioNet {
         mac: [u8; 6],
@@ -101,11 +105,14 @@ impl fmt::Display for Entry {
             DeviceInfo::VirtioBlk {
                 capacity_sectors,
                 read_only,
+                queue_size,
+                features,
             } => write!(
                 f,
-                "inventory: {name} virtio-blk {t} {loc} capacity={capacity_sectors} sectors=512B size={} ro={}",
+                "inventory: {name} virtio-blk {t} {loc} capacity={capacity_sectors} sectors=512B size={} ro={} queue={queue_size} features={}",
                 crate::units::Bytes(capacity_sectors * 512),
-                u8::from(*read_only)
+                u8::from(*read_only),
+                if features.is_empty() { "-" } else { features },
             )?,
             DeviceInfo::VirtioNet { mac } => {
                 write!(f, "inventory: {name} virtio-net {t} {loc} mac={}", Mac(*mac))?
@@ -175,11 +182,13 @@ mod tests {
             info: DeviceInfo::VirtioBlk {
                 capacity_sectors: 2_097_152,
                 read_only: false,
+                queue_size: 256,
+                features: "indirect,flush".into(),
             },
         };
         assert_eq!(
             blk.to_string(),
-            "inventory: blk0 virtio-blk pci 0000:00:02.0 capacity=2097152 sectors=512B size=1GiB ro=0"
+            "inventory: blk0 virtio-blk pci 0000:00:02.0 capacity=2097152 sectors=512B size=1GiB ro=0 queue=256 features=indirect,flush"
         );
         let net = Entry {
             name: Some("net0".into()),

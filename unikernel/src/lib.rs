@@ -14,9 +14,11 @@
 extern crate alloc;
 
 pub mod acpi;
+pub mod bench;
 pub mod cmdline;
 pub mod exceptions;
 pub mod exit;
+pub mod histogram;
 pub mod inventory;
 pub mod memmap;
 pub mod start_info;

@@ -1,6 +1,7 @@
 //! Device discovery: PCI functions through ECAM and virtio-mmio windows from the command
-//! line. Every virtio-blk and virtio-net device is initialised through `virtio-drivers`;
-//! everything else is listed in the inventory, never fatal.
+//! line. Every virtio-blk device is opened as an HPDI device (`frontend_drivers::virtio_blk`,
+//! on a `virtio-drivers` transport) and registered by name; virtio-net is initialised through
+//! `virtio-drivers`; everything else is listed in the inventory, never fatal.
 
 use alloc::format;
 use alloc::string::ToString;
@@ -11,16 +12,16 @@ use log::{debug, warn};
 use unikernel::acpi::AcpiInfo;
 use unikernel::cmdline::MmioDevice;
 use unikernel::inventory::{DeviceInfo, Entry, Location};
-use virtio_drivers::device::blk::VirtIOBlk;
 use virtio_drivers::device::net::VirtIONetRaw;
 use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
 use virtio_drivers::transport::pci::{virtio_device_type, PciTransport};
 use virtio_drivers::transport::{DeviceType, SomeTransport, Transport};
 
+use frontend_drivers::virtio_blk::Features;
+
 use crate::virtio_hal::TandemHal;
 
 pub type Transport_ = SomeTransport<'static>;
-pub type Blk = VirtIOBlk<TandemHal, Transport_>;
 /// Queue size for the NIC's queues (issue 3 moves this onto the HPDI).
 pub const NET_QUEUE: usize = 16;
 pub type Net = VirtIONetRaw<TandemHal, Transport_, NET_QUEUE>;
@@ -29,7 +30,10 @@ pub type Net = VirtIONetRaw<TandemHal, Transport_, NET_QUEUE>;
 #[derive(Default)]
 pub struct Devices {
     pub inventory: Vec<Entry>,
-    pub blk: Vec<Blk>,
+    /// Block devices by name (`blk0`, ...), behind the HPDI.
+    pub registry: hpdi::Registry,
+    /// Transport of each registered device, by name (for reports).
+    pub transports: Vec<(alloc::string::String, &'static str)>,
     pub net: Vec<Net>,
     /// Vendor and device id of the PCI host bridge at 00:00.0.
     pub host_bridge: Option<(u16, u16)>,
@@ -40,17 +44,22 @@ impl Devices {
     /// Initialises a virtio device behind `transport` and records it.
     fn attach(&mut self, location: Location, transport: Transport_) {
         let info = match transport.device_type() {
-            DeviceType::Block => match Blk::new(transport) {
-                Ok(blk) => {
-                    let info = DeviceInfo::VirtioBlk {
-                        capacity_sectors: blk.capacity(),
-                        read_only: blk.readonly(),
-                    };
-                    self.blk.push(blk);
-                    return self.push(Some(format!("blk{}", self.blk.len() - 1)), location, info);
+            DeviceType::Block => {
+                match frontend_drivers::virtio_blk::open::<TandemHal, _>(transport) {
+                    Ok((dev, blk)) => {
+                        let info = DeviceInfo::VirtioBlk {
+                            capacity_sectors: blk.capacity_sectors,
+                            read_only: blk.features.contains(Features::RO),
+                            queue_size: blk.queue_size,
+                            features: feature_names(blk.features),
+                        };
+                        let name = self.registry.add(dev);
+                        self.transports.push((name.clone(), location.transport()));
+                        return self.push(Some(name), location, info);
+                    }
+                    Err(e) => failed("virtio-blk", e),
                 }
-                Err(e) => failed("virtio-blk", e),
-            },
+            }
             DeviceType::Network => match Net::new(transport) {
                 Ok(net) => {
                     let info = DeviceInfo::VirtioNet {
@@ -75,6 +84,21 @@ impl Devices {
             info,
         });
     }
+}
+
+fn feature_names(f: Features) -> alloc::string::String {
+    [
+        (Features::RING_INDIRECT_DESC, "indirect"),
+        (Features::RING_EVENT_IDX, "event-idx"),
+        (Features::FLUSH, "flush"),
+        (Features::DISCARD, "discard"),
+        (Features::WRITE_ZEROES, "write-zeroes"),
+    ]
+    .iter()
+    .filter(|(bit, _)| f.contains(*bit))
+    .map(|(_, name)| *name)
+    .collect::<Vec<_>>()
+    .join(",")
 }
 
 fn failed(kind: &'static str, e: impl core::fmt::Display) -> DeviceInfo {

@@ -10,8 +10,10 @@
 extern crate alloc;
 
 mod arch;
+mod bench_mode;
 mod console;
 mod discovery;
+mod dma;
 mod exit;
 mod fault;
 mod mem;
@@ -127,7 +129,7 @@ pub extern "C" fn kmain(start_info_paddr: u64) -> ! {
              acpi=off so it lists its virtio-mmio devices on the command line"
         );
     }
-    let devices = discovery::discover(acpi.as_ref(), cfg.mmio_devices());
+    let mut devices = discovery::discover(acpi.as_ref(), cfg.mmio_devices());
     for entry in &devices.inventory {
         info!("{entry}");
     }
@@ -152,6 +154,9 @@ pub extern "C" fn kmain(start_info_paddr: u64) -> ! {
 
     if let Some(f) = cfg.debug_fault {
         fault::raise(f);
+    }
+    if cfg.bench.device().is_some() {
+        bench_mode::run(&mut devices, &cfg.bench);
     }
     if cfg.debug_panic == Some(PanicPoint::Ready) {
         panic!("debug.panic=ready requested on the command line");

@@ -102,6 +102,17 @@ pub fn cycles_to_us(cycles: u64) -> u64 {
     }
 }
 
+/// Nanoseconds since [`mark_boot`] (0 before calibration).
+pub fn now_ns() -> u64 {
+    match tsc_hz() {
+        0 => 0,
+        hz => {
+            let cycles = rdtsc().wrapping_sub(TSC_BOOT.load(Ordering::Relaxed));
+            (u128::from(cycles) * 1_000_000_000 / u128::from(hz)) as u64
+        }
+    }
+}
+
 /// Microseconds since [`mark_boot`] (0 before calibration).
 pub fn now_us() -> u64 {
     cycles_to_us(rdtsc().wrapping_sub(TSC_BOOT.load(Ordering::Relaxed)))

@@ -1,0 +1,694 @@
+//! The in-guest block benchmark: a fio-like job run through the HPDI (or, for comparison,
+//! by calling the driver's `start`/`complete` directly), with optional write-then-read
+//! verification, reporting IOPS, MB/s and latency percentiles as one JSON line.
+//!
+//! The job is generic over [`hpdi::Device`], so it runs on the host against the RAM disk in
+//! unit tests and in the guest against virtio-blk.
+
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt::Write;
+
+use hpdi::{BufId, BufferPool, Completion, Device, Error, Op, QueuePair, Request, Segment, SgList};
+
+use crate::histogram::Histogram;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rw {
+    Read,
+    Write,
+    RandRead,
+    RandWrite,
+    RandRw,
+}
+
+impl Rw {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "read" => Rw::Read,
+            "write" => Rw::Write,
+            "randread" => Rw::RandRead,
+            "randwrite" => Rw::RandWrite,
+            "randrw" => Rw::RandRw,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Rw::Read => "read",
+            Rw::Write => "write",
+            Rw::RandRead => "randread",
+            Rw::RandWrite => "randwrite",
+            Rw::RandRw => "randrw",
+        }
+    }
+
+    fn random(self) -> bool {
+        matches!(self, Rw::RandRead | Rw::RandWrite | Rw::RandRw)
+    }
+
+    fn writes(self) -> bool {
+        matches!(self, Rw::Write | Rw::RandWrite | Rw::RandRw)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// Through the submission and completion rings.
+    Hpdi,
+    /// Calling the driver's `start`/`complete` directly (what the rings cost, by difference).
+    Direct,
+}
+
+impl Path {
+    pub fn name(self) -> &'static str {
+        match self {
+            Path::Hpdi => "hpdi",
+            Path::Direct => "direct",
+        }
+    }
+}
+
+/// Longest device name in a job.
+pub const MAX_NAME: usize = 16;
+/// Most requests a job keeps in flight.
+pub const MAX_QD: u16 = 1024;
+/// Largest block size of a job.
+pub const MAX_BS: u32 = 4 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobSpec {
+    name: [u8; MAX_NAME],
+    name_len: u8,
+    pub rw: Rw,
+    pub bs: u32,
+    pub qd: u16,
+    /// Operations to complete; when `None`, run for `time_ms` (default 10 000 ops).
+    pub ops: Option<u64>,
+    pub time_ms: Option<u64>,
+    pub path: Path,
+    /// Bytes of the device the job touches, from offset 0 (default: all of it).
+    pub span: Option<u64>,
+    pub verify: bool,
+    pub seed: u64,
+}
+
+impl Default for JobSpec {
+    fn default() -> Self {
+        Self {
+            name: [0; MAX_NAME],
+            name_len: 0,
+            rw: Rw::RandRead,
+            bs: 4096,
+            qd: 1,
+            ops: None,
+            time_ms: None,
+            path: Path::Hpdi,
+            span: None,
+            verify: false,
+            seed: 0x7a6d_656e_6174,
+        }
+    }
+}
+
+impl JobSpec {
+    /// Sets the target device; false if the name is too long or empty.
+    pub fn set_device(&mut self, name: &str) -> bool {
+        if name.is_empty() || name.len() > MAX_NAME {
+            return false;
+        }
+        self.name[..name.len()].copy_from_slice(name.as_bytes());
+        self.name_len = name.len() as u8;
+        true
+    }
+
+    pub fn device(&self) -> Option<&str> {
+        core::str::from_utf8(&self.name[..usize::from(self.name_len)])
+            .ok()
+            .filter(|s| !s.is_empty())
+    }
+
+    /// Bytes of DMA buffers the job needs: one buffer per request in flight.
+    pub fn buffer_bytes(&self) -> u64 {
+        u64::from(self.qd) * u64::from(self.bs.next_power_of_two().max(4096))
+    }
+
+    fn ops_limit(&self) -> u64 {
+        match (self.ops, self.time_ms) {
+            (Some(n), _) => n,
+            (None, Some(_)) => u64::MAX,
+            (None, None) => 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BenchResult {
+    pub ops: u64,
+    pub seconds: f64,
+    pub bytes: u64,
+    pub errors: u64,
+    pub first_error: Option<Error>,
+    pub lat: Histogram,
+    pub verified: Option<bool>,
+    pub mismatches: u64,
+    pub stats: hpdi::device::DeviceStats,
+}
+
+/// xorshift64*: cheap, deterministic offsets.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+/// The stamp verification writes at the start of every 512-byte sector.
+fn stamp(offset: u64, seed: u64) -> u64 {
+    (offset ^ seed).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1
+}
+
+fn fill(buf: &mut [u8], offset: u64, seed: u64) {
+    for (i, sector) in buf.chunks_mut(512).enumerate() {
+        let at = offset + (i as u64) * 512;
+        sector[..8].copy_from_slice(&stamp(at, seed).to_le_bytes());
+        sector[8..16].copy_from_slice(&at.to_le_bytes());
+    }
+}
+
+fn check(buf: &[u8], offset: u64, seed: u64) -> bool {
+    buf.chunks(512).enumerate().all(|(i, sector)| {
+        let at = offset + (i as u64) * 512;
+        sector[..8] == stamp(at, seed).to_le_bytes() && sector[8..16] == at.to_le_bytes()
+    })
+}
+
+/// One request slot of the job: its buffer and what it is doing.
+struct Slot {
+    buf: BufId,
+    offset: u64,
+    op: Op,
+    started: u64,
+    busy: bool,
+}
+
+/// Drives requests through the chosen path.
+struct Driver<'a> {
+    dev: &'a mut dyn Device,
+    queue: Option<QueuePair>,
+}
+
+impl Driver<'_> {
+    fn submit(&mut self, pool: &mut BufferPool, req: Request) -> Result<(), Error> {
+        match &mut self.queue {
+            Some(q) => q.submit(req),
+            None => self.dev.start(pool, &req),
+        }
+    }
+
+    fn progress(&mut self, pool: &mut BufferPool, out: &mut Vec<Completion>) {
+        match &mut self.queue {
+            Some(q) => {
+                q.poll(self.dev, pool);
+                q.reap(out, usize::MAX);
+            }
+            None => {
+                self.dev.notify();
+                self.dev.complete(pool, usize::MAX, &mut |c| out.push(c));
+            }
+        }
+    }
+}
+
+/// Why a job could not run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BenchError {
+    Setup(String),
+}
+
+/// Runs `spec` on `dev`, taking one buffer per request slot from `pool`. `now_ns` is the
+/// monotonic clock.
+pub fn run(
+    dev: &mut dyn Device,
+    pool: &mut BufferPool,
+    spec: &JobSpec,
+    now_ns: &dyn Fn() -> u64,
+) -> Result<BenchResult, BenchError> {
+    let caps = dev.capabilities();
+    let bs = u64::from(spec.bs);
+    if spec.bs == 0 || spec.bs > MAX_BS || bs % u64::from(caps.block_size.max(1)) != 0 {
+        return Err(BenchError::Setup(alloc::format!(
+            "block size {} must be a multiple of {} up to {MAX_BS}",
+            spec.bs,
+            caps.block_size
+        )));
+    }
+    if spec.bs as usize > pool.buf_size() {
+        return Err(BenchError::Setup(alloc::format!(
+            "block size {} exceeds pool buffers of {}",
+            spec.bs,
+            pool.buf_size()
+        )));
+    }
+    if spec.qd == 0 || spec.qd > MAX_QD {
+        return Err(BenchError::Setup(alloc::format!(
+            "queue depth {} not in 1..={MAX_QD}",
+            spec.qd
+        )));
+    }
+    if spec.rw.writes() && caps.read_only {
+        return Err(BenchError::Setup("device is read-only".into()));
+    }
+    let span = spec.span.unwrap_or(caps.capacity).min(caps.capacity) / bs * bs;
+    let blocks = span / bs;
+    if blocks == 0 {
+        return Err(BenchError::Setup(alloc::format!(
+            "device smaller than one {bs}-byte block"
+        )));
+    }
+    let qd = usize::from(spec.qd);
+    let mut slots = Vec::with_capacity(qd);
+    let mut short = None;
+    for _ in 0..qd {
+        match pool.alloc() {
+            Ok(buf) => slots.push(Slot {
+                buf,
+                offset: 0,
+                op: Op::Read,
+                started: 0,
+                busy: false,
+            }),
+            Err(e) => {
+                short = Some(BenchError::Setup(alloc::format!(
+                    "buffer pool: {e} ({qd} buffers needed)"
+                )));
+                break;
+            }
+        }
+    }
+    let result = match short {
+        Some(e) => Err(e),
+        None => run_slots(dev, pool, spec, now_ns, &mut slots, blocks),
+    };
+    // Every path returns the buffers it took (in-flight ones are done by then).
+    for s in &slots {
+        let _ = pool.free(s.buf);
+    }
+    result
+}
+
+fn run_slots(
+    dev: &mut dyn Device,
+    pool: &mut BufferPool,
+    spec: &JobSpec,
+    now_ns: &dyn Fn() -> u64,
+    slots: &mut [Slot],
+    blocks: u64,
+) -> Result<BenchResult, BenchError> {
+    let bs = u64::from(spec.bs);
+    let qd = slots.len();
+    let depth = qd.next_power_of_two();
+    let mut drv = Driver {
+        queue: match spec.path {
+            Path::Hpdi => {
+                Some(QueuePair::new(depth).map_err(|e| BenchError::Setup(alloc::format!("{e}")))?)
+            }
+            Path::Direct => None,
+        },
+        dev,
+    };
+    let verify = spec.verify && spec.rw.writes();
+    let mut written = if verify {
+        vec![0u64; blocks.div_ceil(64) as usize]
+    } else {
+        Vec::new()
+    };
+    let mut rng = Rng(spec.seed | 1);
+    let mut seq = 0u64;
+    let mut result = BenchResult {
+        ops: 0,
+        seconds: 0.0,
+        bytes: 0,
+        errors: 0,
+        first_error: None,
+        lat: Histogram::default(),
+        verified: None,
+        mismatches: 0,
+        stats: Default::default(),
+    };
+    let limit = spec.ops_limit();
+    let deadline_ns = spec.time_ms.map(|ms| ms.saturating_mul(1_000_000));
+    let mut issued = 0u64;
+    let mut done = Vec::with_capacity(qd);
+    let t0 = now_ns();
+    let mut busy = 0usize;
+    loop {
+        let expired = deadline_ns.is_some_and(|d| now_ns() - t0 >= d);
+        // Fill every free slot.
+        if !expired {
+            for (i, s) in slots.iter_mut().enumerate() {
+                if s.busy || issued >= limit {
+                    continue;
+                }
+                let block = if spec.rw.random() {
+                    rng.next() % blocks
+                } else {
+                    let b = seq % blocks;
+                    seq += 1;
+                    b
+                };
+                let write = match spec.rw {
+                    Rw::Write | Rw::RandWrite => true,
+                    Rw::RandRw => rng.next() & 1 == 1,
+                    _ => false,
+                };
+                s.offset = block * bs;
+                s.op = if write { Op::Write } else { Op::Read };
+                if write && (verify || issued < qd as u64) {
+                    let b = pool
+                        .buf_mut(s.buf)
+                        .map_err(|e| BenchError::Setup(alloc::format!("{e}")))?;
+                    fill(&mut b[..bs as usize], s.offset, spec.seed);
+                }
+                let sg = SgList::one(Segment::whole(s.buf, bs as usize));
+                let req = if write {
+                    Request::write(s.offset, sg, i as u64)
+                } else {
+                    Request::read(s.offset, sg, i as u64)
+                };
+                s.started = now_ns();
+                match drv.submit(pool, req) {
+                    Ok(()) => {
+                        s.busy = true;
+                        busy += 1;
+                        issued += 1;
+                    }
+                    Err(Error::RingFull) => break,
+                    Err(e) => {
+                        result.errors += 1;
+                        result.first_error.get_or_insert(e);
+                        issued += 1;
+                    }
+                }
+            }
+        }
+        if busy == 0 && (expired || issued >= limit) {
+            break;
+        }
+        done.clear();
+        drv.progress(pool, &mut done);
+        let now = now_ns();
+        for c in &done {
+            let Some(s) = slots.get_mut(c.tag as usize) else {
+                continue;
+            };
+            if !s.busy {
+                continue;
+            }
+            s.busy = false;
+            busy -= 1;
+            result.lat.record(now.saturating_sub(s.started));
+            match c.result {
+                Ok(_) => {
+                    result.ops += 1;
+                    result.bytes += bs;
+                    if verify && s.op == Op::Write {
+                        let b = s.offset / bs;
+                        written[(b / 64) as usize] |= 1 << (b % 64);
+                    }
+                }
+                Err(e) => {
+                    result.errors += 1;
+                    result.first_error.get_or_insert(e);
+                }
+            }
+        }
+    }
+    result.seconds = (now_ns() - t0) as f64 / 1e9;
+    result.stats = drv.dev.stats();
+    if verify {
+        let (checked, bad) = verify_pass(&mut drv, pool, slots, &written, bs, spec.seed)?;
+        result.mismatches = bad;
+        result.verified = Some(bad == 0 && checked > 0);
+    }
+    Ok(result)
+}
+
+/// Reads back every block the job wrote and checks its stamps; returns (checked, mismatched).
+fn verify_pass(
+    drv: &mut Driver<'_>,
+    pool: &mut BufferPool,
+    slots: &mut [Slot],
+    written: &[u64],
+    bs: u64,
+    seed: u64,
+) -> Result<(u64, u64), BenchError> {
+    let mut todo = written.iter().enumerate().flat_map(|(w, bits)| {
+        (0..64)
+            .filter(move |i| bits & (1 << i) != 0)
+            .map(move |i| w as u64 * 64 + i)
+    });
+    let (mut checked, mut bad, mut busy) = (0u64, 0u64, 0usize);
+    let mut done = Vec::new();
+    let mut exhausted = false;
+    loop {
+        for (i, s) in slots.iter_mut().enumerate() {
+            if s.busy || exhausted {
+                continue;
+            }
+            let Some(block) = todo.next() else {
+                exhausted = true;
+                break;
+            };
+            s.offset = block * bs;
+            let sg = SgList::one(Segment::whole(s.buf, bs as usize));
+            match drv.submit(pool, Request::read(s.offset, sg, i as u64)) {
+                Ok(()) => {
+                    s.busy = true;
+                    busy += 1;
+                }
+                Err(_) => bad += 1,
+            }
+        }
+        if busy == 0 && exhausted {
+            return Ok((checked, bad));
+        }
+        done.clear();
+        drv.progress(pool, &mut done);
+        for c in &done {
+            let Some(s) = slots.get_mut(c.tag as usize) else {
+                continue;
+            };
+            s.busy = false;
+            busy -= 1;
+            checked += 1;
+            let ok = c.result.is_ok()
+                && pool
+                    .buf(s.buf)
+                    .is_ok_and(|b| check(&b[..bs as usize], s.offset, seed));
+            if !ok {
+                bad += 1;
+            }
+        }
+    }
+}
+
+/// The `BENCH {...}` JSON line.
+pub fn json(spec: &JobSpec, transport: &str, r: &BenchResult) -> String {
+    let mut s = String::new();
+    let secs = if r.seconds > 0.0 {
+        r.seconds
+    } else {
+        f64::MIN_POSITIVE
+    };
+    let us = |ns: u64| ns / 1000;
+    let _ = write!(
+        s,
+        "{{\"device\":\"{}\",\"transport\":\"{transport}\",\"rw\":\"{}\",\"bs\":{},\"qd\":{},\
+         \"ops\":{},\"seconds\":{:.6},\"iops\":{:.1},\"mbps\":{:.2},\
+         \"lat_us\":{{\"p50\":{},\"p99\":{},\"p999\":{},\"max\":{}}},\"verified\":{},\
+         \"verify_mismatches\":{},\"errors\":{},\"first_error\":{},\"max_in_flight\":{},\
+         \"bytes_moved\":{},\"bytes_copied\":{},\"copies_per_byte\":{:.3},\"path\":\"{}\"}}",
+        spec.device().unwrap_or("?"),
+        spec.rw.name(),
+        spec.bs,
+        spec.qd,
+        r.ops,
+        r.seconds,
+        r.ops as f64 / secs,
+        r.bytes as f64 / secs / 1e6,
+        us(r.lat.quantile(0.5)),
+        us(r.lat.quantile(0.99)),
+        us(r.lat.quantile(0.999)),
+        us(r.lat.max()),
+        match r.verified {
+            None => "null",
+            Some(true) => "true",
+            Some(false) => "false",
+        },
+        r.mismatches,
+        r.errors,
+        match r.first_error {
+            Some(e) => alloc::format!("\"{e}\""),
+            None => "null".into(),
+        },
+        r.stats.max_in_flight,
+        r.stats.bytes_moved,
+        r.stats.bytes_copied,
+        if r.stats.bytes_moved > 0 {
+            r.stats.bytes_copied as f64 / r.stats.bytes_moved as f64
+        } else {
+            0.0
+        },
+        spec.path.name(),
+    );
+    s
+}
+
+/// The `BENCH {...}` line for a job that could not run.
+pub fn error_json(spec: &JobSpec, message: &str) -> String {
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        "{{\"error\":\"{}\",\"device\":\"{}\",\"rw\":\"{}\",\"bs\":{},\"qd\":{},\"path\":\"{}\"}}",
+        message.replace('"', "'"),
+        spec.device().unwrap_or("?"),
+        spec.rw.name(),
+        spec.bs,
+        spec.qd,
+        spec.path.name()
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use frontend_drivers::ramdisk::RamDisk;
+    use std::cell::Cell;
+
+    fn clock() -> impl Fn() -> u64 {
+        let t = Cell::new(0u64);
+        move || {
+            t.set(t.get() + 1000);
+            t.get()
+        }
+    }
+
+    fn spec(rw: Rw, qd: u16, path: Path) -> JobSpec {
+        let mut s = JobSpec {
+            rw,
+            qd,
+            path,
+            ops: Some(500),
+            verify: true,
+            ..Default::default()
+        };
+        assert!(s.set_device("blk0"));
+        s
+    }
+
+    #[test]
+    fn verified_write_jobs_on_both_paths() {
+        for path in [Path::Hpdi, Path::Direct] {
+            for rw in [Rw::Write, Rw::RandWrite, Rw::RandRw] {
+                let mut disk = RamDisk::new(1 << 20, 64);
+                let mut pool = BufferPool::host(64, 4096).unwrap();
+                let r = run(&mut disk, &mut pool, &spec(rw, 16, path), &clock()).unwrap();
+                assert_eq!(r.ops, 500, "{rw:?} {path:?}");
+                assert_eq!(r.errors, 0);
+                assert_eq!(r.verified, Some(true), "{rw:?} {path:?}");
+                assert_eq!(r.stats.max_in_flight, 16);
+                assert_eq!(pool.available(), 64, "buffers returned");
+                let line = json(&spec(rw, 16, path), "ram", &r);
+                assert!(line.starts_with("{\"device\":\"blk0\""), "{line}");
+                assert!(line.contains("\"verified\":true"));
+            }
+        }
+    }
+
+    #[test]
+    fn corruption_is_detected() {
+        // A disk that loses every write: verification must fail.
+        struct Forgetful(RamDisk);
+        impl Device for Forgetful {
+            fn capabilities(&self) -> hpdi::Capabilities {
+                self.0.capabilities()
+            }
+            fn start(&mut self, pool: &mut BufferPool, req: &Request) -> Result<(), Error> {
+                let mut r = *req;
+                if r.op == Op::Write {
+                    r = Request::flush(req.tag);
+                }
+                self.0.start(pool, &r)
+            }
+            fn complete(
+                &mut self,
+                p: &mut BufferPool,
+                m: usize,
+                d: &mut dyn FnMut(Completion),
+            ) -> usize {
+                self.0.complete(p, m, d)
+            }
+            fn in_flight(&self) -> usize {
+                self.0.in_flight()
+            }
+        }
+        let mut disk = Forgetful(RamDisk::new(1 << 20, 8));
+        let mut pool = BufferPool::host(8, 4096).unwrap();
+        let r = run(
+            &mut disk,
+            &mut pool,
+            &spec(Rw::Write, 4, Path::Hpdi),
+            &clock(),
+        )
+        .unwrap();
+        assert_eq!(r.verified, Some(false));
+        assert!(r.mismatches > 0);
+    }
+
+    #[test]
+    fn bad_jobs_are_refused_and_errors_counted() {
+        let mut disk = RamDisk::new(1 << 20, 8);
+        let mut pool = BufferPool::host(8, 4096).unwrap();
+        let mut s = spec(Rw::RandRead, 4, Path::Hpdi);
+        s.bs = 1000;
+        assert!(run(&mut disk, &mut pool, &s, &clock()).is_err());
+        s.bs = 8192;
+        assert!(
+            run(&mut disk, &mut pool, &s, &clock()).is_err(),
+            "larger than pool buffers"
+        );
+        s.bs = 4096;
+        s.qd = 9;
+        assert!(
+            run(&mut disk, &mut pool, &s, &clock()).is_err(),
+            "more slots than buffers"
+        );
+        assert_eq!(pool.available(), 8, "a refused job returns what it took");
+        disk.fail_with = Some(1);
+        s.qd = 4;
+        let r = run(&mut disk, &mut pool, &s, &clock()).unwrap();
+        assert_eq!((r.ops, r.errors), (0, 500));
+        assert_eq!(r.first_error, Some(Error::Device { status: 1 }));
+        let line = error_json(&s, "no such \"device\"");
+        assert!(line.contains("no such 'device'"));
+    }
+
+    #[test]
+    fn timed_job_stops_at_its_deadline() {
+        let mut disk = RamDisk::new(1 << 20, 8);
+        let mut pool = BufferPool::host(8, 4096).unwrap();
+        let mut s = spec(Rw::RandRead, 4, Path::Hpdi);
+        s.ops = None;
+        s.time_ms = Some(5); // the fake clock advances 1 µs per reading
+        let r = run(&mut disk, &mut pool, &s, &clock()).unwrap();
+        assert!(r.ops > 0 && r.seconds >= 0.005, "{r:?}");
+    }
+}
