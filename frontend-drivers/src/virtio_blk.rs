@@ -161,7 +161,7 @@ impl<H: Hal, T: Transport, const Q: usize> VirtioBlk<H, T, Q> {
         // Without indirect descriptors a request takes header + segments + status slots.
         let seg_limit = if indirect { Q } else { Q.saturating_sub(2) };
         let max_segments =
-            (seg_max as usize).clamp(1, seg_limit.min(hpdi::request::MAX_SEGMENTS).max(1)) as u16;
+            (seg_max as usize).clamp(1, seg_limit.clamp(1, hpdi::request::MAX_SEGMENTS)) as u16;
         let caps = Capabilities {
             kind: DeviceKind::Block,
             block_size: SECTOR as u32,
