@@ -5,10 +5,15 @@
 //!   discard and write-zeroes. Payload goes from pool buffers straight to the device.
 //! - [`ramdisk`]: a RAM disk with the same interface, for host tests of code above the HPDI.
 //!
-//! virtio-net with pool buffers and the ivshmem memory-region device come next (issue 3).
+//! - [`virtio_net`]: virtio-net whose receive and transmit buffers are pool buffers, and
+//!   [`net_phy`], the `smoltcp::phy::Device` adapter that lends those buffers to smoltcp.
+//! - [`memregion`]: a shared/persistent memory region (ivshmem BAR 2) as an HPDI device.
 #![cfg_attr(not(test), no_std)]
 
 extern crate alloc;
 
+pub mod memregion;
+pub mod net_phy;
 pub mod ramdisk;
 pub mod virtio_blk;
+pub mod virtio_net;
