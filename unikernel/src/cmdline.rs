@@ -10,6 +10,8 @@
 //! - `dma_pct=N` — percent of free RAM given to the DMA frame pool (1..=90, default 50).
 //! - `debug.panic=boot|ready` — panic on purpose at that point (tests the panic path).
 //! - `debug.fault=pagefault|gp|ud|divide|breakpoint` — raise that CPU exception after init.
+//! - `debug.nvram=stamp` — read, then store and persist a boot counter at the start of
+//!   `nvram0` (shows the shared region works end to end).
 //! - `virtio_mmio.device=SIZE@BASE:IRQ[:ID]` — a virtio-mmio device (QEMU microvm adds these).
 //! - `bench=DEVICE` — run the block benchmark on `DEVICE` (e.g. `blk0`) instead of serving,
 //!   print one `BENCH {json}` line and power off; tuned by `bench.rw=read|write|randread|
@@ -69,6 +71,8 @@ pub struct Config {
     pub dma_pct: u8,
     pub debug_panic: Option<PanicPoint>,
     pub debug_fault: Option<Fault>,
+    /// `debug.nvram=stamp`.
+    pub debug_nvram_stamp: bool,
     /// The benchmark job; it runs when `bench=DEVICE` named a device.
     pub bench: JobSpec,
     mmio: [MmioDevice; MAX_MMIO_DEVICES],
@@ -83,6 +87,7 @@ impl Default for Config {
             dma_pct: 50,
             debug_panic: None,
             debug_fault: None,
+            debug_nvram_stamp: false,
             bench: JobSpec::default(),
             mmio: [MmioDevice::default(); MAX_MMIO_DEVICES],
             mmio_count: 0,
@@ -170,6 +175,10 @@ pub fn parse<'a>(line: &'a str, mut report: impl FnMut(Issue<'a>)) -> Config {
             "debug.fault" => match parse_fault(value) {
                 Some(f) => cfg.debug_fault = Some(f),
                 None => report(bad("pagefault|gp|ud|divide|breakpoint")),
+            },
+            "debug.nvram" => match value {
+                "stamp" => cfg.debug_nvram_stamp = true,
+                _ => report(bad("stamp")),
             },
             "virtio_mmio.device" => match parse_mmio(value) {
                 Some(_) if cfg.mmio_count == MAX_MMIO_DEVICES => report(Issue::TooMany(word)),

@@ -56,6 +56,11 @@ pub enum DeviceInfo {
     VirtioNet {
         mac: [u8; 6],
     },
+    /// A shared-memory region (ivshmem): BAR 2 address and size.
+    SharedMemory {
+        bar: u64,
+        size: u64,
+    },
     /// A virtio device of a type the guest does not drive.
     VirtioOther {
         device_type: u32,
@@ -117,6 +122,11 @@ impl fmt::Display for Entry {
             DeviceInfo::VirtioNet { mac } => {
                 write!(f, "inventory: {name} virtio-net {t} {loc} mac={}", Mac(*mac))?
             }
+            DeviceInfo::SharedMemory { bar, size } => write!(
+                f,
+                "inventory: {name} ivshmem {t} {loc} size={} bar2={bar:#x}",
+                crate::units::Bytes(*size)
+            )?,
             DeviceInfo::VirtioOther { device_type } => {
                 write!(f, "inventory: {name} virtio-{device_type} {t} {loc} driver=none")?
             }

@@ -8,18 +8,25 @@ use alloc::string::ToString;
 use alloc::vec::Vec;
 use core::ptr::NonNull;
 
+use alloc::boxed::Box;
+use frontend_drivers::memregion::MemRegion;
 use log::{debug, warn};
 use unikernel::acpi::AcpiInfo;
 use unikernel::cmdline::MmioDevice;
 use unikernel::inventory::{DeviceInfo, Entry, Location};
 use virtio_drivers::device::net::VirtIONetRaw;
 use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
+use virtio_drivers::transport::pci::bus::{Command, DeviceFunction};
 use virtio_drivers::transport::pci::{virtio_device_type, PciTransport};
 use virtio_drivers::transport::{DeviceType, SomeTransport, Transport};
 
 use frontend_drivers::virtio_blk::Features;
 
+use crate::dma::FrameRegion;
 use crate::virtio_hal::TandemHal;
+
+/// `ivshmem-plain` (and `ivshmem-doorbell`): Red Hat vendor id, device 0x1110.
+const IVSHMEM: (u16, u16) = (0x1af4, 0x1110);
 
 pub type Transport_ = SomeTransport<'static>;
 /// Queue size for the NIC's queues (issue 3 moves this onto the HPDI).
@@ -77,6 +84,38 @@ impl Devices {
         self.push(None, location, info);
     }
 
+    /// Registers an ivshmem device's BAR 2 (the shared region) as a memory device.
+    fn attach_ivshmem(
+        &mut self,
+        root: &mut crate::pci::Root,
+        df: DeviceFunction,
+        location: Location,
+    ) {
+        let bar = match root.bar_info(df, 2) {
+            Ok(Some(b)) => b.memory_address_size(),
+            Ok(None) => None,
+            Err(e) => return self.push(None, location, failed("ivshmem", e)),
+        };
+        let Some((addr, size)) = bar.filter(|&(a, s)| a != 0 && s != 0) else {
+            return self.push(None, location, failed("ivshmem", "BAR 2 not assigned"));
+        };
+        if let Err(e) = crate::arch::paging::identity_map(addr, size) {
+            return self.push(None, location, failed("ivshmem", format!("{e:?}")));
+        }
+        let (_, cmd) = root.get_status_command(df);
+        root.set_command(df, cmd | Command::MEMORY_SPACE);
+        // SAFETY: BAR 2 of this ivshmem function, just mapped; only this device uses it.
+        let window = unsafe { FrameRegion::device_window(addr, size as usize) };
+        let region = MemRegion::new(Box::new(window), 64);
+        let name = self.registry.add(Box::new(region));
+        self.transports.push((name.clone(), location.transport()));
+        self.push(
+            Some(name),
+            location,
+            DeviceInfo::SharedMemory { bar: addr, size },
+        );
+    }
+
     fn push(&mut self, name: Option<alloc::string::String>, location: Location, info: DeviceInfo) {
         self.inventory.push(Entry {
             name,
@@ -131,7 +170,9 @@ pub fn discover(acpi: Option<&AcpiInfo>, mmio: &[MmioDevice]) -> Devices {
             if df.bus == 0 && df.device == 0 && df.function == 0 && info.class == 0x06 {
                 devs.host_bridge = Some((info.vendor_id, info.device_id));
             }
-            if virtio_device_type(&info).is_some() {
+            if (info.vendor_id, info.device_id) == IVSHMEM {
+                devs.attach_ivshmem(&mut root, df, location);
+            } else if virtio_device_type(&info).is_some() {
                 match PciTransport::new::<TandemHal, _>(&mut root, df) {
                     Ok(t) => devs.attach(location, SomeTransport::from(t)),
                     Err(e) => devs.push(None, location, failed("virtio-pci", e)),

@@ -1,12 +1,15 @@
-//! DMA memory for HPDI buffer pools: physically contiguous frames from the frame pool,
-//! reached through the identity map.
+//! Physical memory for HPDI devices and pools: contiguous frames from the frame pool (DMA
+//! buffers), and device windows such as the ivshmem BAR, both reached through the identity
+//! map.
 
 use hpdi::pool::{DmaMemory, PAGE};
 
-/// A run of frames owned by one buffer pool for the guest's lifetime.
+/// A physically contiguous range: frames owned by one pool, or a device's memory window.
 pub struct FrameRegion {
     paddr: u64,
     len: usize,
+    /// Frames from the frame pool, returned on drop (device windows are not).
+    frames: bool,
 }
 
 impl FrameRegion {
@@ -17,14 +20,28 @@ impl FrameRegion {
         Some(Self {
             paddr,
             len: pages * PAGE,
+            frames: true,
         })
+    }
+
+    /// A device memory window (a PCI BAR) already identity-mapped by the caller.
+    ///
+    /// # Safety
+    /// `[paddr, paddr + len)` must be mapped device memory that nothing else accesses.
+    pub unsafe fn device_window(paddr: u64, len: usize) -> Self {
+        Self {
+            paddr,
+            len,
+            frames: false,
+        }
     }
 }
 
 impl DmaMemory for FrameRegion {
     fn bytes(&self) -> &[u8] {
-        // SAFETY: the frames are identity-mapped RAM owned by this region alone (the frame
-        // allocator hands each frame out once) and live until the region is dropped.
+        // SAFETY: frames are identity-mapped RAM owned by this region alone (the frame
+        // allocator hands each frame out once) until drop; device windows are mapped and
+        // exclusively ours by the contract of `device_window`.
         unsafe { core::slice::from_raw_parts(self.paddr as *const u8, self.len) }
     }
 
@@ -40,6 +57,8 @@ impl DmaMemory for FrameRegion {
 
 impl Drop for FrameRegion {
     fn drop(&mut self) {
-        crate::mem::free_frames(self.paddr, self.len / PAGE);
+        if self.frames {
+            crate::mem::free_frames(self.paddr, self.len / PAGE);
+        }
     }
 }

@@ -17,6 +17,7 @@ mod dma;
 mod exit;
 mod fault;
 mod mem;
+mod nvram_probe;
 mod pci;
 mod time;
 mod virtio_hal;
@@ -134,10 +135,11 @@ pub extern "C" fn kmain(start_info_paddr: u64) -> ! {
         info!("{entry}");
     }
     let (disks, nics) = inventory::count(&devices.inventory);
+    let nvram = devices.registry.of_kind(hpdi::DeviceKind::Memory).count();
     let machine = inventory::machine_name(devices.host_bridge, cfg.mmio_devices().len());
     let st = mem::stats();
     console::line(format_args!(
-        "TANDEM READY machine={machine} disks={disks} nics={nics} pci_functions={} \
+        "TANDEM READY machine={machine} disks={disks} nics={nics} nvram={nvram} pci_functions={} \
          mem_total={} kernel={} heap_total={} heap_used={} dma_total={} dma_used={} \
          hypervisor={} tsc_mhz={} boot_us={}",
         devices.pci_functions,
@@ -152,6 +154,9 @@ pub extern "C" fn kmain(start_info_paddr: u64) -> ! {
         time::now_us()
     ));
 
+    if cfg.debug_nvram_stamp {
+        nvram_probe::stamp(&mut devices);
+    }
     if let Some(f) = cfg.debug_fault {
         fault::raise(f);
     }
