@@ -95,3 +95,35 @@ fn bad_jobs_fail_with_a_reason() {
     assert_eq!(exit, GuestExit::Failed, "{ctx}");
     assert!(j["error"].as_str().unwrap().contains("DMA"), "{j}");
 }
+
+/// Every block operation the driver offers, on real virtio-blk, read back in the guest.
+fn block_ops(machine: Machine) {
+    let dir = tandem_qemu::scratch::tempdir().unwrap();
+    let cmd = guest_command(machine, dir.path())
+        .disk(sparse_disk(dir.path(), "a.raw", ByteSize::mib(64)))
+        .cmdline("debug.blkops=blk0 exit=ready");
+    let mut vm = spawn(&cmd, dir.path());
+    let line = vm
+        .wait_for_line("selftest result", BOOT_TIMEOUT, |l| {
+            l.text.contains("selftest: blk0")
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        line.text
+            .contains("selftest: blk0 ok (fua-write+read,write-zeroes,discard,flush,errors)"),
+        "{}\n{}",
+        line.text,
+        console(&vm)
+    );
+    assert_eq!(vm.wait_exit(BOOT_TIMEOUT).unwrap(), GuestExit::Clean);
+}
+
+#[test]
+fn block_ops_q35() {
+    block_ops(Machine::Q35);
+}
+
+#[test]
+fn block_ops_microvm() {
+    block_ops(Machine::Microvm);
+}

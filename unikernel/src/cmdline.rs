@@ -10,6 +10,8 @@
 //! - `dma_pct=N` — percent of free RAM given to the DMA frame pool (1..=90, default 50).
 //! - `debug.panic=boot|ready` — panic on purpose at that point (tests the panic path).
 //! - `debug.fault=pagefault|gp|ud|divide|breakpoint` — raise that CPU exception after init.
+//! - `debug.blkops=DEVICE` — run the block self-test (every advertised op, read back) on
+//!   `DEVICE` after init.
 //! - `debug.nvram=stamp` — read, then store and persist a boot counter at the start of
 //!   `nvram0` (shows the shared region works end to end).
 //! - `virtio_mmio.device=SIZE@BASE:IRQ[:ID]` — a virtio-mmio device (QEMU microvm adds these).
@@ -71,6 +73,8 @@ pub struct Config {
     pub dma_pct: u8,
     pub debug_panic: Option<PanicPoint>,
     pub debug_fault: Option<Fault>,
+    /// `debug.blkops=DEVICE`: device to self-test (a name, held like the bench target).
+    pub debug_blkops: JobSpec,
     /// `debug.nvram=stamp`.
     pub debug_nvram_stamp: bool,
     /// The benchmark job; it runs when `bench=DEVICE` named a device.
@@ -88,6 +92,7 @@ impl Default for Config {
             debug_panic: None,
             debug_fault: None,
             debug_nvram_stamp: false,
+            debug_blkops: JobSpec::default(),
             bench: JobSpec::default(),
             mmio: [MmioDevice::default(); MAX_MMIO_DEVICES],
             mmio_count: 0,
@@ -176,6 +181,11 @@ pub fn parse<'a>(line: &'a str, mut report: impl FnMut(Issue<'a>)) -> Config {
                 Some(f) => cfg.debug_fault = Some(f),
                 None => report(bad("pagefault|gp|ud|divide|breakpoint")),
             },
+            "debug.blkops" => {
+                if !cfg.debug_blkops.set_device(value) {
+                    report(bad("a device name such as blk0"));
+                }
+            }
             "debug.nvram" => match value {
                 "stamp" => cfg.debug_nvram_stamp = true,
                 _ => report(bad("stamp")),

@@ -21,5 +21,6 @@ pub mod exit;
 pub mod histogram;
 pub mod inventory;
 pub mod memmap;
+pub mod selftest;
 pub mod start_info;
 pub mod units;

@@ -17,8 +17,8 @@ mod dma;
 mod exit;
 mod fault;
 mod mem;
-mod nvram_probe;
 mod pci;
+mod probes;
 mod time;
 mod virtio_hal;
 
@@ -155,7 +155,10 @@ pub extern "C" fn kmain(start_info_paddr: u64) -> ! {
     ));
 
     if cfg.debug_nvram_stamp {
-        nvram_probe::stamp(&mut devices);
+        probes::stamp(&mut devices);
+    }
+    if let Some(name) = cfg.debug_blkops.device() {
+        probes::blkops(&mut devices, name);
     }
     if let Some(f) = cfg.debug_fault {
         fault::raise(f);

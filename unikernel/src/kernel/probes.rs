@@ -1,3 +1,7 @@
+//! Debug probes run after init.
+//!
+//! `debug.blkops=DEVICE`: the block self-test (`unikernel::selftest`) on a real disk.
+//!
 //! `debug.nvram=stamp`: read the first bytes of `nvram0` through the HPDI, then store and
 //! persist a boot counter there. Tests use it to show the region is real shared memory that
 //! outlives the guest (the host reads the backing file; the next boot finds the stamp).
@@ -91,5 +95,23 @@ pub fn stamp(devices: &mut Devices) {
         info!("nvram: nvram0 found \"{found}\"; stamped \"{new}\"");
     } else {
         warn!("debug.nvram: store to nvram0 failed: {done:?}");
+    }
+}
+
+pub fn blkops(devices: &mut Devices, name: &str) {
+    let Ok(dev) = devices.registry.open(name) else {
+        warn!("selftest: {name} FAILED: no such device");
+        return;
+    };
+    let Some(mem) = FrameRegion::alloc(32 * 4096) else {
+        warn!("selftest: {name} FAILED: no DMA memory");
+        return;
+    };
+    let Ok(mut pool) = BufferPool::new(Box::new(mem), 4096) else {
+        return;
+    };
+    match unikernel::selftest::block_ops(dev, &mut pool) {
+        Ok(checked) => info!("selftest: {name} ok ({checked})"),
+        Err(e) => warn!("selftest: {name} FAILED: {e}"),
     }
 }
