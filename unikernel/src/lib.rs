@@ -21,6 +21,7 @@ pub mod exit;
 pub mod histogram;
 pub mod inventory;
 pub mod memmap;
+pub mod nbd;
 pub mod selftest;
 pub mod start_info;
 pub mod units;

@@ -1,0 +1,49 @@
+//! The NBD protocol (the NetworkBlockDevice project's `doc/proto.md`): fixed-newstyle
+//! handshake and transmission-phase request parsing and reply encoding.
+//!
+//! Pure, incremental, allocation-bounded code: it consumes bytes as the network delivers
+//! them and never buffers more than [`handshake::MAX_OPTION_DATA`] bytes for a client, whatever
+//! lengths the client announces. Every malformed input has a defined outcome (an error reply
+//! that keeps the connection, or closing this connection only), tested byte by byte.
+
+pub mod handshake;
+pub mod transmission;
+pub mod wire;
+
+/// One export as the handshake advertises it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportInfo {
+    pub name: alloc::string::String,
+    pub description: alloc::string::String,
+    pub size: u64,
+    pub read_only: bool,
+    pub can_trim: bool,
+    pub can_write_zeroes: bool,
+    /// Smallest addressable unit the export prefers (advertised as minimum block size).
+    pub min_block: u32,
+    pub preferred_block: u32,
+    /// Largest request payload accepted.
+    pub max_payload: u32,
+}
+
+impl ExportInfo {
+    /// Transmission flags for this export.
+    pub fn transmission_flags(&self) -> u16 {
+        use wire::flags::*;
+        let mut f = HAS_FLAGS | SEND_FLUSH | SEND_FUA | SEND_CACHE | SEND_DF;
+        if self.read_only {
+            f |= READ_ONLY;
+        } else {
+            if self.can_trim {
+                f |= SEND_TRIM;
+            }
+            if self.can_write_zeroes {
+                f |= SEND_WRITE_ZEROES;
+            }
+        }
+        f
+    }
+}
+
+#[cfg(test)]
+mod tests;
