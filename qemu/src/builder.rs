@@ -13,6 +13,13 @@
 //! `-chardev stdio,id=con,signal=off -serial chardev:con` (QEMU's stdout is the console;
 //! the caller gives QEMU a null stdin), and
 //! `-device isa-debug-exit,iobase=0xf4,iosize=0x04`.
+//!
+//! The block backends `tandem bench blk` compares are typed here too: a disk's file-node
+//! `aio=` and `cache.direct=` ([`Disk::aio`], [`Disk::cache_direct`]), guest RAM from a
+//! shared memfd ([`MemoryBackend`], which vhost-user needs so the backend can map guest
+//! memory), vhost-user-blk devices on a unix-socket chardev ([`VhostUserBlk`]), and the
+//! `qemu-storage-daemon` line that exports a file over vhost-user-blk
+//! ([`StorageDaemonCommand`]).
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
@@ -49,6 +56,14 @@ impl Machine {
         match self {
             Machine::Q35 => "virtio-blk-pci",
             Machine::Microvm => "virtio-blk-device",
+        }
+    }
+
+    fn vhost_user_blk_device(self) -> &'static str {
+        match self {
+            Machine::Q35 => "vhost-user-blk-pci",
+            // On virtio-mmio the device model itself plugs into the bus.
+            Machine::Microvm => "vhost-user-blk",
         }
     }
 
@@ -93,6 +108,37 @@ impl DiskFormat {
     }
 }
 
+/// How QEMU's `file` block driver submits I/O to the host kernel (`aio=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum Aio {
+    /// A pool of worker threads doing blocking `preadv`/`pwritev` (QEMU's default).
+    #[serde(rename = "threads")]
+    Threads,
+    /// Linux AIO (`io_submit`); QEMU requires `cache.direct=on` with it.
+    #[serde(rename = "native")]
+    Native,
+    /// `io_uring`, when QEMU was built with liburing and the kernel allows it.
+    #[serde(rename = "io_uring")]
+    IoUring,
+}
+
+impl Aio {
+    /// The value QEMU takes for `aio=`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Aio::Threads => "threads",
+            Aio::Native => "native",
+            Aio::IoUring => "io_uring",
+        }
+    }
+}
+
+impl fmt::Display for Aio {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A data disk given to the guest as a virtio-blk device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Disk {
@@ -102,6 +148,11 @@ pub struct Disk {
     pub format: DiskFormat,
     /// Attach read-only.
     pub read_only: bool,
+    /// The file node's `aio=`; `None` keeps QEMU's default (threads).
+    pub aio: Option<Aio>,
+    /// The file node's `cache.direct=` (`on`: `O_DIRECT`, the host page cache is bypassed);
+    /// `None` keeps QEMU's default (off).
+    pub cache_direct: Option<bool>,
 }
 
 impl Disk {
@@ -113,7 +164,21 @@ impl Disk {
             path,
             format,
             read_only: false,
+            aio: None,
+            cache_direct: None,
         }
+    }
+
+    /// The same disk with the file node's `aio=` set.
+    pub fn aio(mut self, aio: Aio) -> Disk {
+        self.aio = Some(aio);
+        self
+    }
+
+    /// The same disk with the file node's `cache.direct=` set.
+    pub fn cache_direct(mut self, on: bool) -> Disk {
+        self.cache_direct = Some(on);
+        self
     }
 
     /// The same disk, read-only.
@@ -219,6 +284,49 @@ impl Nic {
     }
 }
 
+/// Where guest RAM comes from, when not QEMU's default anonymous memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryBackend {
+    /// `memory-backend-memfd`; with `share` the pages are `MAP_SHARED`, so another process
+    /// that receives the memfd (a vhost-user backend) sees and writes guest memory.
+    Memfd {
+        /// `share=on`.
+        share: bool,
+    },
+}
+
+/// The object id of the guest RAM backend.
+pub const MEMORY_BACKEND_ID: &str = "mem";
+
+/// A vhost-user-blk device: the block device is served by another process (for example
+/// `qemu-storage-daemon`) over a unix socket; QEMU only relays the virtqueues. The backend
+/// maps guest memory, so guest RAM must be shared ([`QemuCommand::vhost_user_blk`] turns on
+/// a shared memfd backend when none is set). On microvm the virtio-mmio transport must be
+/// modern ([`QemuCommand::modern_mmio`]): libvhost-user refuses legacy virtio devices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VhostUserBlk {
+    /// The backend's unix socket (QEMU connects as the client).
+    pub socket: PathBuf,
+    /// `num-queues=`; `None` keeps QEMU's default.
+    pub num_queues: Option<u16>,
+}
+
+impl VhostUserBlk {
+    /// A device on `socket` with QEMU's default queue count.
+    pub fn new(socket: impl Into<PathBuf>) -> VhostUserBlk {
+        VhostUserBlk {
+            socket: socket.into(),
+            num_queues: None,
+        }
+    }
+
+    /// Set `num-queues=`.
+    pub fn num_queues(mut self, n: u16) -> VhostUserBlk {
+        self.num_queues = Some(n);
+        self
+    }
+}
+
 /// An extra QEMU option, for what the builder does not model yet: `-NAME [VALUE]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExtraArg {
@@ -247,6 +355,13 @@ pub struct QemuCommand {
     pub cmdline: Vec<String>,
     /// Data disks, in guest order.
     pub disks: Vec<Disk>,
+    /// vhost-user-blk devices, after the data disks in guest order.
+    pub vhost_user_blks: Vec<VhostUserBlk>,
+    /// Guest RAM backend (`-object ... -machine ...,memory-backend=mem`).
+    pub memory_backend: Option<MemoryBackend>,
+    /// microvm only: modern (virtio 1.0) virtio-mmio devices
+    /// (`-global virtio-mmio.force-legacy=false`) instead of QEMU's legacy default.
+    pub modern_mmio: bool,
     /// NICs, in guest order.
     pub nics: Vec<Nic>,
     /// QMP unix socket path.
@@ -280,6 +395,9 @@ impl QemuCommand {
             kernel: None,
             cmdline: Vec::new(),
             disks: Vec::new(),
+            vhost_user_blks: Vec::new(),
+            memory_backend: None,
+            modern_mmio: false,
             nics: Vec::new(),
             qmp_socket: None,
             pidfile: None,
@@ -332,6 +450,28 @@ impl QemuCommand {
     /// Add a data disk.
     pub fn disk(mut self, disk: Disk) -> Self {
         self.disks.push(disk);
+        self
+    }
+
+    /// Add a vhost-user-blk device; guest RAM becomes a shared memfd unless a memory
+    /// backend is already set.
+    pub fn vhost_user_blk(mut self, dev: VhostUserBlk) -> Self {
+        self.vhost_user_blks.push(dev);
+        if self.memory_backend.is_none() {
+            self.memory_backend = Some(MemoryBackend::Memfd { share: true });
+        }
+        self
+    }
+
+    /// Set the guest RAM backend.
+    pub fn memory_backend(mut self, backend: MemoryBackend) -> Self {
+        self.memory_backend = Some(backend);
+        self
+    }
+
+    /// microvm: modern virtio-mmio devices (ignored on q35).
+    pub fn modern_mmio(mut self, on: bool) -> Self {
+        self.modern_mmio = on;
         self
     }
 
@@ -402,7 +542,24 @@ impl QemuCommand {
         if let (Machine::Microvm, Some(acpi)) = (self.machine, self.microvm_acpi) {
             machine.push_str(if acpi { ",acpi=on" } else { ",acpi=off" });
         }
+        if self.memory_backend.is_some() {
+            machine.push_str(&format!(",memory-backend={MEMORY_BACKEND_ID}"));
+        }
         a.pair("-machine", machine);
+        if let Some(MemoryBackend::Memfd { share }) = self.memory_backend {
+            // Its size must equal -m.
+            a.pair(
+                "-object",
+                format!(
+                    "memory-backend-memfd,id={MEMORY_BACKEND_ID},size={},share={}",
+                    self.memory,
+                    on_off(share)
+                ),
+            );
+        }
+        if self.machine == Machine::Microvm && self.modern_mmio {
+            a.pair("-global", "virtio-mmio.force-legacy=false");
+        }
         match self.accel {
             Accel::Kvm => {
                 a.pair("-accel", "kvm");
@@ -445,12 +602,30 @@ impl QemuCommand {
                 disk.format.driver()
             ));
             blockdev.push(escape_commas(disk.path.as_os_str()));
+            if let Some(aio) = disk.aio {
+                blockdev.push(format!(",file.aio={aio}"));
+            }
+            if let Some(direct) = disk.cache_direct {
+                blockdev.push(format!(",file.cache.direct={}", on_off(direct)));
+            }
             a.pair("-blockdev", blockdev);
             // A read-only node makes virtio-blk offer VIRTIO_BLK_F_RO to the guest.
             a.pair(
                 "-device",
                 format!("{},drive={node}", self.machine.blk_device()),
             );
+        }
+
+        for (i, dev) in self.vhost_user_blks.iter().enumerate() {
+            let id = format!("vub{i}");
+            let mut chardev = OsString::from(format!("socket,id={id},path="));
+            chardev.push(escape_commas(dev.socket.as_os_str()));
+            a.pair("-chardev", chardev);
+            let mut device = format!("{},chardev={id}", self.machine.vhost_user_blk_device());
+            if let Some(n) = dev.num_queues {
+                device.push_str(&format!(",num-queues={n}"));
+            }
+            a.pair("-device", device);
         }
 
         for (i, nic) in self.nics.iter().enumerate() {
@@ -509,6 +684,118 @@ impl fmt::Display for QemuCommand {
             f.write_str(&shell_quote(&arg))?;
         }
         Ok(())
+    }
+}
+
+/// A `qemu-storage-daemon` command line that exports one image file as a vhost-user-blk
+/// server on a unix socket (the daemon listens; QEMU connects).
+///
+/// `--blockdev driver=file,node-name=file0,filename=IMG[,aio=..][,cache.direct=..]`
+/// `--export type=vhost-user-blk,id=export0,node-name=file0,addr.type=unix,addr.path=SOCK,writable=on|off,num-queues=N`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageDaemonCommand {
+    /// The `qemu-storage-daemon` executable.
+    pub program: PathBuf,
+    /// The image file (exported as is: raw).
+    pub file: PathBuf,
+    /// The file node's `aio=`; `None` keeps the default (threads).
+    pub aio: Option<Aio>,
+    /// The file node's `cache.direct=`; `None` keeps the default (off).
+    pub cache_direct: Option<bool>,
+    /// The vhost-user socket the daemon listens on.
+    pub socket: PathBuf,
+    /// Export writable.
+    pub writable: bool,
+    /// `num-queues=` of the export.
+    pub num_queues: u16,
+    /// Write the daemon's pid here.
+    pub pidfile: Option<PathBuf>,
+}
+
+impl StorageDaemonCommand {
+    /// Export `file` writable on `socket` with one queue.
+    pub fn vhost_user_blk(
+        program: impl Into<PathBuf>,
+        file: impl Into<PathBuf>,
+        socket: impl Into<PathBuf>,
+    ) -> StorageDaemonCommand {
+        StorageDaemonCommand {
+            program: program.into(),
+            file: file.into(),
+            aio: None,
+            cache_direct: None,
+            socket: socket.into(),
+            writable: true,
+            num_queues: 1,
+            pidfile: None,
+        }
+    }
+
+    /// Set the file node's `aio=`.
+    pub fn aio(mut self, aio: Aio) -> Self {
+        self.aio = Some(aio);
+        self
+    }
+
+    /// Set the file node's `cache.direct=`.
+    pub fn cache_direct(mut self, on: bool) -> Self {
+        self.cache_direct = Some(on);
+        self
+    }
+
+    /// The argument vector (without the program name).
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut a = Args::default();
+        let mut blockdev = OsString::from("driver=file,node-name=file0,filename=");
+        blockdev.push(escape_commas(self.file.as_os_str()));
+        if let Some(aio) = self.aio {
+            blockdev.push(format!(",aio={aio}"));
+        }
+        if let Some(direct) = self.cache_direct {
+            blockdev.push(format!(",cache.direct={}", on_off(direct)));
+        }
+        a.pair("--blockdev", blockdev);
+        let mut export = OsString::from(
+            "type=vhost-user-blk,id=export0,node-name=file0,addr.type=unix,addr.path=",
+        );
+        export.push(escape_commas(self.socket.as_os_str()));
+        export.push(format!(
+            ",writable={},num-queues={}",
+            on_off(self.writable),
+            self.num_queues
+        ));
+        a.pair("--export", export);
+        if let Some(pidfile) = &self.pidfile {
+            a.pair("--pidfile", pidfile.as_os_str());
+        }
+        a.0
+    }
+
+    /// A `std::process::Command` for this line (program and arguments only).
+    pub fn to_command(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(&self.program);
+        cmd.args(self.to_args());
+        cmd
+    }
+}
+
+impl fmt::Display for StorageDaemonCommand {
+    /// The whole command line, shell-quoted.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&shell_quote(self.program.as_os_str()))?;
+        for arg in self.to_args() {
+            f.write_str(" ")?;
+            f.write_str(&shell_quote(&arg))?;
+        }
+        Ok(())
+    }
+}
+
+fn on_off(on: bool) -> &'static str {
+    if on {
+        "on"
+    } else {
+        "off"
     }
 }
 
@@ -760,6 +1047,144 @@ mod tests {
         let words = shlex::split(&line).unwrap();
         assert_eq!(words[0], "/usr/bin/qemu-system-x86_64");
         assert_eq!(words[1..], strs(&cmd)[..]);
+    }
+
+    #[test]
+    fn disk_aio_and_cache() {
+        let args = strs(
+            &QemuCommand::new("q")
+                .disk(Disk::new("/d/t.raw").aio(Aio::Threads).cache_direct(true))
+                .disk(Disk::new("/d/n.raw").aio(Aio::Native).cache_direct(true))
+                .disk(Disk::new("/d/u.raw").aio(Aio::IoUring))
+                .disk(Disk::new("/d/w.raw").cache_direct(false)),
+        );
+        let base = "driver=raw,read-only=off,file.driver=file,file.filename=";
+        assert_eq!(
+            values(&args, "-blockdev"),
+            vec![
+                format!("node-name=disk0,{base}/d/t.raw,file.aio=threads,file.cache.direct=on"),
+                format!("node-name=disk1,{base}/d/n.raw,file.aio=native,file.cache.direct=on"),
+                format!("node-name=disk2,{base}/d/u.raw,file.aio=io_uring"),
+                format!("node-name=disk3,{base}/d/w.raw,file.cache.direct=off"),
+            ]
+        );
+        // Unset options are not emitted (QEMU's defaults apply).
+        let args = strs(&QemuCommand::new("q").disk(Disk::new("/d/a.raw")));
+        assert!(!values(&args, "-blockdev")[0].contains("aio"));
+        assert!(!values(&args, "-blockdev")[0].contains("cache"));
+    }
+
+    #[test]
+    fn memfd_backend_and_vhost_user_blk_q35() {
+        let cmd = QemuCommand::new("q")
+            .memory(ByteSize::mib(64))
+            .vhost_user_blk(VhostUserBlk::new("/s/vu,1.sock").num_queues(1))
+            .vhost_user_blk(VhostUserBlk::new("/s/vu2.sock"));
+        assert_eq!(
+            cmd.memory_backend,
+            Some(MemoryBackend::Memfd { share: true })
+        );
+        let args = strs(&cmd);
+        assert_eq!(values(&args, "-machine"), vec!["q35,memory-backend=mem"]);
+        assert_eq!(
+            values(&args, "-object"),
+            vec!["memory-backend-memfd,id=mem,size=64M,share=on"]
+        );
+        assert_eq!(
+            values(&args, "-chardev"),
+            vec![
+                "stdio,id=con,signal=off",
+                "socket,id=vub0,path=/s/vu,,1.sock",
+                "socket,id=vub1,path=/s/vu2.sock"
+            ]
+        );
+        let devices = values(&args, "-device");
+        assert_eq!(
+            &devices[1..],
+            &[
+                "vhost-user-blk-pci,chardev=vub0,num-queues=1",
+                "vhost-user-blk-pci,chardev=vub1"
+            ]
+        );
+        // modern_mmio means nothing on q35.
+        assert!(!args.iter().any(|a| a == "-global"));
+        let args = strs(&cmd.modern_mmio(true));
+        assert!(!args.iter().any(|a| a == "-global"));
+    }
+
+    #[test]
+    fn vhost_user_blk_on_microvm() {
+        let cmd = QemuCommand::new("q")
+            .machine(Machine::Microvm)
+            .microvm_acpi(false)
+            .modern_mmio(true)
+            .vhost_user_blk(VhostUserBlk::new("/s/vu.sock"));
+        let args = strs(&cmd);
+        assert_eq!(
+            values(&args, "-machine"),
+            vec!["microvm,acpi=off,memory-backend=mem"]
+        );
+        assert_eq!(
+            values(&args, "-global"),
+            vec!["virtio-mmio.force-legacy=false"]
+        );
+        assert_eq!(
+            values(&args, "-device")[1..],
+            ["vhost-user-blk,chardev=vub0"]
+        );
+    }
+
+    #[test]
+    fn explicit_memory_backend_is_kept() {
+        let cmd = QemuCommand::new("q")
+            .memory(ByteSize::mib(32))
+            .memory_backend(MemoryBackend::Memfd { share: false })
+            .vhost_user_blk(VhostUserBlk::new("/s"));
+        assert_eq!(
+            values(&strs(&cmd), "-object"),
+            vec!["memory-backend-memfd,id=mem,size=32M,share=off"]
+        );
+        // No backend unless asked for.
+        let args = strs(&QemuCommand::new("q"));
+        assert!(!args.iter().any(|a| a == "-object"));
+        assert_eq!(values(&args, "-machine"), vec!["q35"]);
+    }
+
+    #[test]
+    fn storage_daemon_line() {
+        let d = StorageDaemonCommand::vhost_user_blk(
+            "/usr/bin/qemu-storage-daemon",
+            "/img/a,b.raw",
+            "/s/vu.sock",
+        )
+        .aio(Aio::Native)
+        .cache_direct(true);
+        let args: Vec<String> = d
+            .to_args()
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "--blockdev",
+                "driver=file,node-name=file0,filename=/img/a,,b.raw,aio=native,cache.direct=on",
+                "--export",
+                "type=vhost-user-blk,id=export0,node-name=file0,addr.type=unix,\
+                 addr.path=/s/vu.sock,writable=on,num-queues=1",
+            ]
+        );
+        let mut ro = StorageDaemonCommand::vhost_user_blk("qsd", "/i", "/s");
+        ro.writable = false;
+        ro.num_queues = 2;
+        ro.pidfile = Some("/p".into());
+        let line = ro.to_string();
+        assert_eq!(
+            line,
+            "qsd --blockdev driver=file,node-name=file0,filename=/i --export \
+             type=vhost-user-blk,id=export0,node-name=file0,addr.type=unix,addr.path=/s,\
+             writable=off,num-queues=2 --pidfile /p"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::str::FromStr;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::accel::AccelChoice;
+use crate::bench::blk::{Backend, BlockSize, PathChoice, RwMode};
 use crate::builder::{Disk, MacAddr, Machine};
 use crate::size::ByteSize;
 
@@ -17,6 +18,18 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Parse an argument vector (program name first), for library callers such as the
+    /// integration tests that do not use clap themselves.
+    pub fn try_parse_args<I, T>(argv: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Cli::try_parse_from(argv)
+    }
 }
 
 /// Subcommands.
@@ -150,6 +163,14 @@ pub struct QmpArgs {
 pub enum BenchCommand {
     /// Boot the guest repeatedly with exit=ready; time QEMU spawn → TANDEM READY and → exit.
     Boot(BenchBootArgs),
+    /// Run the guest's block benchmark against several QEMU block backends on one image and
+    /// print a comparison table (median IOPS, MB/s, latency percentiles).
+    ///
+    /// Backends: threads, native, io_uring (virtio-blk with that QEMU aio=; io_uring only
+    /// where this QEMU and kernel allow it) and vhost-user (vhost-user-blk served by
+    /// qemu-storage-daemon, guest RAM in a shared memfd). Every backend bypasses the host
+    /// page cache (cache.direct=on). One boot per run; each run's raw result goes to --json.
+    Blk(BenchBlkArgs),
 }
 
 /// Which machines to bench.
@@ -200,6 +221,74 @@ pub struct BenchBootArgs {
     pub vm: VmArgs,
 }
 
+/// `tandem bench blk`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchBlkArgs {
+    /// Backends to compare, in table order (comma list). Default: all; io_uring is skipped
+    /// with a reason where it cannot run. Ratios are against the first one.
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST")]
+    pub backends: Vec<Backend>,
+    /// Machine type (microvm: virtio-mmio devices, modern transport for every backend).
+    #[arg(long, value_enum, default_value_t = Machine::Q35)]
+    pub machine: Machine,
+    /// Access pattern(s): read, write, randread, randwrite, randrw (repeatable or comma list).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "randread")]
+    pub rw: Vec<RwMode>,
+    /// Block size(s): 4k, 64k, 1M, or bytes (repeatable or comma list).
+    #[arg(long, value_delimiter = ',', default_value = "4k", value_name = "SIZE")]
+    pub bs: Vec<BlockSize>,
+    /// Queue depth(s) (comma list).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,8,32,128",
+        value_name = "LIST"
+    )]
+    pub qd: Vec<u32>,
+    /// I/Os per run.
+    #[arg(long, value_name = "N", conflicts_with = "time_ms")]
+    pub ops: Option<u64>,
+    /// Milliseconds per run (default 2000 when --ops is not given).
+    #[arg(long, value_name = "MS")]
+    pub time_ms: Option<u64>,
+    /// Runs per backend and case; the table shows the median.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeats: u32,
+    /// Guest I/O path: through the HPDI, calling the virtio driver directly, or both
+    /// (adds an hpdi/direct IOPS ratio).
+    #[arg(long, value_enum, default_value_t = PathChoice::Hpdi)]
+    pub path: PathChoice,
+    /// Bytes of the device the job touches from offset 0 (default: the guest's choice).
+    #[arg(long, value_name = "SIZE")]
+    pub span: Option<ByteSize>,
+    /// Verify data (write-then-read) for write and randrw jobs.
+    #[arg(long)]
+    pub verify: bool,
+    /// Raw data image shared by every backend. Default: a fresh image in the work dir,
+    /// written in full (qemu-img preallocation=full) so that reads hit allocated blocks.
+    #[arg(long, value_name = "PATH")]
+    pub disk: Option<PathBuf>,
+    /// Size of the default data image.
+    #[arg(long, default_value = "1G", value_name = "SIZE")]
+    pub disk_size: ByteSize,
+    /// Directory for the scratch image, sockets and logs (a fresh subdirectory, removed
+    /// afterwards). Default: the system temp dir. It must support O_DIRECT (not tmpfs).
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Seconds one run (boot + job) may take. Default: 60 + 3 x --time-ms, or 300 with --ops.
+    #[arg(long, value_name = "SECS")]
+    pub run_timeout: Option<u64>,
+    /// Write the results (every run's raw BENCH object included) as JSON here.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Write a bar chart (SVG) of IOPS per case per backend here.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub vm: VmArgs,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,6 +327,62 @@ mod tests {
     }
 
     #[test]
+    fn bench_blk_lists() {
+        let cli = Cli::try_parse_from([
+            "tandem",
+            "bench",
+            "blk",
+            "--backends",
+            "vhost-user,io_uring,threads",
+            "--rw",
+            "randread,write",
+            "--rw",
+            "randrw",
+            "--bs",
+            "4k,1M",
+            "--qd",
+            "1,8",
+            "--ops",
+            "2000",
+            "--path",
+            "both",
+            "--image",
+            "/g/unikernel",
+            "--disk",
+            "/d/x.raw",
+            "--mem",
+            "128M",
+        ])
+        .unwrap();
+        let Command::Bench(BenchCommand::Blk(b)) = cli.command else {
+            panic!()
+        };
+        assert_eq!(
+            b.backends,
+            [Backend::VhostUser, Backend::IoUring, Backend::Threads]
+        );
+        assert_eq!(b.rw, [RwMode::Randread, RwMode::Write, RwMode::Randrw]);
+        assert_eq!(b.bs, [BlockSize(4096), BlockSize(1 << 20)]);
+        assert_eq!(b.qd, [1, 8]);
+        assert_eq!(b.ops, Some(2000));
+        assert_eq!(b.path, PathChoice::Both);
+        assert_eq!(
+            b.vm.image.as_deref(),
+            Some(std::path::Path::new("/g/unikernel"))
+        );
+        assert_eq!(b.disk.as_deref(), Some(std::path::Path::new("/d/x.raw")));
+        assert_eq!(b.vm.mem, ByteSize::mib(128));
+        // io-uring is accepted too; --ops and --time-ms exclude each other.
+        assert!(Cli::try_parse_from(["tandem", "bench", "blk", "--backends", "io-uring"]).is_ok());
+        assert!(
+            Cli::try_parse_from(["tandem", "bench", "blk", "--ops", "1", "--time-ms", "1"])
+                .is_err()
+        );
+        assert!(Cli::try_parse_from(["tandem", "bench", "blk", "--bs", "100"]).is_err());
+        assert!(Cli::try_parse_from(["tandem", "bench", "blk", "--backends", "nvme"]).is_err());
+    }
+
+    #[test]
     fn bad_machine_is_rejected() {
         let err = Cli::try_parse_from(["tandem", "run", "--machine", "bogus"]).unwrap_err();
         let msg = err.to_string();
@@ -263,6 +408,18 @@ mod tests {
         };
         assert_eq!(b.runs, 3);
         assert_eq!(b.machine, BenchMachines::Both);
+        let cli = Cli::try_parse_from(["tandem", "bench", "blk"]).unwrap();
+        let Command::Bench(BenchCommand::Blk(b)) = cli.command else {
+            panic!()
+        };
+        assert!(b.backends.is_empty());
+        assert_eq!(b.rw, [RwMode::Randread]);
+        assert_eq!(b.bs, [BlockSize(4096)]);
+        assert_eq!(b.qd, [1, 8, 32, 128]);
+        assert_eq!((b.ops, b.time_ms, b.repeats), (None, None, 3));
+        assert_eq!(b.path, PathChoice::Hpdi);
+        assert_eq!(b.disk_size, ByteSize::gib(1));
+        assert_eq!(b.machine, Machine::Q35);
         let cli = Cli::try_parse_from([
             "tandem",
             "qmp",

@@ -7,7 +7,9 @@
 //! - inventory lines (inside log lines): `inventory: NAME KIND TRANSPORT LOCATION key=value...`,
 //!   with `-` as the name of a device the guest does not drive;
 //! - exactly one ready line per boot, at the start of the line: `TANDEM READY key=value ...`;
-//! - `PANIC at FILE:LINE:COL: MESSAGE` and `EXCEPTION vector=N (#XX) ...`, at the start of a line.
+//! - `PANIC at FILE:LINE:COL: MESSAGE` and `EXCEPTION vector=N (#XX) ...`, at the start of a line;
+//! - in benchmark mode (`bench=DEVICE`), exactly one `BENCH {json}` line at the start of a
+//!   line with the job's result (parsed by [`crate::bench::blk`]).
 //!
 //! [`ConsoleEvent::parse`] is pure. [`ConsoleTee`] is the I/O side: it reads QEMU's stdout
 //! line by line, echoes each line, appends it to `console.log` and hands it on.
@@ -19,6 +21,8 @@ use std::time::{Duration, Instant};
 
 /// Prefix of the ready line.
 pub const READY_PREFIX: &str = "TANDEM READY";
+/// Prefix of the benchmark result line (followed by one space and a JSON object).
+pub const BENCH_PREFIX: &str = "BENCH ";
 
 /// The ready line's `key=value` words, in a map (the set of keys is the guest's business).
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
@@ -89,6 +93,8 @@ pub enum ConsoleEvent {
     Ready(ReadyLine),
     /// `PANIC at ...`: the whole text after `PANIC `.
     Panic(String),
+    /// `BENCH {...}`: the benchmark result, the JSON text after `BENCH `.
+    Bench(String),
     /// `EXCEPTION vector=N ...`: the vector (if it parsed) and the whole text.
     Exception {
         /// The CPU exception vector.
@@ -117,6 +123,11 @@ impl ConsoleEvent {
         }
         if let Some(rest) = line.strip_prefix("PANIC ") {
             return ConsoleEvent::Panic(rest.to_string());
+        }
+        if let Some(rest) = line.strip_prefix(BENCH_PREFIX) {
+            if rest.trim_start().starts_with('{') {
+                return ConsoleEvent::Bench(rest.trim().to_string());
+            }
         }
         if line.starts_with("EXCEPTION ") {
             let vector = line
@@ -319,6 +330,21 @@ mod tests {
             ConsoleEvent::Exception { vector, .. } => assert_eq!(vector, Some(13)),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn bench_line() {
+        assert_eq!(
+            ConsoleEvent::parse("BENCH {\"iops\":1.5}\r"),
+            ConsoleEvent::Bench("{\"iops\":1.5}".into())
+        );
+        // Not at the start of the line, or no JSON object: not the result line.
+        assert!(matches!(
+            ConsoleEvent::parse("[ 0.1] INFO  BENCH {\"iops\":1}"),
+            ConsoleEvent::Log(_)
+        ));
+        assert_eq!(ConsoleEvent::parse("BENCH starting"), ConsoleEvent::Other);
+        assert_eq!(ConsoleEvent::parse("BENCHMARK {}"), ConsoleEvent::Other);
     }
 
     #[test]

@@ -9,6 +9,7 @@ fn main() {
         Command::Run(args) => tandem_qemu::run::run(args),
         Command::Qmp(args) => tandem_qemu::qmp_cmd::qmp(args),
         Command::Bench(BenchCommand::Boot(args)) => tandem_qemu::bench::bench_boot(args),
+        Command::Bench(BenchCommand::Blk(args)) => tandem_qemu::bench::blk::bench_blk(args),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -95,6 +95,20 @@ fn apt_install() -> Result<(), QemuBinError> {
     Ok(())
 }
 
+/// `qemu-storage-daemon` (Debian package `qemu-system-common`).
+pub const STORAGE_DAEMON_NAME: &str = "qemu-storage-daemon";
+/// `qemu-img` (Debian package `qemu-utils`).
+pub const QEMU_IMG_NAME: &str = "qemu-img";
+
+/// Find a QEMU tool such as [`STORAGE_DAEMON_NAME`] or [`QEMU_IMG_NAME`]: beside the QEMU
+/// executable in use first (so a `TANDEM_QEMU` build brings its own tools), then in `PATH`.
+pub fn find_tool(qemu: &Path, name: &str) -> Option<PathBuf> {
+    let beside = qemu.parent().map(|dir| dir.join(name));
+    beside
+        .filter(|p| is_executable(p))
+        .or_else(|| find_in_path(OsStr::new(name), std::env::var_os("PATH").as_deref()))
+}
+
 /// `qemu-system-x86_64 --version`, first line (for reports).
 pub fn qemu_version(qemu: &Path) -> Option<String> {
     let out = Command::new(qemu).arg("--version").output().ok()?;
@@ -126,6 +140,20 @@ mod tests {
         assert_eq!(find_in_path(OsStr::new("plain"), Some(&path_var)), None);
         assert_eq!(find_in_path(OsStr::new("missing"), Some(&path_var)), None);
         assert_eq!(find_in_path(exe.as_os_str(), None), Some(exe));
+    }
+
+    #[test]
+    fn tool_beside_qemu_wins() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = crate::scratch::tempdir().unwrap();
+        let qemu = dir.path().join("qemu-system-x86_64");
+        let tool = dir.path().join("my-tool");
+        for p in [&qemu, &tool] {
+            std::fs::write(p, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        assert_eq!(find_tool(&qemu, "my-tool"), Some(tool));
+        assert_eq!(find_tool(&qemu, "no-such-tool-anywhere"), None);
     }
 
     #[test]

@@ -29,8 +29,12 @@ impl Drop for TempDir {
 
 /// Creates a fresh, uniquely named directory under the system temporary directory.
 pub fn tempdir() -> std::io::Result<TempDir> {
+    tempdir_in(&std::env::temp_dir())
+}
+
+/// Creates a fresh, uniquely named directory under `base` (which must exist).
+pub fn tempdir_in(base: &Path) -> std::io::Result<TempDir> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let base = std::env::temp_dir();
     loop {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -61,5 +65,7 @@ mod tests {
         let p = a.path().to_path_buf();
         drop(a);
         assert!(!p.exists());
+        let c = super::tempdir_in(b.path()).unwrap();
+        assert!(c.path().starts_with(b.path()) && c.path().is_dir());
     }
 }

@@ -4,16 +4,16 @@
 //! with the same devices `tandem run` gives it (one sparse data disk, one NIC), and measures
 //! wall time from QEMU spawn to the `TANDEM READY` line on the console and to QEMU's exit.
 //! Results: a table (median/min/max per machine and the microvm/q35 ratio), optional JSON,
-//! and an optional hand-written SVG bar chart. Timings taken under TCG compare only with
-//! other TCG timings from the same host.
+//! and an optional SVG bar chart, all through the helpers in [`crate::bench`]. Timings taken
+//! under TCG compare only with other TCG timings from the same host.
 
 use std::fmt::Write as _;
-use std::io::IsTerminal;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde::Serialize;
 
+use super::{Align, Bar, BarChart, BarGroup, Progress, Summary, Table};
 use crate::accel;
 use crate::builder::{Disk, Machine, Nic, QemuCommand};
 use crate::cli::BenchBootArgs;
@@ -37,38 +37,6 @@ pub struct MachineResult {
     pub ready: Summary,
     /// Summary of `exit_ms`.
     pub exit: Summary,
-}
-
-/// Median, minimum, maximum.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
-pub struct Summary {
-    /// Median (mean of the middle two for an even count).
-    pub median: f64,
-    /// Minimum.
-    pub min: f64,
-    /// Maximum.
-    pub max: f64,
-}
-
-impl Summary {
-    /// Summarise a non-empty sample.
-    pub fn of(values: &[f64]) -> Summary {
-        let mut v = values.to_vec();
-        v.sort_by(f64::total_cmp);
-        let n = v.len();
-        let median = if n == 0 {
-            f64::NAN
-        } else if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        };
-        Summary {
-            median,
-            min: v.first().copied().unwrap_or(f64::NAN),
-            max: v.last().copied().unwrap_or(f64::NAN),
-        }
-    }
 }
 
 /// The whole report.
@@ -104,17 +72,7 @@ pub fn bench_boot(args: &BenchBootArgs) -> anyhow::Result<i32> {
         .len();
     let machines = args.machine.list();
     let total = u64::from(args.runs) * machines.len() as u64;
-    let progress = if std::io::stderr().is_terminal() {
-        let pb = indicatif::ProgressBar::new(total);
-        pb.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} {msg}")
-                .expect("valid template")
-                .progress_chars("=> "),
-        );
-        pb
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let mut progress = Progress::new(total);
     let timeout = Duration::from_secs(args.boot_timeout);
 
     let mut results = Vec::new();
@@ -147,13 +105,14 @@ pub fn bench_boot(args: &BenchBootArgs) -> anyhow::Result<i32> {
         let mut exit_ms = Vec::new();
         let mut guest_boot_us = Vec::new();
         for run in 1..=args.runs {
-            progress.set_message(format!("{machine} run {run}/{}", args.runs));
-            let (ready, exit, boot_us) = boot_once(&cmd, &state, timeout)
-                .with_context(|| format!("{machine} run {run}/{}", args.runs))?;
+            let what = format!("{machine} run {run}/{}", args.runs);
+            progress.start(&what);
+            let (ready, exit, boot_us) =
+                boot_once(&cmd, &state, timeout).with_context(|| what.clone())?;
             ready_ms.push(ms(ready));
             exit_ms.push(ms(exit));
             guest_boot_us.extend(boot_us);
-            progress.inc(1);
+            progress.finish_one(&what, &format!("ready after {:.1} ms", ms(ready)));
         }
         results.push(MachineResult {
             machine,
@@ -164,7 +123,7 @@ pub fn bench_boot(args: &BenchBootArgs) -> anyhow::Result<i32> {
             guest_boot_us,
         });
     }
-    progress.finish_and_clear();
+    progress.finish();
 
     let median_of = |m: Machine| {
         results
@@ -188,15 +147,12 @@ pub fn bench_boot(args: &BenchBootArgs) -> anyhow::Result<i32> {
         ratio_microvm_over_q35: ratio,
     };
     print!("{}", table(&report));
-    if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report)? + "\n";
-        std::fs::write(path, text).with_context(|| path.display().to_string())?;
-        eprintln!("tandem: wrote {}", path.display());
-    }
-    if let Some(path) = &args.svg {
-        std::fs::write(path, svg(&report)).with_context(|| path.display().to_string())?;
-        eprintln!("tandem: wrote {}", path.display());
-    }
+    let chart = chart(&report);
+    super::write_outputs(
+        &report,
+        args.json.as_deref(),
+        args.svg.as_deref().map(|p| (p, &chart)),
+    )?;
     Ok(0)
 }
 
@@ -249,11 +205,14 @@ pub fn table(r: &BenchReport) -> String {
         r.image_bytes,
         r.image_bytes as f64 / 1024.0
     );
-    let _ = writeln!(
-        s,
-        "{:<8} {:>12} {:>10} {:>10} {:>14} {:>16}",
-        "machine", "ready median", "min", "max", "exit median", "guest boot_us"
-    );
+    let mut t = Table::new(&[
+        ("machine", Align::Left),
+        ("ready median", Align::Right),
+        ("min", Align::Right),
+        ("max", Align::Right),
+        ("exit median", Align::Right),
+        ("guest boot_us", Align::Right),
+    ]);
     for m in &r.machines {
         let guest = if m.guest_boot_us.is_empty() {
             "-".to_string()
@@ -261,17 +220,16 @@ pub fn table(r: &BenchReport) -> String {
             let v: Vec<f64> = m.guest_boot_us.iter().map(|&u| u as f64).collect();
             format!("{:.0}", Summary::of(&v).median)
         };
-        let _ = writeln!(
-            s,
-            "{:<8} {:>9.1} ms {:>7.1} ms {:>7.1} ms {:>11.1} ms {:>16}",
-            m.machine.name(),
-            m.ready.median,
-            m.ready.min,
-            m.ready.max,
-            m.exit.median,
-            guest
-        );
+        t.row(vec![
+            m.machine.name().to_string(),
+            format!("{:.1} ms", m.ready.median),
+            format!("{:.1} ms", m.ready.min),
+            format!("{:.1} ms", m.ready.max),
+            format!("{:.1} ms", m.exit.median),
+            guest,
+        ]);
     }
+    s.push_str(&t.render());
     if let Some(ratio) = r.ratio_microvm_over_q35 {
         let _ = writeln!(s, "microvm/q35 (median ready): {ratio:.2}");
     }
@@ -279,82 +237,37 @@ pub fn table(r: &BenchReport) -> String {
 }
 
 /// A horizontal bar chart of median ready time with min–max whiskers.
-pub fn svg(r: &BenchReport) -> String {
-    const LEFT: f64 = 90.0;
-    const WIDTH: f64 = 640.0;
-    const BAR_H: f64 = 28.0;
-    const GAP: f64 = 18.0;
-    const TOP: f64 = 40.0;
-    let plot_w = WIDTH - LEFT - 110.0;
-    let max = r
-        .machines
-        .iter()
-        .map(|m| m.ready.max)
-        .fold(0.0_f64, f64::max)
-        .max(1.0);
-    let scale = plot_w / max;
-    let height = TOP + r.machines.len() as f64 * (BAR_H + GAP) + 30.0;
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" font-family="sans-serif" font-size="13">"#
-    );
-    let _ = writeln!(
-        s,
-        r#"<rect width="100%" height="100%" fill="white"/><text x="10" y="22" font-size="15">Boot to TANDEM READY ({}, median of {} runs; whiskers min–max)</text>"#,
-        escape(&r.accel.to_string()),
-        r.runs
-    );
-    for (i, m) in r.machines.iter().enumerate() {
-        let y = TOP + i as f64 * (BAR_H + GAP);
-        let w = m.ready.median * scale;
-        let color = match m.machine {
-            Machine::Q35 => "#4e79a7",
-            Machine::Microvm => "#f28e2b",
-        };
-        let mid = y + BAR_H / 2.0;
-        let _ = writeln!(
-            s,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="end" dominant-baseline="middle">{}</text>"#,
-            LEFT - 8.0,
-            mid,
-            m.machine.name()
-        );
-        let _ = writeln!(
-            s,
-            r#"<rect x="{LEFT}" y="{y:.1}" width="{w:.1}" height="{BAR_H}" fill="{color}"/>"#
-        );
-        let (x0, x1) = (LEFT + m.ready.min * scale, LEFT + m.ready.max * scale);
-        let _ = writeln!(
-            s,
-            r#"<line x1="{x0:.1}" y1="{mid:.1}" x2="{x1:.1}" y2="{mid:.1}" stroke="black"/><line x1="{x0:.1}" y1="{:.1}" x2="{x0:.1}" y2="{:.1}" stroke="black"/><line x1="{x1:.1}" y1="{:.1}" x2="{x1:.1}" y2="{:.1}" stroke="black"/>"#,
-            mid - 6.0,
-            mid + 6.0,
-            mid - 6.0,
-            mid + 6.0
-        );
-        let _ = writeln!(
-            s,
-            r#"<text x="{:.1}" y="{mid:.1}" dominant-baseline="middle">{:.1} ms</text>"#,
-            x1.max(LEFT + w) + 8.0,
-            m.ready.median
-        );
+pub fn chart(r: &BenchReport) -> BarChart {
+    let series: Vec<String> = r.machines.iter().map(|m| m.machine.to_string()).collect();
+    BarChart {
+        title: format!(
+            "Boot to TANDEM READY ({}, median of {} runs; whiskers min–max)",
+            r.accel, r.runs
+        ),
+        groups: r
+            .machines
+            .iter()
+            .enumerate()
+            .map(|(i, m)| BarGroup {
+                label: m.machine.to_string(),
+                bars: vec![Bar {
+                    series: i,
+                    value: m.ready.median,
+                    range: Some((m.ready.min, m.ready.max)),
+                    label: format!("{:.1} ms", m.ready.median),
+                }],
+            })
+            .collect(),
+        series,
+        footer: r
+            .ratio_microvm_over_q35
+            .map(|ratio| format!("microvm/q35 = {ratio:.2}")),
     }
-    if let Some(ratio) = r.ratio_microvm_over_q35 {
-        let _ = writeln!(
-            s,
-            r#"<text x="10" y="{:.1}">microvm/q35 = {ratio:.2}</text>"#,
-            height - 10.0
-        );
-    }
-    s.push_str("</svg>\n");
-    s
 }
 
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+/// The chart as an SVG document.
+pub fn svg(r: &BenchReport) -> String {
+    chart(r).render()
 }
 
 #[cfg(test)]
@@ -384,19 +297,6 @@ mod tests {
             ],
             ratio_microvm_over_q35: Some(0.25),
         }
-    }
-
-    #[test]
-    fn summary_median_min_max() {
-        assert_eq!(
-            Summary::of(&[3.0, 1.0, 2.0]),
-            Summary {
-                median: 2.0,
-                min: 1.0,
-                max: 3.0
-            }
-        );
-        assert_eq!(Summary::of(&[4.0, 1.0, 2.0, 3.0]).median, 2.5);
     }
 
     #[test]
