@@ -12,6 +12,8 @@
 
 extern crate alloc;
 
+#[cfg(test)]
+mod fake_virtio;
 pub mod memregion;
 pub mod net_phy;
 pub mod ramdisk;

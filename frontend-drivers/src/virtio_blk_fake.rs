@@ -3,194 +3,11 @@
 //! the device is given for each payload segment is the address of the application's pool
 //! buffer, and data the device writes lands in that buffer with no copy.
 
-use core::cell::RefCell;
-use core::ptr::NonNull;
-use std::alloc::{alloc_zeroed, dealloc, Layout};
-use std::rc::Rc;
-
 use hpdi::{QueuePair, Segment, SgList};
-use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus};
-use virtio_drivers::{BufferDirection, PhysAddr};
+use virtio_drivers::transport::DeviceType;
 
 use super::*;
-
-/// Host memory standing in for guest-physical memory: physical address == pointer.
-struct HostHal;
-
-// SAFETY: allocations are page-aligned, zeroed and live until `dma_dealloc`; addresses are
-// the pointers themselves.
-unsafe impl Hal for HostHal {
-    fn dma_alloc(pages: usize, _: BufferDirection) -> (PhysAddr, NonNull<u8>) {
-        let layout = Layout::from_size_align(pages * 4096, 4096).unwrap();
-        // SAFETY: non-zero size.
-        let p = unsafe { alloc_zeroed(layout) };
-        (p as u64, NonNull::new(p).unwrap())
-    }
-    unsafe fn dma_dealloc(_: PhysAddr, vaddr: NonNull<u8>, pages: usize) -> i32 {
-        // SAFETY: allocated by dma_alloc with this layout.
-        unsafe {
-            dealloc(
-                vaddr.as_ptr(),
-                Layout::from_size_align(pages * 4096, 4096).unwrap(),
-            )
-        };
-        0
-    }
-    unsafe fn mmio_phys_to_virt(paddr: PhysAddr, _: usize) -> NonNull<u8> {
-        NonNull::new(paddr as *mut u8).unwrap()
-    }
-    unsafe fn share(buffer: NonNull<[u8]>, _: BufferDirection) -> PhysAddr {
-        buffer.cast::<u8>().as_ptr() as u64
-    }
-    unsafe fn unshare(_: PhysAddr, _: NonNull<[u8]>, _: BufferDirection) {}
-}
-
-#[derive(Default)]
-struct Rings {
-    desc: u64,
-    avail: u64,
-    used: u64,
-    size: u16,
-    notifies: u32,
-    last_avail: u16,
-}
-
-struct FakeTransport {
-    features: u64,
-    config: [u8; 64],
-    status: DeviceStatus,
-    rings: Rc<RefCell<Rings>>,
-}
-
-impl Transport for FakeTransport {
-    fn device_type(&self) -> DeviceType {
-        DeviceType::Block
-    }
-    fn read_device_features(&mut self) -> u64 {
-        self.features
-    }
-    fn write_driver_features(&mut self, _: u64) {}
-    fn max_queue_size(&mut self, _: u16) -> u32 {
-        16
-    }
-    fn notify(&mut self, _: u16) {
-        self.rings.borrow_mut().notifies += 1;
-    }
-    fn get_status(&self) -> DeviceStatus {
-        self.status
-    }
-    fn set_status(&mut self, s: DeviceStatus) {
-        self.status = s;
-    }
-    fn set_guest_page_size(&mut self, _: u32) {}
-    fn requires_legacy_layout(&self) -> bool {
-        false
-    }
-    fn queue_set(&mut self, _: u16, size: u32, desc: PhysAddr, avail: PhysAddr, used: PhysAddr) {
-        let mut r = self.rings.borrow_mut();
-        (r.desc, r.avail, r.used, r.size) = (desc, avail, used, size as u16);
-    }
-    fn queue_unset(&mut self, _: u16) {}
-    fn queue_used(&mut self, _: u16) -> bool {
-        self.rings.borrow().desc != 0
-    }
-    fn ack_interrupt(&mut self) -> InterruptStatus {
-        InterruptStatus::empty()
-    }
-    fn read_config_generation(&self) -> u32 {
-        0
-    }
-    fn read_config_space<V: FromBytes + IntoBytes>(
-        &self,
-        offset: usize,
-    ) -> Result<V, virtio_drivers::Error> {
-        V::read_from_prefix(&self.config[offset..])
-            .map(|(v, _)| v)
-            .map_err(|_| virtio_drivers::Error::ConfigSpaceTooSmall)
-    }
-    fn write_config_space<V: IntoBytes + Immutable>(
-        &mut self,
-        _: usize,
-        _: V,
-    ) -> Result<(), virtio_drivers::Error> {
-        Ok(())
-    }
-}
-
-/// One buffer of a descriptor chain as the device sees it.
-#[derive(Debug, Clone, Copy)]
-struct Buf {
-    addr: u64,
-    len: u32,
-    device_writes: bool,
-}
-
-/// The device end: reads the rings the driver wrote in (fake) guest memory.
-struct FakeDevice {
-    rings: Rc<RefCell<Rings>>,
-}
-
-fn rd<V: Copy>(addr: u64) -> V {
-    // SAFETY: addresses come from the rings the driver set up in live host memory.
-    unsafe { (addr as *const V).read_volatile() }
-}
-
-fn wr<V: Copy>(addr: u64, v: V) {
-    // SAFETY: as for `rd`; the driver has lent these buffers to the device.
-    unsafe { (addr as *mut V).write_volatile(v) }
-}
-
-impl FakeDevice {
-    /// Takes the next available chain: (head, buffers).
-    fn next(&self) -> Option<(u16, Vec<Buf>)> {
-        let mut r = self.rings.borrow_mut();
-        let idx: u16 = rd(r.avail + 2);
-        if idx == r.last_avail {
-            return None;
-        }
-        let head: u16 = rd(r.avail + 4 + 2 * u64::from(r.last_avail % r.size));
-        r.last_avail = r.last_avail.wrapping_add(1);
-        let mut bufs = Vec::new();
-        let (mut table, mut i) = (r.desc, head);
-        loop {
-            let d = table + 16 * u64::from(i);
-            let (addr, len, flags, next): (u64, u32, u16, u16) =
-                (rd(d), rd(d + 8), rd(d + 12), rd(d + 14));
-            if flags & 4 != 0 {
-                // Indirect: the chain continues in the table at `addr`.
-                (table, i) = (addr, 0);
-                continue;
-            }
-            bufs.push(Buf {
-                addr,
-                len,
-                device_writes: flags & 2 != 0,
-            });
-            if flags & 1 == 0 {
-                break;
-            }
-            i = next;
-        }
-        Some((head, bufs))
-    }
-
-    /// Completes chain `head` with status byte `status`.
-    fn complete(&self, head: u16, bufs: &[Buf], status: u8) {
-        let r = self.rings.borrow();
-        wr(bufs.last().unwrap().addr, status);
-        let used_idx: u16 = rd(r.used + 2);
-        let e = r.used + 4 + 8 * u64::from(used_idx % r.size);
-        wr(e, u32::from(head));
-        wr(
-            e + 4,
-            bufs.iter()
-                .filter(|b| b.device_writes)
-                .map(|b| b.len)
-                .sum::<u32>(),
-        );
-        wr(r.used + 2, used_idx.wrapping_add(1));
-    }
-}
+use crate::fake_virtio::{rd, Buf, FakeDevice, FakeTransport, HostHal};
 
 fn setup(
     features: Features,
@@ -199,23 +16,19 @@ fn setup(
     FakeDevice,
     BufferPool,
 ) {
-    let rings = Rc::new(RefCell::new(Rings::default()));
     let mut config = [0u8; 64];
     config[0..8].copy_from_slice(&2048u64.to_le_bytes()); // 1 MiB
     config[12..16].copy_from_slice(&32u32.to_le_bytes()); // seg_max
     config[36..40].copy_from_slice(&2048u32.to_le_bytes()); // max discard sectors
-    let t = FakeTransport {
-        features: (features | Features::VERSION_1).bits(),
+    let t = FakeTransport::new(
+        DeviceType::Block,
+        (features | Features::VERSION_1).bits(),
         config,
-        status: DeviceStatus::empty(),
-        rings: rings.clone(),
-    };
+        16,
+    );
+    let dev = t.device(QUEUE);
     let blk = VirtioBlk::new(t).unwrap();
-    (
-        blk,
-        FakeDevice { rings },
-        BufferPool::host(64, 4096).unwrap(),
-    )
+    (blk, dev, BufferPool::host(64, 4096).unwrap())
 }
 
 fn header(b: &Buf) -> (u32, u64) {
@@ -300,7 +113,7 @@ fn queue_fills_to_its_size_and_completes_out_of_order() {
     q.poll(&mut blk, &mut pool);
     assert_eq!(blk.in_flight(), 16, "as many in flight as the queue holds");
     assert_eq!(q.sq.len(), 4, "the rest waits in the submission ring");
-    assert!(dev.rings.borrow().notifies >= 1);
+    assert!(dev.notifies() >= 1);
     let mut chains = Vec::new();
     while let Some(c) = dev.next() {
         chains.push(c);
