@@ -15,6 +15,10 @@
 //! - `debug.nvram=stamp` — read, then store and persist a boot counter at the start of
 //!   `nvram0` (shows the shared region works end to end).
 //! - `virtio_mmio.device=SIZE@BASE:IRQ[:ID]` — a virtio-mmio device (QEMU microvm adds these).
+//! - `ip=A.B.C.D/N` — the guest's address on its first NIC (default `10.0.2.15/24`, QEMU's
+//!   user-network guest address); `gw=A.B.C.D` — default route (default `10.0.2.2`).
+//! - `net.echo=PORT` — a TCP echo service on `PORT` (a network self-test until the storage
+//!   service takes the port).
 //! - `bench=DEVICE` — run the block benchmark on `DEVICE` (e.g. `blk0`) instead of serving,
 //!   print one `BENCH {json}` line and power off; tuned by `bench.rw=read|write|randread|
 //!   randwrite|randrw`, `bench.bs=SIZE`, `bench.qd=N`, `bench.ops=N`, `bench.time_ms=MS`,
@@ -77,6 +81,11 @@ pub struct Config {
     pub debug_blkops: JobSpec,
     /// `debug.nvram=stamp`.
     pub debug_nvram_stamp: bool,
+    /// Guest address and prefix length.
+    pub ip: ([u8; 4], u8),
+    pub gateway: Option<[u8; 4]>,
+    /// `net.echo=PORT`.
+    pub echo_port: Option<u16>,
     /// The benchmark job; it runs when `bench=DEVICE` named a device.
     pub bench: JobSpec,
     mmio: [MmioDevice; MAX_MMIO_DEVICES],
@@ -93,6 +102,9 @@ impl Default for Config {
             debug_fault: None,
             debug_nvram_stamp: false,
             debug_blkops: JobSpec::default(),
+            ip: ([10, 0, 2, 15], 24),
+            gateway: Some([10, 0, 2, 2]),
+            echo_port: None,
             bench: JobSpec::default(),
             mmio: [MmioDevice::default(); MAX_MMIO_DEVICES],
             mmio_count: 0,
@@ -181,6 +193,27 @@ pub fn parse<'a>(line: &'a str, mut report: impl FnMut(Issue<'a>)) -> Config {
                 Some(f) => cfg.debug_fault = Some(f),
                 None => report(bad("pagefault|gp|ud|divide|breakpoint")),
             },
+            "ip" => match value.split_once('/') {
+                Some((a, n)) => match (parse_ipv4(a), n.parse::<u8>()) {
+                    (Some(a), Ok(n)) if n <= 32 => cfg.ip = (a, n),
+                    _ => report(bad("A.B.C.D/N")),
+                },
+                None => match parse_ipv4(value) {
+                    Some(a) => cfg.ip = (a, 24),
+                    None => report(bad("A.B.C.D/N")),
+                },
+            },
+            "gw" => match value {
+                "none" => cfg.gateway = None,
+                _ => match parse_ipv4(value) {
+                    Some(a) => cfg.gateway = Some(a),
+                    None => report(bad("A.B.C.D or none")),
+                },
+            },
+            "net.echo" => match value.parse::<u16>() {
+                Ok(p) if p != 0 => cfg.echo_port = Some(p),
+                _ => report(bad("a TCP port 1..65535")),
+            },
             "debug.blkops" => {
                 if !cfg.debug_blkops.set_device(value) {
                     report(bad("a device name such as blk0"));
@@ -250,6 +283,16 @@ fn parse_bench(job: &mut JobSpec, key: &str, v: &str) -> Result<(), &'static str
         _ => return Err("a known bench.* key"),
     }
     Ok(())
+}
+
+/// `A.B.C.D`.
+pub fn parse_ipv4(s: &str) -> Option<[u8; 4]> {
+    let mut out = [0u8; 4];
+    let mut parts = s.split('.');
+    for o in &mut out {
+        *o = parts.next()?.parse().ok()?;
+    }
+    parts.next().is_none().then_some(out)
 }
 
 fn parse_level(v: &str) -> Option<LogLevel> {
@@ -396,6 +439,22 @@ mod tests {
         assert_eq!(cfg.mmio_devices().len(), MAX_MMIO_DEVICES);
         assert_eq!(issues.len(), 2);
         assert!(issues[0].contains("dropped"));
+    }
+
+    #[test]
+    fn network_keys() {
+        let (cfg, issues) = parse_all("ip=192.168.7.2/16 gw=192.168.0.1 net.echo=7");
+        assert!(issues.is_empty(), "{issues:?}");
+        assert_eq!(cfg.ip, ([192, 168, 7, 2], 16));
+        assert_eq!(cfg.gateway, Some([192, 168, 0, 1]));
+        assert_eq!(cfg.echo_port, Some(7));
+        let (cfg, issues) =
+            parse_all("ip=1.2.3/8 ip=1.2.3.4/40 gw=x net.echo=0 ip=300.1.1.1 gw=none");
+        assert_eq!(issues.len(), 5, "{issues:?}");
+        assert_eq!(cfg.ip, Config::default().ip);
+        assert_eq!(cfg.gateway, None);
+        assert_eq!(parse_ipv4("10.0.2.15"), Some([10, 0, 2, 15]));
+        assert_eq!(parse_ipv4("10.0.2.15.1"), None);
     }
 
     #[test]

@@ -14,13 +14,13 @@ use log::{debug, warn};
 use unikernel::acpi::AcpiInfo;
 use unikernel::cmdline::MmioDevice;
 use unikernel::inventory::{DeviceInfo, Entry, Location};
-use virtio_drivers::device::net::VirtIONetRaw;
 use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
 use virtio_drivers::transport::pci::bus::{Command, DeviceFunction};
 use virtio_drivers::transport::pci::{virtio_device_type, PciTransport};
 use virtio_drivers::transport::{DeviceType, SomeTransport, Transport};
 
 use frontend_drivers::virtio_blk::Features;
+use frontend_drivers::virtio_net::NetInfo;
 
 use crate::dma::FrameRegion;
 use crate::virtio_hal::TandemHal;
@@ -29,9 +29,6 @@ use crate::virtio_hal::TandemHal;
 const IVSHMEM: (u16, u16) = (0x1af4, 0x1110);
 
 pub type Transport_ = SomeTransport<'static>;
-/// Queue size for the NIC's queues (issue 3 moves this onto the HPDI).
-pub const NET_QUEUE: usize = 16;
-pub type Net = VirtIONetRaw<TandemHal, Transport_, NET_QUEUE>;
 
 /// What discovery found and initialised.
 #[derive(Default)]
@@ -41,7 +38,8 @@ pub struct Devices {
     pub registry: hpdi::Registry,
     /// Transport of each registered device, by name (for reports).
     pub transports: Vec<(alloc::string::String, &'static str)>,
-    pub net: Vec<Net>,
+    /// NICs (HPDI devices), handed whole to the network stack rather than the registry.
+    pub nics: Vec<(alloc::string::String, Box<dyn hpdi::Device>, NetInfo)>,
     /// Vendor and device id of the PCI host bridge at 00:00.0.
     pub host_bridge: Option<(u16, u16)>,
     pub pci_functions: usize,
@@ -67,16 +65,17 @@ impl Devices {
                     Err(e) => failed("virtio-blk", e),
                 }
             }
-            DeviceType::Network => match Net::new(transport) {
-                Ok(net) => {
-                    let info = DeviceInfo::VirtioNet {
-                        mac: net.mac_address(),
-                    };
-                    self.net.push(net);
-                    return self.push(Some(format!("net{}", self.net.len() - 1)), location, info);
+            DeviceType::Network => {
+                match frontend_drivers::virtio_net::open::<TandemHal, _>(transport) {
+                    Ok((dev, net)) => {
+                        let name = format!("net{}", self.nics.len());
+                        let info = DeviceInfo::VirtioNet { mac: net.mac };
+                        self.nics.push((name.clone(), dev, net));
+                        return self.push(Some(name), location, info);
+                    }
+                    Err(e) => failed("virtio-net", e),
                 }
-                Err(e) => failed("virtio-net", e),
-            },
+            }
             other => DeviceInfo::VirtioOther {
                 device_type: other as u32,
             },

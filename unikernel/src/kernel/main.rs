@@ -17,6 +17,7 @@ mod dma;
 mod exit;
 mod fault;
 mod mem;
+mod net;
 mod pci;
 mod probes;
 mod time;
@@ -141,7 +142,7 @@ pub extern "C" fn kmain(start_info_paddr: u64) -> ! {
     console::line(format_args!(
         "TANDEM READY machine={machine} disks={disks} nics={nics} nvram={nvram} pci_functions={} \
          mem_total={} kernel={} heap_total={} heap_used={} dma_total={} dma_used={} \
-         hypervisor={} tsc_mhz={} boot_us={}",
+         ip={}.{}.{}.{} hypervisor={} tsc_mhz={} boot_us={}",
         devices.pci_functions,
         Bytes(ram),
         Bytes(kernel.end - kernel.start),
@@ -149,6 +150,10 @@ pub extern "C" fn kmain(start_info_paddr: u64) -> ! {
         Bytes(st.heap_used),
         Bytes(st.dma_total),
         Bytes(st.dma_used),
+        cfg.ip.0[0],
+        cfg.ip.0[1],
+        cfg.ip.0[2],
+        cfg.ip.0[3],
         hypervisor(),
         hz / 1_000_000,
         time::now_us()
@@ -173,9 +178,18 @@ pub extern "C" fn kmain(start_info_paddr: u64) -> ! {
         info!("exit=ready: powering off");
         exit::exit(GuestExit::Clean);
     }
-    // The storage service arrives with later issues; until then the guest idles.
-    let _devices = devices;
-    arch::cpu::halt_forever()
+    // The storage service arrives with issue 4; until then the network stack runs alone.
+    let Some((name, dev, info)) = devices.nics.pop() else {
+        info!("no NIC: idle");
+        arch::cpu::halt_forever()
+    };
+    let mut stack = match net::NetStack::new(dev, &info, &cfg) {
+        Ok(s) => s,
+        Err(e) => panic!("{name}: {e}"),
+    };
+    loop {
+        stack.poll();
+    }
 }
 
 fn read_start_info(paddr: u64) -> HvmStartInfo {

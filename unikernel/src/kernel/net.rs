@@ -1,0 +1,117 @@
+//! The guest's network stack: smoltcp over the first NIC, through `NetPhy`, so frames are
+//! read and written in place in HPDI pool buffers.
+
+use alloc::boxed::Box;
+use alloc::vec;
+
+use frontend_drivers::net_phy::{NetPhy, NetPhyConfig};
+use frontend_drivers::virtio_net::NetInfo;
+use hpdi::{BufferPool, Device};
+use log::{info, warn};
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::socket::tcp;
+use smoltcp::time::Instant;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address};
+use unikernel::cmdline::Config as GuestConfig;
+
+use crate::dma::FrameRegion;
+
+/// Bytes of each NetPhy buffer (a power of two holding a 1514-byte frame).
+const FRAME_BUF: usize = 2048;
+/// TCP socket buffer size for the echo service.
+const TCP_BUF: usize = 64 * 1024;
+
+pub struct NetStack {
+    pub iface: Interface,
+    pub phy: NetPhy,
+    pub sockets: SocketSet<'static>,
+    echo: Option<(SocketHandle, u16)>,
+}
+
+pub fn now() -> Instant {
+    Instant::from_micros(crate::time::now_us() as i64)
+}
+
+impl NetStack {
+    pub fn new(
+        dev: Box<dyn Device>,
+        info: &NetInfo,
+        cfg: &GuestConfig,
+    ) -> Result<Self, &'static str> {
+        let phy_cfg = NetPhyConfig::default().fit(&dev.capabilities());
+        let mem = FrameRegion::alloc(phy_cfg.buffers() * FRAME_BUF)
+            .ok_or("no DMA memory for NIC buffers")?;
+        let pool = BufferPool::new(Box::new(mem), FRAME_BUF).map_err(|_| "NIC buffer pool")?;
+        let mut phy =
+            NetPhy::new(dev, pool, phy_cfg).map_err(|_| "NIC does not fit its buffers")?;
+        let mut icfg = Config::new(HardwareAddress::Ethernet(EthernetAddress(info.mac)));
+        icfg.random_seed = crate::arch::cpu::rdtsc();
+        let mut iface = Interface::new(icfg, &mut phy, now());
+        let ([a, b, c, d], prefix) = cfg.ip;
+        iface.update_ip_addrs(|addrs| {
+            let _ = addrs.push(IpCidr::new(Ipv4Address::new(a, b, c, d).into(), prefix));
+        });
+        if let Some([a, b, c, d]) = cfg.gateway {
+            let _ = iface
+                .routes_mut()
+                .add_default_ipv4_route(Ipv4Address::new(a, b, c, d));
+        }
+        let mut sockets = SocketSet::new(vec![]);
+        let echo = cfg.echo_port.map(|port| {
+            let rx = tcp::SocketBuffer::new(vec![0; TCP_BUF]);
+            let tx = tcp::SocketBuffer::new(vec![0; TCP_BUF]);
+            (sockets.add(tcp::Socket::new(rx, tx)), port)
+        });
+        info!(
+            "net: {a}.{b}.{c}.{d}/{prefix} on {}, {} rx + {} tx buffers{}",
+            unikernel::inventory::Mac(info.mac),
+            phy_cfg.rx_buffers,
+            phy_cfg.tx_buffers,
+            match cfg.echo_port {
+                Some(p) => alloc::format!(", echo on tcp/{p}"),
+                None => alloc::string::String::new(),
+            }
+        );
+        Ok(Self {
+            iface,
+            phy,
+            sockets,
+            echo,
+        })
+    }
+
+    /// One turn of the stack: frames in and out, then the services.
+    pub fn poll(&mut self) {
+        self.iface.poll(now(), &mut self.phy, &mut self.sockets);
+        self.phy.poll();
+        if let Some((h, port)) = self.echo {
+            echo(self.sockets.get_mut::<tcp::Socket>(h), port);
+        }
+    }
+}
+
+/// TCP echo: whatever arrives is sent back, bounded by the send buffer's free space.
+fn echo(s: &mut tcp::Socket, port: u16) {
+    if !s.is_open() {
+        if let Err(e) = s.listen(port) {
+            warn!("net.echo: listen on {port}: {e}");
+        }
+        return;
+    }
+    let mut buf = [0u8; 4096];
+    while s.can_recv() && s.can_send() {
+        let room = (s.send_capacity() - s.send_queue()).min(buf.len());
+        if room == 0 {
+            break;
+        }
+        match s.recv_slice(&mut buf[..room]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let _ = s.send_slice(&buf[..n]);
+            }
+        }
+    }
+    if !s.may_recv() && s.may_send() && s.send_queue() == 0 {
+        s.close();
+    }
+}
