@@ -14,8 +14,10 @@ extern crate alloc;
 
 #[cfg(test)]
 mod fake_virtio;
+pub mod immediate;
 pub mod memregion;
 pub mod net_phy;
+pub mod queue_size;
 pub mod ramdisk;
 pub mod virtio_blk;
 pub mod virtio_net;

@@ -9,27 +9,24 @@
 //! to avoid the bounce through a pool buffer.
 
 use alloc::boxed::Box;
-use alloc::collections::VecDeque;
 
 use hpdi::device::DeviceStats;
 use hpdi::{
     BufferPool, Capabilities, Completion, Device, DeviceKind, DmaMemory, Error, Op, OpSet, Request,
 };
 
+use crate::immediate::Immediate;
+
 pub struct MemRegion {
     mem: Box<dyn DmaMemory>,
-    depth: usize,
-    done: VecDeque<Completion>,
-    stats: DeviceStats,
+    imm: Immediate,
 }
 
 impl MemRegion {
     pub fn new(mem: Box<dyn DmaMemory>, depth: usize) -> Self {
         Self {
             mem,
-            depth: depth.max(1),
-            done: VecDeque::new(),
-            stats: DeviceStats::default(),
+            imm: Immediate::new(depth),
         }
     }
 
@@ -53,28 +50,33 @@ impl MemRegion {
     pub fn region_mut(&mut self) -> &mut [u8] {
         self.mem.bytes_mut()
     }
+}
 
-    fn execute(&mut self, pool: &mut BufferPool, req: &Request) -> Result<u32, Error> {
-        let mut at = req.offset as usize;
-        match req.op {
-            Op::Store | Op::Load => {
-                for seg in req.sg.as_slice() {
-                    let n = seg.len as usize;
-                    if req.op == Op::Store {
-                        self.mem.bytes_mut()[at..at + n].copy_from_slice(pool.slice(seg)?);
-                    } else {
-                        pool.slice_mut(seg)?
-                            .copy_from_slice(&self.mem.bytes()[at..at + n]);
-                    }
-                    at += n;
+fn execute(
+    mem: &mut dyn DmaMemory,
+    pool: &mut BufferPool,
+    req: &Request,
+    stats: &mut DeviceStats,
+) -> Result<u32, Error> {
+    let mut at = req.offset as usize;
+    match req.op {
+        Op::Store | Op::Load => {
+            for seg in req.sg.as_slice() {
+                let n = seg.len as usize;
+                if req.op == Op::Store {
+                    mem.bytes_mut()[at..at + n].copy_from_slice(pool.slice(seg)?);
+                } else {
+                    pool.slice_mut(seg)?
+                        .copy_from_slice(&mem.bytes()[at..at + n]);
                 }
-                self.stats.bytes_moved += req.sg.total();
-                self.stats.bytes_copied += req.sg.total();
+                at += n;
             }
-            _ => core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst),
+            stats.bytes_moved += req.sg.total();
+            stats.bytes_copied += req.sg.total();
         }
-        Ok(req.sg.total().min(u64::from(u32::MAX)) as u32)
+        _ => core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst),
     }
+    Ok(req.sg.total().min(u64::from(u32::MAX)) as u32)
 }
 
 impl Device for MemRegion {
@@ -84,27 +86,18 @@ impl Device for MemRegion {
             block_size: 1,
             capacity: self.len() as u64,
             max_segments: hpdi::request::MAX_SEGMENTS as u16,
-            queue_depth: self.depth as u16,
+            queue_depth: self.imm.depth() as u16,
             ops: OpSet::of(&[Op::Load, Op::Store, Op::Persist]),
             read_only: false,
         }
     }
 
     fn start(&mut self, pool: &mut BufferPool, req: &Request) -> Result<(), Error> {
-        if self.done.len() >= self.depth {
-            return Err(Error::RingFull);
-        }
-        self.capabilities().validate(req)?;
-        for seg in req.sg.as_slice() {
-            pool.check(seg)?;
-        }
-        let result = self.execute(pool, req);
-        self.stats.submitted += 1;
-        self.done.push_back(Completion {
-            tag: req.tag,
-            result,
-        });
-        Ok(())
+        let caps = self.capabilities();
+        let mem = self.mem.as_mut();
+        self.imm.start(&caps, pool, req, |pool, stats| {
+            execute(mem, pool, req, stats)
+        })
     }
 
     fn complete(
@@ -113,20 +106,15 @@ impl Device for MemRegion {
         max: usize,
         done: &mut dyn FnMut(Completion),
     ) -> usize {
-        let n = max.min(self.done.len());
-        for c in self.done.drain(..n) {
-            done(c);
-        }
-        self.stats.completed += n as u64;
-        n
+        self.imm.complete(max, done)
     }
 
     fn in_flight(&self) -> usize {
-        self.done.len()
+        self.imm.in_flight()
     }
 
     fn stats(&self) -> DeviceStats {
-        self.stats
+        self.imm.stats
     }
 }
 

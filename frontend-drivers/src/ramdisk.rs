@@ -2,18 +2,17 @@
 //! makes code above the HPDI (the storage service, the benchmark) testable on the host.
 //! Unlike a real device it copies payload (it *is* the device), and counts those bytes.
 
-use alloc::collections::VecDeque;
 use alloc::vec;
 use alloc::vec::Vec;
 
 use hpdi::device::DeviceStats;
 use hpdi::{BufferPool, Capabilities, Completion, Device, DeviceKind, Error, Op, OpSet, Request};
 
+use crate::immediate::Immediate;
+
 pub struct RamDisk {
     data: Vec<u8>,
-    depth: usize,
-    done: VecDeque<Completion>,
-    stats: DeviceStats,
+    imm: Immediate,
     /// Fail every request with this device status (fault injection for tests).
     pub fail_with: Option<u32>,
 }
@@ -25,9 +24,7 @@ impl RamDisk {
     pub fn new(bytes: usize, depth: usize) -> Self {
         Self {
             data: vec![0; bytes / Self::BLOCK as usize * Self::BLOCK as usize],
-            depth: depth.max(1),
-            done: VecDeque::new(),
-            stats: DeviceStats::default(),
+            imm: Immediate::new(depth),
             fail_with: None,
         }
     }
@@ -35,33 +32,33 @@ impl RamDisk {
     pub fn contents(&self) -> &[u8] {
         &self.data
     }
+}
 
-    fn execute(&mut self, pool: &mut BufferPool, req: &Request) -> Result<u32, Error> {
-        if let Some(status) = self.fail_with {
-            return Err(Error::Device { status });
-        }
-        let mut at = req.offset as usize;
-        match req.op {
-            Op::Read | Op::Write => {
-                for seg in req.sg.as_slice() {
-                    let n = seg.len as usize;
-                    if req.op == Op::Read {
-                        pool.slice_mut(seg)?.copy_from_slice(&self.data[at..at + n]);
-                    } else {
-                        self.data[at..at + n].copy_from_slice(pool.slice(seg)?);
-                    }
-                    at += n;
+fn execute(
+    data: &mut [u8],
+    pool: &mut BufferPool,
+    req: &Request,
+    stats: &mut DeviceStats,
+) -> Result<u32, Error> {
+    let mut at = req.offset as usize;
+    match req.op {
+        Op::Read | Op::Write => {
+            for seg in req.sg.as_slice() {
+                let n = seg.len as usize;
+                if req.op == Op::Read {
+                    pool.slice_mut(seg)?.copy_from_slice(&data[at..at + n]);
+                } else {
+                    data[at..at + n].copy_from_slice(pool.slice(seg)?);
                 }
-                self.stats.bytes_copied += req.sg.total();
-                self.stats.bytes_moved += req.sg.total();
+                at += n;
             }
-            Op::Discard | Op::WriteZeroes => {
-                self.data[at..at + req.len as usize].fill(0);
-            }
-            _ => {}
+            stats.bytes_copied += req.sg.total();
+            stats.bytes_moved += req.sg.total();
         }
-        Ok(req.byte_len().min(u64::from(u32::MAX)) as u32)
+        Op::Discard | Op::WriteZeroes => data[at..at + req.len as usize].fill(0),
+        _ => {}
     }
+    Ok(req.byte_len().min(u64::from(u32::MAX)) as u32)
 }
 
 impl Device for RamDisk {
@@ -71,28 +68,19 @@ impl Device for RamDisk {
             block_size: Self::BLOCK,
             capacity: self.data.len() as u64,
             max_segments: hpdi::request::MAX_SEGMENTS as u16,
-            queue_depth: self.depth as u16,
+            queue_depth: self.imm.depth() as u16,
             ops: OpSet::of(&[Op::Read, Op::Write, Op::Flush, Op::Discard, Op::WriteZeroes]),
             read_only: false,
         }
     }
 
     fn start(&mut self, pool: &mut BufferPool, req: &Request) -> Result<(), Error> {
-        if self.done.len() >= self.depth {
-            return Err(Error::RingFull);
-        }
-        self.capabilities().validate(req)?;
-        for seg in req.sg.as_slice() {
-            pool.check(seg)?;
-        }
-        let result = self.execute(pool, req);
-        self.stats.submitted += 1;
-        self.done.push_back(Completion {
-            tag: req.tag,
-            result,
-        });
-        self.stats.max_in_flight = self.stats.max_in_flight.max(self.done.len() as u32);
-        Ok(())
+        let caps = self.capabilities();
+        let (data, fail) = (&mut self.data, self.fail_with);
+        self.imm.start(&caps, pool, req, |pool, stats| match fail {
+            Some(status) => Err(Error::Device { status }),
+            None => execute(data, pool, req, stats),
+        })
     }
 
     fn complete(
@@ -101,20 +89,15 @@ impl Device for RamDisk {
         max: usize,
         done: &mut dyn FnMut(Completion),
     ) -> usize {
-        let n = max.min(self.done.len());
-        for c in self.done.drain(..n) {
-            done(c);
-        }
-        self.stats.completed += n as u64;
-        n
+        self.imm.complete(max, done)
     }
 
     fn in_flight(&self) -> usize {
-        self.done.len()
+        self.imm.in_flight()
     }
 
     fn stats(&self) -> DeviceStats {
-        self.stats
+        self.imm.stats
     }
 }
 

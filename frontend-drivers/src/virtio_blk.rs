@@ -34,6 +34,10 @@ bitflags! {
         const DISCARD = 1 << 13;
         const WRITE_ZEROES = 1 << 14;
         const RING_INDIRECT_DESC = 1 << 28;
+        /// Understood but never negotiated: `virtio-drivers` 0.13 decides whether to notify
+        /// with `avail_idx >= avail_event + 1`, which stops notifying once the 16-bit
+        /// available index wraps (a stalled queue after 65536 requests). Without it the device's
+        /// `NO_NOTIFY` flag is used, which has no such edge.
         const RING_EVENT_IDX = 1 << 29;
         const VERSION_1 = 1 << 32;
     }
@@ -118,7 +122,7 @@ pub struct VirtioBlk<H: Hal, T: Transport, const Q: usize> {
 
 impl<H: Hal, T: Transport, const Q: usize> VirtioBlk<H, T, Q> {
     pub fn new(mut transport: T) -> Result<Self, virtio_drivers::Error> {
-        let f = transport.begin_init(Features::all());
+        let f = transport.begin_init(Features::all().difference(Features::RING_EVENT_IDX));
         // Config space is only 4-byte aligned: read the 64-bit capacity as two halves.
         let capacity_sectors = transport.read_consistent(|| {
             let lo: u32 = transport.read_config_space(cfg::CAPACITY)?;
@@ -436,24 +440,24 @@ impl<H: Hal, T: Transport, const Q: usize> Device for VirtioBlk<H, T, Q> {
     }
 }
 
-/// Opens a virtio-blk device with the largest supported queue the device offers.
-pub fn open<H: Hal + 'static, T: Transport + 'static>(
-    mut transport: T,
-) -> Result<(Box<dyn Device>, BlkInfo), virtio_drivers::Error> {
-    fn boxed<H: Hal + 'static, T: Transport + 'static, const Q: usize>(
-        t: T,
-    ) -> Result<(Box<dyn Device>, BlkInfo), virtio_drivers::Error> {
+/// Builds [`VirtioBlk`] for a queue size chosen at run time.
+struct Blk<H>(core::marker::PhantomData<H>);
+
+impl<H: Hal + 'static, T: Transport + 'static> crate::queue_size::Family<T> for Blk<H> {
+    type Info = BlkInfo;
+    fn build<const Q: usize>(t: T) -> Result<(Box<dyn Device>, BlkInfo), virtio_drivers::Error> {
         let d = VirtioBlk::<H, T, Q>::new(t)?;
         let info = d.info();
         Ok((Box::new(d), info))
     }
-    match transport.max_queue_size(QUEUE) {
-        256.. => boxed::<H, T, 256>(transport),
-        128..=255 => boxed::<H, T, 128>(transport),
-        64..=127 => boxed::<H, T, 64>(transport),
-        16..=63 => boxed::<H, T, 16>(transport),
-        _ => Err(virtio_drivers::Error::InvalidParam),
-    }
+}
+
+/// Opens a virtio-blk device with the largest supported queue the device offers.
+pub fn open<H: Hal + 'static, T: Transport + 'static>(
+    mut transport: T,
+) -> Result<(Box<dyn Device>, BlkInfo), virtio_drivers::Error> {
+    let offered = transport.max_queue_size(QUEUE);
+    crate::queue_size::open_largest::<Blk<H>, T>(offered, transport)
 }
 
 #[cfg(test)]

@@ -34,6 +34,10 @@ bitflags! {
         const MAC = 1 << 5;
         const STATUS = 1 << 16;
         const RING_INDIRECT_DESC = 1 << 28;
+        /// Understood but never negotiated: `virtio-drivers` 0.13 decides whether to notify
+        /// with `avail_idx >= avail_event + 1`, which stops notifying once the 16-bit
+        /// available index wraps (a stalled queue after 65536 requests). Without it the device's
+        /// `NO_NOTIFY` flag is used, which has no such edge.
         const RING_EVENT_IDX = 1 << 29;
         const VERSION_1 = 1 << 32;
     }
@@ -159,7 +163,7 @@ pub struct VirtioNet<H: Hal, T: Transport, const Q: usize> {
 
 impl<H: Hal, T: Transport, const Q: usize> VirtioNet<H, T, Q> {
     pub fn new(mut transport: T) -> Result<Self, virtio_drivers::Error> {
-        let f = transport.begin_init(Features::all());
+        let f = transport.begin_init(Features::all().difference(Features::RING_EVENT_IDX));
         // Config space is only 4-byte aligned: read the MAC and status a byte at a time.
         let mac = if f.contains(Features::MAC) {
             transport.read_consistent(|| {
@@ -383,28 +387,27 @@ impl<H: Hal, T: Transport, const Q: usize> Device for VirtioNet<H, T, Q> {
     }
 }
 
+/// Builds [`VirtioNet`] for a queue size chosen at run time.
+struct Net<H>(core::marker::PhantomData<H>);
+
+impl<H: Hal + 'static, T: Transport + 'static> crate::queue_size::Family<T> for Net<H> {
+    type Info = NetInfo;
+    fn build<const Q: usize>(t: T) -> Result<(Box<dyn Device>, NetInfo), virtio_drivers::Error> {
+        let d = VirtioNet::<H, T, Q>::new(t)?;
+        let info = d.info();
+        Ok((Box::new(d), info))
+    }
+}
+
 /// Opens a virtio-net device with the largest supported queues both of its queues offer
 /// (QEMU offers 256).
 pub fn open<H: Hal + 'static, T: Transport + 'static>(
     mut transport: T,
 ) -> Result<(Box<dyn Device>, NetInfo), virtio_drivers::Error> {
-    fn boxed<H: Hal + 'static, T: Transport + 'static, const Q: usize>(
-        t: T,
-    ) -> Result<(Box<dyn Device>, NetInfo), virtio_drivers::Error> {
-        let d = VirtioNet::<H, T, Q>::new(t)?;
-        let info = d.info();
-        Ok((Box::new(d), info))
-    }
-    let size = transport
+    let offered = transport
         .max_queue_size(RX_QUEUE)
         .min(transport.max_queue_size(TX_QUEUE));
-    match size {
-        256.. => boxed::<H, T, 256>(transport),
-        128..=255 => boxed::<H, T, 128>(transport),
-        64..=127 => boxed::<H, T, 64>(transport),
-        16..=63 => boxed::<H, T, 16>(transport),
-        _ => Err(virtio_drivers::Error::InvalidParam),
-    }
+    crate::queue_size::open_largest::<Net<H>, T>(offered, transport)
 }
 
 #[cfg(test)]
