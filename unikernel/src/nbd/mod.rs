@@ -7,6 +7,7 @@
 //! that keeps the connection, or closing this connection only), tested byte by byte.
 
 pub mod handshake;
+pub mod server;
 pub mod transmission;
 pub mod wire;
 
@@ -47,3 +48,6 @@ impl ExportInfo {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod server_tests;
