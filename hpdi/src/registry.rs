@@ -40,6 +40,12 @@ impl Registry {
             .ok_or(Error::NoSuchDevice)
     }
 
+    /// Removes a device, handing it to a service that drives it exclusively.
+    pub fn take(&mut self, name: &str) -> Option<Box<dyn Device>> {
+        let i = self.devices.iter().position(|(n, _)| n == name)?;
+        Some(self.devices.remove(i).1)
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.devices.iter().map(|(n, _)| n.as_str())
     }

@@ -19,6 +19,9 @@
 //!   user-network guest address); `gw=A.B.C.D` — default route (default `10.0.2.2`).
 //! - `net.echo=PORT` — a TCP echo service on `PORT` (a network self-test until the storage
 //!   service takes the port).
+//! - `nbd.port=PORT` — the NBD service's TCP port (default 10809).
+//! - `export=NAME:DEVICE[:ro]` — serve `DEVICE` as NBD export `NAME` (repeatable; default:
+//!   every disk under its device name, `blk0`, `blk1`, ...).
 //! - `bench=DEVICE` — run the block benchmark on `DEVICE` (e.g. `blk0`) instead of serving,
 //!   print one `BENCH {json}` line and power off; tuned by `bench.rw=read|write|randread|
 //!   randwrite|randrw`, `bench.bs=SIZE`, `bench.qd=N`, `bench.ops=N`, `bench.time_ms=MS`,
@@ -27,6 +30,54 @@
 use core::fmt;
 
 use crate::bench::{JobSpec, Path, Rw};
+
+/// Most `export=` words.
+pub const MAX_EXPORTS: usize = 16;
+
+/// One `export=NAME:DEVICE[:ro]` word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ExportSpec {
+    name: [u8; 32],
+    name_len: u8,
+    device: [u8; 16],
+    device_len: u8,
+    pub read_only: bool,
+}
+
+impl ExportSpec {
+    pub fn parse(v: &str) -> Option<Self> {
+        let mut parts = v.split(':');
+        let (name, device) = (parts.next()?, parts.next()?);
+        let read_only = match parts.next() {
+            None => false,
+            Some("ro") => true,
+            Some(_) => return None,
+        };
+        let ok = |s: &str, max| {
+            !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_graphic())
+        };
+        if parts.next().is_some() || !ok(name, 32) || !ok(device, 16) {
+            return None;
+        }
+        let mut e = ExportSpec {
+            read_only,
+            ..Default::default()
+        };
+        e.name[..name.len()].copy_from_slice(name.as_bytes());
+        e.name_len = name.len() as u8;
+        e.device[..device.len()].copy_from_slice(device.as_bytes());
+        e.device_len = device.len() as u8;
+        Some(e)
+    }
+
+    pub fn name(&self) -> &str {
+        core::str::from_utf8(&self.name[..usize::from(self.name_len)]).unwrap_or("")
+    }
+
+    pub fn device(&self) -> &str {
+        core::str::from_utf8(&self.device[..usize::from(self.device_len)]).unwrap_or("")
+    }
+}
 
 /// Most virtio-mmio devices accepted from the command line.
 pub const MAX_MMIO_DEVICES: usize = 32;
@@ -86,6 +137,9 @@ pub struct Config {
     pub gateway: Option<[u8; 4]>,
     /// `net.echo=PORT`.
     pub echo_port: Option<u16>,
+    pub nbd_port: u16,
+    exports: [ExportSpec; MAX_EXPORTS],
+    export_count: usize,
     /// The benchmark job; it runs when `bench=DEVICE` named a device.
     pub bench: JobSpec,
     mmio: [MmioDevice; MAX_MMIO_DEVICES],
@@ -105,6 +159,9 @@ impl Default for Config {
             ip: ([10, 0, 2, 15], 24),
             gateway: Some([10, 0, 2, 2]),
             echo_port: None,
+            nbd_port: 10809,
+            exports: [ExportSpec::default(); MAX_EXPORTS],
+            export_count: 0,
             bench: JobSpec::default(),
             mmio: [MmioDevice::default(); MAX_MMIO_DEVICES],
             mmio_count: 0,
@@ -113,6 +170,11 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The `export=` words (empty: export every disk under its own name).
+    pub fn exports(&self) -> &[ExportSpec] {
+        &self.exports[..self.export_count]
+    }
+
     pub fn mmio_devices(&self) -> &[MmioDevice] {
         &self.mmio[..self.mmio_count]
     }
@@ -209,6 +271,21 @@ pub fn parse<'a>(line: &'a str, mut report: impl FnMut(Issue<'a>)) -> Config {
                     Some(a) => cfg.gateway = Some(a),
                     None => report(bad("A.B.C.D or none")),
                 },
+            },
+            "nbd.port" => match value.parse::<u16>() {
+                Ok(p) if p != 0 => cfg.nbd_port = p,
+                _ => report(bad("a TCP port 1..65535")),
+            },
+            "export" => match ExportSpec::parse(value) {
+                Some(_) if cfg.export_count == MAX_EXPORTS => report(bad("at most 16 exports")),
+                Some(e) if cfg.exports().iter().any(|x| x.name() == e.name()) => {
+                    report(bad("a name not already exported"))
+                }
+                Some(e) => {
+                    cfg.exports[cfg.export_count] = e;
+                    cfg.export_count += 1;
+                }
+                None => report(bad("NAME:DEVICE or NAME:DEVICE:ro")),
             },
             "net.echo" => match value.parse::<u16>() {
                 Ok(p) if p != 0 => cfg.echo_port = Some(p),
@@ -455,6 +532,26 @@ mod tests {
         assert_eq!(cfg.gateway, None);
         assert_eq!(parse_ipv4("10.0.2.15"), Some([10, 0, 2, 15]));
         assert_eq!(parse_ipv4("10.0.2.15.1"), None);
+    }
+
+    #[test]
+    fn export_keys() {
+        let (cfg, issues) = parse_all("export=data:blk0 export=logs:blk1:ro nbd.port=2000");
+        assert!(issues.is_empty(), "{issues:?}");
+        let e = cfg.exports();
+        assert_eq!(
+            (e[0].name(), e[0].device(), e[0].read_only),
+            ("data", "blk0", false)
+        );
+        assert_eq!(
+            (e[1].name(), e[1].device(), e[1].read_only),
+            ("logs", "blk1", true)
+        );
+        assert_eq!(cfg.nbd_port, 2000);
+        let (cfg, issues) =
+            parse_all("export=x export=a:blk0:rw export=:blk0 export=data:blk0 export=data:blk1");
+        assert_eq!(issues.len(), 4, "{issues:?}");
+        assert_eq!(cfg.exports().len(), 1);
     }
 
     #[test]

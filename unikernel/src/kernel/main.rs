@@ -20,6 +20,7 @@ mod mem;
 mod net;
 mod pci;
 mod probes;
+mod storage;
 mod time;
 mod virtio_hal;
 
@@ -178,15 +179,27 @@ pub extern "C" fn kmain(start_info_paddr: u64) -> ! {
         info!("exit=ready: powering off");
         exit::exit(GuestExit::Clean);
     }
-    // The storage service arrives with issue 4; until then the network stack runs alone.
     let Some((name, dev, info)) = devices.nics.pop() else {
-        info!("no NIC: idle");
+        warn!("no NIC: nothing to serve on, idle");
         arch::cpu::halt_forever()
     };
     let mut stack = match net::NetStack::new(dev, &info, &cfg) {
         Ok(s) => s,
         Err(e) => panic!("{name}: {e}"),
     };
+    match storage::NbdService::new(&mut devices, &cfg, &mut stack.sockets) {
+        Ok(nbd) => {
+            let ([a, b, c, d], _) = cfg.ip;
+            for e in nbd.exports() {
+                console::line(format_args!(
+                    "TANDEM NBD nbd://{a}.{b}.{c}.{d}:{}/{e}",
+                    cfg.nbd_port
+                ));
+            }
+            stack.nbd = Some(nbd);
+        }
+        Err(e) => warn!("nbd: not serving: {e}"),
+    }
     loop {
         stack.poll();
     }

@@ -26,6 +26,7 @@ pub struct NetStack {
     pub phy: NetPhy,
     pub sockets: SocketSet<'static>,
     echo: Option<(SocketHandle, u16)>,
+    pub nbd: Option<crate::storage::NbdService>,
 }
 
 pub fn now() -> Instant {
@@ -77,6 +78,7 @@ impl NetStack {
             phy,
             sockets,
             echo,
+            nbd: None,
         })
     }
 
@@ -86,6 +88,9 @@ impl NetStack {
         self.phy.poll();
         if let Some((h, port)) = self.echo {
             echo(self.sockets.get_mut::<tcp::Socket>(h), port);
+        }
+        if let Some(nbd) = self.nbd.as_mut() {
+            nbd.poll(&mut self.sockets);
         }
     }
 }

@@ -104,7 +104,11 @@ struct Conn {
     /// Bytes received but not consumed yet (read ahead by the handshake).
     stash: Vec<u8>,
     export: usize,
+    /// Bytes going out now.
     out: VecDeque<u8>,
+    /// Complete replies waiting for the read being streamed (if any) to finish: nothing may
+    /// be sent in the middle of a read's data.
+    replies: VecDeque<u8>,
     hdr: [u8; REQUEST_LEN],
     hdr_len: usize,
     /// The write whose payload is arriving: (op, buffer being filled, bytes in it).
@@ -190,6 +194,7 @@ impl Server {
             stash: Vec::new(),
             export: 0,
             out: out.into(),
+            replies: VecDeque::new(),
             hdr: [0; REQUEST_LEN],
             hdr_len: 0,
             inbound: None,
@@ -307,7 +312,7 @@ impl Server {
             let before = (c.out.len(), c.hdr_len, c.skip, c.held, c.seq);
             self.flush_out(c, s);
             if matches!(c.phase, Phase::Closing) {
-                if c.ops.iter().all(Option::is_none) && c.out.is_empty() {
+                if c.ops.iter().all(Option::is_none) && c.out.is_empty() && c.replies.is_empty() {
                     return ConnState::Close;
                 }
                 self.progress(slot, c, s);
@@ -575,7 +580,7 @@ impl Server {
                     let mut out = Vec::new();
                     let len = op.length.min(u64::from(u32::MAX) & !511) as u32;
                     tx::block_status(&mut out, op.cookie, &[(len, 0)]);
-                    c.out.extend(out);
+                    c.replies.extend(out);
                 }
                 (_, e) => self.reply_now(c, &neg, op.cookie, e.unwrap_or(0)),
             }
@@ -650,6 +655,8 @@ impl Server {
     ) {
         loop {
             if c.streaming.is_none() {
+                // Between read replies: release the other replies first.
+                c.out.extend(c.replies.drain(..));
                 // The oldest read whose first chunk is ready (or that failed) starts next.
                 let next = order.iter().copied().find(|&i| {
                     c.ops[i].as_ref().is_some_and(|o| {
@@ -709,6 +716,7 @@ impl Server {
                     c.ops[si] = None;
                     c.streaming = None;
                     if neg.structured {
+                        // Right after the data: each reply's chunks stay together.
                         let mut out = Vec::new();
                         tx::structured_done(&mut out, cookie);
                         c.out.extend(out);
@@ -748,7 +756,7 @@ impl Server {
             (true, e) => tx::structured_error(&mut out, cookie, e, "request failed"),
             (false, e) => tx::simple_reply(&mut out, cookie, e),
         }
-        c.out.extend(out);
+        c.replies.extend(out);
     }
 }
 

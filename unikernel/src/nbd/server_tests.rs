@@ -128,7 +128,14 @@ fn connect(s: &mut Server, slot: usize, name: &str, structured: bool) -> Client 
     let mut acks = 1;
     if structured {
         c.push(&option(opt::STRUCTURED_REPLY, &[]));
-        acks += 1;
+        let mut meta = Vec::new();
+        meta.extend_from_slice(&(name.len() as u32).to_be_bytes());
+        meta.extend_from_slice(name.as_bytes());
+        meta.extend_from_slice(&1u32.to_be_bytes());
+        meta.extend_from_slice(&(wire::BASE_ALLOCATION.len() as u32).to_be_bytes());
+        meta.extend_from_slice(wire::BASE_ALLOCATION.as_bytes());
+        c.push(&option(opt::SET_META_CONTEXT, &meta));
+        acks += 2;
     }
     let mut go = Vec::new();
     go.extend_from_slice(&(name.len() as u32).to_be_bytes());
@@ -363,9 +370,55 @@ fn structured_reads_flush_trim_zeroes_and_block_status() {
     want[4096..12288].fill(0);
     assert!(read.data == want);
     assert_eq!(r.iter().find(|r| r.cookie == 6).unwrap().error, 0);
-    // BLOCK_STATUS needs base:allocation, not negotiated here: refused, connection kept.
-    let (_, r) = exchange(&mut s, c, &[(cmd::BLOCK_STATUS, 0, 7, 0, 4096, Vec::new())]);
+    let (_, r) = exchange(
+        &mut s,
+        c,
+        &[(cmd::BLOCK_STATUS, 0, 7, 0, 1 << 20, Vec::new())],
+    );
+    assert_eq!(r[0].error, 0);
+    // Without base:allocation, BLOCK_STATUS is refused and the connection kept.
+    let c = connect(&mut s, 1, "disk0", false);
+    let (_, r) = exchange(&mut s, c, &[(cmd::BLOCK_STATUS, 0, 8, 0, 4096, Vec::new())]);
     assert_eq!(r[0].error, errno::EINVAL);
+}
+
+#[test]
+fn replies_never_cut_into_a_read_being_sent() {
+    // Reads whose data trickles out (small socket sends) interleaved with requests that
+    // finish at once (block status, refusals, flushes): every reply must parse whole.
+    let mut s = server(64, 4);
+    let mut c = connect(&mut s, 0, "disk0", true);
+    c.pipe.send_limit = 1000;
+    let data = pattern(7, 1 << 20);
+    let (mut c, _) = exchange(&mut s, c, &[(cmd::WRITE, 0, 1, 0, 1 << 20, data.clone())]);
+    c.pipe.send_limit = 1000;
+    let mut reqs = Vec::new();
+    for i in 0..12u64 {
+        reqs.push((cmd::READ, 0, 100 + i, (i % 4) * 262144, 262144, Vec::new()));
+        reqs.push((cmd::BLOCK_STATUS, 0, 200 + i, 0, 1 << 20, Vec::new()));
+        reqs.push((cmd::READ, 0, 300 + i, DISK, 512, Vec::new())); // refused at once
+        reqs.push((cmd::FLUSH, 0, 400 + i, 0, 0, Vec::new()));
+    }
+    let (_, r) = exchange(&mut s, c, &reqs);
+    assert_eq!(r.len(), reqs.len());
+    for rep in &r {
+        match rep.cookie {
+            100..200 => {
+                let i = (rep.cookie - 100) as usize;
+                let at = (i % 4) * 262144;
+                let first_bad = rep.data.iter().zip(&data[at..at + 262144]).position(|(a, b)| a != b);
+                assert!(
+                    rep.data == data[at..at + 262144],
+                    "read {} len {} error {} first mismatch {first_bad:?}",
+                    rep.cookie,
+                    rep.data.len(),
+                    rep.error
+                );
+            }
+            300..400 => assert_eq!(rep.error, errno::EINVAL),
+            _ => assert_eq!(rep.error, 0, "{rep:?}"),
+        }
+    }
 }
 
 #[test]

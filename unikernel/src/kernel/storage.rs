@@ -1,0 +1,165 @@
+//! The NBD storage service: one export per disk, served to up to [`MAX_CLIENTS`] clients over
+//! smoltcp TCP sockets, driven by `unikernel::nbd::server`.
+
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use hpdi::{BufferPool, DeviceKind, QueuePair};
+use log::{info, warn};
+use smoltcp::iface::{SocketHandle, SocketSet};
+use smoltcp::socket::tcp;
+use unikernel::cmdline::Config;
+use unikernel::nbd::server::{ConnState, Disk, Server, Stream, CHUNK};
+use unikernel::nbd::ExportInfo;
+use unikernel::units::Bytes;
+
+use crate::discovery::Devices;
+use crate::dma::FrameRegion;
+
+/// Clients served at once (one listening socket each).
+pub const MAX_CLIENTS: usize = 16;
+/// TCP buffers per client, each way.
+const TCP_BUF: usize = 128 * 1024;
+/// Pool buffers for all clients together (64 KiB each).
+const POOL_BUFFERS: usize = 128;
+
+struct SocketStream<'a>(&'a mut tcp::Socket<'static>);
+
+impl Stream for SocketStream<'_> {
+    fn recv(&mut self, buf: &mut [u8]) -> usize {
+        self.0.recv_slice(buf).unwrap_or(0)
+    }
+
+    fn send(&mut self, data: &[u8]) -> usize {
+        self.0.send_slice(data).unwrap_or(0)
+    }
+}
+
+pub struct NbdService {
+    server: Server,
+    handles: Vec<SocketHandle>,
+    port: u16,
+}
+
+impl NbdService {
+    /// Takes the exported disks out of the registry and opens a listening socket per client.
+    pub fn new(
+        devices: &mut Devices,
+        cfg: &Config,
+        sockets: &mut SocketSet<'static>,
+    ) -> Result<Self, String> {
+        let mut wanted: Vec<(String, String, bool)> = cfg
+            .exports()
+            .iter()
+            .map(|e| (e.name().into(), e.device().into(), e.read_only))
+            .collect();
+        if wanted.is_empty() {
+            wanted = devices
+                .registry
+                .of_kind(DeviceKind::Block)
+                .map(|d| (String::from(d), String::from(d), false))
+                .collect();
+        }
+        let mut exports = Vec::new();
+        let mut disks = Vec::new();
+        for (name, device, ro) in wanted {
+            let Some(dev) = devices.registry.take(&device) else {
+                warn!("nbd: export {name}: no block device {device}");
+                continue;
+            };
+            let caps = dev.capabilities();
+            let transport = devices
+                .transports
+                .iter()
+                .find(|(n, _)| *n == device)
+                .map_or("?", |(_, t)| *t);
+            let info = ExportInfo {
+                description: alloc::format!(
+                    "tandem {device} (virtio-blk {transport}, {})",
+                    Bytes(caps.capacity)
+                ),
+                name,
+                size: caps.capacity,
+                read_only: ro || caps.read_only,
+                can_trim: caps.ops.contains(hpdi::Op::Discard),
+                can_write_zeroes: caps.ops.contains(hpdi::Op::WriteZeroes),
+                min_block: caps.block_size,
+                preferred_block: 4096,
+                max_payload: 32 << 20,
+            };
+            info!(
+                "nbd: export {} = {device} ({}{})",
+                info.name,
+                Bytes(info.size),
+                if info.read_only { ", read-only" } else { "" }
+            );
+            exports.push(info);
+            disks.push(Disk {
+                dev,
+                queue: QueuePair::new(1024).map_err(|e| alloc::format!("{e}"))?,
+            });
+        }
+        if exports.is_empty() {
+            return Err("no disk to export".into());
+        }
+        let mem = FrameRegion::alloc(POOL_BUFFERS * CHUNK)
+            .ok_or("no DMA memory for the NBD buffer pool")?;
+        let pool = BufferPool::new(Box::new(mem), CHUNK).map_err(|e| alloc::format!("{e}"))?;
+        let handles = (0..MAX_CLIENTS)
+            .map(|_| {
+                let rx = tcp::SocketBuffer::new(vec![0; TCP_BUF]);
+                let tx = tcp::SocketBuffer::new(vec![0; TCP_BUF]);
+                sockets.add(tcp::Socket::new(rx, tx))
+            })
+            .collect();
+        info!(
+            "nbd: listening on tcp/{} for up to {MAX_CLIENTS} clients",
+            cfg.nbd_port
+        );
+        Ok(Self {
+            server: Server::new(exports, disks, pool, MAX_CLIENTS),
+            handles,
+            port: cfg.nbd_port,
+        })
+    }
+
+    pub fn exports(&self) -> impl Iterator<Item = &str> {
+        self.server.exports().iter().map(|e| e.name.as_str())
+    }
+
+    /// One turn: accept, serve and retire connections, then drive the disks.
+    pub fn poll(&mut self, sockets: &mut SocketSet<'static>) {
+        for (slot, &h) in self.handles.iter().enumerate() {
+            let s = sockets.get_mut::<tcp::Socket>(h);
+            if !s.is_open() {
+                if self.server.is_active(slot) {
+                    self.server.drop_conn(slot);
+                }
+                if let Err(e) = s.listen(self.port) {
+                    warn!("nbd: listen: {e}");
+                }
+                continue;
+            }
+            let active = self.server.is_active(slot);
+            if !active {
+                if s.state() == tcp::State::Established {
+                    self.server.accept(slot);
+                } else {
+                    continue;
+                }
+            }
+            if !s.may_recv() && !s.can_recv() && s.state() != tcp::State::Established {
+                // The client closed or reset its side.
+                self.server.drop_conn(slot);
+                s.close();
+                continue;
+            }
+            if self.server.service(slot, &mut SocketStream(s)) == ConnState::Close {
+                s.close();
+            }
+        }
+        self.server.poll_disks();
+    }
+}
