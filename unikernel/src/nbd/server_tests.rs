@@ -406,7 +406,11 @@ fn replies_never_cut_into_a_read_being_sent() {
             100..200 => {
                 let i = (rep.cookie - 100) as usize;
                 let at = (i % 4) * 262144;
-                let first_bad = rep.data.iter().zip(&data[at..at + 262144]).position(|(a, b)| a != b);
+                let first_bad = rep
+                    .data
+                    .iter()
+                    .zip(&data[at..at + 262144])
+                    .position(|(a, b)| a != b);
                 assert!(
                     rep.data == data[at..at + 262144],
                     "read {} len {} error {} first mismatch {first_bad:?}",
