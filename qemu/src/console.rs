@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 pub const READY_PREFIX: &str = "TANDEM READY";
 /// Prefix of the benchmark result line (followed by one space and a JSON object).
 pub const BENCH_PREFIX: &str = "BENCH ";
+/// Prefix of the line announcing one NBD export: `TANDEM NBD nbd://IP:PORT/EXPORT`.
+pub const NBD_PREFIX: &str = "TANDEM NBD ";
 
 /// The ready line's `key=value` words, in a map (the set of keys is the guest's business).
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
@@ -95,6 +97,13 @@ pub enum ConsoleEvent {
     Panic(String),
     /// `BENCH {...}`: the benchmark result, the JSON text after `BENCH `.
     Bench(String),
+    /// `TANDEM NBD nbd://IP:PORT/EXPORT`: an export the guest serves (guest address and port).
+    Nbd {
+        /// The export name.
+        export: String,
+        /// The guest's TCP port.
+        port: u16,
+    },
     /// `EXCEPTION vector=N ...`: the vector (if it parsed) and the whole text.
     Exception {
         /// The CPU exception vector.
@@ -123,6 +132,17 @@ impl ConsoleEvent {
         }
         if let Some(rest) = line.strip_prefix("PANIC ") {
             return ConsoleEvent::Panic(rest.to_string());
+        }
+        if let Some(rest) = line.strip_prefix(NBD_PREFIX) {
+            let uri = rest.trim().strip_prefix("nbd://").unwrap_or("");
+            if let Some((host, export)) = uri.split_once('/') {
+                if let Some(port) = host.rsplit_once(':').and_then(|(_, p)| p.parse().ok()) {
+                    return ConsoleEvent::Nbd {
+                        export: export.to_string(),
+                        port,
+                    };
+                }
+            }
         }
         if let Some(rest) = line.strip_prefix(BENCH_PREFIX) {
             if rest.trim_start().starts_with('{') {
@@ -278,6 +298,21 @@ impl ConsoleTee {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nbd_lines() {
+        assert_eq!(
+            ConsoleEvent::parse("TANDEM NBD nbd://10.0.2.15:10809/blk0"),
+            ConsoleEvent::Nbd {
+                export: "blk0".into(),
+                port: 10809
+            }
+        );
+        assert!(!matches!(
+            ConsoleEvent::parse("TANDEM NBD garbage"),
+            ConsoleEvent::Nbd { .. }
+        ));
+    }
 
     #[test]
     fn ready_line_parses_all_fields() {

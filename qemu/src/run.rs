@@ -171,11 +171,18 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
             return Ok(EXIT_TIMEOUT);
         }
         match vm.poll(Duration::from_millis(100)) {
-            Poll::Line(line) => {
-                if let ConsoleEvent::Ready(_) = line.event {
-                    print_banner(args, &accel, &state, line.at);
+            Poll::Line(line) => match &line.event {
+                ConsoleEvent::Ready(_) => print_banner(args, &accel, &state, line.at),
+                ConsoleEvent::Nbd { export, port }
+                    if *port == GUEST_NBD_PORT && args.nbd_port != 0 =>
+                {
+                    eprintln!(
+                            "tandem:   NBD export {export}: nbd://127.0.0.1:{}/{export}   (nbdinfo, qemu-img, nbdcopy, fio --ioengine=nbd)",
+                            args.nbd_port
+                        );
                 }
-            }
+                _ => {}
+            },
             Poll::Exited(exit) => break exit,
             Poll::Idle => {}
         }
@@ -222,11 +229,8 @@ fn print_banner(args: &RunArgs, accel: &AccelDecision, state: &StateDir, at: Dur
         state.qmp_socket().display()
     );
     eprintln!("tandem:   console log: {}", state.console_log().display());
-    if args.nbd_port != 0 {
-        eprintln!(
-            "tandem:   NBD (once the storage service lands): nbd://127.0.0.1:{}/",
-            args.nbd_port
-        );
+    if args.nbd_port == 0 {
+        eprintln!("tandem:   NBD: no host port forwarded (--nbd-port 0)");
     }
 }
 
