@@ -8,7 +8,9 @@
 //! that sends faster than the disk writes simply stops being read: TCP backpressure).
 //!
 //! Durability here is the `disk` setting: a write is acknowledged when the device has
-//! completed it; FUA writes carry FUA down; FLUSH flushes the device.
+//! completed it; FUA writes carry FUA down; FLUSH flushes the device. A write is sent to the
+//! disk only once its whole payload has arrived (up to the connection's buffer budget, 2 MiB;
+//! larger writes stream), so a client that vanishes mid-payload changes nothing.
 
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
@@ -89,6 +91,18 @@ struct Op {
     ready_base: u32,
 }
 
+/// A write whose payload is arriving. Full chunks are held back until the whole payload is
+/// in, so a client that vanishes mid-payload leaves the disk untouched; only a write larger
+/// than the connection's buffer budget is streamed to the disk as it arrives.
+struct Inbound {
+    op: usize,
+    /// Buffer being filled and its fill level.
+    buf: Option<BufId>,
+    filled: usize,
+    /// Full chunks not yet submitted: (buffer, device offset, length).
+    held_back: Vec<(BufId, u64, usize)>,
+}
+
 /// A read reply being sent.
 struct Streaming {
     op: usize,
@@ -111,8 +125,8 @@ struct Conn {
     replies: VecDeque<u8>,
     hdr: [u8; REQUEST_LEN],
     hdr_len: usize,
-    /// The write whose payload is arriving: (op, buffer being filled, bytes in it).
-    inbound: Option<(usize, Option<BufId>, usize)>,
+    /// The write whose payload is arriving.
+    inbound: Option<Inbound>,
     /// Payload bytes of a refused write still to drop.
     skip: u64,
     ops: Vec<Option<Op>>,
@@ -212,8 +226,14 @@ impl Server {
         let Some(mut c) = self.conns.get_mut(slot).and_then(Option::take) else {
             return;
         };
-        if let Some((_, Some(b), _)) = c.inbound.take() {
-            let _ = self.pool.free(b);
+        if let Some(inb) = c.inbound.take() {
+            for b in inb
+                .buf
+                .into_iter()
+                .chain(inb.held_back.into_iter().map(|h| h.0))
+            {
+                let _ = self.pool.free(b);
+            }
         }
         for op in c.ops.iter_mut().filter_map(Option::take) {
             for (b, _) in op.ready.into_iter().flatten() {
@@ -464,7 +484,12 @@ impl Server {
             ready_base: 0,
         });
         if checked.cmd == Command::Write {
-            c.inbound = Some((i, None, 0));
+            c.inbound = Some(Inbound {
+                op: i,
+                buf: None,
+                filled: 0,
+                held_back: Vec::new(),
+            });
         }
     }
 
@@ -503,17 +528,60 @@ impl Server {
         }
     }
 
-    /// Receives write payload into buffers and submits full ones; false when stalled.
+    /// Receives write payload into buffers and submits them; false when stalled.
     fn payload(&mut self, slot: usize, c: &mut Conn, s: &mut dyn Stream) -> bool {
-        let Some((i, buf, filled)) = c.inbound else {
+        let Some(mut inb) = c.inbound.take() else {
             return false;
         };
+        let progressed = self.payload_step(slot, c, s, &mut inb);
+        let receiving = c.ops[inb.op].as_ref().is_some_and(|o| o.to_issue > 0);
+        if receiving || inb.buf.is_some() || !inb.held_back.is_empty() {
+            c.inbound = Some(inb);
+        }
+        progressed
+    }
+
+    fn payload_step(
+        &mut self,
+        slot: usize,
+        c: &mut Conn,
+        s: &mut dyn Stream,
+        inb: &mut Inbound,
+    ) -> bool {
+        let i = inb.op;
         let Some(op) = c.ops[i].as_ref() else {
-            c.inbound = None;
+            for b in inb
+                .buf
+                .take()
+                .into_iter()
+                .chain(inb.held_back.drain(..).map(|h| h.0))
+            {
+                c.held -= 1;
+                let _ = self.pool.free(b);
+            }
             return true;
         };
-        let (remaining, base) = (op.to_issue, op.offset + (op.length - op.to_issue));
-        let buf = match buf {
+        let (offset, length, fua, left) = (op.offset, op.length, op.cmd.fua, op.to_issue);
+        // Submit held-back chunks once the payload is complete, or when the budget is spent
+        // and the rest of a large write cannot be received otherwise.
+        let complete = left == 0;
+        let starved = c.held >= CONN_BUFFERS && inb.buf.is_none();
+        if (complete || starved) && !inb.held_back.is_empty() {
+            while let Some(&(b, at, len)) = inb.held_back.first() {
+                let mut r = Request::write(at, SgList::one(Segment::whole(b, len)), 0);
+                r.fua = fua;
+                if !self.issue(slot, c, i, r, Some(b), 0) {
+                    return false; // device ring full: retried on the next poll
+                }
+                inb.held_back.remove(0);
+                self.stats.bytes_written += len as u64;
+            }
+            return true;
+        }
+        if complete {
+            return false;
+        }
+        let buf = match inb.buf {
             Some(b) => b,
             None => {
                 if c.held >= CONN_BUFFERS {
@@ -523,34 +591,26 @@ impl Server {
                     return false;
                 };
                 c.held += 1;
+                inb.buf = Some(b);
+                inb.filled = 0;
                 b
             }
         };
-        let want = (CHUNK - filled).min((remaining - filled as u64) as usize);
-        let mut n = 0;
-        if want > 0 {
-            let Ok(dst) = self.pool.buf_mut(buf) else {
-                return false;
-            };
-            n = recv(&mut c.stash, s, &mut dst[filled..filled + want]);
-        }
-        let filled = filled + n;
-        let chunk_done = filled == CHUNK || filled as u64 == remaining;
-        if !chunk_done {
-            c.inbound = Some((i, Some(buf), filled));
-            return n > 0;
-        }
-        let mut r = Request::write(base, SgList::one(Segment::whole(buf, filled)), 0);
-        r.fua = op.cmd.fua;
-        if !self.issue(slot, c, i, r, Some(buf), 0) {
-            c.inbound = Some((i, Some(buf), filled)); // device ring full: retry later
+        let want = (CHUNK - inb.filled).min(left as usize);
+        let Ok(dst) = self.pool.buf_mut(buf) else {
             return false;
-        }
-        self.stats.bytes_written += filled as u64;
+        };
+        let n = recv(&mut c.stash, s, &mut dst[inb.filled..inb.filled + want]);
+        inb.filled += n;
         let op = c.ops[i].as_mut().expect("op exists");
-        op.to_issue -= filled as u64;
-        c.inbound = (op.to_issue > 0).then_some((i, None, 0));
-        true
+        op.to_issue -= n as u64;
+        if inb.filled == CHUNK || op.to_issue == 0 {
+            let at = offset + (length - op.to_issue) - inb.filled as u64;
+            inb.held_back.push((buf, at, inb.filled));
+            inb.buf = None;
+            inb.filled = 0;
+        }
+        n > 0
     }
 
     /// Issues device requests, finishes completed operations, streams read data.
@@ -569,7 +629,7 @@ impl Server {
             let Some(op) = c.ops[i].as_ref() else {
                 continue;
             };
-            let receiving = c.inbound.is_some_and(|(j, _, _)| j == i);
+            let receiving = c.inbound.as_ref().is_some_and(|inb| inb.op == i);
             if op.cmd.cmd == Command::Read || op.pending > 0 || op.to_issue > 0 || receiving {
                 continue;
             }

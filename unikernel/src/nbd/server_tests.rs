@@ -568,8 +568,13 @@ fn vanishing_and_garbage_clients_close_alone() {
     let mut cs = [b];
     run(&mut s, &mut cs, |cs| cs[0].closed);
     assert!(!s.is_active(1));
-    // Another client is unaffected.
+    // Another client is unaffected, and the vanished write changed nothing.
     let c = connect(&mut s, 2, "disk0", false);
+    let (c, r) = exchange(&mut s, c, &[(cmd::READ, 0, 4, 0, 1 << 20, Vec::new())]);
+    assert!(
+        r[0].data.iter().all(|&b| b == 0),
+        "a write that never fully arrived was applied"
+    );
     let (_, r) = exchange(&mut s, c, &[(cmd::WRITE, 0, 5, 0, 512, pattern(5, 512))]);
     assert_eq!(r[0].error, 0);
     for _ in 0..10 {
