@@ -22,6 +22,7 @@ pub mod histogram;
 pub mod inventory;
 pub mod memmap;
 pub mod nbd;
+pub mod nvlog;
 pub mod selftest;
 pub mod start_info;
 pub mod units;
