@@ -12,6 +12,8 @@
 //! - `debug.fault=pagefault|gp|ud|divide|breakpoint` — raise that CPU exception after init.
 //! - `debug.blkops=DEVICE` — run the block self-test (every advertised op, read back) on
 //!   `DEVICE` after init.
+//! - `debug.cp=hold` — hold NVLOG consistency points off (records stay only in the log; for
+//!   crash and replay tests).
 //! - `debug.nvram=stamp` — read, then store and persist a boot counter at the start of
 //!   `nvram0` (shows the shared region works end to end).
 //! - `virtio_mmio.device=SIZE@BASE:IRQ[:ID]` — a virtio-mmio device (QEMU microvm adds these).
@@ -19,6 +21,11 @@
 //!   user-network guest address); `gw=A.B.C.D` — default route (default `10.0.2.2`).
 //! - `net.echo=PORT` — a TCP echo service on `PORT` (a network self-test until the storage
 //!   service takes the port).
+//! - `durability=disk|nvlog` — when FLUSH and FUA return: once data is on disk and the disk
+//!   was flushed (`disk`, the default), or once it is in the NVRAM log region (`nvlog`; needs
+//!   an `nvram0` device).
+//! - `nvlog.ram_mib=N` — size of the write log kept in guest RAM when there is no NVRAM
+//!   device (default 8; `disk` durability only).
 //! - `nbd.port=PORT` — the NBD service's TCP port (default 10809).
 //! - `export=NAME:DEVICE[:ro]` — serve `DEVICE` as NBD export `NAME` (repeatable; default:
 //!   every disk under its device name, `blk0`, `blk1`, ...).
@@ -132,12 +139,17 @@ pub struct Config {
     pub debug_blkops: JobSpec,
     /// `debug.nvram=stamp`.
     pub debug_nvram_stamp: bool,
+    /// `debug.cp=hold`.
+    pub debug_hold_cp: bool,
     /// Guest address and prefix length.
     pub ip: ([u8; 4], u8),
     pub gateway: Option<[u8; 4]>,
     /// `net.echo=PORT`.
     pub echo_port: Option<u16>,
     pub nbd_port: u16,
+    /// `durability=nvlog`.
+    pub durability_nvlog: bool,
+    pub nvlog_ram_mib: u32,
     exports: [ExportSpec; MAX_EXPORTS],
     export_count: usize,
     /// The benchmark job; it runs when `bench=DEVICE` named a device.
@@ -155,11 +167,14 @@ impl Default for Config {
             debug_panic: None,
             debug_fault: None,
             debug_nvram_stamp: false,
+            debug_hold_cp: false,
             debug_blkops: JobSpec::default(),
             ip: ([10, 0, 2, 15], 24),
             gateway: Some([10, 0, 2, 2]),
             echo_port: None,
             nbd_port: 10809,
+            durability_nvlog: false,
+            nvlog_ram_mib: 8,
             exports: [ExportSpec::default(); MAX_EXPORTS],
             export_count: 0,
             bench: JobSpec::default(),
@@ -272,6 +287,15 @@ pub fn parse<'a>(line: &'a str, mut report: impl FnMut(Issue<'a>)) -> Config {
                     None => report(bad("A.B.C.D or none")),
                 },
             },
+            "durability" => match value {
+                "disk" => cfg.durability_nvlog = false,
+                "nvlog" => cfg.durability_nvlog = true,
+                _ => report(bad("disk|nvlog")),
+            },
+            "nvlog.ram_mib" => match value.parse::<u32>() {
+                Ok(n) if (1..=1024).contains(&n) => cfg.nvlog_ram_mib = n,
+                _ => report(bad("1..=1024")),
+            },
             "nbd.port" => match value.parse::<u16>() {
                 Ok(p) if p != 0 => cfg.nbd_port = p,
                 _ => report(bad("a TCP port 1..65535")),
@@ -296,6 +320,10 @@ pub fn parse<'a>(line: &'a str, mut report: impl FnMut(Issue<'a>)) -> Config {
                     report(bad("a device name such as blk0"));
                 }
             }
+            "debug.cp" => match value {
+                "hold" => cfg.debug_hold_cp = true,
+                _ => report(bad("hold")),
+            },
             "debug.nvram" => match value {
                 "stamp" => cfg.debug_nvram_stamp = true,
                 _ => report(bad("stamp")),

@@ -40,6 +40,8 @@ pub struct Devices {
     pub transports: Vec<(alloc::string::String, &'static str)>,
     /// NICs (HPDI devices), handed whole to the network stack rather than the registry.
     pub nics: Vec<(alloc::string::String, Box<dyn hpdi::Device>, NetInfo)>,
+    /// Shared-memory windows by device name: (name, physical address, bytes).
+    pub nvram: Vec<(alloc::string::String, u64, usize)>,
     /// Vendor and device id of the PCI host bridge at 00:00.0.
     pub host_bridge: Option<(u16, u16)>,
     pub pci_functions: usize,
@@ -108,6 +110,7 @@ impl Devices {
         let region = MemRegion::new(Box::new(window), 64);
         let name = self.registry.add(Box::new(region));
         self.transports.push((name.clone(), location.transport()));
+        self.nvram.push((name.clone(), addr, size as usize));
         self.push(
             Some(name),
             location,

@@ -200,9 +200,36 @@ pub extern "C" fn kmain(start_info_paddr: u64) -> ! {
         }
         Err(e) => warn!("nbd: not serving: {e}"),
     }
-    loop {
+    let mut heap_peak = 0u64;
+    let mut next_status = time::now_us() + STATUS_EVERY_US;
+    for turn in 0u64.. {
         stack.poll();
+        if turn % 256 == 0 {
+            heap_peak = heap_peak.max(mem::stats().heap_used);
+            if time::now_us() >= next_status {
+                next_status += STATUS_EVERY_US;
+                status(&stack, heap_peak);
+            }
+        }
     }
+    unreachable!()
+}
+
+/// How often the serving guest prints a status line.
+const STATUS_EVERY_US: u64 = 10_000_000;
+
+fn status(stack: &net::NetStack, heap_peak: u64) {
+    let st = mem::stats();
+    let log = stack.nbd.as_ref().and_then(|n| n.log_state());
+    let (records, live, free, cps) = log.map_or((0, 0, 0, 0), |(s, live, free, _)| {
+        (s.records, live, free, s.consistency_points)
+    });
+    info!(
+        "status: heap_used={} heap_peak={} dma_used={} nvlog_records={records} nvlog_live={live} nvlog_free_pages={free} consistency_points={cps}",
+        Bytes(st.heap_used),
+        Bytes(heap_peak),
+        Bytes(st.dma_used)
+    );
 }
 
 fn read_start_info(paddr: u64) -> HvmStartInfo {

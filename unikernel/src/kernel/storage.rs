@@ -11,8 +11,10 @@ use log::{info, warn};
 use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use unikernel::cmdline::Config;
-use unikernel::nbd::server::{ConnState, Disk, Server, Stream, CHUNK};
+use unikernel::nbd::server::{ConnState, Disk, Durability, Server, Stream, CHUNK};
 use unikernel::nbd::ExportInfo;
+use unikernel::nvlog::format::PAGE;
+use unikernel::nvlog::log::Nvlog;
 use unikernel::units::Bytes;
 
 use crate::discovery::Devices;
@@ -106,7 +108,8 @@ impl NbdService {
         }
         let mem = FrameRegion::alloc(POOL_BUFFERS * CHUNK)
             .ok_or("no DMA memory for the NBD buffer pool")?;
-        let pool = BufferPool::new(Box::new(mem), CHUNK).map_err(|e| alloc::format!("{e}"))?;
+        let mut pool = BufferPool::new(Box::new(mem), CHUNK).map_err(|e| alloc::format!("{e}"))?;
+        let (log, durability) = open_log(devices, cfg, &mut pool)?;
         let handles = (0..MAX_CLIENTS)
             .map(|_| {
                 let rx = tcp::SocketBuffer::new(vec![0; TCP_BUF]);
@@ -118,11 +121,22 @@ impl NbdService {
             "nbd: listening on tcp/{} for up to {MAX_CLIENTS} clients",
             cfg.nbd_port
         );
+        let mut server =
+            Server::new(exports, disks, pool, MAX_CLIENTS).with_log(log, durability)?;
+        if cfg.debug_hold_cp {
+            warn!("debug.cp=hold: consistency points held; logged writes stay in the log only");
+            server.hold_consistency_points(true);
+        }
         Ok(Self {
-            server: Server::new(exports, disks, pool, MAX_CLIENTS),
+            server,
             handles,
             port: cfg.nbd_port,
         })
+    }
+
+    /// `(records, live, free pages, replaying)` of the write log, for status lines.
+    pub fn log_state(&self) -> Option<(unikernel::nbd::server::LogStats, usize, u64, bool)> {
+        self.server.log_state()
     }
 
     pub fn exports(&self) -> impl Iterator<Item = &str> {
@@ -162,4 +176,69 @@ impl NbdService {
         }
         self.server.poll_disks();
     }
+}
+
+/// The write log: in the first NVRAM window when there is one (persistent), else in guest
+/// RAM (`disk` durability only).
+fn open_log(
+    devices: &mut Devices,
+    cfg: &Config,
+    pool: &mut BufferPool,
+) -> Result<(Nvlog, Durability), String> {
+    let (region, place) = match devices.nvram.first().cloned() {
+        Some((name, addr, len)) => {
+            // The log owns the window from now on.
+            drop(devices.registry.take(&name));
+            // SAFETY: the ivshmem BAR found by discovery, identity-mapped there; the memory
+            // region device that wrapped it was just dropped, so the log is its only user.
+            let window = unsafe { FrameRegion::device_window(addr, len) };
+            let r = pool
+                .add_region(Box::new(window), PAGE)
+                .map_err(|e| alloc::format!("{e}"))?;
+            (r, alloc::format!("{name} ({})", Bytes(len as u64)))
+        }
+        None => {
+            let bytes = (cfg.nvlog_ram_mib as usize) << 20;
+            let mem = FrameRegion::alloc(bytes).ok_or("no DMA memory for the RAM write log")?;
+            let r = pool
+                .add_region(Box::new(mem), PAGE)
+                .map_err(|e| alloc::format!("{e}"))?;
+            (r, alloc::format!("guest RAM ({})", Bytes(bytes as u64)))
+        }
+    };
+    let persistent = !devices.nvram.is_empty();
+    let (log, report) = Nvlog::open(pool, region, crate::arch::cpu::rdtsc())
+        .map_err(|e| alloc::format!("write log: {e:?}"))?;
+    let durability = if cfg.durability_nvlog && persistent {
+        Durability::Nvlog
+    } else {
+        if cfg.durability_nvlog {
+            warn!("durability=nvlog needs an NVRAM device (ivshmem); using disk");
+        }
+        Durability::Disk
+    };
+    info!(
+        "nvlog: {place}, {} data pages, durability={}: {}{}",
+        log.data_pages(),
+        if durability == Durability::Nvlog {
+            "nvlog"
+        } else {
+            "disk"
+        },
+        if report.formatted {
+            alloc::string::String::from("formatted")
+        } else {
+            alloc::format!(
+                "{} record(s) to replay after seq {}",
+                report.pending,
+                report.retired_seq
+            )
+        },
+        match report.torn {
+            Some(seq) =>
+                alloc::format!("; record {seq} is torn (bad checksum): replay ends before it"),
+            None => alloc::string::String::new(),
+        }
+    );
+    Ok((log, durability))
 }

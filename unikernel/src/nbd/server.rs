@@ -23,6 +23,9 @@ use super::transmission::{self as tx, Checked, Command, Parsed, RequestHeader, R
 use super::wire::errno;
 use super::ExportInfo;
 
+mod log_path;
+pub use log_path::{Durability, LogStats};
+
 /// Bytes per pool buffer and per device request.
 pub const CHUNK: usize = 64 * 1024;
 /// Pool buffers one connection may hold at once.
@@ -65,6 +68,10 @@ struct Sub {
     /// Index of the chunk within the operation (reads) .
     chunk: u32,
     buf: Option<BufId>,
+    /// Write-log generation when a read was issued (see `log_path`).
+    read_gen: Option<u64>,
+    /// A consistency-point request (not a connection's).
+    cp: bool,
 }
 
 enum Phase {
@@ -89,6 +96,9 @@ struct Op {
     ready: VecDeque<Option<(BufId, u32)>>,
     /// Reads: index of the first chunk in `ready`.
     ready_base: u32,
+    /// Finished only once the write log has retired this sequence number (FLUSH and FUA
+    /// under `disk` durability).
+    wait_seq: Option<u64>,
 }
 
 /// A write whose payload is arriving. Full chunks are held back until the whole payload is
@@ -96,6 +106,8 @@ struct Op {
 /// than the connection's buffer budget is streamed to the disk as it arrives.
 struct Inbound {
     op: usize,
+    /// Received straight into write-log pages (else into pool buffers).
+    logged: Option<log_path::Logged>,
     /// Buffer being filled and its fill level.
     buf: Option<BufId>,
     filled: usize,
@@ -143,6 +155,7 @@ pub struct Server {
     subs: Vec<Option<Sub>>,
     free_subs: Vec<usize>,
     next_gen: u32,
+    wlog: Option<log_path::WriteLog>,
     pub stats: ServerStats,
 }
 
@@ -171,6 +184,7 @@ impl Server {
             subs: Vec::new(),
             free_subs: Vec::new(),
             next_gen: 1,
+            wlog: None,
             stats: ServerStats::default(),
         }
     }
@@ -227,6 +241,11 @@ impl Server {
             return;
         };
         if let Some(inb) = c.inbound.take() {
+            if let (Some(l), Some(w)) = (inb.logged.as_ref(), self.wlog.as_mut()) {
+                if let Some(r) = l.res {
+                    w.log.abandon(r);
+                }
+            }
             for b in inb
                 .buf
                 .into_iter()
@@ -266,6 +285,7 @@ impl Server {
         for c in done {
             self.completed(c);
         }
+        self.cp_step();
         n
     }
 
@@ -275,6 +295,16 @@ impl Server {
             return;
         };
         self.free_subs.push(id);
+        if sub.cp {
+            self.cp_completed(c.result);
+            return;
+        }
+        if let Some(g) = sub.read_gen {
+            if let (Ok(_), Some(b)) = (c.result, sub.buf) {
+                self.patch_from_log(sub.conn, sub.gen, sub.op, sub.chunk, b);
+            }
+            self.read_done(g);
+        }
         let conn = self.conns[sub.conn]
             .as_mut()
             .filter(|conn| conn.gen == sub.gen);
@@ -482,14 +512,20 @@ impl Server {
             to_issue,
             ready: VecDeque::new(),
             ready_base: 0,
+            wait_seq: None,
         });
         if checked.cmd == Command::Write {
+            let logged = self.log_takes(length).then(log_path::Logged::default);
             c.inbound = Some(Inbound {
                 op: i,
+                logged,
                 buf: None,
                 filled: 0,
                 held_back: Vec::new(),
             });
+        }
+        if checked.cmd == Command::Flush {
+            self.flush_via_log(c, i);
         }
     }
 
@@ -504,12 +540,15 @@ impl Server {
         buf: Option<BufId>,
         chunk: u32,
     ) -> bool {
+        let read_gen = (r.op == hpdi::Op::Read).then(|| self.read_started());
         let id = self.new_sub(Sub {
             conn: slot,
             gen: c.gen,
             op: i,
             chunk,
             buf,
+            read_gen,
+            cp: false,
         });
         r.tag = id;
         let disk = &mut self.disks[c.export];
@@ -521,7 +560,9 @@ impl Server {
                 true
             }
             Err(_) => {
-                self.subs[id as usize] = None;
+                if let Some(g) = self.subs[id as usize].take().and_then(|s| s.read_gen) {
+                    self.read_done(g);
+                }
                 self.free_subs.push(id as usize);
                 false
             }
@@ -535,7 +576,8 @@ impl Server {
         };
         let progressed = self.payload_step(slot, c, s, &mut inb);
         let receiving = c.ops[inb.op].as_ref().is_some_and(|o| o.to_issue > 0);
-        if receiving || inb.buf.is_some() || !inb.held_back.is_empty() {
+        let uncommitted = inb.logged.as_ref().is_some_and(|l| l.res.is_some());
+        if receiving || uncommitted || inb.buf.is_some() || !inb.held_back.is_empty() {
             c.inbound = Some(inb);
         }
         progressed
@@ -548,6 +590,9 @@ impl Server {
         s: &mut dyn Stream,
         inb: &mut Inbound,
     ) -> bool {
+        if inb.logged.is_some() {
+            return self.payload_logged(c, s, inb);
+        }
         let i = inb.op;
         let Some(op) = c.ops[i].as_ref() else {
             for b in inb
@@ -575,6 +620,7 @@ impl Server {
                 }
                 inb.held_back.remove(0);
                 self.stats.bytes_written += len as u64;
+                self.note_direct_write(c.export);
             }
             return true;
         }
@@ -630,7 +676,13 @@ impl Server {
                 continue;
             };
             let receiving = c.inbound.as_ref().is_some_and(|inb| inb.op == i);
-            if op.cmd.cmd == Command::Read || op.pending > 0 || op.to_issue > 0 || receiving {
+            let retired = self.wlog.as_ref().map_or(u64::MAX, |w| w.log.retired_seq());
+            if op.cmd.cmd == Command::Read
+                || op.pending > 0
+                || op.to_issue > 0
+                || receiving
+                || op.wait_seq.is_some_and(|s| s > retired)
+            {
                 continue;
             }
             let op = c.ops[i].take().expect("op exists");
