@@ -74,10 +74,9 @@ fn tandem_run_cli() {
     );
     assert!(stdout.contains("TANDEM READY"), "console echoed\n{stdout}");
     assert!(stderr.contains("guest ready after"), "{stderr}");
-    assert!(
-        stderr.contains(&format!("nbd://127.0.0.1:{port}/")),
-        "{stderr}"
-    );
+    // With exit=ready the guest stops before its NBD service announces exports, so no URI
+    // is printed here (tests/tests/nbd_clients.rs covers the service).
+    let _ = port;
     assert!(stderr.contains("qmp.sock"), "{stderr}");
     let log = std::fs::read_to_string(state.join("console.log")).unwrap();
     assert!(log.contains("TANDEM READY"), "{log}");
