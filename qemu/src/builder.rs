@@ -20,6 +20,11 @@
 //! memory), vhost-user-blk devices on a unix-socket chardev ([`VhostUserBlk`]), and the
 //! `qemu-storage-daemon` line that exports a file over vhost-user-blk
 //! ([`StorageDaemonCommand`]).
+//!
+//! So is the host NBD server the NBD bench compares the guest against
+//! ([`NbdServerCommand`], a `qemu-nbd` line). The guest's emulated NVRAM is typed too ([`SharedRegion`]): a file-backed shared memory
+//! backend shown to the guest as an `ivshmem-plain` PCI device (`nvram0`, ...). ivshmem is
+//! PCI-only, so on microvm the region is left out and [`QemuCommand::notes`] says so.
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
@@ -327,6 +332,58 @@ impl VhostUserBlk {
     }
 }
 
+/// A shared-memory region: a file mapped `MAP_SHARED` as a QEMU memory backend and shown to
+/// the guest as an `ivshmem-plain` PCI device (the guest names the first one `nvram0`). What
+/// the guest stores there is in the file at once (the host page cache), so it survives a
+/// crash of the guest or of QEMU, though not a host power loss.
+///
+/// `-object memory-backend-file,id=nvramN,share=on,mem-path=FILE,size=SIZE`
+/// `-device ivshmem-plain,memdev=nvramN`
+///
+/// The size must be a power of two (QEMU aborts on another size: it becomes a PCI BAR) and
+/// equal the file's length when the file exists (QEMU refuses a mismatch); see
+/// [`SharedRegion::check_size`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedRegion {
+    /// The backing file.
+    pub path: PathBuf,
+    /// Its size.
+    pub size: ByteSize,
+}
+
+impl SharedRegion {
+    /// The smallest region accepted.
+    pub const MIN_SIZE: ByteSize = ByteSize::mib(1);
+
+    /// A region over `path` of `size`.
+    pub fn new(path: impl Into<PathBuf>, size: ByteSize) -> SharedRegion {
+        SharedRegion {
+            path: path.into(),
+            size,
+        }
+    }
+
+    /// Whether QEMU can map a region of `size` as an ivshmem BAR: a power of two, at least
+    /// [`SharedRegion::MIN_SIZE`].
+    pub fn check_size(size: ByteSize) -> Result<(), String> {
+        let b = size.bytes();
+        if !b.is_power_of_two() {
+            return Err(format!(
+                "{size} ({b} bytes) is not a power of two (ivshmem maps the region as a PCI BAR)"
+            ));
+        }
+        if b < Self::MIN_SIZE.bytes() {
+            return Err(format!("{size} is smaller than {}", Self::MIN_SIZE));
+        }
+        Ok(())
+    }
+}
+
+/// The memory-backend object id of shared region `i`.
+pub fn shared_region_id(i: usize) -> String {
+    format!("nvram{i}")
+}
+
 /// An extra QEMU option, for what the builder does not model yet: `-NAME [VALUE]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExtraArg {
@@ -364,6 +421,9 @@ pub struct QemuCommand {
     pub modern_mmio: bool,
     /// NICs, in guest order.
     pub nics: Vec<Nic>,
+    /// Shared-memory regions (`ivshmem-plain` over a file), in guest order; q35 only (left
+    /// out on microvm, which has no PCI; see [`QemuCommand::notes`]).
+    pub shared_regions: Vec<SharedRegion>,
     /// QMP unix socket path.
     pub qmp_socket: Option<PathBuf>,
     /// QEMU writes its pid here.
@@ -399,6 +459,7 @@ impl QemuCommand {
             memory_backend: None,
             modern_mmio: false,
             nics: Vec::new(),
+            shared_regions: Vec::new(),
             qmp_socket: None,
             pidfile: None,
             no_reboot: false,
@@ -479,6 +540,30 @@ impl QemuCommand {
     pub fn nic(mut self, nic: Nic) -> Self {
         self.nics.push(nic);
         self
+    }
+
+    /// Add a shared-memory region (ivshmem-plain; q35 only).
+    pub fn shared_region(mut self, region: SharedRegion) -> Self {
+        self.shared_regions.push(region);
+        self
+    }
+
+    /// What this command asks for that its machine cannot have and [`QemuCommand::to_args`]
+    /// therefore leaves out, one sentence each (for the caller to print once).
+    pub fn notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if self.machine == Machine::Microvm && !self.shared_regions.is_empty() {
+            notes.push(format!(
+                "microvm has no PCI bus and ivshmem-plain is a PCI device: the guest gets no \
+                 shared-memory region (NVRAM) on this machine ({} left out)",
+                self.shared_regions
+                    .iter()
+                    .map(|r| r.path.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        notes
     }
 
     /// Set the QMP socket path.
@@ -648,6 +733,19 @@ impl QemuCommand {
             a.pair("-device", device);
         }
 
+        // After the NICs, so that adding a region moves no other device's PCI address.
+        if self.machine == Machine::Q35 {
+            for (i, region) in self.shared_regions.iter().enumerate() {
+                let id = shared_region_id(i);
+                let mut object =
+                    OsString::from(format!("memory-backend-file,id={id},share=on,mem-path="));
+                object.push(escape_commas(region.path.as_os_str()));
+                object.push(format!(",size={}", region.size));
+                a.pair("-object", object);
+                a.pair("-device", format!("ivshmem-plain,memdev={id}"));
+            }
+        }
+
         if let Some(sock) = &self.qmp_socket {
             let mut v = OsString::from("unix:");
             v.push(escape_commas(sock.as_os_str()));
@@ -780,6 +878,115 @@ impl StorageDaemonCommand {
 }
 
 impl fmt::Display for StorageDaemonCommand {
+    /// The whole command line, shell-quoted.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&shell_quote(self.program.as_os_str()))?;
+        for arg in self.to_args() {
+            f.write_str(" ")?;
+            f.write_str(&shell_quote(&arg))?;
+        }
+        Ok(())
+    }
+}
+
+/// A `qemu-nbd` command line serving one raw image over TCP, the way the NBD bench's anchor
+/// runs it:
+///
+/// `--format=raw --export-name=NAME --persistent --shared=N [--cache=C] [--aio=A]
+/// --bind=ADDR --port=PORT FILE`
+///
+/// `--persistent` keeps the server up between client connections; `--shared` lets that
+/// many clients in at once (qemu-nbd's default is one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NbdServerCommand {
+    /// The `qemu-nbd` executable.
+    pub program: PathBuf,
+    /// The image (served as raw).
+    pub file: PathBuf,
+    /// Export name.
+    pub export: String,
+    /// Address to listen on.
+    pub bind: Ipv4Addr,
+    /// TCP port.
+    pub port: u16,
+    /// Clients served at once.
+    pub shared: u32,
+    /// `--cache=none` (`O_DIRECT`) when true; qemu-nbd's default (writeback) otherwise.
+    pub cache_none: bool,
+    /// `--aio=`; `None` keeps the default (threads). `native` needs `cache_none`.
+    pub aio: Option<Aio>,
+    /// Serve read-only (`--read-only`).
+    pub read_only: bool,
+}
+
+impl NbdServerCommand {
+    /// Serve `file` as export `export` on 127.0.0.1:`port`, writable, 16 clients at once,
+    /// qemu-nbd's default cache and aio.
+    pub fn new(
+        program: impl Into<PathBuf>,
+        file: impl Into<PathBuf>,
+        export: &str,
+        port: u16,
+    ) -> NbdServerCommand {
+        NbdServerCommand {
+            program: program.into(),
+            file: file.into(),
+            export: export.to_string(),
+            bind: Ipv4Addr::LOCALHOST,
+            port,
+            shared: 16,
+            cache_none: false,
+            aio: None,
+            read_only: false,
+        }
+    }
+
+    /// `--cache=none` on or off.
+    pub fn cache_none(mut self, on: bool) -> Self {
+        self.cache_none = on;
+        self
+    }
+
+    /// Set `--aio=`.
+    pub fn aio(mut self, aio: Aio) -> Self {
+        self.aio = Some(aio);
+        self
+    }
+
+    /// The argument vector (without the program name).
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut a = Args::default();
+        a.flag("--format=raw");
+        a.flag(format!("--export-name={}", self.export));
+        a.flag("--persistent");
+        a.flag(format!("--shared={}", self.shared));
+        if self.cache_none {
+            a.flag("--cache=none");
+        }
+        if let Some(aio) = self.aio {
+            a.flag(format!("--aio={aio}"));
+        }
+        if self.read_only {
+            a.flag("--read-only");
+        }
+        a.flag(format!("--bind={}", self.bind));
+        a.flag(format!("--port={}", self.port));
+        // The file is a plain argument (no option syntax to escape); `--` keeps a name that
+        // starts with a dash from being read as an option.
+        a.flag("--");
+        a.flag(self.file.as_os_str());
+        a.0
+    }
+
+    /// A `std::process::Command` for this line (program and arguments only).
+    pub fn to_command(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(&self.program);
+        cmd.args(self.to_args());
+        cmd
+    }
+}
+
+impl fmt::Display for NbdServerCommand {
     /// The whole command line, shell-quoted.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&shell_quote(self.program.as_os_str()))?;
@@ -1184,6 +1391,103 @@ mod tests {
             "qsd --blockdev driver=file,node-name=file0,filename=/i --export \
              type=vhost-user-blk,id=export0,node-name=file0,addr.type=unix,addr.path=/s,\
              writable=off,num-queues=2 --pidfile /p"
+        );
+    }
+
+    #[test]
+    fn shared_region_on_q35() {
+        let cmd = two_disks_one_nic(Machine::Q35)
+            .shared_region(SharedRegion::new("/s/nv,ram.bin", ByteSize::mib(64)))
+            .shared_region(SharedRegion::new("/s/peer.bin", ByteSize::gib(1)));
+        assert!(cmd.notes().is_empty());
+        let args = strs(&cmd);
+        assert_eq!(
+            values(&args, "-object"),
+            vec![
+                "memory-backend-file,id=nvram0,share=on,mem-path=/s/nv,,ram.bin,size=64M",
+                "memory-backend-file,id=nvram1,share=on,mem-path=/s/peer.bin,size=1G",
+            ]
+        );
+        let devices = values(&args, "-device");
+        // After the disks and the NIC: their PCI addresses do not move.
+        assert_eq!(
+            &devices[devices.len() - 3..],
+            &[
+                "virtio-net-pci,netdev=net0,mac=52:54:00:aa:bb:01,romfile=",
+                "ivshmem-plain,memdev=nvram0",
+                "ivshmem-plain,memdev=nvram1",
+            ]
+        );
+        // The rest of the line is what it was without the regions.
+        let without = strs(&two_disks_one_nic(Machine::Q35));
+        let mut stripped = args.clone();
+        for v in values(&args, "-object") {
+            let i = stripped.iter().position(|a| *a == v).unwrap();
+            stripped.drain(i - 1..=i);
+        }
+        for d in ["ivshmem-plain,memdev=nvram0", "ivshmem-plain,memdev=nvram1"] {
+            let i = stripped.iter().position(|a| a == d).unwrap();
+            stripped.drain(i - 1..=i);
+        }
+        assert_eq!(stripped, without);
+        // No region, no object.
+        assert!(!without.iter().any(|a| a == "-object"));
+    }
+
+    #[test]
+    fn shared_region_left_out_on_microvm_with_a_note() {
+        let cmd = two_disks_one_nic(Machine::Microvm)
+            .shared_region(SharedRegion::new("/s/nvram.bin", ByteSize::mib(64)));
+        let args = strs(&cmd);
+        assert!(!args.iter().any(|a| a.contains("ivshmem")), "{args:?}");
+        assert!(!args.iter().any(|a| a == "-object"), "{args:?}");
+        let notes = cmd.notes();
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].contains("microvm") && notes[0].contains("/s/nvram.bin"));
+        assert!(two_disks_one_nic(Machine::Microvm).notes().is_empty());
+    }
+
+    #[test]
+    fn shared_region_sizes() {
+        assert!(SharedRegion::check_size(ByteSize::mib(64)).is_ok());
+        assert!(SharedRegion::check_size(ByteSize::mib(1)).is_ok());
+        assert!(SharedRegion::check_size(ByteSize::gib(4)).is_ok());
+        let e = SharedRegion::check_size(ByteSize::mib(3)).unwrap_err();
+        assert!(e.contains("power of two"), "{e}");
+        assert!(SharedRegion::check_size(ByteSize(512 * 1024)).is_err());
+    }
+
+    #[test]
+    fn qemu_nbd_line() {
+        let cmd = NbdServerCommand::new("/usr/bin/qemu-nbd", "/w/anchor,1.raw", "blk0", 10900)
+            .cache_none(true)
+            .aio(Aio::Native);
+        assert_eq!(
+            cmd.to_string(),
+            "/usr/bin/qemu-nbd --format=raw --export-name=blk0 --persistent --shared=16 \
+             --cache=none --aio=native --bind=127.0.0.1 --port=10900 -- /w/anchor,1.raw"
+        );
+        let mut plain = NbdServerCommand::new("qemu-nbd", "/i", "x", 1);
+        plain.read_only = true;
+        plain.shared = 1;
+        let args: Vec<String> = plain
+            .to_args()
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "--format=raw",
+                "--export-name=x",
+                "--persistent",
+                "--shared=1",
+                "--read-only",
+                "--bind=127.0.0.1",
+                "--port=1",
+                "--",
+                "/i"
+            ]
         );
     }
 

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::accel::AccelChoice;
 use crate::bench::blk::{Backend, BlockSize, PathChoice, RwMode};
+use crate::bench::nbd::{FioJob, NbdTarget};
 use crate::builder::{Disk, MacAddr, Machine};
 use crate::size::ByteSize;
 
@@ -109,6 +110,23 @@ pub struct RunArgs {
     /// Stop QEMU after this many seconds (exit status 124), for scripts.
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<u64>,
+    /// Size of the guest's NVRAM region (STATE_DIR/nvram.bin, an ivshmem-plain device over
+    /// that file) when the file is created: a power of two, at least 1M. Default 64M. An
+    /// existing nvram.bin keeps its size and contents (delete it to start over).
+    #[arg(long, value_name = "SIZE", value_parser = parse_nvram_size)]
+    pub nvram_size: Option<ByteSize>,
+    /// Give the guest no NVRAM region (its write log then lives in guest RAM).
+    #[arg(long, conflicts_with = "nvram_size")]
+    pub no_nvram: bool,
+}
+
+/// `--nvram-size`: a size QEMU can map as an ivshmem BAR (a power of two, at least 1 MiB).
+pub fn parse_nvram_size(s: &str) -> Result<ByteSize, String> {
+    let size: ByteSize = s
+        .parse()
+        .map_err(|e: crate::size::SizeError| e.to_string())?;
+    crate::builder::SharedRegion::check_size(size)?;
+    Ok(size)
 }
 
 /// `on` / `off`.
@@ -163,6 +181,14 @@ pub struct QmpArgs {
 pub enum BenchCommand {
     /// Boot the guest repeatedly with exit=ready; time QEMU spawn → TANDEM READY and → exit.
     Boot(BenchBootArgs),
+    /// Run fio's nbd engine against the guest's NBD service and, in the same run, against
+    /// qemu-nbd on the host serving a copy of the same image (the anchor); print a table of
+    /// median IOPS, MB/s and completion-latency percentiles with guest/anchor ratios.
+    ///
+    /// Each target gets its own copy of the image (write jobs change it), opened with
+    /// cache=none and aio=native on both sides. The targets run one after the other (the
+    /// guest is stopped before the anchor starts), each job --time seconds, --repeats times.
+    Nbd(BenchNbdArgs),
     /// Run the guest's block benchmark against several QEMU block backends on one image and
     /// print a comparison table (median IOPS, MB/s, latency percentiles).
     ///
@@ -289,6 +315,78 @@ pub struct BenchBlkArgs {
     pub vm: VmArgs,
 }
 
+/// `tandem bench nbd`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchNbdArgs {
+    /// Targets, in table order (comma list): guest (the unikernel's NBD service through a
+    /// QEMU user-networking port forward) and qemu-nbd (the host anchor).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "guest,qemu-nbd",
+        value_name = "LIST"
+    )]
+    pub targets: Vec<NbdTarget>,
+    /// fio jobs as RW:BS:QD (comma list); RW is read, write, randread, randwrite or randrw.
+    /// Default: 4k random read and write at depth 1 and 16, 1M sequential read and write at
+    /// depth 4.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = crate::bench::nbd::DEFAULT_JOBS,
+        value_name = "LIST"
+    )]
+    pub jobs: Vec<FioJob>,
+    /// Seconds each job runs (fio time_based runtime).
+    #[arg(long, default_value_t = 5, value_name = "SECS",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub time: u32,
+    /// Seconds of warm-up before each job's measurement (fio ramp_time; not counted).
+    #[arg(long, default_value_t = 0, value_name = "SECS")]
+    pub ramp: u32,
+    /// Runs per target and job; the table shows the median.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeats: u32,
+    /// Bytes of the export the jobs touch from offset 0 (fio size=). Default: all of it.
+    #[arg(long, value_name = "SIZE")]
+    pub span: Option<ByteSize>,
+    /// Raw image to start from. It is copied once per target (write jobs change the
+    /// copies, never this file). Default: a fresh image written in full with zeros
+    /// (qemu-img create -o preallocation=full), so reads hit allocated blocks.
+    #[arg(long, value_name = "PATH")]
+    pub disk: Option<PathBuf>,
+    /// Size of the default image.
+    #[arg(long, default_value = "1G", value_name = "SIZE")]
+    pub disk_size: ByteSize,
+    /// Machine type of the guest.
+    #[arg(long, value_enum, default_value_t = Machine::Q35)]
+    pub machine: Machine,
+    /// Size of the guest's NVRAM region (a fresh file in the work dir; q35 only).
+    #[arg(long, default_value = "64M", value_name = "SIZE", value_parser = parse_nvram_size)]
+    pub nvram_size: ByteSize,
+    /// Boot the guest without an NVRAM region.
+    #[arg(long)]
+    pub no_nvram: bool,
+    /// Directory for the images and logs (a fresh subdirectory, removed afterwards).
+    /// Default: the system temp dir. It must support O_DIRECT (not tmpfs) and hold two
+    /// copies of the image.
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Seconds the guest may take to boot and announce its export.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub boot_timeout: u64,
+    /// Write the results (every run's fio job object included) as JSON here.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Write a bar chart (SVG) of median IOPS per job, guest vs anchor, here.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub vm: VmArgs,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,6 +478,87 @@ mod tests {
         );
         assert!(Cli::try_parse_from(["tandem", "bench", "blk", "--bs", "100"]).is_err());
         assert!(Cli::try_parse_from(["tandem", "bench", "blk", "--backends", "nvme"]).is_err());
+    }
+
+    #[test]
+    fn run_nvram_options() {
+        let run = |extra: &[&str]| {
+            let mut argv = vec!["tandem", "run"];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv).map(|c| match c.command {
+                Command::Run(r) => r,
+                _ => unreachable!(),
+            })
+        };
+        let r = run(&[]).unwrap();
+        assert_eq!((r.nvram_size, r.no_nvram), (None, false));
+        let r = run(&["--nvram-size", "256M"]).unwrap();
+        assert_eq!(r.nvram_size, Some(ByteSize::mib(256)));
+        assert!(run(&["--no-nvram"]).unwrap().no_nvram);
+        let err = run(&["--nvram-size", "48M"]).unwrap_err().to_string();
+        assert!(err.contains("power of two"), "{err}");
+        assert!(run(&["--nvram-size", "512K"]).is_err());
+        assert!(run(&["--no-nvram", "--nvram-size", "64M"]).is_err());
+    }
+
+    #[test]
+    fn bench_nbd_defaults_and_lists() {
+        let cli = Cli::try_parse_from(["tandem", "bench", "nbd"]).unwrap();
+        let Command::Bench(BenchCommand::Nbd(b)) = cli.command else {
+            panic!()
+        };
+        assert_eq!(b.targets, [NbdTarget::Guest, NbdTarget::QemuNbd]);
+        let jobs: Vec<String> = b.jobs.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            jobs,
+            [
+                "randread:4k:1",
+                "randread:4k:16",
+                "randwrite:4k:1",
+                "randwrite:4k:16",
+                "read:1M:4",
+                "write:1M:4"
+            ]
+        );
+        assert_eq!((b.time, b.ramp, b.repeats), (5, 0, 3));
+        assert_eq!(b.vm.mem, ByteSize::mib(64));
+        assert_eq!(b.disk_size, ByteSize::gib(1));
+        assert_eq!(b.nvram_size, ByteSize::mib(64));
+        assert_eq!(b.machine, Machine::Q35);
+        let cli = Cli::try_parse_from([
+            "tandem",
+            "bench",
+            "nbd",
+            "--targets",
+            "qemu-nbd",
+            "--jobs",
+            "randread:4k:1,write:1M:8",
+            "--time",
+            "1",
+            "--repeats",
+            "1",
+            "--mem",
+            "128M",
+        ])
+        .unwrap();
+        let Command::Bench(BenchCommand::Nbd(b)) = cli.command else {
+            panic!()
+        };
+        assert_eq!(b.targets, [NbdTarget::QemuNbd]);
+        assert_eq!(b.jobs.len(), 2);
+        assert_eq!(b.jobs[1].to_string(), "write:1M:8");
+        assert_eq!(b.vm.mem, ByteSize::mib(128));
+        for bad in [
+            &["--time", "0"][..],
+            &["--jobs", "randread:4k"],
+            &["--jobs", "randread:4k:0"],
+            &["--targets", "nvme"],
+            &["--nvram-size", "100M"],
+        ] {
+            let mut argv = vec!["tandem", "bench", "nbd"];
+            argv.extend_from_slice(bad);
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@
 //! - [`image`], [`qemu_bin`], [`state`], [`size`]: finding the guest image and QEMU, the
 //!   per-run state directory (default disk, socket, pid, console log, lock), sizes.
 //! - [`cli`], [`run`], [`qmp_cmd`], [`bench`]: the `tandem` command (`run`, `qmp`,
-//!   `bench boot`, `bench blk`).
+//!   `bench boot`, `bench blk`, `bench nbd`).
 //!
 //! Integration tests in the workspace's `tests/` package use [`builder`] and [`vm`] to boot
 //! the real guest image, so the tests and the command start QEMU the same way.

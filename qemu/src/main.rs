@@ -10,6 +10,7 @@ fn main() {
         Command::Qmp(args) => tandem_qemu::qmp_cmd::qmp(args),
         Command::Bench(BenchCommand::Boot(args)) => tandem_qemu::bench::bench_boot(args),
         Command::Bench(BenchCommand::Blk(args)) => tandem_qemu::bench::blk::bench_blk(args),
+        Command::Bench(BenchCommand::Nbd(args)) => tandem_qemu::bench::nbd::bench_nbd(args),
     };
     match result {
         Ok(code) => std::process::exit(code),

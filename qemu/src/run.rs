@@ -1,9 +1,17 @@
 //! `tandem run`: boot the guest, stream its console, exit with its status.
 //!
 //! Steps: choose the accelerator, find QEMU and the image, lock the state directory, make
-//! the default disk, check the NBD port is free, build the command line, spawn QEMU in its
-//! own process group, then follow the console until QEMU exits. On the ready line a short
-//! banner goes to stderr. Ctrl-C (or SIGTERM/SIGHUP) stops QEMU in order (QMP `quit`, kill
+//! the default disk and the NVRAM file, check the NBD port is free, build the command line,
+//! spawn QEMU in its own process group, then follow the console until QEMU exits. On the
+//! ready line a short banner goes to stderr.
+//!
+//! NVRAM: every q35 guest gets a shared-memory region, `ivshmem-plain` over
+//! `<state-dir>/nvram.bin` (created sparse with `--nvram-size`, default 64M, and kept across
+//! runs: it is the guest's emulated NVRAM, where its write log lives). The file is mapped
+//! shared, so what the guest stored is in the host page cache the moment it stores it and
+//! survives a crash of the guest or a kill of QEMU; a host power loss can lose it.
+//! `--no-nvram` turns it off; microvm (no PCI) cannot have one and says so once. The
+//! state-dir lock keeps two guests from sharing the file. Ctrl-C (or SIGTERM/SIGHUP) stops QEMU in order (QMP `quit`, kill
 //! after 3 s) and exits 130; `--timeout` does the same and exits 124.
 
 use std::net::{Ipv4Addr, TcpListener};
@@ -15,11 +23,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::accel::{self, AccelDecision};
-use crate::builder::{Machine, Nic, QemuCommand};
+use crate::builder::{Machine, Nic, QemuCommand, SharedRegion};
 use crate::cli::{OnOff, RunArgs};
 use crate::console::ConsoleEvent;
 use crate::exit::{GuestExit, EXIT_INTERRUPTED, EXIT_TIMEOUT};
-use crate::state::StateDir;
+use crate::state::{StateDir, DEFAULT_NVRAM_SIZE};
 use crate::vm::{Poll, SpawnOptions, Vm};
 
 /// The guest's NBD port (the storage service listens there).
@@ -27,13 +35,15 @@ pub const GUEST_NBD_PORT: u16 = 10809;
 /// How long QEMU gets to quit after QMP `quit` before it is killed.
 pub const STOP_GRACE: Duration = Duration::from_secs(3);
 
-/// Build the QEMU command line for `run` (no side effects).
+/// Build the QEMU command line for `run` (no side effects). `nvram` is the guest's NVRAM
+/// region ([`nvram_region`]); the builder leaves it out on microvm.
 pub fn build_command(
     args: &RunArgs,
     qemu: &Path,
     image: &Path,
     accel: &AccelDecision,
     state: &StateDir,
+    nvram: Option<&SharedRegion>,
 ) -> QemuCommand {
     let mut cmd = QemuCommand::new(qemu)
         .name("tandem")
@@ -65,7 +75,55 @@ pub fn build_command(
     if args.nbd_port != 0 {
         nic = nic.forward(args.nbd_port, GUEST_NBD_PORT);
     }
-    cmd.nic(nic)
+    let mut cmd = cmd.nic(nic);
+    if let Some(region) = nvram {
+        cmd = cmd.shared_region(region.clone());
+    }
+    cmd
+}
+
+/// The NVRAM region `run` gives the guest: `None` with `--no-nvram`; otherwise
+/// `<state-dir>/nvram.bin` with its own size when it exists, else `--nvram-size`. With
+/// `create`, a missing file is created (sparse) first; an existing one is never changed.
+/// On microvm nothing is created (the region cannot be attached there).
+pub fn nvram_region(
+    args: &RunArgs,
+    state: &StateDir,
+    create: bool,
+) -> anyhow::Result<Option<SharedRegion>> {
+    if args.no_nvram {
+        return Ok(None);
+    }
+    let wanted = args.nvram_size.unwrap_or(DEFAULT_NVRAM_SIZE);
+    let path = state.nvram();
+    if !create || args.machine == Machine::Microvm {
+        let size = std::fs::metadata(&path).map_or(wanted, |m| crate::size::ByteSize(m.len()));
+        return Ok(Some(SharedRegion::new(path, size)));
+    }
+    let nv = state.ensure_nvram(wanted)?;
+    if nv.created {
+        eprintln!(
+            "tandem: created NVRAM region file {} ({}, sparse)",
+            nv.path.display(),
+            nv.size
+        );
+    } else if args.nvram_size.is_some_and(|s| s != nv.size) {
+        eprintln!(
+            "tandem: note: keeping the existing {} ({}); --nvram-size {} applies only when \
+             the file is created (delete it to start over)",
+            nv.path.display(),
+            nv.size,
+            wanted
+        );
+    }
+    SharedRegion::check_size(nv.size).map_err(|why| {
+        anyhow::anyhow!(
+            "NVRAM file {}: {why}; delete it (its contents are the guest's NVRAM) or pass \
+             --no-nvram",
+            nv.path.display()
+        )
+    })?;
+    Ok(Some(SharedRegion::new(nv.path, nv.size)))
 }
 
 /// Fail clearly when `port` on 127.0.0.1 is taken.
@@ -98,7 +156,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
                 loc.path.display()
             );
         }
-        let cmd = build_command(args, &qemu, &loc.path, &accel, &state);
+        let nvram = nvram_region(args, &state, false)?;
+        let cmd = build_command(args, &qemu, &loc.path, &accel, &state, nvram.as_ref());
+        for note in cmd.notes() {
+            eprintln!("tandem: note: {note}");
+        }
         eprintln!("tandem: accelerator {accel}");
         println!("{cmd}");
         return Ok(0);
@@ -125,7 +187,13 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
             }
         }
     }
-    let cmd = build_command(args, &qemu, &image, &accel, &state);
+    let nvram = nvram_region(args, &state, true)?;
+    let cmd = build_command(args, &qemu, &image, &accel, &state, nvram.as_ref());
+    for note in cmd.notes() {
+        eprintln!("tandem: note: {note}");
+    }
+    // What the guest actually gets (nothing on microvm).
+    let nvram = nvram.filter(|_| args.machine == Machine::Q35);
 
     let interrupts = Arc::new(AtomicUsize::new(0));
     {
@@ -172,7 +240,15 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
         }
         match vm.poll(Duration::from_millis(100)) {
             Poll::Line(line) => match &line.event {
-                ConsoleEvent::Ready(_) => print_banner(args, &accel, &state, line.at),
+                ConsoleEvent::Ready(ready) => {
+                    print_banner(args, &accel, &state, nvram.as_ref(), line.at);
+                    if nvram.is_some() && ready.get("nvram") == Some("0") {
+                        eprintln!(
+                            "tandem: warning: the guest reports nvram=0: it did not find the \
+                             NVRAM region QEMU was given"
+                        );
+                    }
+                }
                 ConsoleEvent::Nbd { export, port }
                     if *port == GUEST_NBD_PORT && args.nbd_port != 0 =>
                 {
@@ -216,7 +292,13 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
     Ok(code)
 }
 
-fn print_banner(args: &RunArgs, accel: &AccelDecision, state: &StateDir, at: Duration) {
+fn print_banner(
+    args: &RunArgs,
+    accel: &AccelDecision,
+    state: &StateDir,
+    nvram: Option<&SharedRegion>,
+    at: Duration,
+) {
     let dir = state.root().display();
     eprintln!(
         "tandem: guest ready after {:.3} s — machine {}, accel {}",
@@ -229,6 +311,16 @@ fn print_banner(args: &RunArgs, accel: &AccelDecision, state: &StateDir, at: Dur
         state.qmp_socket().display()
     );
     eprintln!("tandem:   console log: {}", state.console_log().display());
+    match nvram {
+        Some(r) => eprintln!(
+            "tandem:   NVRAM:       {} ({}, ivshmem-plain, guest nvram0; kept across runs and \
+             crashes of the guest or QEMU, not a host power loss)",
+            r.path.display(),
+            r.size
+        ),
+        None if args.no_nvram => eprintln!("tandem:   NVRAM:       none (--no-nvram)"),
+        None => eprintln!("tandem:   NVRAM:       none ({} has no PCI)", args.machine),
+    }
     if args.nbd_port == 0 {
         eprintln!("tandem:   NBD: no host port forwarded (--nbd-port 0)");
     }
@@ -238,6 +330,7 @@ fn print_banner(args: &RunArgs, accel: &AccelDecision, state: &StateDir, at: Dur
 mod tests {
     use super::*;
     use crate::cli::{Cli, Command};
+    use crate::size::ByteSize;
     use clap::Parser;
 
     fn run_args(extra: &[&str]) -> RunArgs {
@@ -260,12 +353,19 @@ mod tests {
     fn default_disk_nic_and_forward() {
         let accel = accel::decide(accel::AccelChoice::Tcg, &accel::HostFacts::probe());
         let state = StateDir::new("/st");
+        let args = run_args(&["--cmdline", "exit=ready"]);
+        let nvram = nvram_region(&args, &state, false).unwrap();
+        assert_eq!(
+            nvram,
+            Some(SharedRegion::new("/st/nvram.bin", ByteSize::mib(64)))
+        );
         let cmd = build_command(
-            &run_args(&["--cmdline", "exit=ready"]),
+            &args,
             Path::new("/q"),
             Path::new("/img"),
             &accel,
             &state,
+            nvram.as_ref(),
         );
         let a = args_of(&cmd);
         let joined = a.join(" ");
@@ -278,6 +378,52 @@ mod tests {
         assert!(joined.contains("-pidfile /st/qemu.pid"));
         assert!(joined.contains("-append exit=ready"));
         assert!(joined.contains("-m 64M"));
+        assert!(
+            joined.contains(
+                "-object memory-backend-file,id=nvram0,share=on,mem-path=/st/nvram.bin,size=64M \
+                 -device ivshmem-plain,memdev=nvram0"
+            ),
+            "{joined}"
+        );
+    }
+
+    #[test]
+    fn nvram_file_created_kept_or_turned_off() {
+        let tmp = crate::scratch::tempdir().unwrap();
+        let state = StateDir::new(tmp.path().join("st"));
+        let r = nvram_region(&run_args(&["--nvram-size", "16M"]), &state, true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.size, ByteSize::mib(16));
+        assert_eq!(std::fs::metadata(state.nvram()).unwrap().len(), 16 << 20);
+        // Kept with its size on the next run, whatever --nvram-size says.
+        let again = nvram_region(&run_args(&["--nvram-size", "32M"]), &state, true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(again.size, ByteSize::mib(16));
+        // The dry run reports the existing file's size too.
+        let dry = nvram_region(&run_args(&[]), &state, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(dry.size, ByteSize::mib(16));
+        assert_eq!(
+            nvram_region(&run_args(&["--no-nvram"]), &state, true).unwrap(),
+            None
+        );
+        // microvm: nothing is created.
+        let other = StateDir::new(tmp.path().join("mv"));
+        let mv = nvram_region(&run_args(&["--machine", "microvm"]), &other, true).unwrap();
+        assert!(mv.is_some());
+        assert!(!other.nvram().exists());
+        // A file QEMU cannot map is refused with a way out.
+        std::fs::write(state.nvram(), vec![0u8; 3 << 20]).unwrap();
+        let err = nvram_region(&run_args(&[]), &state, true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("power of two") && err.contains("--no-nvram"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -300,8 +446,11 @@ mod tests {
             Path::new("/img"),
             &accel,
             &StateDir::new("/st"),
+            Some(&SharedRegion::new("/st/nvram.bin", ByteSize::mib(64))),
         );
+        assert_eq!(cmd.notes().len(), 1);
         let joined = args_of(&cmd).join(" ");
+        assert!(!joined.contains("ivshmem"), "{joined}");
         assert!(!joined.contains("disk0.raw"), "{joined}");
         assert!(joined.contains("file.filename=/a.raw"));
         assert!(joined.contains("driver=qcow2,read-only=on"));

@@ -3,6 +3,7 @@
 //! | file | what |
 //! |---|---|
 //! | `disk0.raw` | the default data disk, created sparse when no `--disk` is given; kept across runs |
+//! | `nvram.bin` | the guest's emulated NVRAM (an ivshmem region over this file), created sparse; kept across runs |
 //! | `qmp.sock` | QEMU's QMP socket (`tandem qmp --state-dir DIR CMD`) |
 //! | `qemu.pid` | QEMU's pid while it runs |
 //! | `console.log` | everything the guest printed in the last run |
@@ -22,6 +23,8 @@ use crate::size::ByteSize;
 pub const DEFAULT_STATE_DIR: &str = ".tandem/run";
 /// Default size of the default data disk.
 pub const DEFAULT_DISK_SIZE: ByteSize = ByteSize::gib(1);
+/// Default size of the NVRAM region file.
+pub const DEFAULT_NVRAM_SIZE: ByteSize = ByteSize::mib(64);
 /// Longest unix socket path the kernel accepts (`sun_path` is 108 bytes with the NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
 
@@ -83,6 +86,11 @@ impl StateDir {
     /// The default data disk.
     pub fn disk0(&self) -> PathBuf {
         self.root.join("disk0.raw")
+    }
+
+    /// The NVRAM region's backing file.
+    pub fn nvram(&self) -> PathBuf {
+        self.root.join("nvram.bin")
     }
 
     /// The QMP socket.
@@ -163,6 +171,13 @@ impl StateDir {
         }
     }
 
+    /// Create the NVRAM file (sparse, `size`) unless it exists. An existing file is kept as
+    /// it is, whatever its size: it holds the guest's NVRAM contents. See [`ensure_nvram`].
+    pub fn ensure_nvram(&self, size: ByteSize) -> Result<NvramFile, StateError> {
+        std::fs::create_dir_all(&self.root).map_err(io_err(&self.root))?;
+        ensure_nvram(&self.nvram(), size)
+    }
+
     fn remove_runtime_files(&self) {
         let _ = std::fs::remove_file(self.qmp_socket());
         let _ = std::fs::remove_file(self.pidfile());
@@ -173,6 +188,46 @@ impl StateDir {
 pub fn create_sparse_disk(path: &Path, size: ByteSize) -> Result<(), StateError> {
     let file = File::create(path).map_err(io_err(path))?;
     file.set_len(size.bytes()).map_err(io_err(path))
+}
+
+/// An NVRAM backing file and its size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NvramFile {
+    /// The file.
+    pub path: PathBuf,
+    /// Its length (the region's size).
+    pub size: ByteSize,
+    /// Created by this call (else it was there already).
+    pub created: bool,
+}
+
+/// Create the NVRAM backing file at `path` with length `size` (sparse: `set_len`, nothing
+/// written, so a fresh region reads as zeros) unless it exists; an existing file is kept, and
+/// its own length is returned. Its contents are the guest's emulated NVRAM: they outlive the
+/// guest and QEMU, so nothing here ever truncates or rewrites them.
+pub fn ensure_nvram(path: &Path, size: ByteSize) -> Result<NvramFile, StateError> {
+    match OpenOptions::new().write(true).create_new(true).open(path) {
+        Ok(file) => {
+            if let Err(e) = file.set_len(size.bytes()) {
+                let _ = std::fs::remove_file(path);
+                return Err(io_err(path)(e));
+            }
+            Ok(NvramFile {
+                path: path.to_path_buf(),
+                size,
+                created: true,
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let len = std::fs::metadata(path).map_err(io_err(path))?.len();
+            Ok(NvramFile {
+                path: path.to_path_buf(),
+                size: ByteSize(len),
+                created: false,
+            })
+        }
+        Err(e) => Err(io_err(path)(e)),
+    }
 }
 
 /// The held lock of a state directory. Dropping it removes the socket and pid file and
@@ -237,6 +292,29 @@ mod tests {
         let (_, created) = dir.ensure_default_disk(ByteSize::mib(1)).unwrap();
         assert!(!created);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 1 << 30);
+    }
+
+    #[test]
+    fn nvram_is_sparse_and_kept_with_its_contents() {
+        use std::os::unix::fs::{FileExt, MetadataExt};
+        let tmp = crate::scratch::tempdir().unwrap();
+        let dir = StateDir::new(tmp.path().join("st"));
+        let nv = dir.ensure_nvram(ByteSize::mib(64)).unwrap();
+        assert_eq!(nv.path, dir.nvram());
+        assert!(nv.path.ends_with("nvram.bin"));
+        assert_eq!((nv.size, nv.created), (ByteSize::mib(64), true));
+        let meta = std::fs::metadata(&nv.path).unwrap();
+        assert_eq!(meta.len(), 64 << 20);
+        assert!(meta.blocks() * 512 < 1 << 20, "not sparse");
+        // The guest wrote something; a second run with another size keeps file and size.
+        let f = OpenOptions::new().write(true).open(&nv.path).unwrap();
+        f.write_all_at(b"TANDEM-NVRAM boot=1", 0).unwrap();
+        drop(f);
+        let again = dir.ensure_nvram(ByteSize::mib(16)).unwrap();
+        assert_eq!((again.size, again.created), (ByteSize::mib(64), false));
+        let bytes = std::fs::read(&again.path).unwrap();
+        assert_eq!(bytes.len(), 64 << 20);
+        assert!(bytes.starts_with(b"TANDEM-NVRAM boot=1"));
     }
 
     #[test]

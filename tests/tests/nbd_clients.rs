@@ -190,6 +190,7 @@ fn nbdcopy_round_trip_and_fio_verify_on_microvm() {
             "--verify=crc32c",
             "--do_verify=1",
             "--verify_fatal=1",
+            "--verify_state_save=0",
         ],
     );
     let text = String::from_utf8_lossy(&out.stdout);

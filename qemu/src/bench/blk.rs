@@ -934,7 +934,7 @@ fn nonempty_or<T: Clone>(v: &[T], default: T) -> Vec<T> {
     }
 }
 
-fn dedup_in_order<T: PartialEq + Copy>(v: &mut Vec<T>) {
+pub(crate) fn dedup_in_order<T: PartialEq + Copy>(v: &mut Vec<T>) {
     let mut seen = Vec::new();
     v.retain(|x| {
         if seen.contains(x) {
@@ -1092,7 +1092,7 @@ pub fn create_preallocated(qemu_img: &Path, path: &Path, size: ByteSize) -> anyh
     Ok(())
 }
 
-fn image_info(path: &Path, origin: &str) -> anyhow::Result<ImageInfo> {
+pub(crate) fn image_info(path: &Path, origin: &str) -> anyhow::Result<ImageInfo> {
     use std::os::unix::fs::MetadataExt;
     let abs = std::path::absolute(path).with_context(|| path.display().to_string())?;
     let meta = std::fs::metadata(&abs).with_context(|| abs.display().to_string())?;
@@ -1252,7 +1252,7 @@ impl Drop for StorageDaemon {
 }
 
 /// `12345` → `12.3k`, for chart labels.
-fn si(v: f64) -> String {
+pub(crate) fn si(v: f64) -> String {
     if !v.is_finite() {
         "-".into()
     } else if v >= 1e6 {
@@ -1264,7 +1264,7 @@ fn si(v: f64) -> String {
     }
 }
 
-fn ratio(r: Option<f64>) -> String {
+pub(crate) fn ratio(r: Option<f64>) -> String {
     r.map_or_else(|| "-".into(), |r| format!("{r:.2}"))
 }
 

@@ -1,4 +1,5 @@
-//! Benchmarks: `tandem bench boot` ([`boot`]) and `tandem bench blk` ([`blk`]).
+//! Benchmarks: `tandem bench boot` ([`boot`]), `tandem bench blk` ([`blk`]) and
+//! `tandem bench nbd` ([`nbd`]).
 //!
 //! This module holds what they share: [`Summary`] (median/min/max of repeats), [`Progress`]
 //! (an indicatif bar on a terminal, one plain line per finished run otherwise), [`Table`]
@@ -15,6 +16,7 @@ use serde::Serialize;
 
 pub mod blk;
 pub mod boot;
+pub mod nbd;
 
 pub use boot::bench_boot;
 
