@@ -8,7 +8,8 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
 use std::process::Command;
 
-use tandem_qemu::builder::{Machine, Nic};
+use tandem_qemu::builder::{Machine, Nic, SharedRegion};
+use tandem_qemu::size::ByteSize;
 use tandem_qemu::vm::Vm;
 use tandem_tests::*;
 
@@ -41,15 +42,7 @@ fn boot(dir: &Path, nvram: bool, cmdline: &str, port: u16) -> Vm {
                 .set_len(16 << 20)
                 .unwrap();
         }
-        cmd = cmd
-            .extra(
-                "-object",
-                Some(&format!(
-                    "memory-backend-file,id=nv0,share=on,mem-path={},size=16M",
-                    f.display()
-                )),
-            )
-            .extra("-device", Some("ivshmem-plain,memdev=nv0"));
+        cmd = cmd.shared_region(SharedRegion::new(&f, ByteSize::mib(16)));
     }
     let mut vm = spawn(&cmd, dir);
     vm.wait_for_line("NBD export", BOOT_TIMEOUT, |l| {

@@ -2,8 +2,9 @@
 //! backend shows up as `nvram0`, and stores made through the HPDI land in the real backing
 //! file and are found again by the next boot.
 
-use tandem_qemu::builder::Machine;
+use tandem_qemu::builder::{Machine, SharedRegion};
 use tandem_qemu::exit::GuestExit;
+use tandem_qemu::size::ByteSize;
 use tandem_tests::*;
 
 #[test]
@@ -14,15 +15,9 @@ fn nvram_region_is_real_shared_memory() {
         .unwrap()
         .set_len(16 << 20)
         .unwrap();
-    let backend = format!(
-        "memory-backend-file,id=nv0,share=on,mem-path={},size=16M",
-        file.display()
-    );
     for boot in 1..=2u32 {
-        // ivshmem is not typed in the builder yet (issue 4 gives every guest one).
         let cmd = guest_command(Machine::Q35, dir.path())
-            .extra("-object", Some(&backend))
-            .extra("-device", Some("ivshmem-plain,memdev=nv0"))
+            .shared_region(SharedRegion::new(&file, ByteSize::mib(16)))
             .cmdline("debug.nvram=stamp exit=ready");
         let mut vm = spawn(&cmd, dir.path());
         let ready = vm
