@@ -23,6 +23,7 @@ pub mod inventory;
 pub mod memmap;
 pub mod nbd;
 pub mod nvlog;
+pub mod restart;
 pub mod selftest;
 pub mod start_info;
 pub mod units;

@@ -1,0 +1,10 @@
+//! Fast restart (issue 5): the on-disk label every data disk carries, and the configuration
+//! checkpoint that lets a restart skip discovery.
+//!
+//! Pure formats and validation, host-tested. The kernel (`src/kernel/`) writes labels on
+//! first use, writes a checkpoint after a cold initialisation, and on later starts loads the
+//! newest valid slot and validates it against what it names (device ids at their locations,
+//! disk labels) before configuring from it.
+
+pub mod checkpoint;
+pub mod label;
