@@ -17,6 +17,7 @@ mod fake_virtio;
 pub mod immediate;
 pub mod memregion;
 pub mod net_phy;
+pub mod partition;
 pub mod queue_size;
 pub mod ramdisk;
 pub mod virtio_blk;

@@ -73,8 +73,11 @@ fn qemu_io(vm: &Vm, port: u16, cmds: &[&str]) -> String {
     text
 }
 
+/// Whether the image holds `byte` at export offset `offset` (the export starts 1 MiB in,
+/// after the label and checkpoint area).
 fn disk_has(dir: &Path, offset: usize, len: usize, byte: u8) -> bool {
     let d = std::fs::read(dir.join("a.raw")).unwrap();
+    let offset = offset + (1 << 20);
     d[offset..offset + len].iter().all(|&b| b == byte)
 }
 

@@ -14,6 +14,8 @@ use tandem_qemu::vm::Vm;
 use tandem_tests::*;
 
 const DISK_MIB: u64 = 128;
+/// What the export serves: the disk less the 1 MiB reserved for its label and checkpoints.
+const EXPORT_BYTES: u64 = (DISK_MIB - 1) << 20;
 
 fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
@@ -108,7 +110,7 @@ fn qemu_io_patterns_read_back() {
         (65536, 1 << 20),
         (3 << 20, 3 << 20),
         (100 << 20, 65536),
-        ((DISK_MIB << 20) - 4096, 4096),
+        (EXPORT_BYTES - 4096, 4096),
     ];
     for (i, (off, len)) in spots.iter().enumerate() {
         args.push("-c".into());
@@ -154,7 +156,7 @@ fn qemu_img_convert_compare_and_nbdinfo() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let e = &v["exports"][0];
     assert_eq!(e["export-name"], "blk0", "{v}");
-    assert_eq!(e["export-size"], DISK_MIB << 20, "{v}");
+    assert_eq!(e["export-size"], EXPORT_BYTES, "{v}");
     assert_eq!(e["is_read_only"], false, "{v}");
     assert_eq!(e["can_flush"], true, "{v}");
     assert_eq!(e["can_trim"], true, "{v}");
@@ -171,7 +173,7 @@ fn nbdcopy_round_trip_and_fio_verify_on_microvm() {
     tool(&s, "nbdcopy", &[&s.uri(), back.to_str().unwrap()]);
     let (a, b) = (std::fs::read(&src).unwrap(), std::fs::read(&back).unwrap());
     assert!(
-        b.len() == (DISK_MIB << 20) as usize && a[..] == b[..a.len()],
+        b.len() == EXPORT_BYTES as usize && a[..] == b[..a.len()],
         "nbdcopy round trip differs"
     );
     let uri = s.uri();
@@ -272,12 +274,12 @@ fn hostile_clients_do_not_disturb_others() {
     // Requests that are refused with an error, on a connection that survives them.
     let mut c = raw(s.port);
     handshake(&mut c);
-    c.write_all(&request(0, 1, (DISK_MIB << 20) + 4096, 4096))
+    c.write_all(&request(0, 1, EXPORT_BYTES + 4096, 4096))
         .unwrap(); // read past the end
     assert_eq!(reply_error(&mut c), (1, 22));
     c.write_all(&request(0, 2, 0, 64 << 20)).unwrap(); // longer than the maximum
     assert_eq!(reply_error(&mut c), (2, 22));
-    c.write_all(&request(1, 3, DISK_MIB << 20, 512)).unwrap(); // write past the end
+    c.write_all(&request(1, 3, EXPORT_BYTES, 512)).unwrap(); // write past the end
     c.write_all(&[0u8; 512]).unwrap(); // its payload is skipped
     assert_eq!(reply_error(&mut c), (3, 28));
     c.write_all(&request(9, 4, 0, 512)).unwrap(); // unknown command

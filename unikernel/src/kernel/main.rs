@@ -16,6 +16,7 @@ mod discovery;
 mod dma;
 mod exit;
 mod fault;
+mod labels;
 mod mem;
 mod net;
 mod pci;

@@ -64,12 +64,22 @@ impl NbdService {
                 .map(|d| (String::from(d), String::from(d), false))
                 .collect();
         }
+        let mem = FrameRegion::alloc(POOL_BUFFERS * CHUNK)
+            .ok_or("no DMA memory for the NBD buffer pool")?;
+        let mut pool = BufferPool::new(Box::new(mem), CHUNK).map_err(|e| alloc::format!("{e}"))?;
         let mut exports = Vec::new();
         let mut disks = Vec::new();
         for (name, device, ro) in wanted {
-            let Some(dev) = devices.registry.take(&device) else {
+            let Some(raw) = devices.registry.take(&device) else {
                 warn!("nbd: export {name}: no block device {device}");
                 continue;
+            };
+            let (dev, label) = match crate::labels::open_labelled(raw, &mut pool, &name, ro) {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!("nbd: export {name} ({device}): {e}");
+                    continue;
+                }
             };
             let caps = dev.capabilities();
             let transport = devices
@@ -79,8 +89,9 @@ impl NbdService {
                 .map_or("?", |(_, t)| *t);
             let info = ExportInfo {
                 description: alloc::format!(
-                    "tandem {device} (virtio-blk {transport}, {})",
-                    Bytes(caps.capacity)
+                    "tandem {device} (virtio-blk {transport}, {}, label {})",
+                    Bytes(caps.capacity),
+                    unikernel::restart::label::Uuid(label.uuid)
                 ),
                 name,
                 size: caps.capacity,
@@ -90,6 +101,7 @@ impl NbdService {
                 min_block: caps.block_size,
                 preferred_block: 4096,
                 max_payload: 32 << 20,
+                disk_id: unikernel::nvlog::format::disk_id_bytes(&label.uuid, label.data_size),
             };
             info!(
                 "nbd: export {} = {device} ({}{})",
@@ -106,9 +118,6 @@ impl NbdService {
         if exports.is_empty() {
             return Err("no disk to export".into());
         }
-        let mem = FrameRegion::alloc(POOL_BUFFERS * CHUNK)
-            .ok_or("no DMA memory for the NBD buffer pool")?;
-        let mut pool = BufferPool::new(Box::new(mem), CHUNK).map_err(|e| alloc::format!("{e}"))?;
         let (log, durability) = open_log(devices, cfg, &mut pool)?;
         let handles = (0..MAX_CLIENTS)
             .map(|_| {

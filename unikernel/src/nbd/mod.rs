@@ -25,6 +25,9 @@ pub struct ExportInfo {
     pub preferred_block: u32,
     /// Largest request payload accepted.
     pub max_payload: u32,
+    /// The disk's identity for the write log (from its label UUID): replay never writes a
+    /// record to another disk.
+    pub disk_id: u64,
 }
 
 impl ExportInfo {

@@ -49,6 +49,7 @@ fn export(name: &str, read_only: bool) -> ExportInfo {
         min_block: 512,
         preferred_block: 4096,
         max_payload: 32 << 20,
+        disk_id: crate::nvlog::format::disk_id(name, 1),
     }
 }
 

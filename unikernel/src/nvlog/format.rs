@@ -86,10 +86,16 @@ impl RecordHeader {
     }
 }
 
-/// Identity of a disk for replay: FNV-1a over the export name and the disk size.
+/// Identity of a disk for replay: FNV-1a over a name (the disk label's UUID in the guest)
+/// and a size.
 pub fn disk_id(name: &str, size: u64) -> u64 {
+    disk_id_bytes(name.as_bytes(), size)
+}
+
+/// FNV-1a over `bytes` and `size`.
+pub fn disk_id_bytes(bytes: &[u8], size: u64) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in name.bytes().chain(size.to_le_bytes()) {
+    for b in bytes.iter().copied().chain(size.to_le_bytes()) {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x100_0000_01b3);
     }

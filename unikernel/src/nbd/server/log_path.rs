@@ -17,7 +17,7 @@ use alloc::vec::Vec;
 use hpdi::{BufId, Error, Request};
 
 use super::{Conn, Server, Stream, Sub, CHUNK};
-use crate::nvlog::format::{disk_id, PAGE};
+use crate::nvlog::format::PAGE;
 use crate::nvlog::log::{Nvlog, Reservation, MAX_RECORD};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,11 +112,7 @@ impl Server {
     /// new writes are logged; a record for a disk that is not exported refuses the attach (its
     /// data would otherwise be lost or land on the wrong disk).
     pub fn with_log(mut self, log: Nvlog, durability: Durability) -> Result<Self, String> {
-        let disk_ids: Vec<u64> = self
-            .exports
-            .iter()
-            .map(|e| disk_id(&e.name, e.size))
-            .collect();
+        let disk_ids: Vec<u64> = self.exports.iter().map(|e| e.disk_id).collect();
         let mut index: Vec<BTreeMap<(u64, u64), (u32, u64)>> =
             (0..disk_ids.len()).map(|_| BTreeMap::new()).collect();
         for l in log.live() {
