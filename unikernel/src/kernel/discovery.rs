@@ -45,6 +45,8 @@ pub struct Devices {
     /// Vendor and device id of the PCI host bridge at 00:00.0.
     pub host_bridge: Option<(u16, u16)>,
     pub pci_functions: usize,
+    /// Time spent enumerating PCI (configuration-space reads), in microseconds.
+    pub scan_us: u64,
 }
 
 impl Devices {
@@ -161,7 +163,10 @@ pub fn discover(acpi: Option<&AcpiInfo>, mmio: &[MmioDevice]) -> Devices {
             continue;
         }
         let mut root = crate::pci::root(region);
-        for (df, info) in crate::pci::scan(&root, region) {
+        let t = crate::time::now_us();
+        let functions = crate::pci::scan(&root, region);
+        devs.scan_us += crate::time::now_us() - t;
+        for (df, info) in functions {
             devs.pci_functions += 1;
             let location = Location::Pci {
                 segment: region.segment,

@@ -20,6 +20,7 @@ mod labels;
 mod mem;
 mod net;
 mod pci;
+mod phases;
 mod probes;
 mod storage;
 mod time;
@@ -48,6 +49,8 @@ pub extern "C" fn kmain(start_info_paddr: u64) -> ! {
     arch::idt::init();
     arch::cpu::mask_pics();
     let (hz, source) = time::calibrate();
+    let mut phases = phases::Phases::new();
+    phases.record("clock", time::now_us());
     info!(
         "Tandem unikernel {} booting (PVH entry, start_info at {start_info_paddr:#x})",
         env!("CARGO_PKG_VERSION")
@@ -84,6 +87,7 @@ pub extern "C" fn kmain(start_info_paddr: u64) -> ! {
     }
 
     // ACPI is read before the heap exists: firmware tables may sit in RAM the map calls free.
+    phases.mark("start_info");
     let acpi = match acpi::discover(&Phys, si.rsdp_paddr) {
         Ok(a) => {
             info!(
@@ -116,6 +120,7 @@ pub extern "C" fn kmain(start_info_paddr: u64) -> ! {
         );
     }
     let split = memmap::split(&usable, cfg.dma_pct);
+    phases.mark("acpi");
     mem::init(&split);
     info!(
         "memory: ram={} kernel={} usable={} heap={} dma={} ({}%)",
@@ -133,7 +138,10 @@ pub extern "C" fn kmain(start_info_paddr: u64) -> ! {
              acpi=off so it lists its virtio-mmio devices on the command line"
         );
     }
+    phases.mark("memory");
     let mut devices = discovery::discover(acpi.as_ref(), cfg.mmio_devices());
+    phases.record("pci_scan", devices.scan_us);
+    phases.mark("discovery");
     for entry in &devices.inventory {
         info!("{entry}");
     }
@@ -184,10 +192,12 @@ pub extern "C" fn kmain(start_info_paddr: u64) -> ! {
         warn!("no NIC: nothing to serve on, idle");
         arch::cpu::halt_forever()
     };
+    phases.mark("ready");
     let mut stack = match net::NetStack::new(dev, &info, &cfg) {
         Ok(s) => s,
         Err(e) => panic!("{name}: {e}"),
     };
+    phases.mark("network");
     match storage::NbdService::new(&mut devices, &cfg, &mut stack.sockets) {
         Ok(nbd) => {
             let ([a, b, c, d], _) = cfg.ip;
@@ -201,6 +211,8 @@ pub extern "C" fn kmain(start_info_paddr: u64) -> ! {
         }
         Err(e) => warn!("nbd: not serving: {e}"),
     }
+    phases.mark("storage");
+    phases.summary();
     let mut heap_peak = 0u64;
     let mut next_status = time::now_us() + STATUS_EVERY_US;
     for turn in 0u64.. {
