@@ -4,18 +4,19 @@
 //! `virtio-drivers`; everything else is listed in the inventory, never fatal.
 
 use alloc::format;
-use alloc::string::ToString;
+use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::ptr::NonNull;
 
 use alloc::boxed::Box;
 use frontend_drivers::memregion::MemRegion;
 use log::{debug, warn};
-use unikernel::acpi::AcpiInfo;
+use unikernel::acpi::{AcpiInfo, EcamRegion};
 use unikernel::cmdline::MmioDevice;
 use unikernel::inventory::{DeviceInfo, Entry, Location};
+use unikernel::restart::checkpoint::{self, Checkpoint, DeviceRecord};
 use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
-use virtio_drivers::transport::pci::bus::{Command, DeviceFunction};
+use virtio_drivers::transport::pci::bus::{Command, DeviceFunction, DeviceFunctionInfo};
 use virtio_drivers::transport::pci::{virtio_device_type, PciTransport};
 use virtio_drivers::transport::{DeviceType, SomeTransport, Transport};
 
@@ -42,6 +43,8 @@ pub struct Devices {
     pub nics: Vec<(alloc::string::String, Box<dyn hpdi::Device>, NetInfo)>,
     /// Shared-memory windows by device name: (name, physical address, bytes).
     pub nvram: Vec<(alloc::string::String, u64, usize)>,
+    /// What the checkpoint records, by device name, in discovery order.
+    pub records: Vec<(alloc::string::String, DeviceRecord)>,
     /// Vendor and device id of the PCI host bridge at 00:00.0.
     pub host_bridge: Option<(u16, u16)>,
     pub pci_functions: usize,
@@ -51,7 +54,7 @@ pub struct Devices {
 
 impl Devices {
     /// Initialises a virtio device behind `transport` and records it.
-    fn attach(&mut self, location: Location, transport: Transport_) {
+    fn attach(&mut self, location: Location, transport: Transport_, ids: (u16, u16)) {
         let info = match transport.device_type() {
             DeviceType::Block => {
                 match frontend_drivers::virtio_blk::open::<TandemHal, _>(transport) {
@@ -64,6 +67,11 @@ impl Devices {
                         };
                         let name = self.registry.add(dev);
                         self.transports.push((name.clone(), location.transport()));
+                        let mut r = record(checkpoint::kind::BLK, location, ids);
+                        r.features = blk.features.bits();
+                        r.queue_size = blk.queue_size;
+                        r.capacity = blk.capacity_sectors * 512;
+                        self.records.push((name.clone(), r));
                         return self.push(Some(name), location, info);
                     }
                     Err(e) => failed("virtio-blk", e),
@@ -74,6 +82,10 @@ impl Devices {
                     Ok((dev, net)) => {
                         let name = format!("net{}", self.nics.len());
                         let info = DeviceInfo::VirtioNet { mac: net.mac };
+                        let mut r = record(checkpoint::kind::NET, location, ids);
+                        r.queue_size = net.queue_size;
+                        r.mac = net.mac;
+                        self.records.push((name.clone(), r));
                         self.nics.push((name.clone(), dev, net));
                         return self.push(Some(name), location, info);
                     }
@@ -113,6 +125,10 @@ impl Devices {
         let name = self.registry.add(Box::new(region));
         self.transports.push((name.clone(), location.transport()));
         self.nvram.push((name.clone(), addr, size as usize));
+        let mut r = record(checkpoint::kind::NVRAM, location, IVSHMEM);
+        r.base = addr;
+        r.size = size;
+        self.records.push((name.clone(), r));
         self.push(
             Some(name),
             location,
@@ -144,6 +160,32 @@ fn feature_names(f: Features) -> alloc::string::String {
     .join(",")
 }
 
+/// A checkpoint record of a device at `location` with PCI ids (or virtio id for MMIO).
+fn record(kind: u8, location: Location, ids: (u16, u16)) -> DeviceRecord {
+    let mut r = DeviceRecord {
+        kind,
+        vendor: ids.0,
+        device: ids.1,
+        ..Default::default()
+    };
+    match location {
+        Location::Pci {
+            segment,
+            bus,
+            device,
+            function,
+        } => {
+            r.transport = checkpoint::transport::PCI;
+            (r.segment, r.bus, r.dev, r.func) = (segment, bus, device, function);
+        }
+        Location::Mmio { base, irq } => {
+            r.transport = checkpoint::transport::MMIO;
+            (r.base, r.irq) = (base, irq);
+        }
+    }
+    r
+}
+
 fn failed(kind: &'static str, e: impl core::fmt::Display) -> DeviceInfo {
     DeviceInfo::Failed {
         kind,
@@ -151,9 +193,9 @@ fn failed(kind: &'static str, e: impl core::fmt::Display) -> DeviceInfo {
     }
 }
 
-/// Enumerates PCI (when ACPI gave an ECAM window) and the virtio-mmio windows.
-pub fn discover(acpi: Option<&AcpiInfo>, mmio: &[MmioDevice]) -> Devices {
-    let mut devs = Devices::default();
+/// The ECAM windows below 4 GiB (identity-mapped); others are reported and skipped.
+fn ecam_regions(acpi: Option<&AcpiInfo>) -> Vec<EcamRegion> {
+    let mut out = Vec::new();
     for region in acpi.map(|a| a.ecam_regions()).unwrap_or_default() {
         if region.base + region.size() > crate::arch::paging::BOOT_MAPPED {
             warn!(
@@ -162,63 +204,188 @@ pub fn discover(acpi: Option<&AcpiInfo>, mmio: &[MmioDevice]) -> Devices {
             );
             continue;
         }
-        let mut root = crate::pci::root(region);
-        let t = crate::time::now_us();
-        let functions = crate::pci::scan(&root, region);
-        devs.scan_us += crate::time::now_us() - t;
-        for (df, info) in functions {
-            devs.pci_functions += 1;
-            let location = Location::Pci {
-                segment: region.segment,
-                bus: df.bus,
-                device: df.device,
-                function: df.function,
+        out.push(*region);
+    }
+    out
+}
+
+impl Devices {
+    /// Initialises one PCI function (virtio, ivshmem, or listed as unknown).
+    fn attach_pci(
+        &mut self,
+        root: &mut crate::pci::Root,
+        segment: u16,
+        df: DeviceFunction,
+        info: &DeviceFunctionInfo,
+    ) {
+        let location = Location::Pci {
+            segment,
+            bus: df.bus,
+            device: df.device,
+            function: df.function,
+        };
+        let ids = (info.vendor_id, info.device_id);
+        if ids == IVSHMEM {
+            self.attach_ivshmem(root, df, location);
+        } else if virtio_device_type(info).is_some() {
+            match PciTransport::new::<TandemHal, _>(root, df) {
+                Ok(t) => self.attach(location, SomeTransport::from(t), ids),
+                Err(e) => self.push(None, location, failed("virtio-pci", e)),
+            }
+        } else {
+            let unknown = DeviceInfo::Unknown {
+                vendor: info.vendor_id,
+                device: info.device_id,
+                class: info.class,
+                subclass: info.subclass,
             };
-            if df.bus == 0 && df.device == 0 && df.function == 0 && info.class == 0x06 {
-                devs.host_bridge = Some((info.vendor_id, info.device_id));
-            }
-            if (info.vendor_id, info.device_id) == IVSHMEM {
-                devs.attach_ivshmem(&mut root, df, location);
-            } else if virtio_device_type(&info).is_some() {
-                match PciTransport::new::<TandemHal, _>(&mut root, df) {
-                    Ok(t) => devs.attach(location, SomeTransport::from(t)),
-                    Err(e) => devs.push(None, location, failed("virtio-pci", e)),
-                }
-            } else {
-                devs.push(
-                    None,
-                    location,
-                    DeviceInfo::Unknown {
-                        vendor: info.vendor_id,
-                        device: info.device_id,
-                        class: info.class,
-                        subclass: info.subclass,
-                    },
-                );
-            }
+            self.push(None, location, unknown);
         }
     }
-    for dev in mmio {
+
+    /// Initialises the virtio device behind one MMIO window; returns its virtio device id.
+    fn attach_mmio(&mut self, dev: &MmioDevice) -> Option<u32> {
         let location = Location::Mmio {
             base: dev.base,
             irq: dev.irq,
         };
         if let Err(e) = crate::arch::paging::identity_map(dev.base, dev.size) {
-            devs.push(None, location, failed("virtio-mmio", format!("{e:?}")));
-            continue;
+            self.push(None, location, failed("virtio-mmio", format!("{e:?}")));
+            return None;
         }
-        let Some(header) = NonNull::new(dev.base as *mut VirtIOHeader) else {
-            continue;
-        };
+        let header = NonNull::new(dev.base as *mut VirtIOHeader)?;
         // SAFETY: the window is mapped (above) and named by the VMM on our command line as a
         // virtio-mmio device of `size` bytes; nothing else uses it.
         match unsafe { MmioTransport::new(header, dev.size as usize) } {
-            Ok(t) => devs.attach(location, SomeTransport::from(t)),
+            Ok(t) => {
+                let id = t.device_type() as u32;
+                self.attach(location, SomeTransport::from(t), (0, id as u16));
+                Some(id)
+            }
             Err(e) => {
                 debug!("virtio-mmio at {:#x}: {e}", dev.base);
-                devs.push(None, location, failed("virtio-mmio", e));
+                self.push(None, location, failed("virtio-mmio", e));
+                None
             }
         }
     }
+}
+
+/// Cold discovery: every bus, device and function the ECAM windows cover, then the
+/// virtio-mmio windows.
+pub fn discover(acpi: Option<&AcpiInfo>, mmio: &[MmioDevice]) -> Devices {
+    let mut devs = Devices::default();
+    for region in ecam_regions(acpi) {
+        let mut root = crate::pci::root(&region);
+        let t = crate::time::now_us();
+        let functions = crate::pci::scan_full(&root, &region);
+        devs.scan_us += crate::time::now_us() - t;
+        for (df, info) in functions {
+            devs.pci_functions += 1;
+            if df.bus == 0 && df.device == 0 && df.function == 0 && info.class == 0x06 {
+                devs.host_bridge = Some((info.vendor_id, info.device_id));
+            }
+            devs.attach_pci(&mut root, region.segment, df, &info);
+        }
+    }
+    for dev in mmio {
+        devs.attach_mmio(dev);
+    }
     devs
+}
+
+/// Configures exactly the devices a checkpoint names, after checking that each one is
+/// still what it was (its ids at its location). No bus is scanned.
+pub fn from_checkpoint(
+    acpi: Option<&AcpiInfo>,
+    mmio: &[MmioDevice],
+    cp: &Checkpoint,
+) -> Result<Devices, String> {
+    let regions = ecam_regions(acpi);
+    let mut devs = Devices::default();
+    for (i, r) in cp.devices.iter().enumerate() {
+        if r.transport == checkpoint::transport::PCI {
+            let Some(region) = regions.iter().find(|g| g.segment == r.segment) else {
+                return Err(format!(
+                    "device {i}: PCI segment {} has no ECAM window now",
+                    r.segment
+                ));
+            };
+            let mut root = crate::pci::root(region);
+            let df = DeviceFunction {
+                bus: r.bus,
+                device: r.dev,
+                function: r.func,
+            };
+            let Some(info) = crate::pci::function_info(region, df) else {
+                return Err(format!("device {i}: nothing at {df} any more"));
+            };
+            if (info.vendor_id, info.device_id) != (r.vendor, r.device) {
+                return Err(format!(
+                    "device {i} at {df}: expected {:04x}:{:04x}, found {:04x}:{:04x}",
+                    r.vendor, r.device, info.vendor_id, info.device_id
+                ));
+            }
+            devs.pci_functions += 1;
+            devs.attach_pci(&mut root, r.segment, df, &info);
+        } else {
+            let Some(dev) = mmio.iter().find(|d| d.base == r.base) else {
+                return Err(format!(
+                    "device {i}: no virtio-mmio window at {:#x} on the command line",
+                    r.base
+                ));
+            };
+            match devs.attach_mmio(dev) {
+                Some(id) if id == u32::from(r.device) => {}
+                found => {
+                    return Err(format!(
+                        "device {i} at {:#x}: expected virtio id {}, found {found:?}",
+                        r.base, r.device
+                    ))
+                }
+            }
+        }
+        if devs.records.len() != i + 1 {
+            return Err(format!("device {i}: did not initialise as before"));
+        }
+    }
+    Ok(devs)
+}
+
+/// The first virtio-blk device, found cheaply (bus 0 only, or the first virtio-mmio window
+/// holding a disk): where the checkpoint lives.
+pub fn boot_disk(acpi: Option<&AcpiInfo>, mmio: &[MmioDevice]) -> Option<Box<dyn hpdi::Device>> {
+    for region in ecam_regions(acpi) {
+        let mut root = crate::pci::root(&region);
+        for dev in 0..32u8 {
+            let df = DeviceFunction {
+                bus: region.bus_start,
+                device: dev,
+                function: 0,
+            };
+            let Some(info) = crate::pci::function_info(&region, df) else {
+                continue;
+            };
+            if virtio_device_type(&info) == Some(DeviceType::Block) {
+                let t = PciTransport::new::<TandemHal, _>(&mut root, df).ok()?;
+                return frontend_drivers::virtio_blk::open::<TandemHal, _>(SomeTransport::from(t))
+                    .ok()
+                    .map(|d| d.0);
+            }
+        }
+    }
+    for dev in mmio {
+        crate::arch::paging::identity_map(dev.base, dev.size).ok()?;
+        let header = NonNull::new(dev.base as *mut VirtIOHeader)?;
+        // SAFETY: as in `attach_mmio`.
+        let Ok(t) = (unsafe { MmioTransport::new(header, dev.size as usize) }) else {
+            continue;
+        };
+        if t.device_type() == DeviceType::Block {
+            return frontend_drivers::virtio_blk::open::<TandemHal, _>(SomeTransport::from(t))
+                .ok()
+                .map(|d| d.0);
+        }
+    }
+    None
 }

@@ -10,7 +10,7 @@ use log::info;
 use unikernel::restart::label::{uuid_from, Label, LabelError, Uuid, RESERVED};
 
 /// Runs one request to completion (bounded).
-fn sync_io(dev: &mut dyn Device, pool: &mut BufferPool, req: Request) -> Result<u32, Error> {
+pub fn sync_io(dev: &mut dyn Device, pool: &mut BufferPool, req: Request) -> Result<u32, Error> {
     let mut q = QueuePair::new(2)?;
     q.submit(req)?;
     let mut done: alloc::vec::Vec<Completion> = alloc::vec::Vec::new();
@@ -34,13 +34,13 @@ fn random_bits() -> [u8; 16] {
     })
 }
 
-/// Reads (or, on a blank disk, writes) the label, then returns the disk's data area.
-pub fn open_labelled(
-    mut dev: Box<dyn Device>,
+/// Reads the label of a disk, writing one on a blank writable disk.
+pub fn ensure_label(
+    dev: &mut dyn Device,
     pool: &mut BufferPool,
     name: &str,
     read_only: bool,
-) -> Result<(Box<dyn Device>, Label), String> {
+) -> Result<Label, String> {
     let caps = dev.capabilities();
     let buf = pool.alloc().map_err(|e| alloc::format!("{e}"))?;
     let seg = Segment {
@@ -49,7 +49,7 @@ pub fn open_labelled(
         len: 4096,
     };
     let result = (|| {
-        sync_io(dev.as_mut(), pool, Request::read(0, SgList::one(seg), 0))
+        sync_io(dev, pool, Request::read(0, SgList::one(seg), 0))
             .map_err(|e| alloc::format!("reading the label: {e}"))?;
         let found = Label::parse(pool.slice(&seg).unwrap_or_default());
         let label = match found {
@@ -71,7 +71,7 @@ pub fn open_labelled(
                 b[..core::mem::size_of::<Label>()]
                     .copy_from_slice(zerocopy::IntoBytes::as_bytes(&l));
                 sync_io(
-                    dev.as_mut(),
+                    &mut *dev,
                     pool,
                     Request::write(0, SgList::one(seg), 0).with_fua(),
                 )
@@ -89,8 +89,12 @@ pub fn open_labelled(
         Ok(label)
     })();
     let _ = pool.free(buf);
-    let label = result?;
+    result
+}
+
+/// The data area behind a label: what the export serves.
+pub fn data_area(dev: Box<dyn Device>, label: &Label) -> Result<Box<dyn Device>, String> {
     let part = Partition::new(dev, label.data_offset, label.data_size)
-        .ok_or("label's data area does not fit the disk")?;
-    Ok((Box::new(part), label))
+        .ok_or("the label's data area does not fit the disk")?;
+    Ok(Box::new(part))
 }

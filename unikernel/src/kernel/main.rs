@@ -11,6 +11,7 @@ extern crate alloc;
 
 mod arch;
 mod bench_mode;
+mod checkpoints;
 mod console;
 mod discovery;
 mod dma;
@@ -139,7 +140,39 @@ pub extern "C" fn kmain(start_info_paddr: u64) -> ! {
         );
     }
     phases.mark("memory");
-    let mut devices = discovery::discover(acpi.as_ref(), cfg.mmio_devices());
+    let mut loaded = checkpoints::Loaded::default();
+    let found = discovery::boot_disk(acpi.as_ref(), cfg.mmio_devices()).map(checkpoints::load);
+    phases.mark("checkpoint_load");
+    let mut devices = match found {
+        Some((Some((slot, cp)), errs)) => {
+            checkpoints::report(&errs);
+            loaded.newest = Some((slot, cp.generation));
+            match discovery::from_checkpoint(acpi.as_ref(), cfg.mmio_devices(), &cp) {
+                Ok(d) => {
+                    info!(
+                        "checkpoint: generation {} from slot {slot}: {} devices configured without a scan",
+                        cp.generation,
+                        d.records.len()
+                    );
+                    loaded.used = Some(cp);
+                    d
+                }
+                Err(reason) => {
+                    warn!(
+                        "checkpoint: generation {} not used: {reason}; discovering cold",
+                        cp.generation
+                    );
+                    discovery::discover(acpi.as_ref(), cfg.mmio_devices())
+                }
+            }
+        }
+        Some((None, errs)) => {
+            checkpoints::report(&errs);
+            info!("checkpoint: none found; discovering cold");
+            discovery::discover(acpi.as_ref(), cfg.mmio_devices())
+        }
+        None => discovery::discover(acpi.as_ref(), cfg.mmio_devices()),
+    };
     phases.record("pci_scan", devices.scan_us);
     phases.mark("discovery");
     for entry in &devices.inventory {
@@ -198,7 +231,7 @@ pub extern "C" fn kmain(start_info_paddr: u64) -> ! {
         Err(e) => panic!("{name}: {e}"),
     };
     phases.mark("network");
-    match storage::NbdService::new(&mut devices, &cfg, &mut stack.sockets) {
+    match storage::NbdService::new(&mut devices, &cfg, &loaded, &mut stack.sockets) {
         Ok(nbd) => {
             let ([a, b, c, d], _) = cfg.ip;
             for e in nbd.exports() {

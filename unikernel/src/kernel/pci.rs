@@ -1,5 +1,5 @@
-//! PCI enumeration through ECAM (base from ACPI MCFG). Buses are found by following
-//! PCI-to-PCI bridges from the window's first bus, so absent buses cost nothing.
+//! PCI enumeration through ECAM (base from ACPI MCFG): the full scan a cold start does, and
+//! single-function reads for a checkpoint start.
 
 use alloc::vec::Vec;
 
@@ -17,29 +17,32 @@ pub fn root(region: &EcamRegion) -> Root {
     PciRoot::new(unsafe { MmioCam::new(region.base as *mut u8, Cam::Ecam) })
 }
 
-/// Every function on every bus reachable from the window's first bus.
-pub fn scan(root: &Root, region: &EcamRegion) -> Vec<(DeviceFunction, DeviceFunctionInfo)> {
-    // SAFETY: the clone only reads bridge bus-number registers.
+/// Every function of every bus the window covers (what a cold start pays for).
+pub fn scan_full(root: &Root, region: &EcamRegion) -> Vec<(DeviceFunction, DeviceFunctionInfo)> {
+    (region.bus_start..=region.bus_end)
+        .flat_map(|bus| root.enumerate_bus(bus))
+        .collect()
+}
+
+/// The function at `df`, if one answers (one configuration read, plus one for the class).
+pub fn function_info(region: &EcamRegion, df: DeviceFunction) -> Option<DeviceFunctionInfo> {
+    // SAFETY: reads only.
     let cam = unsafe { root_cam(region) };
-    let mut found = Vec::new();
-    let mut pending = Vec::from([region.bus_start]);
-    let mut seen = [false; 256];
-    while let Some(bus) = pending.pop() {
-        if core::mem::replace(&mut seen[bus as usize], true) {
-            continue;
-        }
-        for (df, info) in root.enumerate_bus(bus) {
-            if info.header_type == HeaderType::PciPciBridge {
-                let secondary = (cam.read_word(df, 0x18) >> 8) as u8;
-                if secondary > bus && secondary <= region.bus_end {
-                    pending.push(secondary);
-                }
-            }
-            found.push((df, info));
-        }
+    let id = cam.read_word(df, 0);
+    if id == u32::MAX {
+        return None;
     }
-    found.sort_by_key(|(df, _)| *df);
-    found
+    let class = cam.read_word(df, 8);
+    let hdr = cam.read_word(df, 12);
+    Some(DeviceFunctionInfo {
+        vendor_id: id as u16,
+        device_id: (id >> 16) as u16,
+        class: (class >> 24) as u8,
+        subclass: (class >> 16) as u8,
+        prog_if: (class >> 8) as u8,
+        revision: class as u8,
+        header_type: HeaderType::from((hdr >> 16) as u8 & 0x7f),
+    })
 }
 
 /// A read-only second handle on the window.

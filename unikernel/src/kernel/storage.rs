@@ -50,6 +50,7 @@ impl NbdService {
     pub fn new(
         devices: &mut Devices,
         cfg: &Config,
+        loaded: &crate::checkpoints::Loaded,
         sockets: &mut SocketSet<'static>,
     ) -> Result<Self, String> {
         let mut wanted: Vec<(String, String, bool)> = cfg
@@ -67,15 +68,25 @@ impl NbdService {
         let mem = FrameRegion::alloc(POOL_BUFFERS * CHUNK)
             .ok_or("no DMA memory for the NBD buffer pool")?;
         let mut pool = BufferPool::new(Box::new(mem), CHUNK).map_err(|e| alloc::format!("{e}"))?;
-        let mut exports = Vec::new();
-        let mut disks = Vec::new();
+        // Labels first (every disk), then the checkpoint (it names the labels), then the
+        // exports over the data areas.
+        let mut labelled = Vec::new();
         for (name, device, ro) in wanted {
-            let Some(raw) = devices.registry.take(&device) else {
+            let Some(mut raw) = devices.registry.take(&device) else {
                 warn!("nbd: export {name}: no block device {device}");
                 continue;
             };
-            let (dev, label) = match crate::labels::open_labelled(raw, &mut pool, &name, ro) {
-                Ok(x) => x,
+            match crate::labels::ensure_label(raw.as_mut(), &mut pool, &name, ro) {
+                Ok(label) => labelled.push((name, device, ro, raw, label)),
+                Err(e) => warn!("nbd: export {name} ({device}): {e}"),
+            }
+        }
+        crate::checkpoints::after_labels(devices, cfg, loaded, &mut labelled);
+        let mut exports = Vec::new();
+        let mut disks = Vec::new();
+        for (name, device, ro, raw, label) in labelled {
+            let dev = match crate::labels::data_area(raw, &label) {
+                Ok(d) => d,
                 Err(e) => {
                     warn!("nbd: export {name} ({device}): {e}");
                     continue;

@@ -1,0 +1,190 @@
+//! Loading and saving the configuration checkpoint on the first disk's reserved area.
+
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use hpdi::{BufferPool, Device, Request, Segment, SgList};
+use log::{info, warn};
+use unikernel::restart::checkpoint::{self, Checkpoint, SLOT_BYTES, SLOT_OFFSETS};
+
+use crate::dma::FrameRegion;
+use crate::labels::sync_io;
+
+/// Where the checkpoint read at boot came from.
+#[derive(Debug, Clone, Default)]
+pub struct Loaded {
+    /// Slot and generation of the newest valid checkpoint found.
+    pub newest: Option<(usize, u64)>,
+    /// The checkpoint the guest was configured from, if it was.
+    pub used: Option<Checkpoint>,
+}
+
+/// A disk after its label was read: (export name, device, read-only, raw device, label).
+pub type Labelled = (
+    String,
+    String,
+    bool,
+    Box<dyn Device>,
+    unikernel::restart::label::Label,
+);
+
+/// After the labels are known: keep the checkpoint the guest started from if it still
+/// describes the disks, else save a fresh one (next generation, the other slot).
+pub fn after_labels(
+    devices: &crate::discovery::Devices,
+    cfg: &unikernel::cmdline::Config,
+    loaded: &Loaded,
+    disks: &mut [Labelled],
+) {
+    let label_of = |dev: &str| disks.iter().find(|d| d.1 == dev).map(|d| d.4.uuid);
+    let mut records: Vec<checkpoint::DeviceRecord> = Vec::new();
+    for (name, r) in &devices.records {
+        let mut r = *r;
+        if r.kind == checkpoint::kind::BLK {
+            r.label = label_of(name).unwrap_or_default();
+        }
+        records.push(r);
+    }
+    if let Some(cp) = &loaded.used {
+        let changed: Vec<usize> = (0..records.len())
+            .filter(|&i| {
+                cp.devices
+                    .get(i)
+                    .is_none_or(|old| old.label != records[i].label)
+            })
+            .collect();
+        if changed.is_empty() {
+            return;
+        }
+        warn!("checkpoint: disk label(s) changed since it was saved (device(s) {changed:?}): saving a new one");
+    }
+    let exports = disks
+        .iter()
+        .filter_map(|(name, dev, ro, _, label)| {
+            let device = devices.records.iter().position(|(n, _)| n == dev)? as u16;
+            let mut n = [0u8; 32];
+            let len = name.len().min(32);
+            n[..len].copy_from_slice(&name.as_bytes()[..len]);
+            Some(checkpoint::ExportRecord {
+                name: n,
+                device,
+                read_only: u8::from(*ro),
+                label: label.uuid,
+                size: label.data_size,
+                ..Default::default()
+            })
+        })
+        .collect();
+    let ([a, b, c, d], prefix) = cfg.ip;
+    let net = checkpoint::NetRecord {
+        ip: [a, b, c, d],
+        prefix,
+        has_gateway: u8::from(cfg.gateway.is_some()),
+        gateway: cfg.gateway.unwrap_or_default(),
+        nbd_port: cfg.nbd_port,
+        ..Default::default()
+    };
+    let generation = loaded.newest.map_or(1, |(_, g)| g + 1);
+    let cp = Checkpoint {
+        generation,
+        net,
+        devices: records,
+        exports,
+    };
+    // The checkpoint lives on the first disk (the one a restart finds without scanning).
+    let first = devices
+        .records
+        .iter()
+        .find(|(_, r)| r.kind == checkpoint::kind::BLK)
+        .map(|(n, _)| n.clone());
+    let Some(target) = first.and_then(|n| disks.iter_mut().find(|d| d.1 == n)) else {
+        info!("checkpoint: the first disk is not served here; none saved");
+        return;
+    };
+    if let Err(e) = save(
+        target.3.as_mut(),
+        &cp,
+        checkpoint::next_slot(loaded.newest.map(|(s, _)| s)),
+    ) {
+        warn!("checkpoint: not saved: {e}");
+    }
+}
+
+fn pool() -> Option<BufferPool> {
+    let mem = FrameRegion::alloc(SLOT_BYTES)?;
+    BufferPool::new(Box::new(mem), SLOT_BYTES).ok()
+}
+
+/// Reads both slots of `disk`; returns the newest valid checkpoint and its slot.
+pub fn load(
+    mut disk: Box<dyn Device>,
+) -> (
+    Option<(usize, Checkpoint)>,
+    [Option<checkpoint::SlotError>; 2],
+) {
+    let Some(mut pool) = pool() else {
+        return (None, [None, None]);
+    };
+    let Ok(b) = pool.alloc() else {
+        return (None, [None, None]);
+    };
+    let seg = Segment {
+        buf: b,
+        offset: 0,
+        len: SLOT_BYTES as u32,
+    };
+    let mut slots: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+    for (i, off) in SLOT_OFFSETS.iter().enumerate() {
+        if sync_io(
+            disk.as_mut(),
+            &mut pool,
+            Request::read(*off, SgList::one(seg), 0),
+        )
+        .is_ok()
+        {
+            slots[i] = pool.slice(&seg).map(|s| s.to_vec()).unwrap_or_default();
+        }
+    }
+    checkpoint::newest([&slots[0], &slots[1]])
+}
+
+/// Writes `cp` into `slot` of the first disk (raw device, reserved area) and flushes it.
+pub fn save(disk: &mut dyn Device, cp: &Checkpoint, slot: usize) -> Result<(), String> {
+    let image = cp.encode().map_err(|e| alloc::format!("{e}"))?;
+    let mut pool = pool().ok_or("no DMA memory")?;
+    let b = pool.alloc().map_err(|e| alloc::format!("{e}"))?;
+    let len = image.len().div_ceil(512) * 512;
+    let seg = Segment {
+        buf: b,
+        offset: 0,
+        len: len as u32,
+    };
+    let dst = pool.slice_mut(&seg).map_err(|e| alloc::format!("{e}"))?;
+    dst.fill(0);
+    dst[..image.len()].copy_from_slice(&image);
+    sync_io(
+        disk,
+        &mut pool,
+        Request::write(SLOT_OFFSETS[slot], SgList::one(seg), 0).with_fua(),
+    )
+    .map_err(|e| alloc::format!("{e}"))?;
+    info!(
+        "checkpoint: saved generation {} to slot {slot} ({} devices, {} exports, {} bytes)",
+        cp.generation,
+        cp.devices.len(),
+        cp.exports.len(),
+        image.len()
+    );
+    Ok(())
+}
+
+/// Logs why each slot was refused.
+pub fn report(errs: &[Option<checkpoint::SlotError>; 2]) {
+    for (i, e) in errs.iter().enumerate() {
+        match e {
+            Some(checkpoint::SlotError::Empty) | None => {}
+            Some(e) => warn!("checkpoint: slot {i} ignored: {e}"),
+        }
+    }
+}
