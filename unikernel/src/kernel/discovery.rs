@@ -303,6 +303,16 @@ pub fn from_checkpoint(
 ) -> Result<Devices, String> {
     let regions = ecam_regions(acpi);
     let mut devs = Devices::default();
+    if let Some(region) = regions.first() {
+        let host = DeviceFunction {
+            bus: region.bus_start,
+            device: 0,
+            function: 0,
+        };
+        devs.host_bridge = crate::pci::function_info(region, host)
+            .filter(|i| i.class == 0x06)
+            .map(|i| (i.vendor_id, i.device_id));
+    }
     for (i, r) in cp.devices.iter().enumerate() {
         if r.transport == checkpoint::transport::PCI {
             let Some(region) = regions.iter().find(|g| g.segment == r.segment) else {
