@@ -227,11 +227,32 @@ impl Devices {
         let ids = (info.vendor_id, info.device_id);
         if ids == IVSHMEM {
             self.attach_ivshmem(root, df, location);
+            if let Some((_, r)) = self
+                .records
+                .last_mut()
+                .filter(|(_, r)| r.kind == checkpoint::kind::NVRAM)
+            {
+                r.bar_masks = crate::pci::bar_masks(df);
+            }
         } else if virtio_device_type(info).is_some() {
-            match PciTransport::new::<TandemHal, _>(root, df) {
+            let t0 = crate::time::now_us();
+            let transport = PciTransport::new::<TandemHal, _>(root, df);
+            let t1 = crate::time::now_us();
+            let before = self.records.len();
+            match transport {
                 Ok(t) => self.attach(location, SomeTransport::from(t), ids),
                 Err(e) => self.push(None, location, failed("virtio-pci", e)),
             }
+            if self.records.len() > before {
+                if let Some((_, r)) = self.records.last_mut() {
+                    r.bar_masks = crate::pci::bar_masks(df);
+                }
+            }
+            debug!(
+                "init {df}: transport {} us, driver {} us",
+                t1 - t0,
+                crate::time::now_us() - t1
+            );
         } else {
             let unknown = DeviceInfo::Unknown {
                 vendor: info.vendor_id,
@@ -327,6 +348,7 @@ pub fn from_checkpoint(
                 device: r.dev,
                 function: r.func,
             };
+            crate::pci::preload_bar_masks(df, &r.bar_masks);
             let Some(info) = crate::pci::function_info(region, df) else {
                 return Err(format!("device {i}: nothing at {df} any more"));
             };

@@ -1,20 +1,131 @@
 //! PCI enumeration through ECAM (base from ACPI MCFG): the full scan a cold start does, and
 //! single-function reads for a checkpoint start.
 
+use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
+use core::cell::Cell;
+
+use spin::Mutex;
 
 use unikernel::acpi::EcamRegion;
 use virtio_drivers::transport::pci::bus::{
     Cam, ConfigurationAccess, DeviceFunction, DeviceFunctionInfo, HeaderType, MmioCam, PciRoot,
 };
 
-pub type Root = PciRoot<MmioCam<'static>>;
+pub type Root = PciRoot<SizingCam>;
 
 /// Opens the configuration space of one ECAM window.
 pub fn root(region: &EcamRegion) -> Root {
     // SAFETY: the window comes from a checksummed MCFG and lies below 4 GiB (identity-mapped
     // by the boot stub; checked by the caller); it is device memory that nothing else maps.
-    PciRoot::new(unsafe { MmioCam::new(region.base as *mut u8, Cam::Ecam) })
+    let cam = unsafe { MmioCam::new(region.base as *mut u8, Cam::Ecam) };
+    PciRoot::new(SizingCam {
+        inner: cam,
+        pending: Cell::new(None),
+        recording: Cell::new(None),
+        skipped: Cell::new(None),
+    })
+}
+
+/// BAR size masks learnt this boot or loaded from the checkpoint, by (bus, device,
+/// function, register).
+static BAR_MASKS: Mutex<BTreeMap<(u8, u8, u8, u8), u32>> = Mutex::new(BTreeMap::new());
+
+fn key(df: DeviceFunction, reg: u8) -> (u8, u8, u8, u8) {
+    (df.bus, df.device, df.function, reg)
+}
+
+fn is_bar(reg: u8) -> bool {
+    (0x10..0x28).contains(&reg)
+}
+
+/// The six BAR masks of a function (0 where unknown), for the checkpoint.
+pub fn bar_masks(df: DeviceFunction) -> [u32; 6] {
+    let m = BAR_MASKS.lock();
+    core::array::from_fn(|i| m.get(&key(df, 0x10 + 4 * i as u8)).copied().unwrap_or(0))
+}
+
+/// Loads BAR masks saved in a checkpoint.
+pub fn preload_bar_masks(df: DeviceFunction, masks: &[u32; 6]) {
+    let mut m = BAR_MASKS.lock();
+    for (i, &mask) in masks.iter().enumerate() {
+        if mask != 0 {
+            m.insert(key(df, 0x10 + 4 * i as u8), mask);
+        }
+    }
+}
+
+/// Configuration access that makes BAR sizing cheap. `virtio-drivers` sizes a BAR by
+/// turning decoding off, writing all-ones, reading the mask, restoring the BAR and turning
+/// decoding back on; under QEMU every one of those writes rebuilds the guest's memory map
+/// (milliseconds per device under TCG). Here decode is never turned off (BARs are sized in
+/// place, which is safe this early: nothing accesses them meanwhile), and a mask already
+/// known — learnt earlier this boot or saved in the checkpoint — is answered from memory
+/// without touching the device at all.
+pub struct SizingCam {
+    inner: MmioCam<'static>,
+    /// A sizing read to answer from the cache.
+    pending: Cell<Option<(DeviceFunction, u8, u32)>>,
+    /// A real sizing whose read-back is to be remembered.
+    recording: Cell<Option<(DeviceFunction, u8)>>,
+    /// A BAR whose all-ones write was not forwarded (so its restore is not either).
+    skipped: Cell<Option<(DeviceFunction, u8)>>,
+}
+
+impl ConfigurationAccess for SizingCam {
+    fn read_word(&self, df: DeviceFunction, reg: u8) -> u32 {
+        if let Some((p, r, mask)) = self.pending.get() {
+            if (p, r) == (df, reg) {
+                self.pending.set(None);
+                return mask;
+            }
+        }
+        let v = self.inner.read_word(df, reg);
+        if self.recording.get() == Some((df, reg)) {
+            self.recording.set(None);
+            BAR_MASKS.lock().insert(key(df, reg), v);
+        }
+        v
+    }
+
+    fn write_word(&mut self, df: DeviceFunction, reg: u8, data: u32) {
+        if is_bar(reg) && data == u32::MAX {
+            let cached = BAR_MASKS.lock().get(&key(df, reg)).copied();
+            match cached {
+                Some(mask) => {
+                    self.pending.set(Some((df, reg, mask)));
+                    self.skipped.set(Some((df, reg)));
+                }
+                None => {
+                    self.inner.write_word(df, reg, data);
+                    self.recording.set(Some((df, reg)));
+                }
+            }
+            return;
+        }
+        if is_bar(reg) && self.skipped.get() == Some((df, reg)) {
+            self.skipped.set(None); // the restore of a BAR that was never changed
+            return;
+        }
+        if reg == 0x04 {
+            // Forward only writes that turn something on; decode is never turned off.
+            let current = self.inner.read_word(df, 0x04) & 0xffff;
+            if (data & 0xffff) & !current == 0 {
+                return;
+            }
+        }
+        self.inner.write_word(df, reg, data);
+    }
+
+    unsafe fn unsafe_clone(&self) -> Self {
+        SizingCam {
+            // SAFETY: forwarded contract: the clone is only used to read.
+            inner: unsafe { self.inner.unsafe_clone() },
+            pending: Cell::new(None),
+            recording: Cell::new(None),
+            skipped: Cell::new(None),
+        }
+    }
 }
 
 /// Every function of every bus the window covers (what a cold start pays for).

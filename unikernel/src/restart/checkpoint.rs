@@ -15,7 +15,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 use crate::nvlog::format::crc32c;
 
 pub const MAGIC: [u8; 8] = *b"TNDMCKPT";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Byte offsets of the two slots on the first data disk, and the most a slot holds.
 pub const SLOT_OFFSETS: [u64; 2] = [64 << 10, 320 << 10];
 pub const SLOT_BYTES: usize = 64 << 10;
@@ -78,7 +78,9 @@ pub struct DeviceRecord {
     /// Disks: capacity in bytes and label UUID.
     pub capacity: u64,
     pub label: [u8; 16],
-    pub reserved1: [u8; 8],
+    /// PCI: what each BAR reads back after all-ones was written (its size mask), so a
+    /// restart configures the device without sizing its BARs again.
+    pub bar_masks: [u32; 6],
 }
 
 #[repr(C)]
@@ -378,7 +380,7 @@ pub fn validate(cp: &Checkpoint, probe: &mut dyn Probe) -> Result<(), Mismatch> 
 }
 
 const _: () = assert!(HDR == 64);
-const _: () = assert!(DEV == 80);
+const _: () = assert!(DEV == 96);
 const _: () = assert!(EXP == 64);
 const _: () = assert!(NET == 40);
 
