@@ -12,6 +12,11 @@
 //! - `debug.fault=pagefault|gp|ud|divide|breakpoint` — raise that CPU exception after init.
 //! - `debug.blkops=DEVICE` — run the block self-test (every advertised op, read back) on
 //!   `DEVICE` after init.
+//! - `restart=on|off` — an error while serving (panic, CPU exception) restarts the guest in
+//!   place from its checkpoint (default `on`; at most 8 times); `off` stops it instead.
+//! - `debug.panic_after_requests=N` — inject a panic (or, with `debug.fault=`, that CPU
+//!   exception) once the NBD service has taken N requests (first life only): tests the
+//!   restart path.
 //! - `debug.cp=hold` — hold NVLOG consistency points off (records stay only in the log; for
 //!   crash and replay tests).
 //! - `debug.nvram=stamp` — read, then store and persist a boot counter at the start of
@@ -141,6 +146,8 @@ pub struct Config {
     pub debug_nvram_stamp: bool,
     /// `debug.cp=hold`.
     pub debug_hold_cp: bool,
+    pub restart_on_error: bool,
+    pub debug_panic_after_requests: Option<u64>,
     /// Guest address and prefix length.
     pub ip: ([u8; 4], u8),
     pub gateway: Option<[u8; 4]>,
@@ -168,6 +175,8 @@ impl Default for Config {
             debug_fault: None,
             debug_nvram_stamp: false,
             debug_hold_cp: false,
+            restart_on_error: true,
+            debug_panic_after_requests: None,
             debug_blkops: JobSpec::default(),
             ip: ([10, 0, 2, 15], 24),
             gateway: Some([10, 0, 2, 2]),
@@ -320,6 +329,15 @@ pub fn parse<'a>(line: &'a str, mut report: impl FnMut(Issue<'a>)) -> Config {
                     report(bad("a device name such as blk0"));
                 }
             }
+            "restart" => match value {
+                "on" => cfg.restart_on_error = true,
+                "off" => cfg.restart_on_error = false,
+                _ => report(bad("on|off")),
+            },
+            "debug.panic_after_requests" => match value.parse::<u64>() {
+                Ok(n) if n > 0 => cfg.debug_panic_after_requests = Some(n),
+                _ => report(bad("a positive request count")),
+            },
             "debug.cp" => match value {
                 "hold" => cfg.debug_hold_cp = true,
                 _ => report(bad("hold")),

@@ -160,6 +160,53 @@ fn feature_names(f: Features) -> alloc::string::String {
     .join(",")
 }
 
+/// Devices to stop before a restart in place: (ECAM base, bus, device, function) for PCI,
+/// (base, 0xff, 0xff, 0xff) for virtio-mmio. Fixed-size: it must outlive the heap.
+/// (base, bus, device, function) of one device to stop.
+type QuiesceEntry = (u64, u8, u8, u8);
+
+static QUIESCE: spin::Mutex<([QuiesceEntry; 64], usize)> =
+    spin::Mutex::new(([(0, 0, 0, 0); 64], 0));
+
+fn remember(entry: QuiesceEntry) {
+    let mut q = QUIESCE.lock();
+    let (list, n) = &mut *q;
+    if list[..*n].contains(&entry) || *n == list.len() {
+        return;
+    }
+    list[*n] = entry;
+    *n += 1;
+}
+
+/// Stops every device discovery started from using memory: PCI functions lose bus mastering
+/// (no DMA), virtio-mmio devices are reset (status 0). Called before a restart in place, when
+/// the memory the devices were given is about to be reused.
+pub fn quiesce_all() {
+    let q = QUIESCE.lock();
+    for &(base, bus, dev, func) in &q.0[..q.1] {
+        if bus == 0xff && dev == 0xff {
+            // SAFETY: the virtio-mmio window discovery mapped; offset 0x70 is its status
+            // register, and writing 0 resets the device.
+            unsafe { ((base + 0x70) as *mut u32).write_volatile(0) };
+        } else {
+            let region = EcamRegion {
+                base,
+                segment: 0,
+                bus_start: 0,
+                bus_end: 255,
+            };
+            crate::pci::disable_bus_master(
+                &region,
+                DeviceFunction {
+                    bus,
+                    device: dev,
+                    function: func,
+                },
+            );
+        }
+    }
+}
+
 /// A checkpoint record of a device at `location` with PCI ids (or virtio id for MMIO).
 fn record(kind: u8, location: Location, ids: (u16, u16)) -> DeviceRecord {
     let mut r = DeviceRecord {
@@ -225,6 +272,12 @@ impl Devices {
             function: df.function,
         };
         let ids = (info.vendor_id, info.device_id);
+        if ids == IVSHMEM || virtio_device_type(info).is_some() {
+            // Decoding and bus mastering on (a restart turned mastering off).
+            let (_, cmd) = root.get_status_command(df);
+            root.set_command(df, cmd | Command::MEMORY_SPACE | Command::BUS_MASTER);
+            remember((root_base(root), df.bus, df.device, df.function));
+        }
         if ids == IVSHMEM {
             self.attach_ivshmem(root, df, location);
             if let Some((_, r)) = self
@@ -275,6 +328,7 @@ impl Devices {
             return None;
         }
         let header = NonNull::new(dev.base as *mut VirtIOHeader)?;
+        remember((dev.base, 0xff, 0xff, 0xff));
         // SAFETY: the window is mapped (above) and named by the VMM on our command line as a
         // virtio-mmio device of `size` bytes; nothing else uses it.
         match unsafe { MmioTransport::new(header, dev.size as usize) } {
@@ -290,6 +344,10 @@ impl Devices {
             }
         }
     }
+}
+
+fn root_base(_root: &crate::pci::Root) -> u64 {
+    crate::pci::ecam_base()
 }
 
 /// Cold discovery: every bus, device and function the ECAM windows cover, then the

@@ -133,6 +133,70 @@ pub extern "C" fn kmain(start_info_paddr: u64) -> ! {
         cfg.dma_pct
     );
 
+    let boot = BootState {
+        cfg,
+        acpi,
+        split,
+        ram,
+        kernel,
+        hz,
+    };
+    *BOOT.lock() = Some(boot.clone());
+    serve(boot, phases)
+}
+
+/// What the first start learnt that a restart in place reuses (clock, ACPI, memory map,
+/// configuration).
+#[derive(Clone)]
+struct BootState {
+    cfg: cmdline::Config,
+    acpi: Option<acpi::AcpiInfo>,
+    split: memmap::Split,
+    ram: u64,
+    kernel: core::ops::Range<u64>,
+    hz: u64,
+}
+
+static BOOT: spin::Mutex<Option<BootState>> = spin::Mutex::new(None);
+/// Set while the storage service runs: an error then restarts the guest in place.
+static SERVING: AtomicBool = AtomicBool::new(false);
+static RESTARTS: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+/// Restarts allowed before an error is fatal (a restart loop would hide the problem).
+const MAX_RESTARTS: u32 = 8;
+
+/// Entered on a fresh stack after an error while serving: reset memory, re-initialise from
+/// the checkpoint, serve again.
+pub extern "C" fn kmain_restart() -> ! {
+    let Some(boot) = BOOT.lock().clone() else {
+        exit::fail()
+    };
+    mem::reinit(&boot.split);
+    arch::idt::clear_nested();
+    PANICKING.store(false, Ordering::SeqCst);
+    serve(boot, phases::Phases::starting_now())
+}
+
+/// Stops devices from touching memory, then restarts in place. Never returns.
+fn restart_in_place(cause: &str) -> ! {
+    let n = RESTARTS.load(Ordering::SeqCst);
+    console::emergency_line(format_args!(
+        "TANDEM RESTART cause=\"{cause}\" n={n} at_us={}",
+        time::now_us()
+    ));
+    SERVING.store(false, Ordering::SeqCst);
+    discovery::quiesce_all();
+    arch::boot::restart_on_boot_stack()
+}
+
+fn serve(boot: BootState, mut phases: phases::Phases) -> ! {
+    let BootState {
+        cfg,
+        acpi,
+        split: _,
+        ram,
+        kernel,
+        hz,
+    } = boot;
     if cfg.mmio_devices().is_empty() && acpi.as_ref().is_some_and(|a| a.ecam_regions().is_empty()) {
         warn!(
             "no PCI ECAM and no virtio_mmio.device= words: on microvm, start QEMU with \
@@ -208,7 +272,10 @@ pub extern "C" fn kmain(start_info_paddr: u64) -> ! {
     if let Some(name) = cfg.debug_blkops.device() {
         probes::blkops(&mut devices, name);
     }
-    if let Some(f) = cfg.debug_fault {
+    if let Some(f) = cfg
+        .debug_fault
+        .filter(|_| cfg.debug_panic_after_requests.is_none())
+    {
         fault::raise(f);
     }
     if cfg.bench.device().is_some() {
@@ -248,8 +315,20 @@ pub extern "C" fn kmain(start_info_paddr: u64) -> ! {
     phases.summary();
     let mut heap_peak = 0u64;
     let mut next_status = time::now_us() + STATUS_EVERY_US;
+    SERVING.store(cfg.restart_on_error, Ordering::SeqCst);
+    let inject_after = cfg
+        .debug_panic_after_requests
+        .filter(|_| RESTARTS.load(Ordering::SeqCst) == 0);
     for turn in 0u64.. {
         stack.poll();
+        if let Some(n) = inject_after {
+            if stack.nbd.as_ref().is_some_and(|s| s.requests() >= n) {
+                match cfg.debug_fault {
+                    Some(f) => fault::raise(f),
+                    None => panic!("debug.panic_after_requests={n}: injected error"),
+                }
+            }
+        }
         if turn % 256 == 0 {
             heap_peak = heap_peak.max(mem::stats().heap_used);
             if time::now_us() >= next_status {
@@ -344,6 +423,9 @@ fn panic(info: &PanicInfo) -> ! {
             info.message()
         )),
         None => console::emergency_line(format_args!("PANIC at <unknown>: {}", info.message())),
+    }
+    if SERVING.load(Ordering::SeqCst) && RESTARTS.fetch_add(1, Ordering::SeqCst) < MAX_RESTARTS {
+        restart_in_place("panic");
     }
     console::emergency_line(format_args!(
         "guest stopping after {} us (failure exit)",

@@ -44,6 +44,19 @@ pub fn init(split: &Split) {
     DMA_TOTAL.store(split.dma.total(), Ordering::Relaxed);
 }
 
+/// Starts memory over for a restart in place: every heap allocation and DMA frame of the
+/// previous life is forgotten (devices were quiesced first), then `split` is handed out anew.
+pub fn reinit(split: &Split) {
+    // The frame allocator's own bookkeeping lives in the old heap: forget it, never drop it.
+    core::mem::forget(core::mem::replace(
+        &mut *FRAMES.lock(),
+        FrameAllocator::new(),
+    ));
+    *HEAP.lock() = buddy_system_allocator::Heap::empty();
+    DMA_USED.store(0, Ordering::Relaxed);
+    init(split);
+}
+
 /// Allocates `count` physically contiguous, page-aligned frames; returns the physical address.
 pub fn alloc_frames(count: usize) -> Option<u64> {
     let f = FRAMES.lock().alloc(count)?;

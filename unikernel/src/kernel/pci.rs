@@ -1,7 +1,6 @@
 //! PCI enumeration through ECAM (base from ACPI MCFG): the full scan a cold start does, and
 //! single-function reads for a checkpoint start.
 
-use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::cell::Cell;
 
@@ -14,8 +13,24 @@ use virtio_drivers::transport::pci::bus::{
 
 pub type Root = PciRoot<SizingCam>;
 
+/// ECAM base of the (single) window opened last: quiesce records it per device.
+static ECAM_BASE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+pub fn ecam_base() -> u64 {
+    ECAM_BASE.load(core::sync::atomic::Ordering::Relaxed)
+}
+
+/// Turns bus mastering off for one function (raw write, not through the sizing filter).
+pub fn disable_bus_master(region: &EcamRegion, df: DeviceFunction) {
+    // SAFETY: as in `root`; one configuration write.
+    let mut cam = unsafe { MmioCam::new(region.base as *mut u8, Cam::Ecam) };
+    let v = cam.read_word(df, 0x04);
+    cam.write_word(df, 0x04, v & 0xffff & !(1 << 2));
+}
+
 /// Opens the configuration space of one ECAM window.
 pub fn root(region: &EcamRegion) -> Root {
+    ECAM_BASE.store(region.base, core::sync::atomic::Ordering::Relaxed);
     // SAFETY: the window comes from a checksummed MCFG and lies below 4 GiB (identity-mapped
     // by the boot stub; checked by the caller); it is device memory that nothing else maps.
     let cam = unsafe { MmioCam::new(region.base as *mut u8, Cam::Ecam) };
@@ -28,8 +43,37 @@ pub fn root(region: &EcamRegion) -> Root {
 }
 
 /// BAR size masks learnt this boot or loaded from the checkpoint, by (bus, device,
-/// function, register).
-static BAR_MASKS: Mutex<BTreeMap<(u8, u8, u8, u8), u32>> = Mutex::new(BTreeMap::new());
+/// function, register). A fixed table, not the heap: it survives a restart in place.
+static BAR_MASKS: Mutex<MaskTable> = Mutex::new(MaskTable {
+    entries: [((0, 0, 0, 0), 0); 256],
+    len: 0,
+});
+
+struct MaskTable {
+    entries: [((u8, u8, u8, u8), u32); 256],
+    len: usize,
+}
+
+impl MaskTable {
+    fn get(&self, k: &(u8, u8, u8, u8)) -> Option<&u32> {
+        self.entries[..self.len]
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v)
+    }
+
+    fn insert(&mut self, k: (u8, u8, u8, u8), v: u32) {
+        if let Some(e) = self.entries[..self.len]
+            .iter_mut()
+            .find(|(key, _)| *key == k)
+        {
+            e.1 = v;
+        } else if self.len < self.entries.len() {
+            self.entries[self.len] = (k, v);
+            self.len += 1;
+        }
+    }
+}
 
 fn key(df: DeviceFunction, reg: u8) -> (u8, u8, u8, u8) {
     (df.bus, df.device, df.function, reg)

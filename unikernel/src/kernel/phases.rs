@@ -26,6 +26,17 @@ impl Phases {
         }
     }
 
+    /// Starts timing now, the total too (a restart in place).
+    pub fn starting_now() -> Self {
+        let now = crate::time::now_us();
+        Self {
+            start: now,
+            last: now,
+            done: [("", 0); MAX],
+            n: 0,
+        }
+    }
+
     /// Ends the phase running since the previous mark.
     pub fn mark(&mut self, name: &'static str) {
         let now = crate::time::now_us();

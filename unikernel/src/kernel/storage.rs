@@ -159,6 +159,11 @@ impl NbdService {
         self.server.log_state()
     }
 
+    /// Requests taken so far.
+    pub fn requests(&self) -> u64 {
+        self.server.stats.requests
+    }
+
     pub fn exports(&self) -> impl Iterator<Item = &str> {
         self.server.exports().iter().map(|e| e.name.as_str())
     }

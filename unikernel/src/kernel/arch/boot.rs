@@ -8,6 +8,23 @@ use core::arch::global_asm;
 /// Boot stack size (also the stack the whole guest runs on).
 pub const BOOT_STACK_SIZE: usize = 256 * 1024;
 
+/// Abandons the current stack (whatever was running: a panic, an exception handler) and
+/// enters [`crate::kmain_restart`] at the top of the boot stack.
+pub fn restart_on_boot_stack() -> ! {
+    // SAFETY: nothing on the current stack is used again; interrupts are off; the boot stack
+    // is the kernel's own and `kmain_restart` never returns.
+    unsafe {
+        core::arch::asm!(
+            "lea rsp, [rip + boot_stack_top]",
+            "xor ebp, ebp",
+            "call {f}",
+            "ud2",
+            f = sym crate::kmain_restart,
+            options(noreturn)
+        )
+    }
+}
+
 global_asm!(
     r#"
     .section .note.Xen, "a", @note
@@ -129,6 +146,7 @@ boot_pdpt:
 boot_pd:
     .skip 4096 * 4
 
+    .global boot_stack_top
 boot_stack_bottom:
     .skip {stack_size}
 boot_stack_top:

@@ -164,6 +164,11 @@ pub fn init() {
 
 static IN_EXCEPTION: AtomicBool = AtomicBool::new(false);
 
+/// Forgets the exception being handled (a restart in place leaves it behind for good).
+pub fn clear_nested() {
+    IN_EXCEPTION.store(false, Ordering::SeqCst);
+}
+
 extern "C" fn exception_handler(frame: &mut ExceptionFrame) {
     let cr2 = super::cpu::read_cr2();
     if IN_EXCEPTION.swap(true, Ordering::SeqCst) {
