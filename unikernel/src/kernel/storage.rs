@@ -70,6 +70,7 @@ impl NbdService {
         let mut pool = BufferPool::new(Box::new(mem), CHUNK).map_err(|e| alloc::format!("{e}"))?;
         // Labels first (every disk), then the checkpoint (it names the labels), then the
         // exports over the data areas.
+        let t_labels = crate::time::now_us();
         let mut labelled = Vec::new();
         for (name, device, ro) in wanted {
             let Some(mut raw) = devices.registry.take(&device) else {
@@ -81,7 +82,9 @@ impl NbdService {
                 Err(e) => warn!("nbd: export {name} ({device}): {e}"),
             }
         }
+        let t_ckpt = crate::time::now_us();
         crate::checkpoints::after_labels(devices, cfg, loaded, &mut labelled);
+        let t_exports = crate::time::now_us();
         let mut exports = Vec::new();
         let mut disks = Vec::new();
         for (name, device, ro, raw, label) in labelled {
@@ -129,7 +132,9 @@ impl NbdService {
         if exports.is_empty() {
             return Err("no disk to export".into());
         }
+        let t_log = crate::time::now_us();
         let (log, durability) = open_log(devices, cfg, &mut pool)?;
+        let t_sockets = crate::time::now_us();
         let handles = (0..MAX_CLIENTS)
             .map(|_| {
                 let rx = tcp::SocketBuffer::new(vec![0; TCP_BUF]);
@@ -140,6 +145,14 @@ impl NbdService {
         info!(
             "nbd: listening on tcp/{} for up to {MAX_CLIENTS} clients",
             cfg.nbd_port
+        );
+        log::debug!(
+            "storage phases (us): labels={} checkpoint={} exports={} nvlog={} sockets={}",
+            t_ckpt - t_labels,
+            t_exports - t_ckpt,
+            t_log - t_exports,
+            t_sockets - t_log,
+            crate::time::now_us() - t_sockets
         );
         let mut server =
             Server::new(exports, disks, pool, MAX_CLIENTS).with_log(log, durability)?;

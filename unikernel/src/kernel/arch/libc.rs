@@ -8,9 +8,13 @@ use core::arch::asm;
 /// Standard `memcpy` contract: valid, non-overlapping ranges of `n` bytes.
 #[no_mangle]
 pub unsafe extern "C" fn memcpy(dest: *mut u8, src: *const u8, n: usize) -> *mut u8 {
-    // SAFETY: the caller guarantees both ranges are valid for `n` bytes.
+    // Eight bytes per step for the bulk (emulated string instructions cost per iteration),
+    // then the tail byte by byte.
+    // SAFETY: the caller guarantees both ranges are valid for `n` bytes and do not overlap.
     unsafe {
-        asm!("rep movsb", inout("rcx") n => _, inout("rdi") dest => _, inout("rsi") src => _,
+        asm!("rep movsq", "mov rcx, {tail}", "rep movsb",
+             tail = in(reg) n % 8,
+             inout("rcx") n / 8 => _, inout("rdi") dest => _, inout("rsi") src => _,
              options(nostack, preserves_flags));
     }
     dest
@@ -42,9 +46,13 @@ pub unsafe extern "C" fn memmove(dest: *mut u8, src: *const u8, n: usize) -> *mu
 /// Standard `memset` contract.
 #[no_mangle]
 pub unsafe extern "C" fn memset(dest: *mut u8, c: i32, n: usize) -> *mut u8 {
-    // SAFETY: the caller guarantees the range is valid for `n` bytes.
+    let pattern = u64::from(c as u8) * 0x0101_0101_0101_0101;
+    // SAFETY: the caller guarantees the range is valid for `n` bytes. Eight bytes per step,
+    // then the tail.
     unsafe {
-        asm!("rep stosb", inout("rcx") n => _, inout("rdi") dest => _, in("al") c as u8,
+        asm!("rep stosq", "mov rcx, {tail}", "rep stosb",
+             tail = in(reg) n % 8,
+             inout("rcx") n / 8 => _, inout("rdi") dest => _, in("rax") pattern,
              options(nostack, preserves_flags));
     }
     dest
