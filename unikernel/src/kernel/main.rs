@@ -319,8 +319,19 @@ fn serve(boot: BootState, mut phases: phases::Phases) -> ! {
     let inject_after = cfg
         .debug_panic_after_requests
         .filter(|_| RESTARTS.load(Ordering::SeqCst) == 0);
+    let life_started = phases.started_at();
+    let mut first_served = false;
     for turn in 0u64.. {
         stack.poll();
+        if !first_served && stack.nbd.as_ref().is_some_and(|s| s.requests() > 0) {
+            first_served = true;
+            let now = time::now_us();
+            console::line(format_args!(
+                "TANDEM SERVED first_request_us={now} since_start_us={} restarts={}",
+                now - life_started,
+                RESTARTS.load(Ordering::SeqCst)
+            ));
+        }
         if let Some(n) = inject_after {
             if stack.nbd.as_ref().is_some_and(|s| s.requests() >= n) {
                 match cfg.debug_fault {

@@ -37,6 +37,11 @@ impl Phases {
         }
     }
 
+    /// When this start began (guest entry for a boot, the restart for a restart in place).
+    pub fn started_at(&self) -> u64 {
+        self.start
+    }
+
     /// Ends the phase running since the previous mark.
     pub fn mark(&mut self, name: &'static str) {
         let now = crate::time::now_us();
