@@ -115,3 +115,42 @@ fn cold_then_checkpoint_then_corrupt_slot_then_replaced_disk() {
     );
     vm.kill();
 }
+
+/// A guest reset through QMP (`system_reset`) boots again and takes the checkpoint path.
+#[test]
+fn qmp_system_reset_boots_from_the_checkpoint() {
+    let dir = tandem_qemu::scratch::tempdir().unwrap();
+    let p = port();
+    let disk = dir.path().join("a.raw");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(32 * MIB)
+        .unwrap();
+    let cmd = guest_command(Machine::Q35, dir.path())
+        .no_reboot(false)
+        .disk(Disk::new(&disk))
+        .nic(Nic::user().mac(test_mac()).forward(p, 10809));
+    let mut vm = spawn(&cmd, dir.path());
+    vm.wait_for_line("saved", BOOT_TIMEOUT, |l| {
+        l.text.contains("checkpoint: saved generation 1")
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(qemu_io(p, "blk0", &["write -P 0x44 0 64k", "flush"]));
+    vm.qmp(BOOT_TIMEOUT).unwrap().system_reset().unwrap();
+    vm.wait_for_line("checkpoint used", BOOT_TIMEOUT, |l| {
+        l.text.contains("checkpoint: generation 1 from slot 0")
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    vm.wait_for_line("serving", BOOT_TIMEOUT, |l| {
+        l.text.contains("phases (us):") && l.text.contains("pci_scan=0")
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let ready_lines = vm
+        .history()
+        .iter()
+        .filter(|l| l.text.starts_with("TANDEM READY"))
+        .count();
+    assert_eq!(ready_lines, 2, "booted twice in one QEMU");
+    assert!(qemu_io(p, "blk0", &["read -P 0x44 0 64k"]));
+    vm.kill();
+}
