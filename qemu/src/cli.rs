@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::accel::AccelChoice;
 use crate::bench::blk::{Backend, BlockSize, PathChoice, RwMode};
 use crate::bench::nbd::{FioJob, NbdTarget};
+use crate::bench::restart::FaultKind;
 use crate::builder::{Disk, MacAddr, Machine};
 use crate::size::ByteSize;
 
@@ -197,6 +198,13 @@ pub enum BenchCommand {
     /// qemu-storage-daemon, guest RAM in a shared memfd). Every backend bypasses the host
     /// page cache (cache.direct=on). One boot per run; each run's raw result goes to --json.
     Blk(BenchBlkArgs),
+    /// Time how fast the guest serves NBD again after an injected error (restart in place
+    /// from its checkpoint) against a cold boot on blank disks and a checkpoint boot (VM
+    /// reboot on the same disks and NVRAM); one table per disk count, medians of --runs.
+    ///
+    /// Each run uses fresh blank 32 MiB raw disks and a fresh 16 MiB NVRAM file, and a small
+    /// built-in NBD client reading 4 KiB of export blk0 (retrying every few milliseconds).
+    Restart(BenchRestartArgs),
 }
 
 /// Which machines to bench.
@@ -380,6 +388,37 @@ pub struct BenchNbdArgs {
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
     /// Write a bar chart (SVG) of median IOPS per job, guest vs anchor, here.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub vm: VmArgs,
+}
+
+/// `tandem bench restart`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchRestartArgs {
+    /// Numbers of data disks (comma list); each gets its own table.
+    #[arg(long, value_delimiter = ',', default_value = "1,8", value_name = "LIST",
+          value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub disks: Vec<u32>,
+    /// Runs per disk count; the table shows the median.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub runs: u32,
+    /// The injected error.
+    #[arg(long, value_enum, default_value_t = FaultKind::Panic)]
+    pub kind: FaultKind,
+    /// Directory for the disks and logs (a fresh subdirectory per run, removed afterwards).
+    /// Default: the system temp dir.
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Seconds a boot or a restart may take before the bench fails.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub boot_timeout: u64,
+    /// Write the results (every run, every parsed phases line) as JSON here.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Write a bar chart (SVG) of the median times per start and disk count here.
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
     #[command(flatten)]
@@ -577,6 +616,39 @@ mod tests {
         };
         assert_eq!(r.vm.mem, ByteSize::mib(128));
         assert!(Cli::try_parse_from(["tandem", "run", "--mem", "lots"]).is_err());
+    }
+
+    #[test]
+    fn bench_restart_defaults_and_lists() {
+        let cli = Cli::try_parse_from(["tandem", "bench", "restart"]).unwrap();
+        let Command::Bench(BenchCommand::Restart(b)) = cli.command else {
+            panic!()
+        };
+        assert_eq!((b.disks, b.runs, b.kind), (vec![1, 8], 5, FaultKind::Panic));
+        let cli = Cli::try_parse_from([
+            "tandem",
+            "bench",
+            "restart",
+            "--disks",
+            "2",
+            "--runs",
+            "1",
+            "--kind",
+            "pagefault",
+        ])
+        .unwrap();
+        let Command::Bench(BenchCommand::Restart(b)) = cli.command else {
+            panic!()
+        };
+        assert_eq!(
+            (b.disks, b.runs, b.kind),
+            (vec![2], 1, FaultKind::Pagefault)
+        );
+        for bad in [["--disks", "0"], ["--runs", "0"], ["--kind", "oops"]] {
+            let mut argv = vec!["tandem", "bench", "restart"];
+            argv.extend(bad);
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

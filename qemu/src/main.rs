@@ -11,6 +11,9 @@ fn main() {
         Command::Bench(BenchCommand::Boot(args)) => tandem_qemu::bench::bench_boot(args),
         Command::Bench(BenchCommand::Blk(args)) => tandem_qemu::bench::blk::bench_blk(args),
         Command::Bench(BenchCommand::Nbd(args)) => tandem_qemu::bench::nbd::bench_nbd(args),
+        Command::Bench(BenchCommand::Restart(args)) => {
+            tandem_qemu::bench::restart::bench_restart(args)
+        }
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -1,5 +1,5 @@
-//! Benchmarks: `tandem bench boot` ([`boot`]), `tandem bench blk` ([`blk`]) and
-//! `tandem bench nbd` ([`nbd`]).
+//! Benchmarks: `tandem bench boot` ([`boot`]), `tandem bench blk` ([`blk`]),
+//! `tandem bench nbd` ([`nbd`]) and `tandem bench restart` ([`restart`]).
 //!
 //! This module holds what they share: [`Summary`] (median/min/max of repeats), [`Progress`]
 //! (an indicatif bar on a terminal, one plain line per finished run otherwise), [`Table`]
@@ -17,6 +17,7 @@ use serde::Serialize;
 pub mod blk;
 pub mod boot;
 pub mod nbd;
+pub mod restart;
 
 pub use boot::bench_boot;
 
