@@ -54,7 +54,7 @@ use crate::builder::{
 };
 use crate::cli::BenchBlkArgs;
 use crate::console::ConsoleEvent;
-use crate::exit::{GuestExit, EXIT_INTERRUPTED};
+use crate::exit::GuestExit;
 use crate::qmp::Qmp;
 use crate::size::ByteSize;
 use crate::state::MAX_SOCKET_PATH;
@@ -622,20 +622,11 @@ pub const CACHE_MODE: &str = "none (cache.direct=on: O_DIRECT, host page cache b
 #[error("interrupted")]
 pub struct Interrupted;
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
 /// `tandem bench blk`: run, print the table, write JSON/SVG; returns the exit status.
 pub fn bench_blk(args: &BenchBlkArgs) -> anyhow::Result<i32> {
-    // A second handler in one process (a library caller that has its own) is not an error.
-    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
-    match run_and_report(args, &INTERRUPTED) {
-        Ok(_) => Ok(0),
-        Err(e) if e.is::<Interrupted>() => {
-            eprintln!("tandem: interrupted; QEMU and the storage daemon were stopped");
-            Ok(EXIT_INTERRUPTED)
-        }
-        Err(e) => Err(e),
-    }
+    super::run_interruptible("QEMU and the storage daemon were stopped", |interrupted| {
+        run_and_report(args, interrupted)
+    })
 }
 
 /// Run the bench, print the table on stdout, write `--json` and `--svg`; returns the report.

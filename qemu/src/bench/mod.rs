@@ -380,6 +380,26 @@ pub fn escape(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Runs a bench that polls a Ctrl-C flag; maps an interruption to exit status 130 after
+/// saying what was stopped.
+pub fn run_interruptible<R>(
+    stopped: &str,
+    bench: impl FnOnce(&std::sync::atomic::AtomicBool) -> anyhow::Result<R>,
+) -> anyhow::Result<i32> {
+    // A second handler in one process (a library caller that has its own) is not an error.
+    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst));
+    match bench(&INTERRUPTED) {
+        Ok(_) => Ok(0),
+        Err(e) if e.is::<blk::Interrupted>() => {
+            eprintln!("tandem: interrupted; {stopped}");
+            Ok(crate::exit::EXIT_INTERRUPTED)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

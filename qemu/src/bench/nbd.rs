@@ -58,7 +58,6 @@ use crate::builder::{
 };
 use crate::cli::BenchNbdArgs;
 use crate::console::ConsoleEvent;
-use crate::exit::EXIT_INTERRUPTED;
 use crate::run::{GUEST_NBD_PORT, STOP_GRACE};
 use crate::state::MAX_SOCKET_PATH;
 use crate::vm::{Poll, SpawnOptions, Vm};
@@ -411,19 +410,11 @@ pub struct NbdReport {
     pub wall_s: f64,
 }
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
 /// `tandem bench nbd`: run, print the table, write JSON/SVG; returns the exit status.
 pub fn bench_nbd(args: &BenchNbdArgs) -> anyhow::Result<i32> {
-    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
-    match run_and_report(args, &INTERRUPTED) {
-        Ok(_) => Ok(0),
-        Err(e) if e.is::<Interrupted>() => {
-            eprintln!("tandem: interrupted; QEMU, qemu-nbd and fio were stopped");
-            Ok(EXIT_INTERRUPTED)
-        }
-        Err(e) => Err(e),
-    }
+    super::run_interruptible("QEMU, qemu-nbd and fio were stopped", |interrupted| {
+        run_and_report(args, interrupted)
+    })
 }
 
 /// Run the bench, print the table on stdout, write `--json` and `--svg`; returns the report.

@@ -33,7 +33,6 @@ use crate::accel;
 use crate::builder::{Disk, DiskFormat, Machine, Nic, QemuCommand, SharedRegion};
 use crate::cli::BenchRestartArgs;
 use crate::console::ConsoleLine;
-use crate::exit::EXIT_INTERRUPTED;
 use crate::run::STOP_GRACE;
 use crate::size::ByteSize;
 use crate::state::MAX_SOCKET_PATH;
@@ -160,19 +159,11 @@ pub struct RestartReport {
     pub wall_s: f64,
 }
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
 /// `tandem bench restart`: run, print the tables, write JSON/SVG; returns the exit status.
 pub fn bench_restart(args: &BenchRestartArgs) -> anyhow::Result<i32> {
-    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
-    match run_and_report(args, &INTERRUPTED) {
-        Ok(_) => Ok(0),
-        Err(e) if e.is::<Interrupted>() => {
-            eprintln!("tandem: interrupted; QEMU was stopped");
-            Ok(EXIT_INTERRUPTED)
-        }
-        Err(e) => Err(e),
-    }
+    super::run_interruptible("QEMU was stopped", |interrupted| {
+        run_and_report(args, interrupted)
+    })
 }
 
 /// Run, print the tables on stdout, write `--json` and `--svg`; returns the report.
