@@ -53,6 +53,11 @@ const QUEUE: u16 = 0;
 /// Status the driver reports when the queue itself misbehaves (not a device status byte).
 pub const STATUS_QUEUE_ERROR: u32 = 0x100;
 
+/// Test hook: the next completion of any virtio-blk device reports a queue failure, as a
+/// broken device would (the guest's `debug.device_error_after_requests`).
+pub static INJECT_QUEUE_ERROR: core::sync::atomic::AtomicBool =
+    core::sync::atomic::AtomicBool::new(false);
+
 /// Config-space offsets (virtio 1.2, 5.2.4).
 mod cfg {
     pub const CAPACITY: usize = 0;
@@ -387,7 +392,11 @@ impl<H: Hal, T: Transport, const Q: usize> Device for VirtioBlk<H, T, Q> {
                 q.pop_used(token, ins, outs)
             });
             let status = self.status[slot];
+            let injected = INJECT_QUEUE_ERROR.swap(false, core::sync::atomic::Ordering::SeqCst);
             let result = match popped {
+                _ if injected => Err(Error::Device {
+                    status: STATUS_QUEUE_ERROR,
+                }),
                 Ok(Ok(_)) if status == 0 => Ok(s.req.byte_len().min(u64::from(u32::MAX)) as u32),
                 Ok(Ok(_)) => Err(Error::Device {
                     status: u32::from(status),

@@ -1,4 +1,5 @@
-//! Restart in place: an error while serving (an injected panic, an injected page fault)
+//! Restart in place: an error while serving (an injected panic, page fault, or disk queue
+//! failure)
 //! makes the guest re-initialise without a VM reboot, from its checkpoint, replay its write
 //! log, and serve again; a client reconnects and reads back what it wrote before the error.
 
@@ -88,10 +89,15 @@ fn error_then_restart(inject: &str) {
 
 #[test]
 fn panic_while_serving_restarts_in_place() {
-    error_then_restart("");
+    error_then_restart("debug.panic_after_requests=3");
 }
 
 #[test]
 fn page_fault_while_serving_restarts_in_place() {
-    error_then_restart("debug.fault=pagefault");
+    error_then_restart("debug.panic_after_requests=3 debug.fault=pagefault");
+}
+
+#[test]
+fn fatal_device_error_while_serving_restarts_in_place() {
+    error_then_restart("debug.device_error_after_requests=2");
 }

@@ -17,6 +17,8 @@
 //! - `debug.panic_after_requests=N` — inject a panic (or, with `debug.fault=`, that CPU
 //!   exception) once the NBD service has taken N requests (first life only): tests the
 //!   restart path.
+//! - `debug.device_error_after_requests=N` — make a disk report a queue failure once the NBD
+//!   service has taken N requests (first life only): a fatal device error, which restarts.
 //! - `debug.cp=hold` — hold NVLOG consistency points off (records stay only in the log; for
 //!   crash and replay tests).
 //! - `debug.nvram=stamp` — read, then store and persist a boot counter at the start of
@@ -148,6 +150,7 @@ pub struct Config {
     pub debug_hold_cp: bool,
     pub restart_on_error: bool,
     pub debug_panic_after_requests: Option<u64>,
+    pub debug_device_error_after_requests: Option<u64>,
     /// Guest address and prefix length.
     pub ip: ([u8; 4], u8),
     pub gateway: Option<[u8; 4]>,
@@ -177,6 +180,7 @@ impl Default for Config {
             debug_hold_cp: false,
             restart_on_error: true,
             debug_panic_after_requests: None,
+            debug_device_error_after_requests: None,
             debug_blkops: JobSpec::default(),
             ip: ([10, 0, 2, 15], 24),
             gateway: Some([10, 0, 2, 2]),
@@ -336,6 +340,10 @@ pub fn parse<'a>(line: &'a str, mut report: impl FnMut(Issue<'a>)) -> Config {
             },
             "debug.panic_after_requests" => match value.parse::<u64>() {
                 Ok(n) if n > 0 => cfg.debug_panic_after_requests = Some(n),
+                _ => report(bad("a positive request count")),
+            },
+            "debug.device_error_after_requests" => match value.parse::<u64>() {
+                Ok(n) if n > 0 => cfg.debug_device_error_after_requests = Some(n),
                 _ => report(bad("a positive request count")),
             },
             "debug.cp" => match value {

@@ -316,9 +316,9 @@ fn serve(boot: BootState, mut phases: phases::Phases) -> ! {
     let mut heap_peak = 0u64;
     let mut next_status = time::now_us() + STATUS_EVERY_US;
     SERVING.store(cfg.restart_on_error, Ordering::SeqCst);
-    let inject_after = cfg
-        .debug_panic_after_requests
-        .filter(|_| RESTARTS.load(Ordering::SeqCst) == 0);
+    let first_life = RESTARTS.load(Ordering::SeqCst) == 0;
+    let inject_after = cfg.debug_panic_after_requests.filter(|_| first_life);
+    let mut device_error_after = cfg.debug_device_error_after_requests.filter(|_| first_life);
     let life_started = phases.started_at();
     let mut first_served = false;
     for turn in 0u64.. {
@@ -331,6 +331,17 @@ fn serve(boot: BootState, mut phases: phases::Phases) -> ! {
                 now - life_started,
                 RESTARTS.load(Ordering::SeqCst)
             ));
+        }
+        if let Some(n) = device_error_after {
+            if stack.nbd.as_ref().is_some_and(|s| s.requests() >= n) {
+                warn!("debug.device_error_after_requests={n}: the next disk completion fails");
+                frontend_drivers::virtio_blk::INJECT_QUEUE_ERROR.store(true, Ordering::SeqCst);
+                device_error_after = None;
+            }
+        }
+        if stack.nbd.as_ref().is_some_and(|s| s.device_failures() > 0) {
+            // A device whose queue failed cannot be trusted with more I/O: re-initialise it.
+            panic!("fatal device error: a disk's queue failed");
         }
         if let Some(n) = inject_after {
             if stack.nbd.as_ref().is_some_and(|s| s.requests() >= n) {

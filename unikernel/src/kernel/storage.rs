@@ -177,6 +177,11 @@ impl NbdService {
         self.server.stats.requests
     }
 
+    /// Completions that reported a failed device queue.
+    pub fn device_failures(&self) -> u64 {
+        self.server.stats.device_failures
+    }
+
     pub fn exports(&self) -> impl Iterator<Item = &str> {
         self.server.exports().iter().map(|e| e.name.as_str())
     }

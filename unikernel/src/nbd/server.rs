@@ -26,6 +26,10 @@ use super::ExportInfo;
 mod log_path;
 pub use log_path::{Durability, LogStats};
 
+/// The device status drivers report when a device's queue itself failed
+/// (`frontend_drivers::virtio_blk::STATUS_QUEUE_ERROR`).
+pub const FATAL_DEVICE_STATUS: u32 = 0x100;
+
 /// Bytes per pool buffer and per device request.
 pub const CHUNK: usize = 64 * 1024;
 /// Pool buffers one connection may hold at once.
@@ -57,6 +61,8 @@ pub struct ServerStats {
     pub bytes_read: u64,
     pub bytes_written: u64,
     pub closed_bad: u64,
+    /// Completions reporting that a device's queue itself failed (a fatal device error).
+    pub device_failures: u64,
 }
 
 /// A device request on behalf of a connection's operation.
@@ -325,6 +331,13 @@ impl Server {
         op.pending -= 1;
         if let Err(e) = c.result {
             op.error.get_or_insert(errno_of(e));
+        }
+        if c.result
+            == Err(Error::Device {
+                status: FATAL_DEVICE_STATUS,
+            })
+        {
+            self.stats.device_failures += 1;
         }
         match (op.cmd.cmd, sub.buf) {
             (Command::Read, Some(b)) => {

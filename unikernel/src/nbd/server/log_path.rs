@@ -322,6 +322,13 @@ impl Server {
     }
 
     pub(super) fn cp_completed(&mut self, result: Result<u32, Error>) {
+        if result
+            == Err(Error::Device {
+                status: super::FATAL_DEVICE_STATUS,
+            })
+        {
+            self.stats.device_failures += 1;
+        }
         if let Some(cp) = self.wlog.as_mut().and_then(|w| w.cp.as_mut()) {
             cp.pending -= 1;
             if let Err(e) = result {
