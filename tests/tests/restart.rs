@@ -101,3 +101,8 @@ fn page_fault_while_serving_restarts_in_place() {
 fn fatal_device_error_while_serving_restarts_in_place() {
     error_then_restart("debug.device_error_after_requests=2");
 }
+
+#[test]
+fn stalled_service_loop_is_caught_by_the_watchdog() {
+    error_then_restart("debug.stall_after_requests=2 watchdog_ms=500");
+}

@@ -19,6 +19,10 @@
 //!   restart path.
 //! - `debug.device_error_after_requests=N` — make a disk report a queue failure once the NBD
 //!   service has taken N requests (first life only): a fatal device error, which restarts.
+//! - `watchdog_ms=N` — restart in place when the service loop stalls for N ms (default
+//!   2000; 0 turns the watchdog off).
+//! - `debug.stall_after_requests=N` — stall the service loop once the NBD service has taken N
+//!   requests (first life only): the watchdog's test.
 //! - `debug.cp=hold` — hold NVLOG consistency points off (records stay only in the log; for
 //!   crash and replay tests).
 //! - `debug.nvram=stamp` — read, then store and persist a boot counter at the start of
@@ -151,6 +155,8 @@ pub struct Config {
     pub restart_on_error: bool,
     pub debug_panic_after_requests: Option<u64>,
     pub debug_device_error_after_requests: Option<u64>,
+    pub watchdog_ms: u64,
+    pub debug_stall_after_requests: Option<u64>,
     /// Guest address and prefix length.
     pub ip: ([u8; 4], u8),
     pub gateway: Option<[u8; 4]>,
@@ -181,6 +187,8 @@ impl Default for Config {
             restart_on_error: true,
             debug_panic_after_requests: None,
             debug_device_error_after_requests: None,
+            watchdog_ms: 2000,
+            debug_stall_after_requests: None,
             debug_blkops: JobSpec::default(),
             ip: ([10, 0, 2, 15], 24),
             gateway: Some([10, 0, 2, 2]),
@@ -344,6 +352,14 @@ pub fn parse<'a>(line: &'a str, mut report: impl FnMut(Issue<'a>)) -> Config {
             },
             "debug.device_error_after_requests" => match value.parse::<u64>() {
                 Ok(n) if n > 0 => cfg.debug_device_error_after_requests = Some(n),
+                _ => report(bad("a positive request count")),
+            },
+            "watchdog_ms" => match value.parse::<u64>() {
+                Ok(n) if n <= 600_000 => cfg.watchdog_ms = n,
+                _ => report(bad("0..=600000")),
+            },
+            "debug.stall_after_requests" => match value.parse::<u64>() {
+                Ok(n) if n > 0 => cfg.debug_stall_after_requests = Some(n),
                 _ => report(bad("a positive request count")),
             },
             "debug.cp" => match value {

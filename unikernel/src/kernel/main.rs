@@ -26,6 +26,7 @@ mod probes;
 mod storage;
 mod time;
 mod virtio_hal;
+mod watchdog;
 
 use core::panic::PanicInfo;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -177,7 +178,18 @@ pub extern "C" fn kmain_restart() -> ! {
 }
 
 /// Stops devices from touching memory, then restarts in place. Never returns.
+/// The watchdog saw the service loop stall.
+pub fn on_watchdog() {
+    console::emergency_line(format_args!("WATCHDOG: the service loop stalled"));
+    if SERVING.load(Ordering::SeqCst) && RESTARTS.fetch_add(1, Ordering::SeqCst) < MAX_RESTARTS {
+        restart_in_place("watchdog");
+    }
+    console::emergency_line(format_args!("guest stopping (watchdog, failure exit)"));
+    exit::fail()
+}
+
 fn restart_in_place(cause: &str) -> ! {
+    watchdog::stop();
     let n = RESTARTS.load(Ordering::SeqCst);
     console::emergency_line(format_args!(
         "TANDEM RESTART cause=\"{cause}\" n={n} at_us={}",
@@ -316,13 +328,26 @@ fn serve(boot: BootState, mut phases: phases::Phases) -> ! {
     let mut heap_peak = 0u64;
     let mut next_status = time::now_us() + STATUS_EVERY_US;
     SERVING.store(cfg.restart_on_error, Ordering::SeqCst);
+    watchdog::start(cfg.watchdog_ms);
+    let stall_after = cfg
+        .debug_stall_after_requests
+        .filter(|_| RESTARTS.load(Ordering::SeqCst) == 0);
     let first_life = RESTARTS.load(Ordering::SeqCst) == 0;
     let inject_after = cfg.debug_panic_after_requests.filter(|_| first_life);
     let mut device_error_after = cfg.debug_device_error_after_requests.filter(|_| first_life);
     let life_started = phases.started_at();
     let mut first_served = false;
     for turn in 0u64.. {
+        watchdog::beat();
         stack.poll();
+        if let Some(n) = stall_after {
+            if stack.nbd.as_ref().is_some_and(|s| s.requests() >= n) {
+                warn!("debug.stall_after_requests={n}: the service loop stops here");
+                loop {
+                    core::hint::spin_loop();
+                }
+            }
+        }
         if !first_served && stack.nbd.as_ref().is_some_and(|s| s.requests() > 0) {
             first_served = true;
             let now = time::now_us();

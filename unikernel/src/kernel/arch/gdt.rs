@@ -11,6 +11,8 @@ pub const IST_EXCEPTION: u8 = 1;
 pub const IST_DOUBLE_FAULT: u8 = 2;
 /// IST slot for NMI and machine check, which can arrive at any moment.
 pub const IST_NMI: u8 = 3;
+/// IST slot for the watchdog timer interrupt.
+pub const IST_TIMER: u8 = 4;
 
 const IST_STACK_SIZE: usize = 32 * 1024;
 
@@ -32,7 +34,7 @@ struct Tss {
 #[repr(C, align(16))]
 struct Stack([u8; IST_STACK_SIZE]);
 
-static mut IST_STACKS: [Stack; 3] = [const { Stack([0; IST_STACK_SIZE]) }; 3];
+static mut IST_STACKS: [Stack; 4] = [const { Stack([0; IST_STACK_SIZE]) }; 4];
 
 static mut TSS: Tss = Tss {
     reserved0: 0,
@@ -65,7 +67,7 @@ pub fn init() {
     unsafe {
         let stacks = &raw mut IST_STACKS;
         let tss = &raw mut TSS;
-        for i in 0..3 {
+        for i in 0..4 {
             let top = (&raw mut (*stacks)[i]).cast::<u8>().add(IST_STACK_SIZE) as u64;
             (*tss).ist[i] = top;
         }

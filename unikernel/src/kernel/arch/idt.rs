@@ -154,12 +154,76 @@ pub fn init() {
                 reserved: 0,
             };
         }
+        for (v, addr, ist) in [
+            (TIMER_VECTOR, isr_timer as *const () as u64, gdt::IST_TIMER),
+            (
+                SPURIOUS_VECTOR,
+                isr_spurious as *const () as u64,
+                gdt::IST_TIMER,
+            ),
+        ] {
+            idt[usize::from(v)] = Gate {
+                offset_low: addr as u16,
+                selector: gdt::KERNEL_CS,
+                ist,
+                type_attr: 0x8E,
+                offset_mid: (addr >> 16) as u16,
+                offset_high: (addr >> 32) as u32,
+                reserved: 0,
+            };
+        }
         let ptr = DescriptorPointer {
             limit: (core::mem::size_of::<[Gate; 256]>() - 1) as u16,
             base: idt.as_ptr() as u64,
         };
         asm!("lidt [{}]", in(reg) &ptr, options(readonly, nostack, preserves_flags));
     }
+}
+
+/// The local APIC timer's vector (the watchdog tick) and the APIC's spurious vector.
+pub const TIMER_VECTOR: u8 = 0x40;
+pub const SPURIOUS_VECTOR: u8 = 0xff;
+
+extern "C" {
+    fn isr_timer();
+    fn isr_spurious();
+}
+
+global_asm!(
+    r#"
+    .text
+    .global isr_timer
+isr_timer:
+    push rax
+    push rcx
+    push rdx
+    push rsi
+    push rdi
+    push r8
+    push r9
+    push r10
+    push r11
+    cld
+    call {tick}
+    pop r11
+    pop r10
+    pop r9
+    pop r8
+    pop rdi
+    pop rsi
+    pop rdx
+    pop rcx
+    pop rax
+    iretq
+    .global isr_spurious
+isr_spurious:
+    iretq
+    "#,
+    tick = sym timer_tick,
+);
+
+extern "C" fn timer_tick() {
+    crate::watchdog::tick();
 }
 
 static IN_EXCEPTION: AtomicBool = AtomicBool::new(false);

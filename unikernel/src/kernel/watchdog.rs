@@ -1,0 +1,109 @@
+//! The watchdog: the local APIC timer interrupts every few milliseconds; if the service loop
+//! has not moved its heartbeat for `timeout` while serving, the guest restarts in place.
+//!
+//! The guest otherwise runs with interrupts off; they are on only while serving, and the
+//! timer is the only source unmasked (the legacy PICs stay masked).
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::arch::cpu::rdtsc;
+
+static HEARTBEAT: AtomicU64 = AtomicU64::new(0);
+/// Heartbeat value and TSC when it last changed.
+static SEEN: AtomicU64 = AtomicU64::new(u64::MAX);
+static SEEN_TSC: AtomicU64 = AtomicU64::new(0);
+/// Timeout in TSC cycles (0: off).
+static TIMEOUT_CYCLES: AtomicU64 = AtomicU64::new(0);
+static LAPIC: AtomicU64 = AtomicU64::new(0);
+
+const SVR: u64 = 0xf0;
+const EOI: u64 = 0xb0;
+const LVT_TIMER: u64 = 0x320;
+const TIMER_INIT: u64 = 0x380;
+const TIMER_CURRENT: u64 = 0x390;
+const TIMER_DIVIDE: u64 = 0x3e0;
+/// Tick period.
+const TICK_US: u64 = 10_000;
+
+fn reg(offset: u64) -> *mut u32 {
+    (LAPIC.load(Ordering::Relaxed) + offset) as *mut u32
+}
+
+fn write(offset: u64, v: u32) {
+    // SAFETY: the local APIC's register page (identity-mapped below 4 GiB), found from
+    // IA32_APIC_BASE in `start`.
+    unsafe { reg(offset).write_volatile(v) }
+}
+
+fn read(offset: u64) -> u32 {
+    // SAFETY: as in `write`.
+    unsafe { reg(offset).read_volatile() }
+}
+
+/// The service loop is alive.
+pub fn beat() {
+    HEARTBEAT.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Starts the periodic tick and arms the watchdog with `timeout_ms` (0 leaves it off).
+pub fn start(timeout_ms: u64) {
+    if timeout_ms == 0 {
+        return;
+    }
+    // SAFETY: reading IA32_APIC_BASE (MSR 0x1b) has no side effects.
+    let base = unsafe {
+        let (lo, hi): (u32, u32);
+        core::arch::asm!("rdmsr", in("ecx") 0x1bu32, out("eax") lo, out("edx") hi, options(nomem, nostack));
+        (u64::from(hi) << 32 | u64::from(lo)) & 0xf_ffff_f000
+    };
+    if base == 0 || base >= crate::arch::paging::BOOT_MAPPED {
+        log::warn!("watchdog: no usable local APIC ({base:#x}); off");
+        return;
+    }
+    LAPIC.store(base, Ordering::Relaxed);
+    write(SVR, 0x100 | u32::from(crate::arch::idt::SPURIOUS_VECTOR));
+    write(TIMER_DIVIDE, 0b1011); // divide by 1
+                                 // Calibrate the timer against the TSC over 1 ms.
+    write(LVT_TIMER, 1 << 16); // masked while calibrating
+    write(TIMER_INIT, u32::MAX);
+    let hz = crate::time::tsc_hz().max(1);
+    let t0 = rdtsc();
+    while rdtsc() - t0 < hz / 1000 {}
+    let per_ms = u64::from(u32::MAX - read(TIMER_CURRENT)).max(1);
+    let count = (per_ms * TICK_US / 1000).clamp(1, u64::from(u32::MAX)) as u32;
+    TIMEOUT_CYCLES.store(hz / 1000 * timeout_ms, Ordering::Relaxed);
+    SEEN.store(u64::MAX, Ordering::Relaxed);
+    write(
+        LVT_TIMER,
+        (1 << 17) | u32::from(crate::arch::idt::TIMER_VECTOR),
+    ); // periodic
+    write(TIMER_INIT, count);
+    log::info!("watchdog: {timeout_ms} ms, tick {} ms", TICK_US / 1000);
+    // SAFETY: every vector that can fire now has a gate on an IST stack.
+    unsafe { core::arch::asm!("sti", options(nomem, nostack)) };
+}
+
+/// Stops the tick (before a restart re-arms it).
+pub fn stop() {
+    // SAFETY: masking interrupts has no memory effects.
+    unsafe { core::arch::asm!("cli", options(nomem, nostack)) };
+    if LAPIC.load(Ordering::Relaxed) != 0 {
+        write(TIMER_INIT, 0);
+    }
+}
+
+/// Called from the timer interrupt.
+pub fn tick() {
+    write(EOI, 0);
+    let beat = HEARTBEAT.load(Ordering::Relaxed);
+    let now = rdtsc();
+    if SEEN.swap(beat, Ordering::Relaxed) != beat {
+        SEEN_TSC.store(now, Ordering::Relaxed);
+        return;
+    }
+    let timeout = TIMEOUT_CYCLES.load(Ordering::Relaxed);
+    if timeout != 0 && now - SEEN_TSC.load(Ordering::Relaxed) > timeout {
+        stop();
+        crate::on_watchdog();
+    }
+}
