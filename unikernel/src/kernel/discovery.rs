@@ -438,6 +438,34 @@ pub fn from_checkpoint(
         if devs.records.len() != i + 1 {
             return Err(format!("device {i}: did not initialise as before"));
         }
+        // A disk must still be the one the checkpoint names: its label decides.
+        if r.kind == checkpoint::kind::BLK {
+            let name = devs.records[i].0.clone();
+            let dev = devs
+                .registry
+                .open(&name)
+                .map_err(|_| format!("device {i}: not registered"))?;
+            match crate::labels::peek_label(dev) {
+                Some((uuid, _)) if uuid != r.label => {
+                    return Err(format!(
+                        "device {i} ({name}): a different disk (label {})",
+                        unikernel::restart::label::Uuid(uuid)
+                    ))
+                }
+                Some((_, cap)) if cap != r.capacity => {
+                    return Err(format!(
+                        "device {i} ({name}): resized ({} -> {cap} bytes)",
+                        r.capacity
+                    ))
+                }
+                Some(_) => {}
+                None => {
+                    return Err(format!(
+                        "device {i} ({name}): its label is gone or unreadable"
+                    ))
+                }
+            }
+        }
     }
     Ok(devs)
 }

@@ -34,6 +34,22 @@ fn random_bits() -> [u8; 16] {
     })
 }
 
+/// Reads the label of a disk without changing anything: (label UUID, disk capacity), or
+/// `None` when it has no valid label.
+pub fn peek_label(dev: &mut dyn Device) -> Option<([u8; 16], u64)> {
+    let mem = crate::dma::FrameRegion::alloc(4096)?;
+    let mut pool = BufferPool::new(Box::new(mem), 4096).ok()?;
+    let buf = pool.alloc().ok()?;
+    let seg = Segment {
+        buf,
+        offset: 0,
+        len: 4096,
+    };
+    sync_io(dev, &mut pool, Request::read(0, SgList::one(seg), 0)).ok()?;
+    let label = Label::parse(pool.slice(&seg).ok()?).ok()?;
+    Some((label.uuid, dev.capabilities().capacity))
+}
+
 /// Reads the label of a disk, writing one on a blank writable disk.
 pub fn ensure_label(
     dev: &mut dyn Device,
