@@ -94,6 +94,10 @@ pub struct RunArgs {
     /// Host port on 127.0.0.1 forwarded to the guest's NBD port 10809 (0: no forward).
     #[arg(long, default_value_t = 10809, value_name = "PORT")]
     pub nbd_port: u16,
+    /// Host port on 127.0.0.1 forwarded to the guest's management port 10810 (line commands:
+    /// `status`, `inject panic|pagefault|gp|ud|stall|device-error`; 0: no forward).
+    #[arg(long, default_value_t = 10810, value_name = "PORT")]
+    pub mgmt_port: u16,
     /// MAC address of the NIC (default: QEMU's).
     #[arg(long)]
     pub mac: Option<MacAddr>,

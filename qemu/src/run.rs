@@ -32,6 +32,8 @@ use crate::vm::{Poll, SpawnOptions, Vm};
 
 /// The guest's NBD port (the storage service listens there).
 pub const GUEST_NBD_PORT: u16 = 10809;
+/// The guest's management port.
+pub const GUEST_MGMT_PORT: u16 = 10810;
 /// How long QEMU gets to quit after QMP `quit` before it is killed.
 pub const STOP_GRACE: Duration = Duration::from_secs(3);
 
@@ -74,6 +76,9 @@ pub fn build_command(
     }
     if args.nbd_port != 0 {
         nic = nic.forward(args.nbd_port, GUEST_NBD_PORT);
+    }
+    if args.mgmt_port != 0 {
+        nic = nic.forward(args.mgmt_port, GUEST_MGMT_PORT);
     }
     let mut cmd = cmd.nic(nic);
     if let Some(region) = nvram {
@@ -436,6 +441,8 @@ mod tests {
                 "--disk",
                 "/b.qcow2,ro",
                 "--nbd-port",
+                "0",
+                "--mgmt-port",
                 "0",
                 "--machine",
                 "microvm",

@@ -54,6 +54,8 @@ fn tandem_run_cli() {
             state.to_str().unwrap(),
             "--nbd-port",
             &port,
+            "--mgmt-port",
+            "0",
             "--timeout",
             "120",
         ],
@@ -96,6 +98,8 @@ fn tandem_run_reports_guest_panic() {
             "--state-dir",
             tmp.path().to_str().unwrap(),
             "--nbd-port",
+            "0",
+            "--mgmt-port",
             "0",
             "--no-reboot",
             "--timeout",
@@ -180,7 +184,15 @@ fn interrupt_stops_qemu_and_exits_130() {
     let state = tmp.path().join("s");
     let state_arg = state.to_str().unwrap();
     let mut child = Command::new(TANDEM)
-        .args(["run", "--state-dir", state_arg, "--nbd-port", "0"])
+        .args([
+            "run",
+            "--state-dir",
+            state_arg,
+            "--nbd-port",
+            "0",
+            "--mgmt-port",
+            "0",
+        ])
         .args(["--timeout", "120"])
         .current_dir(tmp.path())
         .stdin(Stdio::null())
@@ -223,7 +235,15 @@ fn interrupt_stops_qemu_and_exits_130() {
     assert_eq!(reply["status"], "running");
 
     let second = tandem(
-        &["run", "--state-dir", state_arg, "--nbd-port", "0"],
+        &[
+            "run",
+            "--state-dir",
+            state_arg,
+            "--nbd-port",
+            "0",
+            "--mgmt-port",
+            "0",
+        ],
         tmp.path(),
     );
     assert_eq!(second.status.code(), Some(1));

@@ -56,6 +56,8 @@ fn stamp_run(state: &Path, cwd: &Path, extra: &[&str]) -> String {
         state.to_str().unwrap(),
         "--nbd-port",
         "0",
+        "--mgmt-port",
+        "0",
         "--cmdline",
         "debug.nvram=stamp exit=ready",
         "--timeout",
@@ -104,7 +106,14 @@ fn nvram_is_kept_across_runs_and_a_qemu_kill() {
     // Boot 3 stamps, then QEMU is killed (SIGKILL, no shutdown of any kind).
     let mut child = Command::new(TANDEM)
         .args(["run", "--state-dir", state.to_str().unwrap()])
-        .args(["--nbd-port", "0", "--cmdline", "debug.nvram=stamp"])
+        .args([
+            "--nbd-port",
+            "0",
+            "--mgmt-port",
+            "0",
+            "--cmdline",
+            "debug.nvram=stamp",
+        ])
         .args(["--timeout", "120"])
         .current_dir(tmp.path())
         .stdin(Stdio::null())
@@ -183,6 +192,8 @@ fn no_nvram_sizes_and_microvm() {
             "--state-dir",
             state_arg,
             "--nbd-port",
+            "0",
+            "--mgmt-port",
             "0",
             "--no-nvram",
             "--cmdline",

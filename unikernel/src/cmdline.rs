@@ -19,6 +19,8 @@
 //!   restart path.
 //! - `debug.device_error_after_requests=N` — make a disk report a queue failure once the NBD
 //!   service has taken N requests (first life only): a fatal device error, which restarts.
+//! - `mgmt.port=PORT` — the management port (default 10810, 0 off): `status`,
+//!   `inject panic|pagefault|gp|ud|stall|device-error`.
 //! - `watchdog_ms=N` — restart in place when the service loop stalls for N ms (default
 //!   2000; 0 turns the watchdog off).
 //! - `debug.stall_after_requests=N` — stall the service loop once the NBD service has taken N
@@ -156,6 +158,7 @@ pub struct Config {
     pub debug_panic_after_requests: Option<u64>,
     pub debug_device_error_after_requests: Option<u64>,
     pub watchdog_ms: u64,
+    pub mgmt_port: u16,
     pub debug_stall_after_requests: Option<u64>,
     /// Guest address and prefix length.
     pub ip: ([u8; 4], u8),
@@ -188,6 +191,7 @@ impl Default for Config {
             debug_panic_after_requests: None,
             debug_device_error_after_requests: None,
             watchdog_ms: 2000,
+            mgmt_port: 10810,
             debug_stall_after_requests: None,
             debug_blkops: JobSpec::default(),
             ip: ([10, 0, 2, 15], 24),
@@ -353,6 +357,10 @@ pub fn parse<'a>(line: &'a str, mut report: impl FnMut(Issue<'a>)) -> Config {
             "debug.device_error_after_requests" => match value.parse::<u64>() {
                 Ok(n) if n > 0 => cfg.debug_device_error_after_requests = Some(n),
                 _ => report(bad("a positive request count")),
+            },
+            "mgmt.port" => match value.parse::<u16>() {
+                Ok(p) => cfg.mgmt_port = p,
+                _ => report(bad("a TCP port (0: off)")),
             },
             "watchdog_ms" => match value.parse::<u64>() {
                 Ok(n) if n <= 600_000 => cfg.watchdog_ms = n,

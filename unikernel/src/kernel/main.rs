@@ -19,6 +19,7 @@ mod exit;
 mod fault;
 mod labels;
 mod mem;
+mod mgmt;
 mod net;
 mod pci;
 mod phases;
@@ -178,6 +179,12 @@ pub extern "C" fn kmain_restart() -> ! {
 }
 
 /// Stops devices from touching memory, then restarts in place. Never returns.
+static REQUESTS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+fn stack_requests() -> u64 {
+    REQUESTS.load(Ordering::Relaxed)
+}
+
 /// The watchdog saw the service loop stall.
 pub fn on_watchdog() {
     console::emergency_line(format_args!("WATCHDOG: the service loop stalled"));
@@ -323,6 +330,13 @@ fn serve(boot: BootState, mut phases: phases::Phases) -> ! {
         }
         Err(e) => warn!("nbd: not serving: {e}"),
     }
+    if cfg.mgmt_port != 0 {
+        stack.mgmt = Some(mgmt::Mgmt::new(&mut stack.sockets, cfg.mgmt_port));
+        info!(
+            "mgmt: control channel on tcp/{} (status, inject KIND)",
+            cfg.mgmt_port
+        );
+    }
     phases.mark("storage");
     phases.summary();
     let mut heap_peak = 0u64;
@@ -340,6 +354,31 @@ fn serve(boot: BootState, mut phases: phases::Phases) -> ! {
     for turn in 0u64.. {
         watchdog::beat();
         stack.poll();
+        if let Some(n) = stack.nbd.as_ref() {
+            REQUESTS.store(n.requests(), Ordering::Relaxed);
+        }
+        let mgmt_status = || {
+            alloc::format!(
+                "restarts={} requests={} heap_used={}",
+                RESTARTS.load(Ordering::SeqCst),
+                stack_requests(),
+                mem::stats().heap_used
+            )
+        };
+        match stack.poll_mgmt(&mgmt_status) {
+            Some(mgmt::Injection::Panic) => panic!("mgmt: injected panic"),
+            Some(mgmt::Injection::Fault(f)) => fault::raise(f),
+            Some(mgmt::Injection::Stall) => {
+                warn!("mgmt: injected stall: the service loop stops here");
+                loop {
+                    core::hint::spin_loop();
+                }
+            }
+            Some(mgmt::Injection::DeviceError) => {
+                frontend_drivers::virtio_blk::INJECT_QUEUE_ERROR.store(true, Ordering::SeqCst)
+            }
+            None => {}
+        }
         if let Some(n) = stall_after {
             if stack.nbd.as_ref().is_some_and(|s| s.requests() >= n) {
                 warn!("debug.stall_after_requests={n}: the service loop stops here");

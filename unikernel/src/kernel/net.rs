@@ -27,6 +27,7 @@ pub struct NetStack {
     pub sockets: SocketSet<'static>,
     echo: Option<(SocketHandle, u16)>,
     pub nbd: Option<crate::storage::NbdService>,
+    pub mgmt: Option<crate::mgmt::Mgmt>,
 }
 
 pub fn now() -> Instant {
@@ -79,6 +80,7 @@ impl NetStack {
             sockets,
             echo,
             nbd: None,
+            mgmt: None,
         })
     }
 
@@ -92,6 +94,19 @@ impl NetStack {
         if let Some(nbd) = self.nbd.as_mut() {
             nbd.poll(&mut self.sockets);
         }
+    }
+
+    /// Serves the management port; returns an injection asked for there.
+    pub fn poll_mgmt(
+        &mut self,
+        status: &dyn Fn() -> alloc::string::String,
+    ) -> Option<crate::mgmt::Injection> {
+        let m = self.mgmt.as_mut()?;
+        let r = m.poll(&mut self.sockets, status);
+        // Get the reply out before acting on it.
+        self.iface.poll(now(), &mut self.phy, &mut self.sockets);
+        self.phy.poll();
+        r
     }
 }
 
