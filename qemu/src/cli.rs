@@ -202,12 +202,13 @@ pub enum BenchCommand {
     /// qemu-storage-daemon, guest RAM in a shared memfd). Every backend bypasses the host
     /// page cache (cache.direct=on). One boot per run; each run's raw result goes to --json.
     Blk(BenchBlkArgs),
-    /// Time how fast the guest serves NBD again after an injected error (restart in place
-    /// from its checkpoint) against a cold boot on blank disks and a checkpoint boot (VM
-    /// reboot on the same disks and NVRAM); one table per disk count, medians of --runs.
+    /// Time how fast the guest serves NBD again after an injected error: restart in place
+    /// with a cold discovery (checkpoint=ignore) against restart from the checkpoint, with a
+    /// cold boot and a checkpoint boot beside them; one table per disk count, medians of
+    /// --runs.
     ///
     /// Each run uses fresh blank 32 MiB raw disks and a fresh 16 MiB NVRAM file, and a small
-    /// built-in NBD client reading 4 KiB of export blk0 (retrying every few milliseconds).
+    /// built-in NBD client reading 4 KiB of export blk0 (probing every 2 ms).
     Restart(BenchRestartArgs),
 }
 

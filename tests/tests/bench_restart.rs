@@ -1,7 +1,7 @@
-//! `tandem bench restart` end to end with one data disk and one run: a cold boot with an
-//! injected panic armed, the restart in place it causes, and a checkpoint boot, through the
-//! same code path as the command, with its JSON report parsed and checked. Three starts of
-//! the guest; a few seconds.
+//! `tandem bench restart` end to end with one data disk and one run, through the same code
+//! path as the command: a cold boot and a restart with cold discovery (`checkpoint=ignore`),
+//! then a checkpoint boot and a restart from the checkpoint, each restart caused by the
+//! injected panic; the JSON report is parsed and checked. Four starts; a few seconds.
 
 use std::sync::atomic::AtomicBool;
 
@@ -20,7 +20,7 @@ fn parse(argv: &[&str]) -> tandem_qemu::cli::BenchRestartArgs {
 }
 
 #[test]
-fn restart_in_place_is_faster_than_a_cold_boot() {
+fn restart_from_the_checkpoint_is_faster_than_cold_discovery() {
     let dir = tandem_qemu::scratch::tempdir().unwrap();
     let json_path = dir.path().join("restart.json");
     let image = guest_image().to_str().unwrap().to_string();
@@ -51,7 +51,12 @@ fn restart_in_place_is_faster_than_a_cold_boot() {
     let names: Vec<&str> = rows.iter().map(|r| r["row"].as_str().unwrap()).collect();
     assert_eq!(
         names,
-        ["cold boot", "checkpoint boot", "restart in place"],
+        [
+            "cold boot",
+            "checkpoint boot",
+            "restart, cold discovery",
+            "restart, checkpoint"
+        ],
         "{text}"
     );
     let median = |r: &Value, k: &str| r[k]["median"].as_f64().unwrap();
@@ -60,8 +65,8 @@ fn restart_in_place_is_faster_than_a_cold_boot() {
         assert!(median(r, "guest_ms") > 0.0, "{r}");
     }
     assert!(
-        median(&rows[2], "guest_ms") < median(&rows[0], "guest_ms"),
-        "restart in place not faster than a cold boot (guest clock)\n{text}"
+        median(&rows[3], "guest_ms") < median(&rows[2], "guest_ms"),
+        "restart from the checkpoint not faster than with cold discovery (guest clock)\n{text}"
     );
 
     // The run's record: the restart came from the injected panic, used the checkpoint, and
@@ -76,7 +81,7 @@ fn restart_in_place_is_faster_than_a_cold_boot() {
             .contains("restarts=1"),
         "{run}"
     );
-    for start in ["cold", "checkpoint", "restart"] {
+    for start in ["cold", "restart_cold", "checkpoint", "restart"] {
         let phases = run[start]["phases"].as_array().unwrap();
         assert!(!phases.is_empty(), "{start}: no phases line\n{run}");
     }
@@ -90,4 +95,14 @@ fn restart_in_place_is_faster_than_a_cold_boot() {
     assert!(used_checkpoint("restart"), "{run}");
     assert!(used_checkpoint("checkpoint"), "{run}");
     assert!(!used_checkpoint("cold"), "{run}");
+    // checkpoint=ignore: the cold restart found the boot's checkpoint and discovered cold.
+    assert!(!used_checkpoint("restart_cold"), "{run}");
+    assert!(
+        run["restart_cold"]["checkpoint"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l.as_str().unwrap().contains("ignored (checkpoint=ignore)")),
+        "{run}"
+    );
 }

@@ -14,6 +14,8 @@
 //!   `DEVICE` after init.
 //! - `restart=on|off` — an error while serving (panic, CPU exception) restarts the guest in
 //!   place from its checkpoint (default `on`; at most 8 times); `off` stops it instead.
+//! - `checkpoint=use|ignore` — `ignore` makes every start and restart discover cold (and
+//!   write a fresh checkpoint) even when a valid one exists: the cold path, for measuring.
 //! - `debug.panic_after_requests=N` — inject a panic (or, with `debug.fault=`, that CPU
 //!   exception) once the NBD service has taken N requests (first life only): tests the
 //!   restart path.
@@ -155,6 +157,9 @@ pub struct Config {
     /// `debug.cp=hold`.
     pub debug_hold_cp: bool,
     pub restart_on_error: bool,
+    /// `checkpoint=ignore`: every start (and restart) discovers cold even when a valid
+    /// checkpoint exists, and writes a fresh one; for measuring the cold path.
+    pub checkpoint_ignore: bool,
     pub debug_panic_after_requests: Option<u64>,
     pub debug_device_error_after_requests: Option<u64>,
     pub watchdog_ms: u64,
@@ -188,6 +193,7 @@ impl Default for Config {
             debug_nvram_stamp: false,
             debug_hold_cp: false,
             restart_on_error: true,
+            checkpoint_ignore: false,
             debug_panic_after_requests: None,
             debug_device_error_after_requests: None,
             watchdog_ms: 2000,
@@ -349,6 +355,11 @@ pub fn parse<'a>(line: &'a str, mut report: impl FnMut(Issue<'a>)) -> Config {
                 "on" => cfg.restart_on_error = true,
                 "off" => cfg.restart_on_error = false,
                 _ => report(bad("on|off")),
+            },
+            "checkpoint" => match value {
+                "use" => cfg.checkpoint_ignore = false,
+                "ignore" => cfg.checkpoint_ignore = true,
+                _ => report(bad("use|ignore")),
             },
             "debug.panic_after_requests" => match value.parse::<u64>() {
                 Ok(n) if n > 0 => cfg.debug_panic_after_requests = Some(n),
@@ -583,6 +594,18 @@ mod tests {
         assert!(cfg.mmio_devices().is_empty());
         assert_eq!(issues.len(), 9);
         assert!(issues[0].contains("bad value 'loud' for 'log'"));
+    }
+
+    #[test]
+    fn checkpoint_key() {
+        assert!(!Config::default().checkpoint_ignore);
+        let (cfg, issues) = parse_all("checkpoint=ignore");
+        assert!(issues.is_empty(), "{issues:?}");
+        assert!(cfg.checkpoint_ignore);
+        let (cfg, issues) = parse_all("checkpoint=ignore checkpoint=use checkpoint=maybe");
+        assert!(!cfg.checkpoint_ignore);
+        assert_eq!(issues.len(), 1);
+        assert!(issues[0].contains("use|ignore"), "{issues:?}");
     }
 
     #[test]

@@ -227,6 +227,15 @@ fn serve(boot: BootState, mut phases: phases::Phases) -> ! {
     let found = discovery::boot_disk(acpi.as_ref(), cfg.mmio_devices()).map(checkpoints::load);
     phases.mark("checkpoint_load");
     let mut devices = match found {
+        Some((Some((slot, cp)), errs)) if cfg.checkpoint_ignore => {
+            checkpoints::report(&errs);
+            loaded.newest = Some((slot, cp.generation));
+            info!(
+                "checkpoint: generation {} ignored (checkpoint=ignore); discovering cold",
+                cp.generation
+            );
+            discovery::discover(acpi.as_ref(), cfg.mmio_devices())
+        }
         Some((Some((slot, cp)), errs)) => {
             checkpoints::report(&errs);
             loaded.newest = Some((slot, cp.generation));
