@@ -26,23 +26,33 @@ fn qemu_io(port: u16, cmds: &[&str]) -> (bool, String) {
     (out.status.success() && !text.contains("failed"), text)
 }
 
-fn error_then_restart(inject: &str) {
-    let dir = tandem_qemu::scratch::tempdir().unwrap();
-    let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+fn free_port() -> u16 {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
         .unwrap()
         .local_addr()
         .unwrap()
-        .port();
-    let disk = dir.path().join("a.raw");
+        .port()
+}
+
+/// A blank 64 MiB data disk and a 16 MiB NVRAM file in `dir`.
+fn disk_and_nvram(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let disk = dir.join("a.raw");
     std::fs::File::create(&disk)
         .unwrap()
         .set_len(64 << 20)
         .unwrap();
-    let nvram = dir.path().join("nvram.bin");
+    let nvram = dir.join("nvram.bin");
     std::fs::File::create(&nvram)
         .unwrap()
         .set_len(16 << 20)
         .unwrap();
+    (disk, nvram)
+}
+
+fn error_then_restart(inject: &str) {
+    let dir = tandem_qemu::scratch::tempdir().unwrap();
+    let port = free_port();
+    let (disk, nvram) = disk_and_nvram(dir.path());
     let cmd = guest_command(Machine::Q35, dir.path())
         .disk(Disk::new(&disk))
         .nic(Nic::user().mac(test_mac()).forward(port, 10809))
@@ -110,24 +120,8 @@ fn stalled_service_loop_is_caught_by_the_watchdog() {
 fn management_port_injects_errors_at_run_time() {
     use std::io::{BufRead, BufReader, Write};
     let dir = tandem_qemu::scratch::tempdir().unwrap();
-    let free = || {
-        std::net::TcpListener::bind(("127.0.0.1", 0))
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
-    let (port, mport) = (free(), free());
-    let disk = dir.path().join("a.raw");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
-    let nvram = dir.path().join("nvram.bin");
-    std::fs::File::create(&nvram)
-        .unwrap()
-        .set_len(16 << 20)
-        .unwrap();
+    let (port, mport) = (free_port(), free_port());
+    let (disk, nvram) = disk_and_nvram(dir.path());
     let cmd = guest_command(Machine::Q35, dir.path())
         .disk(Disk::new(&disk))
         .nic(
