@@ -107,8 +107,10 @@ pub struct StartRecord {
     pub checkpoint: Vec<String>,
     /// The `phases (us)` lines of this start.
     pub phases: Vec<PhaseLine>,
-    /// Failed connection attempts before the reply.
+    /// Probes given up before the reply.
     pub attempts: u32,
+    /// Why probes failed, with the time since probing began (the first few, for diagnosis).
+    pub probe_failures: Vec<String>,
 }
 
 /// One run: the four starts.
@@ -400,25 +402,29 @@ fn boot_then_restart(
     let cmd = command(port);
     let mut vm = spawn(&cmd, log)?;
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let (mut conn, attempts) = read_until_served(&mut vm, addr, Instant::now() + timeout, ctx)
+    let served = read_until_served(&mut vm, addr, Instant::now() + timeout, ctx)
         .with_context(|| format!("boot: command: {cmd}"))?;
-    let boot_host = vm.elapsed();
+    let boot_host = vm.elapsed().saturating_sub(served.at.elapsed());
+    let (mut conn, attempts, probe_failures) = (served.stream, served.failed, served.reasons);
     let served = wait_text(&mut vm, "TANDEM SERVED ", 0, timeout)?;
     let mut boot = StartRecord {
         host_ms: ms(boot_host),
         guest_ms: field(&served, "since_start_us").context("since_start_us")? as f64 / 1000.0,
         served,
         attempts,
+        probe_failures,
         ..StartRecord::default()
     };
 
     // The second request meets the injected error.
     let t1 = Instant::now();
+    // The old connection stays open meanwhile: closed at once, the guest could drop the
+    // request unserved and count a probe's READ as the one that triggers the error instead.
     let _ = send_read(&mut conn);
+    let again = read_until_served(&mut vm, addr, t1 + timeout, ctx).context("restart in place")?;
     drop(conn);
-    let (conn, attempts) =
-        read_until_served(&mut vm, addr, t1 + timeout, ctx).context("restart in place")?;
-    let restart_host = t1.elapsed();
+    let restart_host = again.at.duration_since(t1);
+    let (conn, attempts, restart_failures) = (again.stream, again.failed, again.reasons);
     drop(conn);
     let restart_line = wait_text(&mut vm, "TANDEM RESTART ", 0, timeout)?;
     let served2 = wait_text(&mut vm, "TANDEM SERVED ", 1, timeout)?;
@@ -435,6 +441,7 @@ fn boot_then_restart(
         checkpoint: checkpoint_lines(after),
         phases: phase_lines(after),
         attempts,
+        probe_failures: restart_failures,
     };
     vm.stop(STOP_GRACE);
     Ok((boot, restart))
@@ -457,94 +464,245 @@ fn spawn(cmd: &QemuCommand, log: &Path) -> anyhow::Result<Vm> {
 }
 
 /// A new probe connection this often while none has been greeted.
-pub const PROBE_EVERY: Duration = Duration::from_millis(2);
-/// A probe not greeted in this long is given up.
+pub const PROBE_EVERY: Duration = Duration::from_millis(5);
+/// A connect not accepted in this long is given up; the next probe sends a fresh SYN
+/// (QEMU's listening socket has a short backlog, and a dropped SYN is resent only after 1 s).
+const PROBE_CONNECT_TIMEOUT: Duration = Duration::from_millis(10);
+/// A probe that makes no progress for this long is given up.
 const PROBE_MAX_AGE: Duration = Duration::from_secs(2);
 /// At most this many silent probes are kept open (the oldest is given up first).
 const MAX_PROBES: usize = 256;
+/// Probe failure reasons kept per start.
+const MAX_REASONS: usize = 16;
 
-/// One probe connection waiting for the server's greeting.
+/// Where a probe is in the NBD exchange; each step waits for `want` bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// The 18-byte fixed-newstyle greeting.
+    Greeting,
+    /// The 10-byte reply to NBD_OPT_EXPORT_NAME (size and flags, no zeroes).
+    ExportInfo,
+    /// In transmission, waiting for its turn to send the READ: only one probe at a time
+    /// sends one, since every READ served counts towards the injected error.
+    Ready,
+    /// The 16-byte simple reply and 4 KiB of data.
+    ReadReply,
+}
+
+impl Step {
+    fn want(self) -> usize {
+        match self {
+            Step::Greeting => 18,
+            Step::ExportInfo => 10,
+            Step::Ready => 0,
+            Step::ReadReply => 16 + READ_LEN as usize,
+        }
+    }
+}
+
+/// One probe connection, driven without blocking so that a probe stuck on a dying or
+/// restarting guest never holds the others up.
 struct Probe {
     stream: TcpStream,
     since: Instant,
-    hello: [u8; 18],
-    got: usize,
+    step: Step,
+    buf: Vec<u8>,
+}
+
+impl Probe {
+    fn new(stream: TcpStream, since: Instant) -> Self {
+        Probe {
+            stream,
+            since,
+            step: Step::Greeting,
+            buf: Vec::with_capacity(Step::ReadReply.want()),
+        }
+    }
+
+    /// Read what has arrived and move on; `Ok(true)` once the READ reply is in.
+    fn advance(&mut self) -> Result<bool, String> {
+        let mut chunk = [0u8; 4096];
+        loop {
+            if self.step == Step::Ready {
+                return Ok(false);
+            }
+            let room = self.step.want() - self.buf.len();
+            match self.stream.read(&mut chunk[..room.min(4096)]) {
+                Ok(0) => return Err(format!("closed while waiting for {}", self.what())),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(format!("{e} while waiting for {}", self.what())),
+            }
+            if self.buf.len() < self.step.want() {
+                continue;
+            }
+            match self.step {
+                Step::Greeting => {
+                    if &self.buf[..8] != b"NBDMAGIC" || &self.buf[8..16] != b"IHAVEOPT" {
+                        return Err("not an NBD newstyle greeting".into());
+                    }
+                    let mut msg = Vec::with_capacity(64);
+                    msg.extend_from_slice(&3u32.to_be_bytes()); // FIXED_NEWSTYLE | NO_ZEROES
+                    msg.extend_from_slice(&NBD_OPTS_MAGIC.to_be_bytes());
+                    msg.extend_from_slice(&NBD_OPT_EXPORT_NAME.to_be_bytes());
+                    msg.extend_from_slice(&(EXPORT.len() as u32).to_be_bytes());
+                    msg.extend_from_slice(EXPORT.as_bytes());
+                    self.send(&msg)?;
+                    self.step = Step::ExportInfo;
+                }
+                Step::ExportInfo => self.step = Step::Ready,
+                Step::Ready => unreachable!("returned above"),
+                Step::ReadReply => {
+                    let magic = u32::from_be_bytes(self.buf[..4].try_into().expect("4 bytes"));
+                    let error = u32::from_be_bytes(self.buf[4..8].try_into().expect("4 bytes"));
+                    if magic != NBD_SIMPLE_REPLY_MAGIC || error != 0 {
+                        return Err(format!("bad NBD reply (magic {magic:#x}, error {error})"));
+                    }
+                    return Ok(true);
+                }
+            }
+            self.buf.clear();
+        }
+    }
+
+    /// A small write on a fresh connection: it fits the socket buffer or the probe fails.
+    fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
+        match self.stream.write(bytes) {
+            Ok(n) if n == bytes.len() => Ok(()),
+            Ok(n) => Err(format!("short write ({n} of {} bytes)", bytes.len())),
+            Err(e) => Err(format!("write: {e}")),
+        }
+    }
+
+    fn what(&self) -> &'static str {
+        match self.step {
+            Step::Greeting => "the greeting",
+            Step::ExportInfo => "the export info",
+            Step::Ready => "its turn to READ",
+            Step::ReadReply => "the READ reply",
+        }
+    }
+}
+
+/// The probe that got its READ reply.
+struct Served {
+    /// Its connection, still open.
+    stream: TcpStream,
+    /// When the reply was in.
+    at: Instant,
+    /// Probes given up before.
+    failed: u32,
+    /// The first few reasons.
+    reasons: Vec<String>,
 }
 
 /// Connect and read 4 KiB at 0, probing until a server answers or `deadline`; the console
-/// is drained meanwhile. Returns the open connection and the number of given-up probes.
+/// is drained meanwhile.
 ///
 /// QEMU's user networking accepts a connection at once and then forwards the SYN to the
 /// guest; a guest whose stack is not up (or is restarting) never answers that SYN, and
 /// QEMU resends it only seconds later. So silent probes are kept open and a new one is
-/// opened every [`PROBE_EVERY`]: once the guest listens again, the next probe reaches it.
+/// opened every [`PROBE_EVERY`] (by a thread of its own, so that a slow accept in QEMU does
+/// not hold up reading): once the guest listens again, the next probe reaches it.
 fn read_until_served(
     vm: &mut Vm,
     addr: SocketAddr,
     deadline: Instant,
     ctx: &Ctx,
-) -> anyhow::Result<(TcpStream, u32)> {
-    let mut probes: std::collections::VecDeque<Probe> = std::collections::VecDeque::new();
+) -> anyhow::Result<Served> {
+    let began = Instant::now();
+    let stop = AtomicBool::new(false);
+    let (tx, rx) = std::sync::mpsc::channel::<Result<(TcpStream, Instant), String>>();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !stop.load(Ordering::SeqCst) {
+                let at = Instant::now();
+                let r = TcpStream::connect_timeout(&addr, PROBE_CONNECT_TIMEOUT)
+                    .and_then(|s| s.set_nonblocking(true).map(|()| s))
+                    .map(|s| (s, at))
+                    .map_err(|e| format!("connect: {e}"));
+                if tx.send(r).is_err() {
+                    return;
+                }
+                std::thread::sleep(PROBE_EVERY.saturating_sub(at.elapsed()));
+            }
+        });
+        let r = drive_probes(vm, addr, deadline, ctx, began, &rx);
+        stop.store(true, Ordering::SeqCst);
+        r
+    })
+}
+
+/// The reading side of [`read_until_served`].
+fn drive_probes(
+    vm: &mut Vm,
+    addr: SocketAddr,
+    deadline: Instant,
+    ctx: &Ctx,
+    began: Instant,
+    rx: &std::sync::mpsc::Receiver<Result<(TcpStream, Instant), String>>,
+) -> anyhow::Result<Served> {
+    let mut reasons = Vec::new();
     let mut failed = 0u32;
     let mut last_err = String::from("no probe answered");
-    let mut next_probe = Instant::now();
+    let mut note = |failed: &mut u32, why: String| {
+        *failed += 1;
+        if reasons.len() < MAX_REASONS {
+            reasons.push(format!("{:.1} ms: {why}", ms(began.elapsed())));
+        }
+        why
+    };
+    let mut probes: std::collections::VecDeque<Probe> = std::collections::VecDeque::new();
     loop {
-        let now = Instant::now();
-        if now >= next_probe {
-            next_probe = now + PROBE_EVERY;
-            match TcpStream::connect_timeout(&addr, Duration::from_millis(200))
-                .and_then(|s| s.set_nonblocking(true).map(|()| s))
-            {
-                Ok(stream) => probes.push_back(Probe {
-                    stream,
-                    since: now,
-                    hello: [0; 18],
-                    got: 0,
-                }),
-                Err(e) => {
-                    failed += 1;
-                    last_err = e.to_string();
-                }
+        while let Ok(r) = rx.try_recv() {
+            match r {
+                Ok((stream, at)) => probes.push_back(Probe::new(stream, at)),
+                Err(e) => last_err = note(&mut failed, e),
             }
             if probes.len() > MAX_PROBES {
                 probes.pop_front();
                 failed += 1;
             }
         }
+        if !probes.iter().any(|p| p.step == Step::ReadReply) {
+            if let Some(p) = probes.iter_mut().find(|p| p.step == Step::Ready) {
+                match p.send(&read_request()) {
+                    Ok(()) => p.step = Step::ReadReply,
+                    Err(e) => {
+                        // Given up below, like any probe that stops making progress.
+                        p.since = Instant::now() - PROBE_MAX_AGE - Duration::from_millis(1);
+                        last_err = e;
+                    }
+                }
+            }
+        }
+        let now = Instant::now();
         let mut i = 0;
         while i < probes.len() {
             let p = &mut probes[i];
-            let outcome = match p.stream.read(&mut p.hello[p.got..]) {
-                Ok(0) => Err("closed before the greeting".to_string()),
-                Ok(n) => {
-                    p.got += n;
-                    Ok(p.got == p.hello.len())
+            let outcome = match p.advance() {
+                Ok(false) if now.duration_since(p.since) > PROBE_MAX_AGE => {
+                    Err(format!("no progress waiting for {}", p.what()))
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if now.duration_since(p.since) > PROBE_MAX_AGE {
-                        Err("no greeting".to_string())
-                    } else {
-                        Ok(false)
-                    }
-                }
-                Err(e) => Err(e.to_string()),
+                other => other,
             };
             match outcome {
                 Ok(false) => i += 1,
                 Ok(true) => {
+                    let served_at = Instant::now();
                     let p = probes.remove(i).expect("index in range");
-                    match finish_handshake_and_read(p.stream, &p.hello) {
-                        Ok(s) => return Ok((s, failed)),
-                        Err(e) => {
-                            failed += 1;
-                            last_err = e.to_string();
-                        }
-                    }
+                    p.stream.set_nonblocking(false)?;
+                    return Ok(Served {
+                        stream: p.stream,
+                        at: served_at,
+                        failed,
+                        reasons,
+                    });
                 }
                 Err(e) => {
+                    let age = ms(probes[i].since.elapsed());
                     probes.remove(i);
-                    failed += 1;
-                    last_err = e;
+                    last_err = note(&mut failed, format!("{e} (probe {age:.1} ms old)"));
                 }
             }
         }
@@ -571,31 +729,8 @@ const NBD_SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
 const NBD_OPT_EXPORT_NAME: u32 = 1;
 const READ_LEN: u32 = 4096;
 
-/// Given the greeting, finish the fixed-newstyle handshake for [`EXPORT`], then one READ;
-/// the connection stays open.
-fn finish_handshake_and_read(mut s: TcpStream, hello: &[u8; 18]) -> std::io::Result<TcpStream> {
-    if &hello[..8] != b"NBDMAGIC" || &hello[8..16] != b"IHAVEOPT" {
-        return Err(std::io::Error::other("not an NBD newstyle greeting"));
-    }
-    s.set_nonblocking(false)?;
-    s.set_nodelay(true)?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut msg = Vec::with_capacity(64);
-    msg.extend_from_slice(&3u32.to_be_bytes()); // FIXED_NEWSTYLE | NO_ZEROES
-    msg.extend_from_slice(&NBD_OPTS_MAGIC.to_be_bytes());
-    msg.extend_from_slice(&NBD_OPT_EXPORT_NAME.to_be_bytes());
-    msg.extend_from_slice(&(EXPORT.len() as u32).to_be_bytes());
-    msg.extend_from_slice(EXPORT.as_bytes());
-    s.write_all(&msg)?;
-    let mut info = [0u8; 10];
-    s.read_exact(&mut info)?;
-    send_read(&mut s)?;
-    recv_read(&mut s)?;
-    Ok(s)
-}
-
-/// Send a READ of 4 KiB at offset 0.
-fn send_read(s: &mut TcpStream) -> std::io::Result<()> {
+/// A READ of 4 KiB at offset 0.
+fn read_request() -> Vec<u8> {
     let mut req = Vec::with_capacity(28);
     req.extend_from_slice(&NBD_REQUEST_MAGIC.to_be_bytes());
     req.extend_from_slice(&0u16.to_be_bytes()); // flags
@@ -603,22 +738,12 @@ fn send_read(s: &mut TcpStream) -> std::io::Result<()> {
     req.extend_from_slice(&1u64.to_be_bytes()); // handle
     req.extend_from_slice(&0u64.to_be_bytes()); // offset
     req.extend_from_slice(&READ_LEN.to_be_bytes());
-    s.write_all(&req)
+    req
 }
 
-/// Read the simple reply and the data of a READ.
-fn recv_read(s: &mut TcpStream) -> std::io::Result<()> {
-    let mut reply = [0u8; 16];
-    s.read_exact(&mut reply)?;
-    let magic = u32::from_be_bytes(reply[..4].try_into().expect("4 bytes"));
-    let error = u32::from_be_bytes(reply[4..8].try_into().expect("4 bytes"));
-    if magic != NBD_SIMPLE_REPLY_MAGIC || error != 0 {
-        return Err(std::io::Error::other(format!(
-            "bad NBD reply (magic {magic:#x}, error {error})"
-        )));
-    }
-    let mut data = vec![0u8; READ_LEN as usize];
-    s.read_exact(&mut data)
+/// Send a READ of 4 KiB at offset 0.
+fn send_read(s: &mut TcpStream) -> std::io::Result<()> {
+    s.write_all(&read_request())
 }
 
 /// Wait for the console line containing `prefix` (skipping `skip` earlier ones) and return
