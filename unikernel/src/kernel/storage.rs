@@ -117,7 +117,8 @@ impl NbdService {
                 max_payload: 32 << 20,
                 disk_id: unikernel::nvlog::format::disk_id_bytes(&label.uuid, label.data_size),
             };
-            info!(
+            log::log!(
+                crate::detail_level(),
                 "nbd: export {} = {device} ({}{})",
                 info.name,
                 Bytes(info.size),
