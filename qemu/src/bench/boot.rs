@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde::Serialize;
 
-use super::{Align, Bar, BarChart, BarGroup, Progress, Summary, Table};
+use super::{ms, Align, Bar, BarChart, BarGroup, Progress, Summary, Table};
 use crate::accel;
 use crate::builder::{Disk, Machine, Nic, QemuCommand};
 use crate::cli::BenchBootArgs;
@@ -154,11 +154,6 @@ pub fn bench_boot(args: &BenchBootArgs) -> anyhow::Result<i32> {
         args.svg.as_deref().map(|p| (p, &chart)),
     )?;
     Ok(0)
-}
-
-fn ms(d: Duration) -> f64 {
-    // Microsecond resolution keeps the JSON readable.
-    (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
 /// One boot: (spawn → ready, spawn → exit, guest boot_us).

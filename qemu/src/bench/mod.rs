@@ -355,6 +355,11 @@ impl BarChart {
     }
 }
 
+/// Milliseconds, at microsecond resolution (keeps the JSON readable).
+pub fn ms(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
 /// Write the `--json` report and the `--svg` chart, when asked for, and say so on stderr.
 pub fn write_outputs(
     report: &impl Serialize,

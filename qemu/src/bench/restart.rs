@@ -34,7 +34,7 @@ use serde::Serialize;
 
 use super::blk::Interrupted;
 use super::nbd::{free_port, guest_nbd_port, EXPORT};
-use super::{Align, Bar, BarChart, BarGroup, Progress, Summary, Table};
+use super::{ms, Align, Bar, BarChart, BarGroup, Progress, Summary, Table};
 use crate::accel;
 use crate::builder::{Disk, DiskFormat, Machine, Nic, QemuCommand, SharedRegion};
 use crate::cli::BenchRestartArgs;
@@ -447,10 +447,6 @@ fn boot_then_restart(
     Ok((boot, restart))
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
 fn spawn(cmd: &QemuCommand, log: &Path) -> anyhow::Result<Vm> {
     Vm::spawn(
         cmd,
@@ -665,13 +661,12 @@ fn drive_probes(
             }
         }
         if !probes.iter().any(|p| p.step == Step::ReadReply) {
-            if let Some(p) = probes.iter_mut().find(|p| p.step == Step::Ready) {
-                match p.send(&read_request()) {
-                    Ok(()) => p.step = Step::ReadReply,
+            if let Some(i) = probes.iter().position(|p| p.step == Step::Ready) {
+                match probes[i].send(&read_request()) {
+                    Ok(()) => probes[i].step = Step::ReadReply,
                     Err(e) => {
-                        // Given up below, like any probe that stops making progress.
-                        p.since = Instant::now() - PROBE_MAX_AGE - Duration::from_millis(1);
-                        last_err = e;
+                        probes.remove(i);
+                        last_err = note(&mut failed, e);
                     }
                 }
             }
