@@ -46,6 +46,17 @@ impl Registry {
         Some(self.devices.remove(i).1)
     }
 
+    /// Every device of a kind, mutably, by name (to drive several at once).
+    pub fn of_kind_mut(
+        &mut self,
+        kind: DeviceKind,
+    ) -> impl Iterator<Item = (&str, &mut dyn Device)> {
+        self.devices
+            .iter_mut()
+            .filter(move |(_, d)| d.capabilities().kind == kind)
+            .map(|(n, d)| (n.as_str(), d.as_mut() as &mut dyn Device))
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.devices.iter().map(|(n, _)| n.as_str())
     }

@@ -208,7 +208,7 @@ pub enum BenchCommand {
     /// --runs.
     ///
     /// Each run uses fresh blank 32 MiB raw disks and a fresh 16 MiB NVRAM file, and a small
-    /// built-in NBD client reading 4 KiB of export blk0 (probing every 5 ms).
+    /// built-in NBD client reading 4 KiB of export blk0 (probing every 1 ms).
     Restart(BenchRestartArgs),
 }
 

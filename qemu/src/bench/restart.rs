@@ -460,7 +460,7 @@ fn spawn(cmd: &QemuCommand, log: &Path) -> anyhow::Result<Vm> {
 }
 
 /// A new probe connection this often while none has been greeted.
-pub const PROBE_EVERY: Duration = Duration::from_millis(5);
+pub const PROBE_EVERY: Duration = Duration::from_millis(1);
 /// A connect not accepted in this long is given up; the next probe sends a fresh SYN
 /// (QEMU's listening socket has a short backlog, and a dropped SYN is resent only after 1 s).
 const PROBE_CONNECT_TIMEOUT: Duration = Duration::from_millis(10);

@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 
 use hpdi::{BufferPool, Device, Request, Segment, SgList};
 use log::{info, warn};
-use unikernel::restart::checkpoint::{self, Checkpoint, SLOT_BYTES, SLOT_OFFSETS};
+use unikernel::restart::checkpoint::{self, Checkpoint, MAX_IMAGE, SLOT_OFFSETS};
 
 use crate::dma::FrameRegion;
 use crate::labels::sync_io;
@@ -111,48 +111,30 @@ pub fn after_labels(
     }
 }
 
-fn pool() -> Option<BufferPool> {
-    let mem = FrameRegion::alloc(SLOT_BYTES)?;
-    BufferPool::new(Box::new(mem), SLOT_BYTES).ok()
+fn pool(buffers: usize) -> Option<BufferPool> {
+    let mem = FrameRegion::alloc(buffers * MAX_IMAGE)?;
+    BufferPool::new(Box::new(mem), MAX_IMAGE).ok()
 }
 
-/// Reads both slots of `disk`; returns the newest valid checkpoint and its slot.
+/// Reads both slots of `disk` (both reads in flight together, each only as long as the
+/// largest image); returns the newest valid checkpoint and its slot.
 pub fn load(
     mut disk: Box<dyn Device>,
 ) -> (
     Option<(usize, Checkpoint)>,
     [Option<checkpoint::SlotError>; 2],
 ) {
-    let Some(mut pool) = pool() else {
-        return (None, [None, None]);
-    };
-    let Ok(b) = pool.alloc() else {
-        return (None, [None, None]);
-    };
-    let seg = Segment {
-        buf: b,
-        offset: 0,
-        len: SLOT_BYTES as u32,
-    };
-    let mut slots: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
-    for (i, off) in SLOT_OFFSETS.iter().enumerate() {
-        if sync_io(
-            disk.as_mut(),
-            &mut pool,
-            Request::read(*off, SgList::one(seg), 0),
-        )
-        .is_ok()
-        {
-            slots[i] = pool.slice(&seg).map(|s| s.to_vec()).unwrap_or_default();
-        }
-    }
+    let reads = SLOT_OFFSETS.map(|off| (off, MAX_IMAGE as u32));
+    let mut images = crate::labels::read_many(disk.as_mut(), &reads).into_iter();
+    let mut next = || images.next().and_then(Result::ok).unwrap_or_default();
+    let slots: [Vec<u8>; 2] = [next(), next()];
     checkpoint::newest([&slots[0], &slots[1]])
 }
 
 /// Writes `cp` into `slot` of the first disk (raw device, reserved area) and flushes it.
 pub fn save(disk: &mut dyn Device, cp: &Checkpoint, slot: usize) -> Result<(), String> {
     let image = cp.encode().map_err(|e| alloc::format!("{e}"))?;
-    let mut pool = pool().ok_or("no DMA memory")?;
+    let mut pool = pool(1).ok_or("no DMA memory")?;
     let b = pool.alloc().map_err(|e| alloc::format!("{e}"))?;
     let len = image.len().div_ceil(512) * 512;
     let seg = Segment {

@@ -45,6 +45,8 @@ pub struct Devices {
     pub nvram: Vec<(alloc::string::String, u64, usize)>,
     /// What the checkpoint records, by device name, in discovery order.
     pub records: Vec<(alloc::string::String, DeviceRecord)>,
+    /// Disk labels already read and checked (a checkpoint start), by device name.
+    pub labels: Vec<(alloc::string::String, unikernel::restart::label::Label)>,
     /// Vendor and device id of the PCI host bridge at 00:00.0.
     pub host_bridge: Option<(u16, u16)>,
     pub pci_functions: usize,
@@ -160,15 +162,24 @@ fn feature_names(f: Features) -> alloc::string::String {
     .join(",")
 }
 
-/// Devices to stop before a restart in place: (ECAM base, bus, device, function) for PCI,
-/// (base, 0xff, 0xff, 0xff) for virtio-mmio. Fixed-size: it must outlive the heap.
-/// (base, bus, device, function) of one device to stop.
-type QuiesceEntry = (u64, u8, u8, u8);
+/// How to stop one device from touching memory before a restart in place.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// Nothing set yet.
+    None,
+    /// A virtio device reset: write 0 to the 32-bit status register (virtio-mmio) or the
+    /// 8-bit `device_status` of the common configuration (virtio-pci). The device stops
+    /// using its queues and QEMU completes in-flight requests before the write returns.
+    VirtioStatus { addr: u64, wide: bool },
+    /// Bus mastering off (a PCI function whose virtio configuration was not found). Costly
+    /// to undo under QEMU (it rebuilds the memory map), hence only the fallback.
+    BusMaster { ecam: u64, df: (u8, u8, u8) },
+}
 
-static QUIESCE: spin::Mutex<([QuiesceEntry; 64], usize)> =
-    spin::Mutex::new(([(0, 0, 0, 0); 64], 0));
+/// Devices to stop before a restart in place. Fixed-size: it must outlive the heap.
+static QUIESCE: spin::Mutex<([Stop; 64], usize)> = spin::Mutex::new(([Stop::None; 64], 0));
 
-fn remember(entry: QuiesceEntry) {
+fn remember(entry: Stop) {
     let mut q = QUIESCE.lock();
     let (list, n) = &mut *q;
     if list[..*n].contains(&entry) || *n == list.len() {
@@ -178,34 +189,42 @@ fn remember(entry: QuiesceEntry) {
     *n += 1;
 }
 
-/// Stops every device discovery started from using memory: PCI functions lose bus mastering
-/// (no DMA), virtio-mmio devices are reset (status 0). Called before a restart in place, when
-/// the memory the devices were given is about to be reused.
+/// Stops every device discovery started from using memory, before a restart in place
+/// reuses the memory they were given.
 pub fn quiesce_all() {
     let q = QUIESCE.lock();
-    for &(base, bus, dev, func) in &q.0[..q.1] {
-        if bus == 0xff && dev == 0xff {
-            // SAFETY: the virtio-mmio window discovery mapped; offset 0x70 is its status
-            // register, and writing 0 resets the device.
-            unsafe { ((base + 0x70) as *mut u32).write_volatile(0) };
-        } else {
-            let region = EcamRegion {
-                base,
-                segment: 0,
-                bus_start: 0,
-                bus_end: 255,
-            };
-            crate::pci::disable_bus_master(
-                &region,
-                DeviceFunction {
-                    bus,
-                    device: dev,
-                    function: func,
-                },
-            );
+    for stop in &q.0[..q.1] {
+        match *stop {
+            Stop::None => {}
+            // SAFETY: a status register of a device discovery mapped (identity map entries
+            // survive the restart); writing 0 resets the device.
+            Stop::VirtioStatus { addr, wide: true } => unsafe {
+                (addr as *mut u32).write_volatile(0)
+            },
+            // SAFETY: as above, the 8-bit `device_status` of a virtio-pci common config.
+            Stop::VirtioStatus { addr, wide: false } => unsafe {
+                (addr as *mut u8).write_volatile(0)
+            },
+            Stop::BusMaster { ecam, df } => {
+                let region = EcamRegion {
+                    base: ecam,
+                    segment: 0,
+                    bus_start: 0,
+                    bus_end: 255,
+                };
+                let df = DeviceFunction {
+                    bus: df.0,
+                    device: df.1,
+                    function: df.2,
+                };
+                crate::pci::disable_bus_master(&region, df);
+            }
         }
     }
 }
+
+/// Offset of `device_status` in the virtio-pci common configuration.
+const COMMON_DEVICE_STATUS: u64 = 20;
 
 /// A checkpoint record of a device at `location` with PCI ids (or virtio id for MMIO).
 fn record(kind: u8, location: Location, ids: (u16, u16)) -> DeviceRecord {
@@ -274,9 +293,10 @@ impl Devices {
         let ids = (info.vendor_id, info.device_id);
         if ids == IVSHMEM || virtio_device_type(info).is_some() {
             // Decoding and bus mastering on (a restart turned mastering off).
+            // Only a missing bit is written (see `pci::SizingCam`): a write costs a
+            // rebuild of QEMU's memory map.
             let (_, cmd) = root.get_status_command(df);
             root.set_command(df, cmd | Command::MEMORY_SPACE | Command::BUS_MASTER);
-            remember((root_base(root), df.bus, df.device, df.function));
         }
         if ids == IVSHMEM {
             self.attach_ivshmem(root, df, location);
@@ -293,7 +313,11 @@ impl Devices {
             let t1 = crate::time::now_us();
             let before = self.records.len();
             match transport {
-                Ok(t) => self.attach(location, SomeTransport::from(t), ids),
+                Ok(t) => {
+                    // The transport mapped the BARs: the reset register is reachable now.
+                    remember(stop_for(root, segment, df));
+                    self.attach(location, SomeTransport::from(t), ids)
+                }
                 Err(e) => self.push(None, location, failed("virtio-pci", e)),
             }
             if self.records.len() > before {
@@ -328,7 +352,10 @@ impl Devices {
             return None;
         }
         let header = NonNull::new(dev.base as *mut VirtIOHeader)?;
-        remember((dev.base, 0xff, 0xff, 0xff));
+        remember(Stop::VirtioStatus {
+            addr: dev.base + 0x70,
+            wide: true,
+        });
         // SAFETY: the window is mapped (above) and named by the VMM on our command line as a
         // virtio-mmio device of `size` bytes; nothing else uses it.
         match unsafe { MmioTransport::new(header, dev.size as usize) } {
@@ -346,6 +373,28 @@ impl Devices {
     }
 }
 
+/// How to stop a virtio-pci function: a reset through its common configuration, or bus
+/// mastering off when that is not found.
+fn stop_for(root: &crate::pci::Root, segment: u16, df: DeviceFunction) -> Stop {
+    let ecam = root_base(root);
+    let region = EcamRegion {
+        base: ecam,
+        segment,
+        bus_start: 0,
+        bus_end: 255,
+    };
+    match crate::pci::virtio_common_cfg(&region, df) {
+        Some(cfg) => Stop::VirtioStatus {
+            addr: cfg + COMMON_DEVICE_STATUS,
+            wide: false,
+        },
+        None => Stop::BusMaster {
+            ecam,
+            df: (df.bus, df.device, df.function),
+        },
+    }
+}
+
 fn root_base(_root: &crate::pci::Root) -> u64 {
     crate::pci::ecam_base()
 }
@@ -353,6 +402,7 @@ fn root_base(_root: &crate::pci::Root) -> u64 {
 /// Cold discovery: every bus, device and function the ECAM windows cover, then the
 /// virtio-mmio windows.
 pub fn discover(acpi: Option<&AcpiInfo>, mmio: &[MmioDevice]) -> Devices {
+    crate::pci::forget_bar_masks();
     let mut devs = Devices::default();
     for region in ecam_regions(acpi) {
         let mut root = crate::pci::root(&region);
@@ -438,36 +488,55 @@ pub fn from_checkpoint(
         if devs.records.len() != i + 1 {
             return Err(format!("device {i}: did not initialise as before"));
         }
-        // A disk must still be the one the checkpoint names: its label decides.
-        if r.kind == checkpoint::kind::BLK {
-            let name = devs.records[i].0.clone();
-            let dev = devs
-                .registry
-                .open(&name)
-                .map_err(|_| format!("device {i}: not registered"))?;
-            match crate::labels::peek_label(dev) {
-                Some((uuid, _)) if uuid != r.label => {
-                    return Err(format!(
-                        "device {i} ({name}): a different disk (label {})",
-                        unikernel::restart::label::Uuid(uuid)
-                    ))
-                }
-                Some((_, cap)) if cap != r.capacity => {
-                    return Err(format!(
-                        "device {i} ({name}): resized ({} -> {cap} bytes)",
-                        r.capacity
-                    ))
-                }
-                Some(_) => {}
-                None => {
-                    return Err(format!(
-                        "device {i} ({name}): its label is gone or unreadable"
-                    ))
-                }
+    }
+    check_labels(&mut devs, cp)?;
+    Ok(devs)
+}
+
+/// A disk must still be the one the checkpoint names: its label decides. The labels are
+/// read together, and kept for the storage service, which then need not read them again.
+fn check_labels(devs: &mut Devices, cp: &Checkpoint) -> Result<(), String> {
+    let mut names = Vec::new();
+    let mut disks: Vec<&mut dyn hpdi::Device> = Vec::new();
+    for (name, dev) in devs.registry.of_kind_mut(hpdi::DeviceKind::Block) {
+        names.push(String::from(name));
+        disks.push(dev);
+    }
+    let found = crate::labels::read_labels(&mut disks);
+    for (name, read) in names.into_iter().zip(found) {
+        let Some((i, r)) = cp
+            .devices
+            .iter()
+            .enumerate()
+            .zip(&devs.records)
+            .find(|(_, (n, _))| *n == name)
+            .map(|(ir, _)| ir)
+        else {
+            return Err(format!("{name}: not in the checkpoint"));
+        };
+        match read {
+            Ok(Ok(label)) if label.uuid != r.label => {
+                return Err(format!(
+                    "device {i} ({name}): a different disk (label {})",
+                    unikernel::restart::label::Uuid(label.uuid)
+                ))
             }
+            Ok(Ok(label)) if label.capacity != r.capacity => {
+                return Err(format!(
+                    "device {i} ({name}): resized ({} -> {} bytes)",
+                    r.capacity, label.capacity
+                ))
+            }
+            Ok(Ok(label)) => devs.labels.push((name, label)),
+            Ok(Err(e)) => {
+                return Err(format!(
+                    "device {i} ({name}): its label is gone or unreadable ({e:?})"
+                ))
+            }
+            Err(e) => return Err(format!("device {i} ({name}): {e}")),
         }
     }
-    Ok(devs)
+    Ok(())
 }
 
 /// The first virtio-blk device, found cheaply (bus 0 only, or the first virtio-mmio window

@@ -186,8 +186,17 @@ pub extern "C" fn kmain_restart() -> ! {
     mem::reinit(&boot.split);
     arch::idt::clear_nested();
     PANICKING.store(false, Ordering::SeqCst);
-    serve(boot, phases::Phases::starting_now())
+    let phases = phases::Phases::restart(
+        RESTART_AT.load(Ordering::SeqCst),
+        QUIESCED_AT.load(Ordering::SeqCst),
+    );
+    serve(boot, phases)
 }
+
+/// When the error that caused the restart in place was seen, and when the devices were
+/// quiesced after it (guest microseconds).
+static RESTART_AT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+static QUIESCED_AT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
 /// Stops devices from touching memory, then restarts in place. Never returns.
 static REQUESTS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
@@ -209,12 +218,14 @@ pub fn on_watchdog() {
 fn restart_in_place(cause: &str) -> ! {
     watchdog::stop();
     let n = RESTARTS.load(Ordering::SeqCst);
+    let at = time::now_us();
+    RESTART_AT.store(at, Ordering::SeqCst);
     console::emergency_line(format_args!(
-        "TANDEM RESTART cause=\"{cause}\" n={n} at_us={}",
-        time::now_us()
+        "TANDEM RESTART cause=\"{cause}\" n={n} at_us={at}"
     ));
     SERVING.store(false, Ordering::SeqCst);
     discovery::quiesce_all();
+    QUIESCED_AT.store(time::now_us(), Ordering::SeqCst);
     arch::boot::restart_on_boot_stack()
 }
 

@@ -28,6 +28,45 @@ pub fn disable_bus_master(region: &EcamRegion, df: DeviceFunction) {
     cam.write_word(df, 0x04, v & 0xffff & !(1 << 2));
 }
 
+/// Physical address of a modern virtio-pci function's common configuration structure
+/// (vendor capability type 1), read from its capability list and BAR: reads only.
+pub fn virtio_common_cfg(region: &EcamRegion, df: DeviceFunction) -> Option<u64> {
+    // SAFETY: reads only.
+    let cam = unsafe { root_cam(region) };
+    if cam.read_word(df, 0x04) & (1 << 20) == 0 {
+        return None; // no capability list
+    }
+    let mut ptr = (cam.read_word(df, 0x34) & 0xfc) as u8;
+    for _ in 0..48 {
+        if ptr < 0x40 {
+            return None;
+        }
+        let head = cam.read_word(df, ptr);
+        let (id, next, cfg_type) = (head as u8, (head >> 8) as u8 & 0xfc, (head >> 24) as u8);
+        if id == 0x09 && cfg_type == 1 {
+            let bar = cam.read_word(df, ptr + 4) as u8;
+            let offset = cam.read_word(df, ptr + 8);
+            if bar > 5 {
+                return None;
+            }
+            let reg = 0x10 + 4 * bar;
+            let low = cam.read_word(df, reg);
+            if low & 1 != 0 {
+                return None; // an I/O BAR
+            }
+            let high = if (low >> 1) & 3 == 2 && bar < 5 {
+                u64::from(cam.read_word(df, reg + 4)) << 32
+            } else {
+                0
+            };
+            let base = high | u64::from(low & !0xf);
+            return (base != 0).then_some(base + u64::from(offset));
+        }
+        ptr = next;
+    }
+    None
+}
+
 /// Opens the configuration space of one ECAM window.
 pub fn root(region: &EcamRegion) -> Root {
     ECAM_BASE.store(region.base, core::sync::atomic::Ordering::Relaxed);
@@ -87,6 +126,12 @@ fn is_bar(reg: u8) -> bool {
 pub fn bar_masks(df: DeviceFunction) -> [u32; 6] {
     let m = BAR_MASKS.lock();
     core::array::from_fn(|i| m.get(&key(df, 0x10 + 4 * i as u8)).copied().unwrap_or(0))
+}
+
+/// Forgets every BAR mask: a cold discovery learns them again, as on a first boot (the
+/// table outlives a restart in place, and using it then would make "cold" partly warm).
+pub fn forget_bar_masks() {
+    BAR_MASKS.lock().len = 0;
 }
 
 /// Loads BAR masks saved in a checkpoint.

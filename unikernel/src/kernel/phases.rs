@@ -26,15 +26,17 @@ impl Phases {
         }
     }
 
-    /// Starts timing now, the total too (a restart in place).
-    pub fn starting_now() -> Self {
-        let now = crate::time::now_us();
-        Self {
-            start: now,
-            last: now,
+    /// A restart in place: the total counts from the error at `error_us`; the devices were
+    /// quiesced by `quiesced_us` (a phase of its own), and the next mark counts from there.
+    pub fn restart(error_us: u64, quiesced_us: u64) -> Self {
+        let mut p = Self {
+            start: error_us,
+            last: quiesced_us,
             done: [("", 0); MAX],
             n: 0,
-        }
+        };
+        p.record("quiesce", quiesced_us.saturating_sub(error_us));
+        p
     }
 
     /// When this start began (guest entry for a boot, the restart for a restart in place).

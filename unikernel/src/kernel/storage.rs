@@ -39,9 +39,33 @@ impl Stream for SocketStream<'_> {
     }
 }
 
+/// Listening sockets kept ready beyond those serving; more are made as clients arrive, up
+/// to [`MAX_CLIENTS`]. Each costs 256 KiB of buffers, and making all of them at start cost
+/// a restart ~3 ms under emulation (most of it zeroing the buffers).
+const SPARE_LISTENERS: usize = 4;
+
+/// Makes listening sockets in up to `n` empty slots.
+fn top_up(
+    handles: &mut [Option<SocketHandle>],
+    sockets: &mut SocketSet<'static>,
+    n: usize,
+    port: u16,
+) {
+    for h in handles.iter_mut().filter(|h| h.is_none()).take(n) {
+        let rx = tcp::SocketBuffer::new(vec![0; TCP_BUF]);
+        let tx = tcp::SocketBuffer::new(vec![0; TCP_BUF]);
+        let mut s = tcp::Socket::new(rx, tx);
+        if let Err(e) = s.listen(port) {
+            warn!("nbd: listen on {port}: {e}");
+        }
+        *h = Some(sockets.add(s));
+    }
+}
+
 pub struct NbdService {
     server: Server,
-    handles: Vec<SocketHandle>,
+    /// One socket per client slot, made on demand.
+    handles: Vec<Option<SocketHandle>>,
     port: u16,
 }
 
@@ -71,13 +95,35 @@ impl NbdService {
         // Labels first (every disk), then the checkpoint (it names the labels), then the
         // exports over the data areas.
         let t_labels = crate::time::now_us();
-        let mut labelled = Vec::new();
+        let mut taken = Vec::new();
         for (name, device, ro) in wanted {
-            let Some(mut raw) = devices.registry.take(&device) else {
-                warn!("nbd: export {name}: no block device {device}");
-                continue;
+            match devices.registry.take(&device) {
+                Some(raw) => taken.push((name, device, ro, raw)),
+                None => warn!("nbd: export {name}: no block device {device}"),
+            }
+        }
+        // Labels the checkpoint check read already; the others, all at once.
+        let known = |device: &str| {
+            devices
+                .labels
+                .iter()
+                .find(|(n, _)| n == device)
+                .map(|(_, l)| *l)
+        };
+        let mut unread: Vec<&mut dyn hpdi::Device> = taken
+            .iter_mut()
+            .filter(|t| known(&t.1).is_none())
+            .map(|t| t.3.as_mut() as &mut dyn hpdi::Device)
+            .collect();
+        let mut reads = crate::labels::read_labels(&mut unread).into_iter();
+        drop(unread);
+        let mut labelled = Vec::new();
+        for (name, device, ro, mut raw) in taken {
+            let found = match known(&device) {
+                Some(l) => Ok(Ok(l)),
+                None => reads.next().unwrap_or(Err("not read".into())),
             };
-            match crate::labels::ensure_label(raw.as_mut(), &mut pool, &name, ro) {
+            match crate::labels::ensure_label(raw.as_mut(), &mut pool, &name, ro, found) {
                 Ok(label) => labelled.push((name, device, ro, raw, label)),
                 Err(e) => warn!("nbd: export {name} ({device}): {e}"),
             }
@@ -125,9 +171,14 @@ impl NbdService {
                 if info.read_only { ", read-only" } else { "" }
             );
             exports.push(info);
+            // As deep as the device's own queue: the server retries when it is full, and a
+            // deeper ring only costs start-up time (its slots hold whole requests).
+            let depth = usize::from(caps.queue_depth)
+                .next_power_of_two()
+                .clamp(64, 1024);
             disks.push(Disk {
                 dev,
-                queue: QueuePair::new(1024).map_err(|e| alloc::format!("{e}"))?,
+                queue: QueuePair::new(depth).map_err(|e| alloc::format!("{e}"))?,
             });
         }
         if exports.is_empty() {
@@ -136,13 +187,8 @@ impl NbdService {
         let t_log = crate::time::now_us();
         let (log, durability) = open_log(devices, cfg, &mut pool)?;
         let t_sockets = crate::time::now_us();
-        let handles = (0..MAX_CLIENTS)
-            .map(|_| {
-                let rx = tcp::SocketBuffer::new(vec![0; TCP_BUF]);
-                let tx = tcp::SocketBuffer::new(vec![0; TCP_BUF]);
-                sockets.add(tcp::Socket::new(rx, tx))
-            })
-            .collect();
+        let mut handles = vec![None; MAX_CLIENTS];
+        top_up(&mut handles, sockets, SPARE_LISTENERS, cfg.nbd_port);
         info!(
             "nbd: listening on tcp/{} for up to {MAX_CLIENTS} clients",
             cfg.nbd_port
@@ -189,7 +235,27 @@ impl NbdService {
 
     /// One turn: accept, serve and retire connections, then drive the disks.
     pub fn poll(&mut self, sockets: &mut SocketSet<'static>) {
-        for (slot, &h) in self.handles.iter().enumerate() {
+        let free = self
+            .handles
+            .iter()
+            .flatten()
+            .filter(|&&h| {
+                matches!(
+                    sockets.get::<tcp::Socket>(h).state(),
+                    tcp::State::Listen | tcp::State::Closed
+                )
+            })
+            .count();
+        if free < SPARE_LISTENERS {
+            top_up(
+                &mut self.handles,
+                sockets,
+                SPARE_LISTENERS - free,
+                self.port,
+            );
+        }
+        for (slot, h) in self.handles.iter().enumerate() {
+            let Some(h) = *h else { continue };
             let s = sockets.get_mut::<tcp::Socket>(h);
             if !s.is_open() {
                 if self.server.is_active(slot) {

@@ -15,6 +15,8 @@ static SEEN_TSC: AtomicU64 = AtomicU64::new(0);
 /// Timeout in TSC cycles (0: off).
 static TIMEOUT_CYCLES: AtomicU64 = AtomicU64::new(0);
 static LAPIC: AtomicU64 = AtomicU64::new(0);
+/// LAPIC timer counts per millisecond (0 until calibrated).
+static TIMER_PER_MS: AtomicU64 = AtomicU64::new(0);
 
 const SVR: u64 = 0xf0;
 const EOI: u64 = 0xb0;
@@ -65,11 +67,19 @@ pub fn start(timeout_ms: u64) {
     write(TIMER_DIVIDE, 0b1011); // divide by 1
                                  // Calibrate the timer against the TSC over 1 ms.
     write(LVT_TIMER, 1 << 16); // masked while calibrating
-    write(TIMER_INIT, u32::MAX);
     let hz = crate::time::tsc_hz().max(1);
-    let t0 = rdtsc();
-    while rdtsc() - t0 < hz / 1000 {}
-    let per_ms = u64::from(u32::MAX - read(TIMER_CURRENT)).max(1);
+    // Calibrated once (a 1 ms wait), not again on every restart in place.
+    let per_ms = match TIMER_PER_MS.load(Ordering::Relaxed) {
+        0 => {
+            write(TIMER_INIT, u32::MAX);
+            let t0 = rdtsc();
+            while rdtsc() - t0 < hz / 1000 {}
+            let n = u64::from(u32::MAX - read(TIMER_CURRENT)).max(1);
+            TIMER_PER_MS.store(n, Ordering::Relaxed);
+            n
+        }
+        n => n,
+    };
     let count = (per_ms * TICK_US / 1000).clamp(1, u64::from(u32::MAX)) as u32;
     TIMEOUT_CYCLES.store(hz / 1000 * timeout_ms, Ordering::Relaxed);
     SEEN.store(u64::MAX, Ordering::Relaxed);
@@ -78,7 +88,11 @@ pub fn start(timeout_ms: u64) {
         (1 << 17) | u32::from(crate::arch::idt::TIMER_VECTOR),
     ); // periodic
     write(TIMER_INIT, count);
-    log::info!("watchdog: {timeout_ms} ms, tick {} ms", TICK_US / 1000);
+    log::log!(
+        crate::detail_level(),
+        "watchdog: {timeout_ms} ms, tick {} ms",
+        TICK_US / 1000
+    );
     // SAFETY: every vector that can fire now has a gate on an IST stack.
     unsafe { core::arch::asm!("sti", options(nomem, nostack)) };
 }

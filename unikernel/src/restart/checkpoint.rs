@@ -151,6 +151,12 @@ const NET: usize = core::mem::size_of::<NetRecord>();
 const DEV: usize = core::mem::size_of::<DeviceRecord>();
 const EXP: usize = core::mem::size_of::<ExportRecord>();
 
+/// The largest slot image (every record present), rounded up to whole 4 KiB blocks: all a
+/// reader needs to read of a slot.
+pub const MAX_IMAGE: usize =
+    (HDR + NET + MAX_DEVICES * DEV + MAX_EXPORTS * EXP).next_multiple_of(4096);
+const _: () = assert!(MAX_IMAGE <= SLOT_BYTES);
+
 impl Checkpoint {
     /// The slot image: header then body.
     pub fn encode(&self) -> Result<Vec<u8>, SlotError> {

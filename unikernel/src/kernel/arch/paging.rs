@@ -1,5 +1,7 @@
 //! The identity map. Boot maps the first 4 GiB with 2 MiB pages; device windows above that
-//! (64-bit PCI BARs) are mapped on demand, with page tables taken from the frame pool.
+//! (64-bit PCI BARs) are mapped on demand, with page tables taken from a static pool in the
+//! kernel image. Not from the frame pool: a restart in place resets that pool while the
+//! mappings (and the tables behind them) stay live.
 
 use core::arch::asm;
 
@@ -16,7 +18,7 @@ pub const BOOT_MAPPED: u64 = 4 << 30;
 #[derive(Debug)]
 #[allow(dead_code)] // fields are read through Debug in error reports
 pub enum MapError {
-    OutOfFrames,
+    OutOfTables,
     /// The address is beyond what 4-level paging with our identity map can reach.
     TooHigh(u64),
     /// A 1 GiB page is already there (we never create them).
@@ -54,11 +56,32 @@ unsafe fn next_table(entry: *mut u64) -> Result<*mut u64, MapError> {
             }
             return Ok((e & ADDR_MASK) as *mut u64);
         }
-        let frame = crate::mem::alloc_frames(1).ok_or(MapError::OutOfFrames)?;
-        core::ptr::write_bytes(frame as *mut u8, 0, 4096);
+        let frame = take_table().ok_or(MapError::OutOfTables)?;
         entry.write_volatile(frame | PRESENT | WRITABLE);
         Ok(frame as *mut u64)
     }
+}
+
+/// Page tables for mappings above 4 GiB: one PDPT per 512 GiB and one PD per GiB mapped.
+const TABLES: usize = 32;
+
+#[repr(C, align(4096))]
+struct Table([u64; 512]);
+
+static mut TABLE_POOL: [Table; TABLES] = [const { Table([0; 512]) }; TABLES];
+static TABLES_USED: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+/// A zeroed table from the static pool (kernel memory: identity-mapped, never reused).
+fn take_table() -> Option<u64> {
+    use core::sync::atomic::Ordering;
+    let i = TABLES_USED
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+            (n < TABLES).then_some(n + 1)
+        })
+        .ok()?;
+    // SAFETY: each index is handed out once (the counter only grows), so this is the only
+    // reference to table `i`; it lives in the kernel image, identity-mapped below 4 GiB.
+    Some(unsafe { core::ptr::addr_of_mut!(TABLE_POOL[i]) } as u64)
 }
 
 fn map_2m(page: u64) -> Result<(), MapError> {
