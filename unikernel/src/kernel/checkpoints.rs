@@ -119,13 +119,13 @@ fn pool(buffers: usize) -> Option<BufferPool> {
 /// Reads both slots of `disk` (both reads in flight together, each only as long as the
 /// largest image); returns the newest valid checkpoint and its slot.
 pub fn load(
-    mut disk: Box<dyn Device>,
+    disk: &mut dyn Device,
 ) -> (
     Option<(usize, Checkpoint)>,
     [Option<checkpoint::SlotError>; 2],
 ) {
     let reads = SLOT_OFFSETS.map(|off| (off, MAX_IMAGE as u32));
-    let mut images = crate::labels::read_many(disk.as_mut(), &reads).into_iter();
+    let mut images = crate::labels::read_many(disk, &reads).into_iter();
     let mut next = || images.next().and_then(Result::ok).unwrap_or_default();
     let slots: [Vec<u8>; 2] = [next(), next()];
     checkpoint::newest([&slots[0], &slots[1]])

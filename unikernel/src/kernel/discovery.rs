@@ -20,7 +20,7 @@ use virtio_drivers::transport::pci::bus::{Command, DeviceFunction, DeviceFunctio
 use virtio_drivers::transport::pci::{virtio_device_type, PciTransport};
 use virtio_drivers::transport::{DeviceType, SomeTransport, Transport};
 
-use frontend_drivers::virtio_blk::Features;
+use frontend_drivers::virtio_blk::{BlkInfo, Features};
 use frontend_drivers::virtio_net::NetInfo;
 
 use crate::dma::FrameRegion;
@@ -60,22 +60,7 @@ impl Devices {
         let info = match transport.device_type() {
             DeviceType::Block => {
                 match frontend_drivers::virtio_blk::open::<TandemHal, _>(transport) {
-                    Ok((dev, blk)) => {
-                        let info = DeviceInfo::VirtioBlk {
-                            capacity_sectors: blk.capacity_sectors,
-                            read_only: blk.features.contains(Features::RO),
-                            queue_size: blk.queue_size,
-                            features: feature_names(blk.features),
-                        };
-                        let name = self.registry.add(dev);
-                        self.transports.push((name.clone(), location.transport()));
-                        let mut r = record(checkpoint::kind::BLK, location, ids);
-                        r.features = blk.features.bits();
-                        r.queue_size = blk.queue_size;
-                        r.capacity = blk.capacity_sectors * 512;
-                        self.records.push((name.clone(), r));
-                        return self.push(Some(name), location, info);
-                    }
+                    Ok((dev, blk)) => return self.add_blk(location, dev, &blk, ids),
                     Err(e) => failed("virtio-blk", e),
                 }
             }
@@ -99,6 +84,30 @@ impl Devices {
             },
         };
         self.push(None, location, info);
+    }
+
+    /// Registers an opened virtio-blk device and records it.
+    fn add_blk(
+        &mut self,
+        location: Location,
+        dev: Box<dyn hpdi::Device>,
+        blk: &BlkInfo,
+        ids: (u16, u16),
+    ) {
+        let info = DeviceInfo::VirtioBlk {
+            capacity_sectors: blk.capacity_sectors,
+            read_only: blk.features.contains(Features::RO),
+            queue_size: blk.queue_size,
+            features: feature_names(blk.features),
+        };
+        let name = self.registry.add(dev);
+        self.transports.push((name.clone(), location.transport()));
+        let mut r = record(checkpoint::kind::BLK, location, ids);
+        r.features = blk.features.bits();
+        r.queue_size = blk.queue_size;
+        r.capacity = blk.capacity_sectors * 512;
+        self.records.push((name.clone(), r));
+        self.push(Some(name), location, info);
     }
 
     /// Registers an ivshmem device's BAR 2 (the shared region) as a memory device.
@@ -429,9 +438,31 @@ pub fn from_checkpoint(
     acpi: Option<&AcpiInfo>,
     mmio: &[MmioDevice],
     cp: &Checkpoint,
+    mut boot: Option<BootDisk>,
 ) -> Result<Devices, String> {
     let regions = ecam_regions(acpi);
     let mut devs = Devices::default();
+    // Not adopted below, the boot disk is closed (which resets it) before anything else can
+    // open it; when adopted, it must not be opened a second time.
+    let named = |b: &BootDisk| {
+        cp.devices.iter().any(|r| match b.location {
+            Location::Pci {
+                segment,
+                bus,
+                device,
+                function,
+            } => {
+                r.transport == checkpoint::transport::PCI
+                    && (r.segment, r.bus, r.dev, r.func) == (segment, bus, device, function)
+            }
+            Location::Mmio { base, .. } => {
+                r.transport == checkpoint::transport::MMIO && r.base == base
+            }
+        })
+    };
+    if boot.as_ref().is_some_and(|b| !named(b)) {
+        boot = None;
+    }
     if let Some(region) = regions.first() {
         let host = DeviceFunction {
             bus: region.bus_start,
@@ -467,7 +498,26 @@ pub fn from_checkpoint(
                 ));
             }
             devs.pci_functions += 1;
-            devs.attach_pci(&mut root, r.segment, df, &info);
+            let location = Location::Pci {
+                segment: r.segment,
+                bus: df.bus,
+                device: df.device,
+                function: df.function,
+            };
+            match boot.take_if(|b| b.location == location) {
+                // The disk the checkpoint was read from is open already.
+                Some(b) => {
+                    devs.add_blk(location, b.dev, &b.info, (info.vendor_id, info.device_id));
+                    if let Some((_, rec)) = devs.records.last_mut() {
+                        rec.bar_masks = crate::pci::bar_masks(df);
+                    }
+                }
+                None => devs.attach_pci(&mut root, r.segment, df, &info),
+            }
+        } else if let Some(b) =
+            boot.take_if(|b| matches!(b.location, Location::Mmio { base, .. } if base == r.base))
+        {
+            devs.add_blk(b.location, b.dev, &b.info, (0, r.device));
         } else {
             let Some(dev) = mmio.iter().find(|d| d.base == r.base) else {
                 return Err(format!(
@@ -539,9 +589,16 @@ fn check_labels(devs: &mut Devices, cp: &Checkpoint) -> Result<(), String> {
     Ok(())
 }
 
+/// The disk the checkpoint is read from, opened once and handed on to discovery.
+pub struct BootDisk {
+    pub location: Location,
+    pub dev: Box<dyn hpdi::Device>,
+    info: BlkInfo,
+}
+
 /// The first virtio-blk device, found cheaply (bus 0 only, or the first virtio-mmio window
 /// holding a disk): where the checkpoint lives.
-pub fn boot_disk(acpi: Option<&AcpiInfo>, mmio: &[MmioDevice]) -> Option<Box<dyn hpdi::Device>> {
+pub fn boot_disk(acpi: Option<&AcpiInfo>, mmio: &[MmioDevice]) -> Option<BootDisk> {
     for region in ecam_regions(acpi) {
         let mut root = crate::pci::root(&region);
         for dev in 0..32u8 {
@@ -554,10 +611,24 @@ pub fn boot_disk(acpi: Option<&AcpiInfo>, mmio: &[MmioDevice]) -> Option<Box<dyn
                 continue;
             };
             if virtio_device_type(&info) == Some(DeviceType::Block) {
+                let (_, cmd) = root.get_status_command(df);
+                root.set_command(df, cmd | Command::MEMORY_SPACE | Command::BUS_MASTER);
                 let t = PciTransport::new::<TandemHal, _>(&mut root, df).ok()?;
-                return frontend_drivers::virtio_blk::open::<TandemHal, _>(SomeTransport::from(t))
-                    .ok()
-                    .map(|d| d.0);
+                remember(stop_for(&root, region.segment, df));
+                let (dev, info) =
+                    frontend_drivers::virtio_blk::open::<TandemHal, _>(SomeTransport::from(t))
+                        .ok()?;
+                let location = Location::Pci {
+                    segment: region.segment,
+                    bus: df.bus,
+                    device: df.device,
+                    function: df.function,
+                };
+                return Some(BootDisk {
+                    location,
+                    dev,
+                    info,
+                });
             }
         }
     }
@@ -569,9 +640,21 @@ pub fn boot_disk(acpi: Option<&AcpiInfo>, mmio: &[MmioDevice]) -> Option<Box<dyn
             continue;
         };
         if t.device_type() == DeviceType::Block {
-            return frontend_drivers::virtio_blk::open::<TandemHal, _>(SomeTransport::from(t))
-                .ok()
-                .map(|d| d.0);
+            remember(Stop::VirtioStatus {
+                addr: dev.base + 0x70,
+                wide: true,
+            });
+            let (d, info) =
+                frontend_drivers::virtio_blk::open::<TandemHal, _>(SomeTransport::from(t)).ok()?;
+            let location = Location::Mmio {
+                base: dev.base,
+                irq: dev.irq,
+            };
+            return Some(BootDisk {
+                location,
+                dev: d,
+                info,
+            });
         }
     }
     None

@@ -246,7 +246,10 @@ fn serve(boot: BootState, mut phases: phases::Phases) -> ! {
     }
     phases.mark("memory");
     let mut loaded = checkpoints::Loaded::default();
-    let found = discovery::boot_disk(acpi.as_ref(), cfg.mmio_devices()).map(checkpoints::load);
+    let mut boot_disk = discovery::boot_disk(acpi.as_ref(), cfg.mmio_devices());
+    let found = boot_disk
+        .as_mut()
+        .map(|b| checkpoints::load(b.dev.as_mut()));
     phases.mark("checkpoint_load");
     let mut devices = match found {
         Some((Some((slot, cp)), errs)) if cfg.checkpoint_ignore => {
@@ -256,12 +259,14 @@ fn serve(boot: BootState, mut phases: phases::Phases) -> ! {
                 "checkpoint: generation {} ignored (checkpoint=ignore); discovering cold",
                 cp.generation
             );
+            // Closed (which resets it) before discovery opens it again.
+            drop(boot_disk);
             discovery::discover(acpi.as_ref(), cfg.mmio_devices())
         }
         Some((Some((slot, cp)), errs)) => {
             checkpoints::report(&errs);
             loaded.newest = Some((slot, cp.generation));
-            match discovery::from_checkpoint(acpi.as_ref(), cfg.mmio_devices(), &cp) {
+            match discovery::from_checkpoint(acpi.as_ref(), cfg.mmio_devices(), &cp, boot_disk) {
                 Ok(d) => {
                     info!(
                         "checkpoint: generation {} from slot {slot}: {} devices configured without a scan",
@@ -283,9 +288,13 @@ fn serve(boot: BootState, mut phases: phases::Phases) -> ! {
         Some((None, errs)) => {
             checkpoints::report(&errs);
             info!("checkpoint: none found; discovering cold");
+            drop(boot_disk);
             discovery::discover(acpi.as_ref(), cfg.mmio_devices())
         }
-        None => discovery::discover(acpi.as_ref(), cfg.mmio_devices()),
+        None => {
+            drop(boot_disk);
+            discovery::discover(acpi.as_ref(), cfg.mmio_devices())
+        }
     };
     phases.record("pci_scan", devices.scan_us);
     phases.mark("discovery");
