@@ -42,6 +42,12 @@
 //! - `nvlog.ram_mib=N` — size of the write log kept in guest RAM when there is no NVRAM
 //!   device (default 8; `disk` durability only).
 //! - `nbd.port=PORT` — the NBD service's TCP port (default 10809).
+//! - `pair=a|b` — run as node A or B of a failover pair (needs the pair's shared region as
+//!   the ivshmem device; `durability` defaults to `nvlog`). Tuned by `pair.disks=N` (the first
+//!   N disks are this node's own, the next N its peer's; default: half of the disks),
+//!   `pair.peer_ip=A.B.C.D` (the peer's address, taken over on failure), `pair.timeout_ms=N`
+//!   (peer silence that means failure, default 1000) and `pair.giveback=auto|manual`
+//!   (default `auto`: the peer's disks and address go back as soon as it returns).
 //! - `export=NAME:DEVICE[:ro]` — serve `DEVICE` as NBD export `NAME` (repeatable; default:
 //!   every disk under its device name, `blk0`, `blk1`, ...).
 //! - `bench=DEVICE` — run the block benchmark on `DEVICE` (e.g. `blk0`) instead of serving,
@@ -173,7 +179,11 @@ pub struct Config {
     pub nbd_port: u16,
     /// `durability=nvlog`.
     pub durability_nvlog: bool,
+    /// Whether `durability=` was given (a pair defaults to `nvlog`).
+    pub durability_given: bool,
     pub nvlog_ram_mib: u32,
+    /// Failover pair settings (`pair=`).
+    pub pair: Option<PairConfig>,
     exports: [ExportSpec; MAX_EXPORTS],
     export_count: usize,
     /// The benchmark job; it runs when `bench=DEVICE` named a device.
@@ -205,7 +215,9 @@ impl Default for Config {
             echo_port: None,
             nbd_port: 10809,
             durability_nvlog: false,
+            durability_given: false,
             nvlog_ram_mib: 8,
+            pair: None,
             exports: [ExportSpec::default(); MAX_EXPORTS],
             export_count: 0,
             bench: JobSpec::default(),
@@ -213,6 +225,45 @@ impl Default for Config {
             mmio_count: 0,
         }
     }
+}
+
+/// A failover pair node's settings (`pair=` and `pair.*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PairConfig {
+    /// 0 for A, 1 for B.
+    pub node: u8,
+    /// Disks of each node (0: half of those found).
+    pub disks: u8,
+    pub peer_ip: Option<[u8; 4]>,
+    pub timeout_ms: u64,
+    pub giveback_auto: bool,
+}
+
+impl Default for PairConfig {
+    fn default() -> Self {
+        Self {
+            node: 0,
+            disks: 0,
+            peer_ip: None,
+            timeout_ms: 1000,
+            giveback_auto: true,
+        }
+    }
+}
+
+impl PairConfig {
+    pub fn name(&self) -> char {
+        if self.node == 0 {
+            'a'
+        } else {
+            'b'
+        }
+    }
+}
+
+/// The pair settings a `pair.*` word tunes (made on first use; `pair=` is still needed).
+fn pair_mut(cfg: &mut Config) -> &mut PairConfig {
+    cfg.pair.get_or_insert_with(PairConfig::default)
 }
 
 impl Config {
@@ -238,6 +289,11 @@ pub enum Issue<'a> {
         expected: &'static str,
     },
     TooMany(&'a str),
+    /// A key that only means something with another one (`pair.*` without `pair=`).
+    Needs {
+        key: &'static str,
+        needs: &'static str,
+    },
 }
 
 impl fmt::Display for Issue<'_> {
@@ -257,6 +313,9 @@ impl fmt::Display for Issue<'_> {
                 f,
                 "cmdline: more than {MAX_MMIO_DEVICES} virtio-mmio devices, '{w}' dropped"
             ),
+            Issue::Needs { key, needs } => {
+                write!(f, "cmdline: '{key}' needs '{needs}' (ignored)")
+            }
         }
     }
 }
@@ -264,6 +323,7 @@ impl fmt::Display for Issue<'_> {
 /// Parses `line`, calling `report` for each word that is not understood.
 pub fn parse<'a>(line: &'a str, mut report: impl FnMut(Issue<'a>)) -> Config {
     let mut cfg = Config::default();
+    let mut pair_named = false;
     for word in line.split_ascii_whitespace() {
         let Some((key, value)) = word.split_once('=') else {
             report(Issue::Malformed(word));
@@ -319,9 +379,34 @@ pub fn parse<'a>(line: &'a str, mut report: impl FnMut(Issue<'a>)) -> Config {
                 },
             },
             "durability" => match value {
-                "disk" => cfg.durability_nvlog = false,
-                "nvlog" => cfg.durability_nvlog = true,
+                "disk" | "nvlog" => {
+                    cfg.durability_nvlog = value == "nvlog";
+                    cfg.durability_given = true;
+                }
                 _ => report(bad("disk|nvlog")),
+            },
+            "pair" => match value {
+                "a" | "b" => {
+                    pair_mut(&mut cfg).node = u8::from(value == "b");
+                    pair_named = true;
+                }
+                _ => report(bad("a|b")),
+            },
+            "pair.disks" => match value.parse::<u8>() {
+                Ok(n) if (1..=8).contains(&n) => pair_mut(&mut cfg).disks = n,
+                _ => report(bad("1..=8")),
+            },
+            "pair.peer_ip" => match parse_ipv4(value) {
+                Some(a) => pair_mut(&mut cfg).peer_ip = Some(a),
+                None => report(bad("A.B.C.D")),
+            },
+            "pair.timeout_ms" => match value.parse::<u64>() {
+                Ok(n) if (50..=600_000).contains(&n) => pair_mut(&mut cfg).timeout_ms = n,
+                _ => report(bad("50..=600000")),
+            },
+            "pair.giveback" => match value {
+                "auto" | "manual" => pair_mut(&mut cfg).giveback_auto = value == "auto",
+                _ => report(bad("auto|manual")),
             },
             "nvlog.ram_mib" => match value.parse::<u32>() {
                 Ok(n) if (1..=1024).contains(&n) => cfg.nvlog_ram_mib = n,
@@ -404,6 +489,13 @@ pub fn parse<'a>(line: &'a str, mut report: impl FnMut(Issue<'a>)) -> Config {
             }
             _ => report(Issue::UnknownKey(key)),
         }
+    }
+    if cfg.pair.is_some() && !pair_named {
+        report(Issue::Needs {
+            key: "pair.*",
+            needs: "pair=a|b",
+        });
+        cfg.pair = None;
     }
     cfg
 }
@@ -687,5 +779,31 @@ mod tests {
         assert_eq!(parse_size("2m"), Some(2 << 20));
         assert_eq!(parse_size("99999999999G"), None);
         assert_eq!(parse_size(""), None);
+    }
+
+    #[test]
+    fn pair_keys() {
+        let mut issues = std::vec::Vec::new();
+        let c = parse(
+            "pair=b pair.disks=2 pair.peer_ip=10.77.0.10 pair.timeout_ms=300 pair.giveback=manual",
+            |i| issues.push(std::format!("{i}")),
+        );
+        assert!(issues.is_empty(), "{issues:?}");
+        let p = c.pair.unwrap();
+        assert_eq!((p.node, p.disks, p.timeout_ms), (1, 2, 300));
+        assert_eq!(p.peer_ip, Some([10, 77, 0, 10]));
+        assert!(!p.giveback_auto);
+        assert_eq!(p.name(), 'b');
+        assert!(!c.durability_given);
+
+        let mut issues = std::vec::Vec::new();
+        let c = parse(
+            "pair.disks=2 pair=c pair.timeout_ms=5 durability=disk",
+            |i| issues.push(std::format!("{i}")),
+        );
+        assert_eq!(c.pair, None, "pair.* without a valid pair= is dropped");
+        assert!(c.durability_given);
+        assert_eq!(issues.len(), 3, "{issues:?}");
+        assert!(issues[2].contains("needs 'pair=a|b'"), "{issues:?}");
     }
 }

@@ -18,6 +18,7 @@ pub mod bench;
 pub mod cmdline;
 pub mod exceptions;
 pub mod exit;
+pub mod ha;
 pub mod histogram;
 pub mod inventory;
 pub mod memmap;

@@ -1,0 +1,515 @@
+//! The pair's shared region (FORMATS.md, "Pair region"): one ivshmem window that both guests
+//! of a failover pair map, and that the host supervisor maps from the backing file.
+//!
+//! Page 0 is a header written once by the host when it creates the file (magic, version,
+//! sizes, where each node's area lies, CRC32C). Page 1 holds one 256-byte control block per
+//! node. Every control word has exactly **one writer** (the node it belongs to, or the host
+//! for the words marked so), so no cross-process read-modify-write is ever needed: a
+//! single-vCPU TCG guest does not make `lock cmpxchg` atomic against another process.
+//! Aligned 64-bit loads and stores are atomic on x86, and the one ordering the protocol
+//! needs (a node's own store before its load of the other node's word) is a full fence.
+//! From page 2 on, each node has an area holding its NVLOG.
+//!
+//! Ownership of a node's disks is decided from the claim words alone ([`owner`]): node `n`
+//! claims node `j`'s disks with an epoch; the higher claim wins and the peer wins a tie (a
+//! takeover must be able to pre-empt its home node), unless the peer has released it.
+
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+use crate::nvlog::format::crc32c;
+
+pub const MAGIC: [u8; 8] = *b"TNDMPAIR";
+pub const VERSION: u32 = 1;
+pub const PAGE: u64 = 4096;
+/// Nodes in a pair.
+pub const NODES: usize = 2;
+/// Offset of the control page.
+pub const CONTROL: u64 = PAGE;
+/// Bytes of one node's control block.
+pub const BLOCK: u64 = 256;
+/// Where the node areas start.
+pub const AREAS: u64 = 2 * PAGE;
+/// Smallest region: header, control page, and 1 MiB per node.
+pub const MIN_SIZE: u64 = AREAS + 2 * (1 << 20);
+
+/// Page 0, written by the host at `tandem pair up`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout, PartialEq, Eq)]
+pub struct Header {
+    pub magic: [u8; 8],
+    pub version: u32,
+    pub nodes: u32,
+    /// Bytes in the whole region.
+    pub size: u64,
+    /// Each node's area: offset and length in bytes (page-aligned).
+    pub area_offset: [u64; NODES],
+    pub area_len: [u64; NODES],
+    /// Random at format time: names this pair in logs.
+    pub pair_id: u64,
+    pub reserved: [u8; 12],
+    /// CRC32C of the bytes above.
+    pub crc: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<Header>() == 80);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegionError {
+    TooSmall(u64),
+    BadMagic,
+    BadVersion(u32),
+    BadChecksum,
+    BadLayout,
+}
+
+impl core::fmt::Display for RegionError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            RegionError::TooSmall(n) => write!(f, "{n} bytes is too small (at least {MIN_SIZE})"),
+            RegionError::BadMagic => write!(f, "not a pair region (bad magic)"),
+            RegionError::BadVersion(v) => write!(f, "version {v}, expected {VERSION}"),
+            RegionError::BadChecksum => write!(f, "header checksum mismatch"),
+            RegionError::BadLayout => write!(f, "node areas overlap or lie outside the region"),
+        }
+    }
+}
+
+impl Header {
+    /// The layout for a region of `size` bytes: the space after the control page split into
+    /// two equal page-aligned areas.
+    pub fn new(size: u64, pair_id: u64) -> Result<Self, RegionError> {
+        if size < MIN_SIZE {
+            return Err(RegionError::TooSmall(size));
+        }
+        let each = ((size - AREAS) / 2) & !(PAGE - 1);
+        let mut h = Header {
+            magic: MAGIC,
+            version: VERSION,
+            nodes: NODES as u32,
+            size,
+            area_offset: [AREAS, AREAS + each],
+            area_len: [each, each],
+            pair_id,
+            reserved: [0; 12],
+            crc: 0,
+        };
+        h.crc = h.checksum();
+        Ok(h)
+    }
+
+    fn checksum(&self) -> u32 {
+        crc32c(&[&self.as_bytes()[..core::mem::offset_of!(Header, crc)]])
+    }
+
+    /// Parses and checks page 0 against the window it came from.
+    pub fn parse(bytes: &[u8], window: u64) -> Result<Self, RegionError> {
+        let (h, _) = Header::read_from_prefix(bytes).map_err(|_| RegionError::BadLayout)?;
+        if h.magic != MAGIC {
+            return Err(RegionError::BadMagic);
+        }
+        if h.version != VERSION {
+            return Err(RegionError::BadVersion(h.version));
+        }
+        if h.crc != h.checksum() {
+            return Err(RegionError::BadChecksum);
+        }
+        let fits = |i: usize| {
+            h.area_offset[i] >= AREAS
+                && h.area_offset[i] % PAGE == 0
+                && h.area_len[i] >= PAGE
+                && h.area_offset[i]
+                    .checked_add(h.area_len[i])
+                    .is_some_and(|end| end <= h.size)
+        };
+        let apart = h.area_offset[0] + h.area_len[0] <= h.area_offset[1]
+            || h.area_offset[1] + h.area_len[1] <= h.area_offset[0];
+        if h.nodes as usize != NODES || h.size > window || !fits(0) || !fits(1) || !apart {
+            return Err(RegionError::BadLayout);
+        }
+        Ok(h)
+    }
+}
+
+/// A node's control words, by offset within its block. Writer in brackets.
+pub mod word {
+    /// [node] Incremented while the node runs its service loop.
+    pub const HEARTBEAT: u64 = 0;
+    /// [node] A [`super::State`] value.
+    pub const STATE: u64 = 8;
+    /// [node] Changes on every boot (a restarted node is told apart from a stalled one).
+    pub const BOOT: u64 = 16;
+    /// [node] The highest peer claim on this node's disks that this node has obeyed: it has
+    /// stopped serving, no I/O of its own is in flight, and it will issue none.
+    pub const FENCE_ACK: u64 = 24;
+    /// [node] Claim epochs on node 0's and node 1's disks (0: none).
+    pub const CLAIM: [u64; 2] = [32, 40];
+    /// [node] Claim epochs this node has released on node 0's and node 1's disks.
+    pub const RELEASED: [u64; 2] = [48, 56];
+    /// [node] Announcement: the NVLOG's offset and length in the region, the node's IPv4
+    /// address (big-endian in the low 32 bits), its MAC (low 48 bits), and a CRC32C of the
+    /// four words with [`super::MAGIC`] (0 while not announced).
+    pub const LOG_OFFSET: u64 = 64;
+    pub const LOG_LEN: u64 = 72;
+    pub const IP: u64 = 80;
+    pub const MAC: u64 = 88;
+    pub const ANNOUNCE_CRC: u64 = 96;
+    /// [node] Milliseconds of silence after which this node declares its peer failed.
+    pub const TIMEOUT_MS: u64 = 104;
+    /// [host] A request to this node: [`super::Request`] value, and its sequence number.
+    pub const REQUEST: u64 = 128;
+    pub const REQUEST_SEQ: u64 = 136;
+    /// [node] The last request sequence number carried out.
+    pub const REQUEST_DONE: u64 = 144;
+    /// [host] The claim epoch for which the host killed this node's QEMU and saw it exit.
+    pub const DEAD: u64 = 192;
+}
+
+/// Byte offset in the region of `node`'s control word `w`.
+pub fn offset(node: usize, w: u64) -> u64 {
+    CONTROL + node as u64 * BLOCK + w
+}
+
+/// What a node says it is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u64)]
+pub enum State {
+    Absent = 0,
+    Booting = 1,
+    /// Serving its own exports.
+    Serving = 2,
+    /// Serving its own exports and its peer's.
+    Covering = 3,
+    /// Fenced: obeyed a peer claim, serves nothing.
+    Fenced = 4,
+    /// Booted, but its disks are claimed by the peer: waiting for them back.
+    Standby = 5,
+    /// Taking over its peer (fencing, waiting, replaying).
+    TakingOver = 6,
+}
+
+impl State {
+    pub fn from_word(w: u64) -> Option<Self> {
+        Some(match w {
+            0 => State::Absent,
+            1 => State::Booting,
+            2 => State::Serving,
+            3 => State::Covering,
+            4 => State::Fenced,
+            5 => State::Standby,
+            6 => State::TakingOver,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Absent => "absent",
+            State::Booting => "booting",
+            State::Serving => "serving",
+            State::Covering => "covering",
+            State::Fenced => "fenced",
+            State::Standby => "standby",
+            State::TakingOver => "taking-over",
+        }
+    }
+}
+
+/// What the host asks a node to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u64)]
+pub enum Request {
+    None = 0,
+    /// Take over the peer now (whatever its heartbeat says).
+    Takeover = 1,
+    /// Give the peer's disks and address back.
+    Giveback = 2,
+}
+
+impl Request {
+    pub fn from_word(w: u64) -> Self {
+        match w {
+            1 => Request::Takeover,
+            2 => Request::Giveback,
+            _ => Request::None,
+        }
+    }
+}
+
+/// Access to the region's control words. The guest implements it with volatile accesses to
+/// the mapped BAR, the host over its mapping of the file, tests over memory.
+pub trait Words {
+    fn load(&self, offset: u64) -> u64;
+    fn store(&self, offset: u64, value: u64);
+    /// A full fence: this side's earlier stores are visible before its later loads.
+    fn fence(&self);
+}
+
+/// Reads a node's control word.
+pub fn get(w: &dyn Words, node: usize, word: u64) -> u64 {
+    w.load(offset(node, word))
+}
+
+/// Writes one of this node's control words.
+pub fn set(w: &dyn Words, node: usize, word: u64, value: u64) {
+    w.store(offset(node, word), value)
+}
+
+/// The other node.
+pub fn peer(node: usize) -> usize {
+    1 - node
+}
+
+/// Who owns node `j`'s disks now, and under which claim epoch: `(owner, epoch)`.
+///
+/// The home node owns them unless the peer's claim is at least as high as the home claim
+/// and not released.
+pub fn owner(w: &dyn Words, j: usize) -> (usize, u64) {
+    let p = peer(j);
+    let home = get(w, j, word::CLAIM[j]);
+    let theirs = get(w, p, word::CLAIM[j]);
+    let released = get(w, p, word::RELEASED[j]);
+    if theirs > 0 && theirs >= home && released < theirs {
+        (p, theirs)
+    } else {
+        (j, home)
+    }
+}
+
+/// The epoch a new claim on node `j`'s disks takes: above every claim seen.
+pub fn next_epoch(w: &dyn Words, j: usize) -> u64 {
+    get(w, 0, word::CLAIM[j]).max(get(w, 1, word::CLAIM[j])) + 1
+}
+
+/// Node `n` claims node `j`'s disks (its own at start or on giveback, its peer's on takeover).
+/// Returns the epoch it holds if the claim stands after the fence (see [`owner`]), or `None`
+/// when another claim beats it.
+pub fn claim(w: &dyn Words, n: usize, j: usize) -> Option<u64> {
+    let e = next_epoch(w, j);
+    set(w, n, word::CLAIM[j], e);
+    w.fence();
+    (owner(w, j) == (n, e)).then_some(e)
+}
+
+/// Whether node `n` still holds node `j`'s disks under epoch `e` (the check made before
+/// every turn of I/O).
+pub fn holds(w: &dyn Words, n: usize, j: usize, e: u64) -> bool {
+    owner(w, j) == (n, e)
+}
+
+/// Whether a takeover under epoch `e` of node `j`'s disks may touch them: `j` obeyed the
+/// claim (fence acknowledged) or the host confirmed `j` dead after the claim.
+pub fn peer_silenced(w: &dyn Words, j: usize, e: u64) -> bool {
+    get(w, j, word::FENCE_ACK) >= e || get(w, j, word::DEAD) >= e
+}
+
+/// The CRC32C that seals a node's announcement.
+pub fn announce_crc(log_offset: u64, log_len: u64, ip: u64, mac: u64) -> u64 {
+    let words = [log_offset, log_len, ip, mac];
+    u64::from(crc32c(&[&MAGIC, words.as_bytes()]))
+}
+
+/// A node announces where its log is and who it is (address, MAC).
+pub fn announce(w: &dyn Words, n: usize, log: (u64, u64), ip: [u8; 4], mac: [u8; 6]) {
+    let ip = u64::from(u32::from_be_bytes(ip));
+    let mut m = [0u8; 8];
+    m[..6].copy_from_slice(&mac);
+    let mac = u64::from_le_bytes(m);
+    set(w, n, word::ANNOUNCE_CRC, 0);
+    w.fence();
+    set(w, n, word::LOG_OFFSET, log.0);
+    set(w, n, word::LOG_LEN, log.1);
+    set(w, n, word::IP, ip);
+    set(w, n, word::MAC, mac);
+    w.fence();
+    set(
+        w,
+        n,
+        word::ANNOUNCE_CRC,
+        announce_crc(log.0, log.1, ip, mac),
+    );
+}
+
+/// A node's announcement, if complete and intact: (log offset, log length, IP, MAC).
+pub fn announcement(w: &dyn Words, n: usize) -> Option<(u64, u64, [u8; 4], [u8; 6])> {
+    let crc = get(w, n, word::ANNOUNCE_CRC);
+    let (off, len) = (get(w, n, word::LOG_OFFSET), get(w, n, word::LOG_LEN));
+    let (ip, mac) = (get(w, n, word::IP), get(w, n, word::MAC));
+    if crc == 0 || crc != announce_crc(off, len, ip, mac) || ip > u64::from(u32::MAX) {
+        return None;
+    }
+    let mut m = [0u8; 6];
+    m.copy_from_slice(&mac.to_le_bytes()[..6]);
+    Some((off, len, (ip as u32).to_be_bytes(), m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::cell::RefCell;
+
+    struct Mem(RefCell<std::vec::Vec<u64>>);
+
+    impl Mem {
+        fn new() -> Self {
+            Mem(RefCell::new(std::vec![0; (AREAS / 8) as usize]))
+        }
+    }
+
+    impl Words for Mem {
+        fn load(&self, offset: u64) -> u64 {
+            self.0.borrow()[(offset / 8) as usize]
+        }
+        fn store(&self, offset: u64, value: u64) {
+            self.0.borrow_mut()[(offset / 8) as usize] = value;
+        }
+        fn fence(&self) {}
+    }
+
+    #[test]
+    fn header_round_trip_and_damage() {
+        let h = Header::new(64 << 20, 7).unwrap();
+        assert_eq!(h.area_offset[0], AREAS);
+        assert_eq!(h.area_offset[1], AREAS + h.area_len[0]);
+        assert!(h.area_offset[1] + h.area_len[1] <= 64 << 20);
+        let mut page = std::vec![0u8; 4096];
+        page[..80].copy_from_slice(h.as_bytes());
+        assert_eq!(Header::parse(&page, 64 << 20), Ok(h));
+        assert_eq!(
+            Header::parse(&page, 32 << 20),
+            Err(RegionError::BadLayout),
+            "a window smaller than the header says"
+        );
+        page[20] ^= 1;
+        assert_eq!(
+            Header::parse(&page, 64 << 20),
+            Err(RegionError::BadChecksum)
+        );
+        page[0] = b'X';
+        assert_eq!(Header::parse(&page, 64 << 20), Err(RegionError::BadMagic));
+        assert_eq!(Header::new(4096, 1), Err(RegionError::TooSmall(4096)));
+    }
+
+    #[test]
+    fn header_with_overlapping_areas_is_refused() {
+        let mut h = Header::new(8 << 20, 1).unwrap();
+        h.area_offset[1] = h.area_offset[0] + PAGE;
+        h.crc = h.checksum();
+        assert_eq!(
+            Header::parse(h.as_bytes(), 8 << 20),
+            Err(RegionError::BadLayout)
+        );
+    }
+
+    #[test]
+    fn home_claims_then_takeover_then_giveback() {
+        let w = Mem::new();
+        // Both nodes start and claim their own disks.
+        assert_eq!(claim(&w, 0, 0), Some(1));
+        assert_eq!(claim(&w, 1, 1), Some(1));
+        assert!(holds(&w, 0, 0, 1));
+        // Node 1 takes node 0 over: its claim beats node 0's, node 0 no longer holds.
+        let e = claim(&w, 1, 0).unwrap();
+        assert_eq!(e, 2);
+        assert_eq!(owner(&w, 0), (1, 2));
+        assert!(!holds(&w, 0, 0, 1));
+        assert!(!peer_silenced(&w, 0, e), "no ack, no death yet");
+        set(&w, 0, word::FENCE_ACK, e);
+        assert!(peer_silenced(&w, 0, e));
+        // Giveback: node 1 releases, node 0 claims again with a higher epoch.
+        set(&w, 1, word::RELEASED[0], e);
+        assert_eq!(owner(&w, 0), (0, 1), "released: home again, old epoch");
+        assert!(!holds(&w, 1, 0, e));
+        assert_eq!(claim(&w, 0, 0), Some(3));
+        // A second takeover must beat epoch 3.
+        assert_eq!(claim(&w, 1, 0), Some(4));
+        assert_eq!(owner(&w, 0), (1, 4));
+    }
+
+    #[test]
+    fn host_confirmed_death_silences() {
+        let w = Mem::new();
+        claim(&w, 0, 0);
+        let e = claim(&w, 1, 0).unwrap();
+        w.store(offset(0, word::DEAD), e - 1);
+        assert!(
+            !peer_silenced(&w, 0, e),
+            "a death confirmed for an older claim"
+        );
+        w.store(offset(0, word::DEAD), e);
+        assert!(peer_silenced(&w, 0, e));
+    }
+
+    #[test]
+    fn racing_claims_agree_on_one_owner() {
+        // Home reclaims while the peer claims, every interleaving of the two
+        // read-compute-store-fence-check sequences: never two owners.
+        for order in 0..6 {
+            let w = Mem::new();
+            claim(&w, 0, 0);
+            let e = claim(&w, 1, 0).unwrap();
+            set(&w, 1, word::RELEASED[0], e);
+            // Each side reads the epochs first (possibly stale), then stores, then checks.
+            let (e0, e1) = match order % 3 {
+                0 => (next_epoch(&w, 0), next_epoch(&w, 0)),
+                1 => {
+                    let e0 = next_epoch(&w, 0);
+                    set(&w, 0, word::CLAIM[0], e0);
+                    (e0, next_epoch(&w, 0))
+                }
+                _ => {
+                    let e1 = next_epoch(&w, 0);
+                    set(&w, 1, word::CLAIM[0], e1);
+                    (next_epoch(&w, 0), e1)
+                }
+            };
+            if order < 3 {
+                set(&w, 0, word::CLAIM[0], e0);
+                set(&w, 1, word::CLAIM[0], e1);
+            } else {
+                set(&w, 1, word::CLAIM[0], e1);
+                set(&w, 0, word::CLAIM[0], e0);
+            }
+            let home = holds(&w, 0, 0, e0);
+            let peer_holds = holds(&w, 1, 0, e1);
+            assert!(!(home && peer_holds), "order {order}: two owners");
+            assert!(home || peer_holds, "order {order}: no owner");
+        }
+    }
+
+    #[test]
+    fn announcement_round_trip_and_torn() {
+        let w = Mem::new();
+        assert_eq!(announcement(&w, 1), None);
+        announce(
+            &w,
+            1,
+            (AREAS, 1 << 20),
+            [10, 77, 0, 11],
+            [2, 0, 0, 0, 0, 0xb],
+        );
+        assert_eq!(
+            announcement(&w, 1),
+            Some((AREAS, 1 << 20, [10, 77, 0, 11], [2, 0, 0, 0, 0, 0xb]))
+        );
+        set(&w, 1, word::LOG_LEN, 5);
+        assert_eq!(announcement(&w, 1), None, "a changed word breaks the seal");
+    }
+
+    #[test]
+    fn state_and_request_words() {
+        for s in [
+            State::Absent,
+            State::Booting,
+            State::Serving,
+            State::Covering,
+            State::Fenced,
+            State::Standby,
+            State::TakingOver,
+        ] {
+            assert_eq!(State::from_word(s as u64), Some(s));
+        }
+        assert_eq!(State::from_word(99), None);
+        assert_eq!(Request::from_word(2), Request::Giveback);
+        assert_eq!(Request::from_word(7), Request::None);
+    }
+}
