@@ -34,6 +34,10 @@ impl Partition {
 }
 
 impl Device for Partition {
+    fn into_inner(self: Box<Self>) -> Option<Box<dyn Device>> {
+        Some(self.inner)
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             capacity: self.size,

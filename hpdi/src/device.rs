@@ -138,6 +138,12 @@ pub trait Device {
         DeviceStats::default()
     }
 
+    /// The device a wrapper (a partition) wraps, handed back as the wrapper ends; `None`
+    /// for a device that wraps none (it is dropped).
+    fn into_inner(self: alloc::boxed::Box<Self>) -> Option<alloc::boxed::Box<dyn Device>> {
+        None
+    }
+
     /// Reaps completions into `cq`, then starts requests from `sq` while the device has room,
     /// never holding more requests than `cq` can take completions for. Returns the number of
     /// completions posted.

@@ -32,6 +32,16 @@ impl Registry {
         name
     }
 
+    /// Registers a device under a name of the caller's choosing (a device handed back under
+    /// the name it had); refused if the name is taken.
+    pub fn insert(&mut self, name: &str, dev: Box<dyn Device>) -> Result<(), Box<dyn Device>> {
+        if self.devices.iter().any(|(n, _)| n == name) {
+            return Err(dev);
+        }
+        self.devices.push((String::from(name), dev));
+        Ok(())
+    }
+
     pub fn open(&mut self, name: &str) -> Result<&mut dyn Device, Error> {
         self.devices
             .iter_mut()

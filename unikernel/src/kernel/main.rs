@@ -21,6 +21,8 @@ mod labels;
 mod mem;
 mod mgmt;
 mod net;
+mod pair;
+mod pair_service;
 mod pci;
 mod phases;
 mod probes;
@@ -32,6 +34,7 @@ mod watchdog;
 use core::panic::PanicInfo;
 use core::sync::atomic::{AtomicBool, Ordering};
 
+use alloc::string::String;
 use log::{info, warn};
 use unikernel::cmdline::{self, ExitPolicy, PanicPoint};
 use unikernel::exit::GuestExit;
@@ -225,6 +228,8 @@ fn restart_in_place(cause: &str) -> ! {
     ));
     SERVING.store(false, Ordering::SeqCst);
     discovery::quiesce_all();
+    // Every device is reset: no I/O of this life is in flight any more.
+    pair_service::acknowledge_pending_fence();
     QUIESCED_AT.store(time::now_us(), Ordering::SeqCst);
     arch::boot::restart_on_boot_stack()
 }
@@ -352,12 +357,34 @@ fn serve(boot: BootState, mut phases: phases::Phases) -> ! {
         arch::cpu::halt_forever()
     };
     phases.mark("ready");
+    let mut pair = match cfg.pair {
+        Some(_) => {
+            match pair_service::join(&mut devices, &cfg, info.mac) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    warn!("pair: {e}; not serving (a pair node without its region could not be fenced)");
+                    arch::cpu::halt_forever()
+                }
+            }
+        }
+        None => None,
+    };
     let mut stack = match net::NetStack::new(dev, &info, &cfg) {
         Ok(s) => s,
         Err(e) => panic!("{name}: {e}"),
     };
     phases.mark("network");
-    match storage::NbdService::new(&mut devices, &cfg, &loaded, &mut stack.sockets) {
+    let spec = match pair.as_ref() {
+        Some(p) => {
+            Some(pair_service::own_spec(p, &mut devices, &cfg)).filter(|_| p.own_epoch.is_some())
+        }
+        None => Some(storage::ServiceSpec::single(&devices, &cfg)),
+    };
+    match spec
+        .map(|spec| storage::NbdService::new(&mut devices, &cfg, &loaded, &mut stack.sockets, spec))
+        .unwrap_or(Err(String::from(
+            "standby: the peer holds this node's disks",
+        ))) {
         Ok(nbd) => {
             let ([a, b, c, d], _) = cfg.ip;
             for e in nbd.exports() {
@@ -379,6 +406,18 @@ fn serve(boot: BootState, mut phases: phases::Phases) -> ! {
     }
     phases.mark("storage");
     phases.summary();
+    if let Some(p) = pair.as_ref() {
+        p.publish(if p.own_epoch.is_some() {
+            unikernel::ha::region::State::Serving
+        } else {
+            unikernel::ha::region::State::Standby
+        });
+    }
+    let mut announcer = pair_service::Announcer::new();
+    if pair.as_ref().is_some_and(|p| p.own_epoch.is_some()) {
+        // Our address may have pointed at the peer while it covered for us.
+        announcer.schedule(cfg.ip.0);
+    }
     let mut heap_peak = 0u64;
     let mut next_status = time::now_us() + STATUS_EVERY_US;
     SERVING.store(cfg.restart_on_error, Ordering::SeqCst);
@@ -393,6 +432,13 @@ fn serve(boot: BootState, mut phases: phases::Phases) -> ! {
     let mut first_served = false;
     for turn in 0u64.. {
         watchdog::beat();
+        if let Some(p) = pair.as_mut() {
+            if let Some(why) = pair_service::turn(p, &mut stack, &mut devices, &cfg, &mut announcer)
+            {
+                RESTARTS.fetch_add(1, Ordering::SeqCst);
+                restart_in_place(why);
+            }
+        }
         stack.poll();
         if let Some(n) = stack.nbd.as_ref() {
             REQUESTS.store(n.requests(), Ordering::Relaxed);

@@ -27,7 +27,11 @@ pub struct NetStack {
     pub sockets: SocketSet<'static>,
     echo: Option<(SocketHandle, u16)>,
     pub nbd: Option<crate::storage::NbdService>,
+    /// In a failover pair: the peer's exports, served on its address after a takeover.
+    pub peer_nbd: Option<crate::storage::NbdService>,
     pub mgmt: Option<crate::mgmt::Mgmt>,
+    mac: [u8; 6],
+    prefix: u8,
 }
 
 pub fn now() -> Instant {
@@ -80,7 +84,10 @@ impl NetStack {
             sockets,
             echo,
             nbd: None,
+            peer_nbd: None,
             mgmt: None,
+            mac: info.mac,
+            prefix,
         })
     }
 
@@ -94,6 +101,58 @@ impl NetStack {
         if let Some(nbd) = self.nbd.as_mut() {
             nbd.poll(&mut self.sockets);
         }
+        if let Some(nbd) = self.peer_nbd.as_mut() {
+            nbd.poll(&mut self.sockets);
+        }
+    }
+
+    /// Answers for `ip` too (a failover pair taking its peer's address).
+    pub fn add_address(&mut self, [a, b, c, d]: [u8; 4]) {
+        let cidr = IpCidr::new(Ipv4Address::new(a, b, c, d).into(), self.prefix);
+        self.iface.update_ip_addrs(|addrs| {
+            if !addrs.contains(&cidr) && addrs.push(cidr).is_err() {
+                warn!("net: no room for a second address {cidr}");
+            }
+        });
+    }
+
+    /// Stops answering for `ip`.
+    pub fn remove_address(&mut self, [a, b, c, d]: [u8; 4]) {
+        let ip: smoltcp::wire::IpAddress = Ipv4Address::new(a, b, c, d).into();
+        self.iface
+            .update_ip_addrs(|addrs| addrs.retain(|c| c.address() != ip));
+    }
+
+    /// A gratuitous ARP for `ip` from this NIC: neighbours on the segment point `ip` at our
+    /// MAC (how a takeover moves the peer's address here).
+    pub fn announce(&mut self, [a, b, c, d]: [u8; 4]) {
+        use smoltcp::phy::{Device as _, TxToken as _};
+        use smoltcp::wire::{
+            ArpOperation, ArpPacket, ArpRepr, EthernetFrame, EthernetProtocol, EthernetRepr,
+        };
+        let ip = Ipv4Address::new(a, b, c, d);
+        let arp = ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Request,
+            source_hardware_addr: EthernetAddress(self.mac),
+            source_protocol_addr: ip,
+            target_hardware_addr: EthernetAddress([0; 6]),
+            target_protocol_addr: ip,
+        };
+        let eth = EthernetRepr {
+            src_addr: EthernetAddress(self.mac),
+            dst_addr: EthernetAddress::BROADCAST,
+            ethertype: EthernetProtocol::Arp,
+        };
+        let len = eth.buffer_len() + arp.buffer_len();
+        match self.phy.transmit(now()) {
+            Some(tx) => tx.consume(len, |buf| {
+                let mut frame = EthernetFrame::new_unchecked(&mut buf[..]);
+                eth.emit(&mut frame);
+                arp.emit(&mut ArpPacket::new_unchecked(frame.payload_mut()));
+            }),
+            None => warn!("net: no transmit buffer for a gratuitous ARP"),
+        }
+        self.phy.poll();
     }
 
     /// Serves the management port; returns an injection asked for there.

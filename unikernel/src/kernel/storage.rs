@@ -10,6 +10,7 @@ use hpdi::{BufferPool, DeviceKind, QueuePair};
 use log::{info, warn};
 use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
+use smoltcp::wire::{IpListenEndpoint, Ipv4Address};
 use unikernel::cmdline::Config;
 use unikernel::nbd::server::{ConnState, Disk, Durability, Server, Stream, CHUNK};
 use unikernel::nbd::ExportInfo;
@@ -49,46 +50,105 @@ fn top_up(
     handles: &mut [Option<SocketHandle>],
     sockets: &mut SocketSet<'static>,
     n: usize,
-    port: u16,
+    at: IpListenEndpoint,
 ) {
     for h in handles.iter_mut().filter(|h| h.is_none()).take(n) {
         let rx = tcp::SocketBuffer::new(vec![0; TCP_BUF]);
         let tx = tcp::SocketBuffer::new(vec![0; TCP_BUF]);
         let mut s = tcp::Socket::new(rx, tx);
-        if let Err(e) = s.listen(port) {
-            warn!("nbd: listen on {port}: {e}");
+        if let Err(e) = s.listen(at) {
+            warn!("nbd: listen on {at}: {e}");
         }
         *h = Some(sockets.add(s));
     }
 }
 
-pub struct NbdService {
-    server: Server,
-    /// One socket per client slot, made on demand.
-    handles: Vec<Option<SocketHandle>>,
-    port: u16,
+/// A listening endpoint: `port` on one address, or on every address.
+fn listen_endpoint(addr: Option<[u8; 4]>, port: u16) -> IpListenEndpoint {
+    IpListenEndpoint {
+        addr: addr.map(|[a, b, c, d]| Ipv4Address::new(a, b, c, d).into()),
+        port,
+    }
 }
 
-impl NbdService {
-    /// Takes the exported disks out of the registry and opens a listening socket per client.
-    pub fn new(
-        devices: &mut Devices,
-        cfg: &Config,
-        loaded: &crate::checkpoints::Loaded,
-        sockets: &mut SocketSet<'static>,
-    ) -> Result<Self, String> {
-        let mut wanted: Vec<(String, String, bool)> = cfg
+pub struct NbdService {
+    server: Server,
+    /// The device behind each export, by registry name (to hand the devices back).
+    device_names: Vec<String>,
+    /// One socket per client slot, made on demand.
+    handles: Vec<Option<SocketHandle>>,
+    /// Where the listening sockets listen (`None`: every address of the interface).
+    listen: Option<[u8; 4]>,
+    port: u16,
+    /// Once shut down, nothing listens or is accepted any more.
+    stopped: bool,
+}
+
+/// Where a service keeps its write log.
+#[derive(Debug, Clone)]
+pub enum LogPlace {
+    /// A window of shared memory (an ivshmem BAR or part of one): persistent.
+    Window { name: String, addr: u64, len: usize },
+    /// Guest RAM (`disk` durability only).
+    Ram,
+}
+
+/// What one NBD service instance serves: a node's own exports, or (in a failover pair) the
+/// peer's exports it took over, on the peer's address and from the peer's log.
+pub struct ServiceSpec {
+    /// (export name, device, read-only).
+    pub exports: Vec<(String, String, bool)>,
+    pub log: LogPlace,
+    pub listen: Option<[u8; 4]>,
+    pub durability_nvlog: bool,
+    /// Whether this instance's disks carry the checkpoint (the node's own service).
+    pub save_checkpoint: bool,
+}
+
+impl ServiceSpec {
+    /// A single guest: the `export=` words (default: every disk under its own name) and the
+    /// first NVRAM window (else guest RAM) for the log.
+    pub fn single(devices: &Devices, cfg: &Config) -> Self {
+        let mut exports: Vec<(String, String, bool)> = cfg
             .exports()
             .iter()
             .map(|e| (e.name().into(), e.device().into(), e.read_only))
             .collect();
-        if wanted.is_empty() {
-            wanted = devices
+        if exports.is_empty() {
+            exports = devices
                 .registry
                 .of_kind(DeviceKind::Block)
                 .map(|d| (String::from(d), String::from(d), false))
                 .collect();
         }
+        let log = match devices.nvram.first() {
+            Some((name, addr, len)) => LogPlace::Window {
+                name: name.clone(),
+                addr: *addr,
+                len: *len,
+            },
+            None => LogPlace::Ram,
+        };
+        Self {
+            exports,
+            log,
+            listen: None,
+            durability_nvlog: cfg.durability_nvlog,
+            save_checkpoint: true,
+        }
+    }
+}
+
+impl NbdService {
+    /// Takes the exported disks out of the registry and opens listening sockets.
+    pub fn new(
+        devices: &mut Devices,
+        cfg: &Config,
+        loaded: &crate::checkpoints::Loaded,
+        sockets: &mut SocketSet<'static>,
+        spec: ServiceSpec,
+    ) -> Result<Self, String> {
+        let wanted = spec.exports.clone();
         let mem = FrameRegion::alloc(POOL_BUFFERS * CHUNK)
             .ok_or("no DMA memory for the NBD buffer pool")?;
         let mut pool = BufferPool::new(Box::new(mem), CHUNK).map_err(|e| alloc::format!("{e}"))?;
@@ -129,10 +189,13 @@ impl NbdService {
             }
         }
         let t_ckpt = crate::time::now_us();
-        crate::checkpoints::after_labels(devices, cfg, loaded, &mut labelled);
+        if spec.save_checkpoint {
+            crate::checkpoints::after_labels(devices, cfg, loaded, &mut labelled);
+        }
         let t_exports = crate::time::now_us();
         let mut exports = Vec::new();
         let mut disks = Vec::new();
+        let mut device_names = Vec::new();
         for (name, device, ro, raw, label) in labelled {
             let dev = match crate::labels::data_area(raw, &label) {
                 Ok(d) => d,
@@ -180,19 +243,31 @@ impl NbdService {
                 dev,
                 queue: QueuePair::new(depth).map_err(|e| alloc::format!("{e}"))?,
             });
+            device_names.push(device);
         }
         if exports.is_empty() {
             return Err("no disk to export".into());
         }
         let t_log = crate::time::now_us();
-        let (log, durability) = open_log(devices, cfg, &mut pool)?;
+        let (log, durability) = open_log(devices, &spec, cfg.nvlog_ram_mib, &mut pool)?;
         let t_sockets = crate::time::now_us();
         let mut handles = vec![None; MAX_CLIENTS];
-        top_up(&mut handles, sockets, SPARE_LISTENERS, cfg.nbd_port);
-        info!(
-            "nbd: listening on tcp/{} for up to {MAX_CLIENTS} clients",
-            cfg.nbd_port
+        top_up(
+            &mut handles,
+            sockets,
+            SPARE_LISTENERS,
+            listen_endpoint(spec.listen, cfg.nbd_port),
         );
+        match spec.listen {
+            Some([a, b, c, d]) => info!(
+                "nbd: listening on {a}.{b}.{c}.{d}:{} for up to {MAX_CLIENTS} clients",
+                cfg.nbd_port
+            ),
+            None => info!(
+                "nbd: listening on tcp/{} for up to {MAX_CLIENTS} clients",
+                cfg.nbd_port
+            ),
+        }
         log::debug!(
             "storage phases (us): labels={} checkpoint={} exports={} nvlog={} sockets={}",
             t_ckpt - t_labels,
@@ -209,14 +284,47 @@ impl NbdService {
         }
         Ok(Self {
             server,
+            device_names,
             handles,
+            listen: spec.listen,
             port: cfg.nbd_port,
+            stopped: false,
         })
     }
 
     /// `(records, live, free pages, replaying)` of the write log, for status lines.
     pub fn log_state(&self) -> Option<(unikernel::nbd::server::LogStats, usize, u64, bool)> {
         self.server.log_state()
+    }
+
+    /// Stops serving: every client connection is reset and every socket removed; device
+    /// requests already started still complete ([`Self::idle`] says when none is left).
+    pub fn shutdown(&mut self, sockets: &mut SocketSet<'static>) {
+        for (slot, h) in self.handles.iter_mut().enumerate() {
+            if let Some(h) = h.take() {
+                sockets.get_mut::<tcp::Socket>(h).abort();
+                sockets.remove(h);
+            }
+            if self.server.is_active(slot) {
+                self.server.drop_conn(slot);
+            }
+        }
+        self.stopped = true;
+    }
+
+    /// Ends the service, handing its disks back (the raw devices under their registry
+    /// names) so that a later service can open them again.
+    pub fn into_devices(self) -> Vec<(String, Box<dyn hpdi::Device>)> {
+        self.device_names
+            .into_iter()
+            .zip(self.server.into_disks())
+            .filter_map(|(name, part)| part.into_inner().map(|raw| (name, raw)))
+            .collect()
+    }
+
+    /// No device request of this service is in flight.
+    pub fn idle(&self) -> bool {
+        self.server.device_requests() == 0
     }
 
     /// Requests taken so far.
@@ -246,13 +354,13 @@ impl NbdService {
                 )
             })
             .count();
+        if self.stopped {
+            self.server.poll_disks();
+            return;
+        }
         if free < SPARE_LISTENERS {
-            top_up(
-                &mut self.handles,
-                sockets,
-                SPARE_LISTENERS - free,
-                self.port,
-            );
+            let at = listen_endpoint(self.listen, self.port);
+            top_up(&mut self.handles, sockets, SPARE_LISTENERS - free, at);
         }
         for (slot, h) in self.handles.iter().enumerate() {
             let Some(h) = *h else { continue };
@@ -261,7 +369,7 @@ impl NbdService {
                 if self.server.is_active(slot) {
                     self.server.drop_conn(slot);
                 }
-                if let Err(e) = s.listen(self.port) {
+                if let Err(e) = s.listen(listen_endpoint(self.listen, self.port)) {
                     warn!("nbd: listen: {e}");
                 }
                 continue;
@@ -288,41 +396,46 @@ impl NbdService {
     }
 }
 
-/// The write log: in the first NVRAM window when there is one (persistent), else in guest
-/// RAM (`disk` durability only).
+/// The write log, where the service spec puts it: a shared-memory window (persistent) or
+/// guest RAM (`disk` durability only).
 fn open_log(
     devices: &mut Devices,
-    cfg: &Config,
+    spec: &ServiceSpec,
+    ram_mib: u32,
     pool: &mut BufferPool,
 ) -> Result<(Nvlog, Durability), String> {
-    let (region, place) = match devices.nvram.first().cloned() {
-        Some((name, addr, len)) => {
+    let (region, place, persistent) = match &spec.log {
+        LogPlace::Window { name, addr, len } => {
             // The log owns the window from now on.
-            drop(devices.registry.take(&name));
-            // SAFETY: the ivshmem BAR found by discovery, identity-mapped there; the memory
-            // region device that wrapped it was just dropped, so the log is its only user.
-            let window = unsafe { FrameRegion::device_window(addr, len) };
+            drop(devices.registry.take(name));
+            // SAFETY: a window of an ivshmem BAR found by discovery and identity-mapped there;
+            // the memory region device that wrapped the BAR was just dropped, and the windows
+            // given to services never overlap, so this log is the window's only user.
+            let window = unsafe { FrameRegion::device_window(*addr, *len) };
             let r = pool
                 .add_region(Box::new(window), PAGE)
                 .map_err(|e| alloc::format!("{e}"))?;
-            (r, alloc::format!("{name} ({})", Bytes(len as u64)))
+            (r, alloc::format!("{name} ({})", Bytes(*len as u64)), true)
         }
-        None => {
-            let bytes = (cfg.nvlog_ram_mib as usize) << 20;
+        LogPlace::Ram => {
+            let bytes = (ram_mib as usize) << 20;
             let mem = FrameRegion::alloc(bytes).ok_or("no DMA memory for the RAM write log")?;
             let r = pool
                 .add_region(Box::new(mem), PAGE)
                 .map_err(|e| alloc::format!("{e}"))?;
-            (r, alloc::format!("guest RAM ({})", Bytes(bytes as u64)))
+            (
+                r,
+                alloc::format!("guest RAM ({})", Bytes(bytes as u64)),
+                false,
+            )
         }
     };
-    let persistent = !devices.nvram.is_empty();
     let (log, report) = Nvlog::open(pool, region, crate::arch::cpu::rdtsc())
         .map_err(|e| alloc::format!("write log: {e:?}"))?;
-    let durability = if cfg.durability_nvlog && persistent {
+    let durability = if spec.durability_nvlog && persistent {
         Durability::Nvlog
     } else {
-        if cfg.durability_nvlog {
+        if spec.durability_nvlog {
             warn!("durability=nvlog needs an NVRAM device (ivshmem); using disk");
         }
         Durability::Disk

@@ -280,6 +280,19 @@ impl Server {
         state
     }
 
+    /// Ends the server, handing its disks back in export order.
+    pub fn into_disks(self) -> Vec<Box<dyn hpdi::Device>> {
+        self.disks.into_iter().map(|d| d.dev).collect()
+    }
+
+    /// Device requests submitted and not yet completed, over every disk.
+    pub fn device_requests(&self) -> usize {
+        self.disks
+            .iter()
+            .map(|d| d.queue.outstanding(d.dev.as_ref()))
+            .sum()
+    }
+
     /// Polls every disk and hands completions to their connections.
     pub fn poll_disks(&mut self) -> usize {
         let mut done: Vec<Completion> = Vec::new();

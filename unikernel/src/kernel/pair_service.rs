@@ -1,0 +1,259 @@
+//! The storage side of a failover pair: which disks and log area each NBD service gets,
+//! and carrying out the pair protocol's [`Action`]s on the network stack and the services.
+//!
+//! A node's own service serves its first `pair.disks` disks from its own log area, on its
+//! own address. After a takeover, a second ("covering") service serves the peer's disks from
+//! the peer's log area on the peer's address: the survivor literally runs the peer's
+//! service, so the peer's log is replayed by the same code that replays a node's own log
+//! after a crash, and a giveback leaves any records it logged for the peer to replay.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use log::{info, warn};
+use unikernel::cmdline::Config;
+
+use crate::discovery::Devices;
+use crate::net::NetStack;
+use crate::pair::{Action, Pair};
+use crate::storage::{LogPlace, NbdService, ServiceSpec};
+
+/// The region and node, for the restart path (which acknowledges a fence after quiescing):
+/// base, length, node + 1 (0: not in a pair).
+static REGION_BASE: AtomicU64 = AtomicU64::new(0);
+static REGION_LEN: AtomicU64 = AtomicU64::new(0);
+static NODE: AtomicU64 = AtomicU64::new(0);
+/// A fence to acknowledge once the devices are quiesced (0: none).
+static ACK_PENDING: AtomicU64 = AtomicU64::new(0);
+
+/// Name of the region device in the registry (kept out of every service's way).
+struct Shared {
+    name: String,
+    addr: u64,
+    len: u64,
+}
+
+/// Joins the pair through the first shared-memory device.
+pub fn join(devices: &mut Devices, cfg: &Config, mac: [u8; 6]) -> Result<Pair, String> {
+    let pc = cfg.pair.ok_or("not in a pair")?;
+    let shared = shared(devices)?;
+    let p = Pair::join(pc, shared.addr, shared.len, cfg.ip.0, mac)?;
+    REGION_BASE.store(shared.addr, Ordering::SeqCst);
+    REGION_LEN.store(shared.len, Ordering::SeqCst);
+    NODE.store(p.me as u64 + 1, Ordering::SeqCst);
+    info!(
+        "pair: node {} of pair {:#x}, region {} ({} bytes), own log at {:#x}+{:#x}",
+        p.name(),
+        p.header.pair_id,
+        shared.name,
+        shared.len,
+        p.area(p.me).0,
+        p.area(p.me).1
+    );
+    Ok(p)
+}
+
+fn shared(devices: &Devices) -> Result<Shared, String> {
+    let (name, addr, len) = devices
+        .nvram
+        .first()
+        .cloned()
+        .ok_or("no shared region (ivshmem device) found")?;
+    Ok(Shared {
+        name,
+        addr,
+        len: len as u64,
+    })
+}
+
+/// Disks per node: `pair.disks`, or half of the disks found.
+fn per_node(devices: &Devices, cfg: &Config) -> usize {
+    match cfg.pair.map(|p| p.disks).unwrap_or(0) {
+        0 => {
+            devices
+                .records
+                .iter()
+                .filter(|(n, _)| n.starts_with("blk"))
+                .count()
+                / 2
+        }
+        n => usize::from(n),
+    }
+    .max(1)
+}
+
+/// The service for `node`'s disks (this node's own, or the peer's after a takeover).
+fn spec(p: &Pair, devices: &Devices, cfg: &Config, node: usize, listen: [u8; 4]) -> ServiceSpec {
+    let n = per_node(devices, cfg);
+    let first = if node == p.me { 0 } else { n };
+    let mut exports: Vec<(String, String, bool)> = (0..n)
+        .map(|i| (format!("blk{i}"), format!("blk{}", first + i), false))
+        .collect();
+    if node == p.me && !cfg.exports().is_empty() {
+        exports = cfg
+            .exports()
+            .iter()
+            .map(|e| (e.name().into(), e.device().into(), e.read_only))
+            .collect();
+    }
+    let (off, len) = p.area(node);
+    let log = match shared(devices) {
+        Ok(s) => LogPlace::Window {
+            name: format!("{} node {} log", s.name, if node == 0 { 'a' } else { 'b' }),
+            addr: s.addr + off,
+            len: len as usize,
+        },
+        Err(_) => LogPlace::Ram,
+    };
+    ServiceSpec {
+        exports,
+        log,
+        listen: Some(listen),
+        durability_nvlog: !cfg.durability_given || cfg.durability_nvlog,
+        save_checkpoint: node == p.me,
+    }
+}
+
+/// This node's own service.
+pub fn own_spec(p: &Pair, devices: &mut Devices, cfg: &Config) -> ServiceSpec {
+    // The region is the pair's: no service may take the whole window as its log.
+    if let Ok(s) = shared(devices) {
+        drop(devices.registry.take(&s.name));
+    }
+    spec(p, devices, cfg, p.me, cfg.ip.0)
+}
+
+/// Called on the restart path once every device is quiesced: a pending fence is obeyed now.
+pub fn acknowledge_pending_fence() {
+    let epoch = ACK_PENDING.swap(0, Ordering::SeqCst);
+    let node = NODE.load(Ordering::SeqCst);
+    if epoch == 0 || node == 0 {
+        return;
+    }
+    Pair::acknowledge_fence(
+        REGION_BASE.load(Ordering::SeqCst),
+        REGION_LEN.load(Ordering::SeqCst),
+        (node - 1) as usize,
+        epoch,
+    );
+}
+
+/// Gratuitous ARPs still to send: (guest time, address).
+pub struct Announcer {
+    due: Vec<(u64, [u8; 4])>,
+}
+
+impl Announcer {
+    pub fn new() -> Self {
+        Self { due: Vec::new() }
+    }
+
+    /// Now and twice more (a switch or client may miss one).
+    pub fn schedule(&mut self, ip: [u8; 4]) {
+        let now = crate::time::now_us();
+        self.due
+            .extend([now, now + 50_000, now + 250_000].map(|t| (t, ip)));
+    }
+
+    fn run(&mut self, stack: &mut NetStack) {
+        let now = crate::time::now_us();
+        let (ready, later): (Vec<_>, Vec<_>) = self.due.drain(..).partition(|(t, _)| *t <= now);
+        self.due = later;
+        for (_, ip) in ready {
+            stack.announce(ip);
+        }
+    }
+}
+
+/// One turn of the pair: the protocol, then what it asks for.
+pub fn turn(
+    p: &mut Pair,
+    stack: &mut NetStack,
+    devices: &mut Devices,
+    cfg: &Config,
+    announcer: &mut Announcer,
+) -> Option<&'static str> {
+    announcer.run(stack);
+    let replayed = stack
+        .peer_nbd
+        .as_ref()
+        .is_some_and(|s| s.log_state().is_none_or(|l| !l.3));
+    let idle = stack.peer_nbd.as_ref().is_none_or(|s| s.idle());
+    match p.poll(replayed, idle) {
+        Action::None => {}
+        Action::Fenced { epoch } => {
+            crate::console::line(format_args!(
+                "TANDEM FENCED node={} epoch={epoch} t_us={}",
+                p.name(),
+                crate::time::now_us()
+            ));
+            ACK_PENDING.store(epoch, Ordering::SeqCst);
+            return Some("fenced");
+        }
+        Action::Reclaim => return Some("reclaim"),
+        Action::StartCovering => {
+            let peer = 1 - p.me;
+            let Some(ip) = cfg.pair.and_then(|c| c.peer_ip).or_else(|| {
+                unikernel::ha::region::announcement(&region_words(), peer).map(|a| a.2)
+            }) else {
+                warn!("pair: the peer's address is unknown; cannot cover it");
+                return None;
+            };
+            let spec = spec(p, devices, cfg, peer, ip);
+            let loaded = crate::checkpoints::Loaded::default();
+            match NbdService::new(devices, cfg, &loaded, &mut stack.sockets, spec) {
+                Ok(s) => {
+                    let pending = s.log_state().map_or(0, |l| l.1);
+                    crate::console::line(format_args!(
+                        "TANDEM TAKEOVER node={} step=replay records={pending} t_us={}",
+                        p.name(),
+                        crate::time::now_us()
+                    ));
+                    stack.peer_nbd = Some(s);
+                }
+                Err(e) => warn!("pair: cannot serve the peer's exports: {e}"),
+            }
+        }
+        Action::TakeAddress { ip } => {
+            stack.add_address(ip);
+            announcer.schedule(ip);
+            let [a, b, c, d] = ip;
+            if let Some(s) = stack.peer_nbd.as_ref() {
+                for e in s.exports() {
+                    crate::console::line(format_args!(
+                        "TANDEM NBD nbd://{a}.{b}.{c}.{d}:{}/{e}",
+                        cfg.nbd_port
+                    ));
+                }
+            }
+            p.covering_serving();
+        }
+        Action::Release { ip } | Action::DropCovering { ip } => {
+            if let Some(s) = stack.peer_nbd.as_mut() {
+                s.shutdown(&mut stack.sockets);
+            }
+            stack.remove_address(ip);
+        }
+    }
+    // A covering service that was shut down hands the peer's disks back once idle.
+    if p.takeover_idle() && stack.peer_nbd.as_ref().is_some_and(|s| s.idle()) {
+        if let Some(s) = stack.peer_nbd.take() {
+            for (name, dev) in s.into_devices() {
+                if devices.registry.insert(&name, dev).is_err() {
+                    warn!("pair: {name} is registered twice; the older one is kept");
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The region's control words (after [`join`]).
+fn region_words() -> crate::pair::Region {
+    crate::pair::Region::new(
+        REGION_BASE.load(Ordering::SeqCst),
+        REGION_LEN.load(Ordering::SeqCst),
+    )
+}
