@@ -155,6 +155,11 @@ pub mod word {
     pub const ANNOUNCE_CRC: u64 = 96;
     /// [node] Milliseconds of silence after which this node declares its peer failed.
     pub const TIMEOUT_MS: u64 = 104;
+    /// [node] 1 while one of the node's services runs a consistency point (logged data
+    /// being written to disk), else 0: observability for tests that kill at that moment.
+    pub const CP_ACTIVE: u64 = 112;
+    /// [node] Records its services still have to replay from a log found at start.
+    pub const REPLAY_LEFT: u64 = 120;
     /// [host] A request to this node: [`super::Request`] value, and its sequence number.
     pub const REQUEST: u64 = 128;
     pub const REQUEST_SEQ: u64 = 136;

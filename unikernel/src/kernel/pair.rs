@@ -435,6 +435,12 @@ impl Pair {
         r
     }
 
+    /// Publishes what the services' logs are doing (for observers: tests, benchmarks).
+    pub fn publish_activity(&self, cp_active: bool, replay_left: usize) {
+        region::set(&self.region, self.me, word::CP_ACTIVE, u64::from(cp_active));
+        region::set(&self.region, self.me, word::REPLAY_LEFT, replay_left as u64);
+    }
+
     /// No takeover or giveback is under way.
     pub fn takeover_idle(&self) -> bool {
         self.takeover == Takeover::Idle

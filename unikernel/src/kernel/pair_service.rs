@@ -176,6 +176,12 @@ pub fn turn(
     announcer: &mut Announcer,
 ) -> Option<&'static str> {
     announcer.run(stack);
+    let (cp, left) = [stack.nbd.as_ref(), stack.peer_nbd.as_ref()]
+        .into_iter()
+        .flatten()
+        .map(|s| s.log_activity())
+        .fold((false, 0), |(c, l), (c2, l2)| (c || c2, l + l2));
+    p.publish_activity(cp, left);
     let replayed = stack
         .peer_nbd
         .as_ref()

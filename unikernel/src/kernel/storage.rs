@@ -322,6 +322,11 @@ impl NbdService {
             .collect()
     }
 
+    /// (consistency point running, records left to replay).
+    pub fn log_activity(&self) -> (bool, usize) {
+        self.server.log_activity()
+    }
+
     /// No device request of this service is in flight.
     pub fn idle(&self) -> bool {
         self.server.device_requests() == 0

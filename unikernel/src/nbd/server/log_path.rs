@@ -151,6 +151,14 @@ impl Server {
         }
     }
 
+    /// Whether a consistency point is writing logged data to the disks now, and how many
+    /// records found at start are still to be replayed.
+    pub fn log_activity(&self) -> (bool, usize) {
+        self.wlog
+            .as_ref()
+            .map_or((false, 0), |w| (w.cp.is_some(), w.replaying))
+    }
+
     /// (counters, live records, free data pages, still replaying).
     pub fn log_state(&self) -> Option<(LogStats, usize, u64, bool)> {
         self.wlog.as_ref().map(|w| {
