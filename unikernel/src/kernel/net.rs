@@ -91,9 +91,11 @@ impl NetStack {
         })
     }
 
-    /// One turn of the stack: frames in and out, then the services.
-    pub fn poll(&mut self) {
-        self.iface.poll(now(), &mut self.phy, &mut self.sockets);
+    /// One turn of the stack: frames in and out, then the services. Returns whether anything
+    /// happened or is under way (frames moved, disk requests in flight).
+    pub fn poll(&mut self) -> bool {
+        let moved = self.iface.poll(now(), &mut self.phy, &mut self.sockets)
+            != smoltcp::iface::PollResult::None;
         self.phy.poll();
         if let Some((h, port)) = self.echo {
             echo(self.sockets.get_mut::<tcp::Socket>(h), port);
@@ -104,6 +106,11 @@ impl NetStack {
         if let Some(nbd) = self.peer_nbd.as_mut() {
             nbd.poll(&mut self.sockets);
         }
+        moved
+            || [self.nbd.as_ref(), self.peer_nbd.as_ref()]
+                .into_iter()
+                .flatten()
+                .any(|s| !s.idle())
     }
 
     /// Answers for `ip` too (a failover pair taking its peer's address).

@@ -51,6 +51,14 @@ pub fn read_cr3() -> u64 {
     v
 }
 
+/// Sleeps until the next interrupt (the watchdog's LAPIC tick): an idle guest gives its
+/// host CPU back instead of spinning.
+pub fn wait_for_interrupt() {
+    // SAFETY: STI+HLT with the IDT installed; the tick handler returns here. `sti` delays
+    // interrupts by one instruction, so none is lost between the two.
+    unsafe { asm!("sti; hlt", options(nomem, nostack)) }
+}
+
 /// Stops the CPU for good (interrupts stay off).
 pub fn halt_forever() -> ! {
     loop {
