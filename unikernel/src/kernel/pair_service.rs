@@ -112,7 +112,7 @@ fn spec(p: &Pair, devices: &Devices, cfg: &Config, node: usize, listen: [u8; 4])
         log,
         listen: Some(listen),
         durability_nvlog: !cfg.durability_given || cfg.durability_nvlog,
-        save_checkpoint: node == p.me,
+        own: node == p.me,
     }
 }
 

@@ -101,8 +101,9 @@ pub struct ServiceSpec {
     pub log: LogPlace,
     pub listen: Option<[u8; 4]>,
     pub durability_nvlog: bool,
-    /// Whether this instance's disks carry the checkpoint (the node's own service).
-    pub save_checkpoint: bool,
+    /// The node's own service (not a pair's covering one): its first disk carries the
+    /// checkpoint, and test hooks (`debug.cp=hold`) apply to it only.
+    pub own: bool,
 }
 
 impl ServiceSpec {
@@ -134,7 +135,7 @@ impl ServiceSpec {
             log,
             listen: None,
             durability_nvlog: cfg.durability_nvlog,
-            save_checkpoint: true,
+            own: true,
         }
     }
 }
@@ -189,7 +190,7 @@ impl NbdService {
             }
         }
         let t_ckpt = crate::time::now_us();
-        if spec.save_checkpoint {
+        if spec.own {
             crate::checkpoints::after_labels(devices, cfg, loaded, &mut labelled);
         }
         let t_exports = crate::time::now_us();
@@ -278,7 +279,7 @@ impl NbdService {
         );
         let mut server =
             Server::new(exports, disks, pool, MAX_CLIENTS).with_log(log, durability)?;
-        if cfg.debug_hold_cp {
+        if cfg.debug_hold_cp && spec.own {
             warn!("debug.cp=hold: consistency points held; logged writes stay in the log only");
             server.hold_consistency_points(true);
         }
