@@ -186,7 +186,8 @@ pub fn turn(
         .peer_nbd
         .as_ref()
         .is_some_and(|s| s.log_state().is_none_or(|l| !l.3));
-    let idle = stack.peer_nbd.as_ref().is_none_or(|s| s.idle());
+    // A giveback hands the disks back flushed: the covering service's log drained to them.
+    let idle = stack.peer_nbd.as_ref().is_none_or(|s| s.drained());
     match p.poll(replayed, idle) {
         Action::None => {}
         Action::Fenced { epoch } => {

@@ -328,6 +328,12 @@ impl NbdService {
         self.server.log_activity()
     }
 
+    /// Nothing in flight and nothing left in the write log: every write it acknowledged is
+    /// on its disks (consistency points flushed them).
+    pub fn drained(&self) -> bool {
+        self.idle() && self.server.log_state().is_none_or(|l| l.1 == 0)
+    }
+
     /// No device request of this service is in flight.
     pub fn idle(&self) -> bool {
         self.server.device_requests() == 0
