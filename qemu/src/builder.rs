@@ -158,6 +158,12 @@ pub struct Disk {
     /// The file node's `cache.direct=` (`on`: `O_DIRECT`, the host page cache is bypassed);
     /// `None` keeps QEMU's default (off).
     pub cache_direct: Option<bool>,
+    /// The file node's `locking=`: `Some(false)` turns off QEMU's image locking (OFD locks
+    /// on the file), which otherwise refuses a second QEMU that opens the same image
+    /// writable. Only for images whose writers are coordinated some other way (a failover
+    /// pair: both guests attach both nodes' disks, the pair's fencing decides who writes).
+    /// `None` keeps QEMU's default (on).
+    pub locking: Option<bool>,
 }
 
 impl Disk {
@@ -171,6 +177,7 @@ impl Disk {
             read_only: false,
             aio: None,
             cache_direct: None,
+            locking: None,
         }
     }
 
@@ -183,6 +190,12 @@ impl Disk {
     /// The same disk with the file node's `cache.direct=` set.
     pub fn cache_direct(mut self, on: bool) -> Disk {
         self.cache_direct = Some(on);
+        self
+    }
+
+    /// The same disk with the file node's `locking=` set (see [`Disk::locking`]).
+    pub fn locking(mut self, on: bool) -> Disk {
+        self.locking = Some(on);
         self
     }
 
@@ -261,19 +274,31 @@ impl PortForward {
     }
 }
 
-/// A virtio-net NIC on QEMU user networking.
+/// A virtio-net NIC: on QEMU user networking (the default), or on an existing tap device.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Nic {
     /// MAC address; QEMU picks one when `None`.
     pub mac: Option<MacAddr>,
-    /// Host → guest TCP forwards.
+    /// Host → guest TCP forwards (user networking only).
     pub forwards: Vec<PortForward>,
+    /// Attach to this existing tap device instead of user networking
+    /// (`-netdev tap,ifname=NAME,script=no,downscript=no`): QEMU opens it and runs no helper
+    /// scripts, so whoever made the tap (and its bridge) owns the host side.
+    pub tap: Option<String>,
 }
 
 impl Nic {
     /// A NIC with no forwards and QEMU's default MAC.
     pub fn user() -> Nic {
         Nic::default()
+    }
+
+    /// A NIC on the existing tap device `ifname` (see [`Nic::tap`]), QEMU's default MAC.
+    pub fn tap(ifname: impl Into<String>) -> Nic {
+        Nic {
+            tap: Some(ifname.into()),
+            ..Nic::default()
+        }
     }
 
     /// Set the MAC.
@@ -563,6 +588,14 @@ impl QemuCommand {
                     .join(", ")
             ));
         }
+        for (i, nic) in self.nics.iter().enumerate() {
+            if let (Some(tap), false) = (&nic.tap, nic.forwards.is_empty()) {
+                notes.push(format!(
+                    "NIC net{i} is on tap device {tap}: its port forwards are left out (they \
+                     exist only on user networking)"
+                ));
+            }
+        }
         notes
     }
 
@@ -693,6 +726,9 @@ impl QemuCommand {
             if let Some(direct) = disk.cache_direct {
                 blockdev.push(format!(",file.cache.direct={}", on_off(direct)));
             }
+            if let Some(locking) = disk.locking {
+                blockdev.push(format!(",file.locking={}", on_off(locking)));
+            }
             a.pair("-blockdev", blockdev);
             // A read-only node makes virtio-blk offer VIRTIO_BLK_F_RO to the guest.
             a.pair(
@@ -715,13 +751,22 @@ impl QemuCommand {
 
         for (i, nic) in self.nics.iter().enumerate() {
             let id = format!("net{i}");
-            let mut netdev = format!("user,id={id}");
-            for fwd in &nic.forwards {
-                netdev.push_str(&format!(
-                    ",hostfwd=tcp:{}:{}-:{}",
-                    fwd.host_addr, fwd.host_port, fwd.guest_port
-                ));
-            }
+            let netdev = match &nic.tap {
+                Some(tap) => format!(
+                    "tap,id={id},ifname={},script=no,downscript=no",
+                    escape_commas(OsStr::new(tap)).to_string_lossy()
+                ),
+                None => {
+                    let mut netdev = format!("user,id={id}");
+                    for fwd in &nic.forwards {
+                        netdev.push_str(&format!(
+                            ",hostfwd=tcp:{}:{}-:{}",
+                            fwd.host_addr, fwd.host_port, fwd.guest_port
+                        ));
+                    }
+                    netdev
+                }
+            };
             a.pair("-netdev", netdev);
             let mut device = format!("{},netdev={id}", self.machine.net_device());
             if let Some(mac) = nic.mac {
@@ -1489,6 +1534,45 @@ mod tests {
                 "/i"
             ]
         );
+    }
+
+    #[test]
+    fn tap_nic_and_unlocked_disks() {
+        let cmd = QemuCommand::new("q")
+            .disk(Disk::new("/p/a/disk0.raw").locking(false))
+            .disk(Disk::new("/p/b/disk0.raw").locking(false))
+            .disk(Disk::new("/p/c.raw").locking(true))
+            .nic(Nic::tap("tapa").mac("52:54:00:77:00:0a".parse().unwrap()));
+        assert!(cmd.notes().is_empty());
+        let args = strs(&cmd);
+        let base = "driver=raw,read-only=off,file.driver=file,file.filename=";
+        assert_eq!(
+            values(&args, "-blockdev"),
+            vec![
+                format!("node-name=disk0,{base}/p/a/disk0.raw,file.locking=off"),
+                format!("node-name=disk1,{base}/p/b/disk0.raw,file.locking=off"),
+                format!("node-name=disk2,{base}/p/c.raw,file.locking=on"),
+            ]
+        );
+        assert_eq!(
+            values(&args, "-netdev"),
+            vec!["tap,id=net0,ifname=tapa,script=no,downscript=no"]
+        );
+        assert_eq!(
+            values(&args, "-device").last().unwrap(),
+            "virtio-net-pci,netdev=net0,mac=52:54:00:77:00:0a,romfile="
+        );
+        // Locking is QEMU's default unless set.
+        let args = strs(&QemuCommand::new("q").disk(Disk::new("/d")));
+        assert!(!values(&args, "-blockdev")[0].contains("locking"));
+        // Forwards mean nothing on a tap NIC: left out, with a note.
+        let cmd = QemuCommand::new("q").nic(Nic::tap("t0").forward(1, 2));
+        assert_eq!(
+            values(&strs(&cmd), "-netdev"),
+            vec!["tap,id=net0,ifname=t0,script=no,downscript=no"]
+        );
+        assert_eq!(cmd.notes().len(), 1);
+        assert!(cmd.notes()[0].contains("t0"), "{:?}", cmd.notes());
     }
 
     #[test]

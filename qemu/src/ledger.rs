@@ -44,6 +44,7 @@ fn decode(data: &[u8]) -> Option<(u64, u64)> {
     (pattern(slot, seq) == data).then_some((slot, seq))
 }
 
+/// One block's history.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Slot {
     /// Sequence number of the last acknowledged write.
@@ -52,26 +53,34 @@ pub struct Slot {
     pub uncertain: Vec<u64>,
 }
 
+/// Every block's history, and totals.
 #[derive(Debug, Clone, Serialize)]
 pub struct Ledger {
     /// Byte offset of slot 0 in the export.
     pub base: u64,
+    /// One per block.
     pub slots: Vec<Slot>,
+    /// Writes whose reply arrived.
     pub acked_writes: u64,
+    /// Writes whose reply never came.
     pub unanswered_writes: u64,
 }
 
 /// A block that does not hold what the ledger allows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Mismatch {
+    /// The block.
     pub slot: usize,
+    /// The last acknowledged sequence number.
     pub expected: Option<u64>,
+    /// Unanswered writes that may have landed instead.
     pub allowed_uncertain: Vec<u64>,
     /// What was read: (slot, seq) of a pattern, or a description.
     pub found: String,
 }
 
 impl Ledger {
+    /// An empty ledger of `slots` blocks from byte `base`.
     pub fn new(base: u64, slots: usize) -> Self {
         Self {
             base,
@@ -81,10 +90,12 @@ impl Ledger {
         }
     }
 
+    /// Byte offset of a block.
     pub fn offset(&self, slot: usize) -> u64 {
         self.base + slot as u64 * u64::from(BLOCK)
     }
 
+    /// The write `seq` to `slot` was acknowledged.
     pub fn acked(&mut self, slot: usize, seq: u64) {
         let s = &mut self.slots[slot];
         s.acked = Some(seq);
@@ -92,6 +103,7 @@ impl Ledger {
         self.acked_writes += 1;
     }
 
+    /// The write `seq` to `slot` got no reply.
     pub fn unanswered(&mut self, slot: usize, seq: u64) {
         self.slots[slot].uncertain.push(seq);
         self.unanswered_writes += 1;
@@ -141,35 +153,52 @@ pub struct Outage {
     /// Since the writer started, ms: the first failed request, and the first acknowledged
     /// write after it.
     pub from_ms: f64,
+    /// See `from_ms`.
     pub to_ms: f64,
+    /// The error that began it.
     pub error: String,
 }
 
+/// What a writer did.
 #[derive(Debug, Clone, Serialize)]
 pub struct WriterReport {
+    /// Every write's fate.
     pub ledger: Ledger,
+    /// Intervals without acknowledged writes.
     pub outages: Vec<Outage>,
+    /// Connections made after a failure.
     pub reconnects: u64,
     /// The writer gave up: no connection within the reconnect limit.
     pub gave_up: Option<String>,
 }
 
+/// Where and how a writer writes.
 pub struct WriterSpec {
+    /// The NBD server.
     pub addr: SocketAddr,
+    /// The export.
     pub export: String,
+    /// Byte offset of the first block.
     pub base: u64,
+    /// Blocks written in turn.
     pub slots: usize,
     /// Per-request timeout (a dead server shows up within it).
     pub io_timeout: Duration,
+    /// TCP connect timeout for each (re)connection attempt.
+    pub connect_timeout: Duration,
     /// How long to keep trying to reconnect after a failure before giving up.
     pub reconnect_for: Duration,
+    /// Counts acknowledged writes as they happen (progress for whoever watches the writer).
+    pub acked: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The instant outage times count from (the caller's clock, so it can relate them to
+    /// what it did, such as a kill).
+    pub origin: Instant,
 }
 
 /// Writes slot after slot until `stop`, reconnecting after failures; every write's fate goes
-/// into the ledger. `on_ack` is called after each acknowledged write with the time since
-/// start (a benchmark uses it to time outages).
+/// into the ledger, every interval without acknowledged writes into the outages.
 pub fn run_writer(spec: &WriterSpec, stop: &AtomicBool) -> WriterReport {
-    let began = Instant::now();
+    let began = spec.origin;
     let mut ledger = Ledger::new(spec.base, spec.slots);
     let mut outages: Vec<Outage> = Vec::new();
     let mut reconnects = 0;
@@ -181,7 +210,12 @@ pub fn run_writer(spec: &WriterSpec, stop: &AtomicBool) -> WriterReport {
     while !stop.load(Ordering::SeqCst) {
         let c = match client.as_mut() {
             Some(c) => c,
-            None => match NbdClient::connect(spec.addr, &spec.export, spec.io_timeout) {
+            None => match NbdClient::connect_with(
+                spec.addr,
+                &spec.export,
+                spec.connect_timeout,
+                spec.io_timeout,
+            ) {
                 Ok(c) => {
                     reconnects += u64::from(down_since.is_some());
                     client.insert(c)
@@ -209,6 +243,7 @@ pub fn run_writer(spec: &WriterSpec, stop: &AtomicBool) -> WriterReport {
         match c.write(ledger.offset(slot), &data, false) {
             Ok(()) => {
                 ledger.acked(slot, seq);
+                spec.acked.fetch_add(1, Ordering::SeqCst);
                 if let Some((from, error)) = down_since.take() {
                     outages.push(Outage {
                         from_ms: from,

@@ -18,6 +18,9 @@
 //!   per-run state directory (default disk, socket, pid, console log, lock), sizes.
 //! - [`cli`], [`run`], [`qmp_cmd`], [`bench`]: the `tandem` command (`run`, `qmp`,
 //!   `bench boot`, `bench blk`, `bench nbd`).
+//! - [`pair`]: a failover pair (`tandem pair up|status|takeover|giveback|kill|start|exec|down`):
+//!   two guests on a private bridge in a network namespace, one shared region, and a
+//!   supervisor with the fence agent; [`pair::Pair`] is the same as a library for tests.
 //!
 //! Integration tests in the workspace's `tests/` package use [`builder`] and [`vm`] to boot
 //! the real guest image, so the tests and the command start QEMU the same way.
@@ -31,6 +34,10 @@ pub mod cli;
 pub mod console;
 pub mod exit;
 pub mod image;
+pub mod in_netns;
+pub mod ledger;
+pub mod nbd_client;
+pub mod pair;
 pub mod qemu_bin;
 pub mod qmp;
 pub mod qmp_cmd;

@@ -14,6 +14,10 @@ fn main() {
         Command::Bench(BenchCommand::Restart(args)) => {
             tandem_qemu::bench::restart::bench_restart(args)
         }
+        Command::Bench(BenchCommand::Failover(args)) => {
+            tandem_qemu::bench::failover::bench_failover(args)
+        }
+        Command::Pair(cmd) => tandem_qemu::pair::cmd::run(cmd),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -30,20 +30,27 @@ const MAX_OPTION_REPLY: u32 = 64 << 10;
 /// Longest read this client asks for.
 pub const MAX_READ: u32 = 32 << 20;
 
+/// Why a request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum NbdError {
+    /// The connection failed or timed out.
     #[error("NBD connection: {0}")]
     Io(#[from] std::io::Error),
+    /// The server broke the protocol.
     #[error("NBD protocol: {0}")]
     Protocol(String),
+    /// The server refused the export.
     #[error("NBD server refused: {0}")]
     Refused(String),
+    /// The request got an error reply.
     #[error("NBD request failed with errno {0}")]
     Errno(u32),
 }
 
+/// One connection to one export.
 pub struct NbdClient {
     stream: TcpStream,
+    /// The export's size, as the server announced it.
     pub size: u64,
     handle: u64,
 }
@@ -51,7 +58,18 @@ pub struct NbdClient {
 impl NbdClient {
     /// Connects and negotiates `export`; `timeout` bounds the connect and every later I/O.
     pub fn connect(addr: SocketAddr, export: &str, timeout: Duration) -> Result<Self, NbdError> {
-        let stream = TcpStream::connect_timeout(&addr, timeout)?;
+        Self::connect_with(addr, export, timeout, timeout)
+    }
+
+    /// As [`Self::connect`], with a separate bound for the TCP connect (a client that
+    /// retries fast after a failover wants a short one).
+    pub fn connect_with(
+        addr: SocketAddr,
+        export: &str,
+        connect: Duration,
+        timeout: Duration,
+    ) -> Result<Self, NbdError> {
+        let stream = TcpStream::connect_timeout(&addr, connect)?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         stream.set_nodelay(true)?;
@@ -173,6 +191,7 @@ impl NbdClient {
         Ok(buf)
     }
 
+    /// Asks for everything written so far to be made durable.
     pub fn flush(&mut self) -> Result<(), NbdError> {
         let h = self.request(CMD_FLUSH, 0, 0, 0, &[])?;
         self.reply(h)

@@ -16,6 +16,7 @@ use serde::Serialize;
 
 pub mod blk;
 pub mod boot;
+pub mod failover;
 pub mod nbd;
 pub mod restart;
 
