@@ -254,3 +254,28 @@ fn a_killed_node_starts_again() {
     pair.down().unwrap();
     assert!(!process_alive(pid));
 }
+
+#[test]
+fn pair_up_failure_names_the_problem_and_tears_down() {
+    let _serial = serial();
+    let tmp = tandem_qemu::scratch::tempdir().unwrap();
+    let dir = tmp.path().join("pair");
+    let bogus = tmp.path().join("not-a-kernel");
+    std::fs::write(&bogus, b"this is no PVH kernel").unwrap();
+    let mut spec = spec(&dir);
+    spec.image = Some(bogus);
+    let err = format!("{:#}", Pair::up(&spec).unwrap_err());
+    assert!(
+        err.contains("QEMU ended") && err.contains("qemu.log"),
+        "{err}"
+    );
+    // What `up` started is gone: the supervisor (whose pid its pair.json names), its QEMUs,
+    // its socket.
+    let info: tandem_qemu::pair::PairInfo =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("pair.json")).unwrap()).unwrap();
+    assert!(!info.running, "{info:?}");
+    assert!(!process_alive(info.supervisor_pid), "supervisor left");
+    assert!(!dir.join("control.sock").exists());
+    let st = tandem(&["pair", "status", "--dir", dir.to_str().unwrap()]);
+    assert_eq!(st.status.code(), Some(1), "{st:?}");
+}
