@@ -64,6 +64,15 @@ impl Mgmt {
     }
 }
 
+impl Mgmt {
+    /// Whether a reply is still unsent or unacknowledged by the client.
+    pub fn replies_pending(&self, sockets: &SocketSet<'static>) -> bool {
+        self.slots
+            .iter()
+            .any(|slot| sockets.get::<tcp::Socket>(slot.handle).send_queue() > 0)
+    }
+}
+
 impl Slot {
     fn poll(
         &mut self,

@@ -169,9 +169,24 @@ impl NetStack {
     ) -> Option<crate::mgmt::Injection> {
         let m = self.mgmt.as_mut()?;
         let r = m.poll(&mut self.sockets, status);
-        // Get the reply out before acting on it.
-        self.iface.poll(now(), &mut self.phy, &mut self.sockets);
-        self.phy.poll();
+        if r.is_none() {
+            return None;
+        }
+        // Get the reply out before acting on it: until the client acknowledged it (an
+        // injected error resets the NIC, which would drop a frame still in its queue), for at
+        // most 200 ms.
+        let until = crate::time::now_us() + 200_000;
+        loop {
+            self.iface.poll(now(), &mut self.phy, &mut self.sockets);
+            self.phy.poll();
+            let pending = self
+                .mgmt
+                .as_ref()
+                .is_some_and(|m| m.replies_pending(&self.sockets));
+            if !pending || crate::time::now_us() > until {
+                break;
+            }
+        }
         r
     }
 }
