@@ -402,8 +402,14 @@ fn boot_then_restart(
     let cmd = command(port);
     let mut vm = spawn(&cmd, log)?;
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let served = read_until_served(&mut vm, addr, Instant::now() + timeout, ctx)
-        .with_context(|| format!("boot: command: {cmd}"))?;
+    let served = read_until_served(
+        &mut vm,
+        addr,
+        Instant::now() + timeout,
+        ctx,
+        BOOT_PROBE_EVERY,
+    )
+    .with_context(|| format!("boot: command: {cmd}"))?;
     let boot_host = vm.elapsed().saturating_sub(served.at.elapsed());
     let (mut conn, attempts, probe_failures) = (served.stream, served.failed, served.reasons);
     let served = wait_text(&mut vm, "TANDEM SERVED ", 0, timeout)?;
@@ -421,7 +427,8 @@ fn boot_then_restart(
     // The old connection stays open meanwhile: closed at once, the guest could drop the
     // request unserved and count a probe's READ as the one that triggers the error instead.
     let _ = send_read(&mut conn);
-    let again = read_until_served(&mut vm, addr, t1 + timeout, ctx).context("restart in place")?;
+    let again = read_until_served(&mut vm, addr, t1 + timeout, ctx, PROBE_EVERY)
+        .context("restart in place")?;
     drop(conn);
     let restart_host = again.at.duration_since(t1);
     let (conn, attempts, restart_failures) = (again.stream, again.failed, again.reasons);
@@ -459,15 +466,21 @@ fn spawn(cmd: &QemuCommand, log: &Path) -> anyhow::Result<Vm> {
     .with_context(|| format!("command: {cmd}"))
 }
 
-/// A new probe connection this often while none has been greeted.
+/// A new probe connection this often while none has been greeted, after an injected error.
 pub const PROBE_EVERY: Duration = Duration::from_millis(1);
+/// The same while a VM boots: boots take hundreds of ms under TCG, and every probe's SYN
+/// waits in QEMU's queue until the guest's NIC is up; a 1 ms flood of stale SYNs then
+/// occupies the guest's client slots (until its TCP timeout frees them).
+pub const BOOT_PROBE_EVERY: Duration = Duration::from_millis(5);
 /// A connect not accepted in this long is given up; the next probe sends a fresh SYN
 /// (QEMU's listening socket has a short backlog, and a dropped SYN is resent only after 1 s).
 const PROBE_CONNECT_TIMEOUT: Duration = Duration::from_millis(10);
 /// A probe that makes no progress for this long is given up.
 const PROBE_MAX_AGE: Duration = Duration::from_secs(2);
-/// At most this many silent probes are kept open (the oldest is given up first).
-const MAX_PROBES: usize = 256;
+/// At most this many probes are kept open (the oldest is given up first): fewer than the
+/// guest's 16 client slots, so the probes can never hold every slot while the guest is slow to
+/// greet them (seen on a loaded host: every new probe refused for a minute).
+const MAX_PROBES: usize = 12;
 /// Probe failure reasons kept per start.
 const MAX_REASONS: usize = 16;
 
@@ -605,6 +618,7 @@ fn read_until_served(
     addr: SocketAddr,
     deadline: Instant,
     ctx: &Ctx,
+    every: Duration,
 ) -> anyhow::Result<Served> {
     let began = Instant::now();
     let stop = AtomicBool::new(false);
@@ -620,7 +634,7 @@ fn read_until_served(
                 if tx.send(r).is_err() {
                     return;
                 }
-                std::thread::sleep(PROBE_EVERY.saturating_sub(at.elapsed()));
+                std::thread::sleep(every.saturating_sub(at.elapsed()));
             }
         });
         let r = drive_probes(vm, addr, deadline, ctx, began, &rx);

@@ -56,6 +56,11 @@ fn top_up(
         let rx = tcp::SocketBuffer::new(vec![0; TCP_BUF]);
         let tx = tcp::SocketBuffer::new(vec![0; TCP_BUF]);
         let mut s = tcp::Socket::new(rx, tx);
+        // A peer that vanished (a client killed, or a connection whose SYN waited in QEMU's
+        // queue while the guest was down) must not hold a client slot for ever: keep-alives
+        // find dead peers, and a peer silent this long is dropped.
+        s.set_keep_alive(Some(smoltcp::time::Duration::from_secs(2)));
+        s.set_timeout(Some(smoltcp::time::Duration::from_secs(5)));
         if let Err(e) = s.listen(at) {
             warn!("nbd: listen on {at}: {e}");
         }
