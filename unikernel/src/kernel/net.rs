@@ -168,10 +168,7 @@ impl NetStack {
         status: &dyn Fn() -> alloc::string::String,
     ) -> Option<crate::mgmt::Injection> {
         let m = self.mgmt.as_mut()?;
-        let r = m.poll(&mut self.sockets, status);
-        if r.is_none() {
-            return None;
-        }
+        let injection = m.poll(&mut self.sockets, status)?;
         // Get the reply out before acting on it: until the client acknowledged it (an
         // injected error resets the NIC, which would drop a frame still in its queue), for at
         // most 200 ms.
@@ -187,7 +184,7 @@ impl NetStack {
                 break;
             }
         }
-        r
+        Some(injection)
     }
 }
 
