@@ -261,6 +261,13 @@ fn record(kind: u8, location: Location, ids: (u16, u16)) -> DeviceRecord {
     r
 }
 
+/// Whether checkpoint record `r` names the device at `location`.
+fn same_place(r: &DeviceRecord, location: Location) -> bool {
+    let l = record(r.kind, location, (r.vendor, r.device));
+    (l.transport, l.segment, l.bus, l.dev, l.func, l.base)
+        == (r.transport, r.segment, r.bus, r.dev, r.func, r.base)
+}
+
 fn failed(kind: &'static str, e: impl core::fmt::Display) -> DeviceInfo {
     DeviceInfo::Failed {
         kind,
@@ -444,22 +451,7 @@ pub fn from_checkpoint(
     let mut devs = Devices::default();
     // Not adopted below, the boot disk is closed (which resets it) before anything else can
     // open it; when adopted, it must not be opened a second time.
-    let named = |b: &BootDisk| {
-        cp.devices.iter().any(|r| match b.location {
-            Location::Pci {
-                segment,
-                bus,
-                device,
-                function,
-            } => {
-                r.transport == checkpoint::transport::PCI
-                    && (r.segment, r.bus, r.dev, r.func) == (segment, bus, device, function)
-            }
-            Location::Mmio { base, .. } => {
-                r.transport == checkpoint::transport::MMIO && r.base == base
-            }
-        })
-    };
+    let named = |b: &BootDisk| cp.devices.iter().any(|r| same_place(r, b.location));
     if boot.as_ref().is_some_and(|b| !named(b)) {
         boot = None;
     }
