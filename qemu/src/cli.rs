@@ -51,6 +51,9 @@ pub enum Command {
     /// A failover pair: two guests sharing a region, on a private network (see `pair up`).
     #[command(subcommand)]
     Pair(PairCommand),
+    /// Appliance images: build one from a description, boot it, verify its manifest.
+    #[command(subcommand)]
+    Image(crate::appliance::cmd::ImageCommand),
 }
 
 /// Guest and QEMU options shared by `run` and `bench`.

@@ -21,6 +21,9 @@
 //! - [`pair`]: a failover pair (`tandem pair up|status|takeover|giveback|kill|start|exec|down`):
 //!   two guests on a private bridge in a network namespace, one shared region, and a
 //!   supervisor with the fence agent; [`pair::Pair`] is the same as a library for tests.
+//! - [`appliance`]: appliance images (`tandem image build|run|check`): one description
+//!   gives a directory with the kernel, labelled disks, NVRAM, launch script, libvirt XML,
+//!   xl config and a manifest.
 //!
 //! Integration tests in the workspace's `tests/` package use [`builder`] and [`vm`] to boot
 //! the real guest image, so the tests and the command start QEMU the same way.
@@ -28,6 +31,7 @@
 #![warn(missing_docs)]
 
 pub mod accel;
+pub mod appliance;
 pub mod bench;
 pub mod builder;
 pub mod cli;

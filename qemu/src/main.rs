@@ -18,6 +18,7 @@ fn main() {
             tandem_qemu::bench::failover::bench_failover(args)
         }
         Command::Pair(cmd) => tandem_qemu::pair::cmd::run(cmd),
+        Command::Image(cmd) => tandem_qemu::appliance::cmd::run(cmd),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -1,0 +1,622 @@
+//! Appliance images (`tandem image build|run|check`) with the real tools: build the sample
+//! appliance, validate its libvirt XML with `virt-xml-validate` (when installed), check its
+//! manifest and catch a modified file, rebuild it and compare bytes, boot it with
+//! `tandem image run` and serve NBD from it (nbdinfo, qemu-io write and read back); bad
+//! descriptions fail naming the key; the pair sample builds both nodes and a region whose
+//! header parses.
+//!
+//! Every wait is bounded and waits on something observable (a line on `tandem image run`'s
+//! stderr, a process exit).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use tandem_qemu::appliance::{self, config, disk, manifest, BuildOptions};
+use tandem_qemu::pair::api::ENV_TANDEM_BIN;
+use tandem_tests::*;
+
+/// The `tandem` binary of this tree (built once per test process; `TANDEM_BIN` overrides).
+fn tandem_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os(ENV_TANDEM_BIN).filter(|p| !p.is_empty()) {
+            return PathBuf::from(p);
+        }
+        let ws = workspace_root();
+        tandem_qemu::pair::api::build_tandem(&ws).unwrap_or_else(|e| panic!("{e:#}"));
+        ws.join("target").join("release").join("tandem")
+    })
+}
+
+fn example(name: &str) -> PathBuf {
+    workspace_root().join("examples").join(name)
+}
+
+fn opts() -> BuildOptions {
+    BuildOptions::from_env(Some(guest_image().to_path_buf()))
+}
+
+fn has_tool(name: &str) -> bool {
+    tandem_qemu::qemu_bin::find_in_path(
+        std::ffi::OsStr::new(name),
+        std::env::var_os("PATH").as_deref(),
+    )
+    .is_some()
+}
+
+/// `virt-xml-validate FILE` when it is installed (scripts/deps installs it); false when not.
+fn validate_xml(file: &Path) -> bool {
+    if !has_tool("virt-xml-validate") {
+        eprintln!("virt-xml-validate not installed: libvirt XML not validated");
+        return false;
+    }
+    let out = Command::new("virt-xml-validate")
+        .arg(file)
+        .output()
+        .expect("run virt-xml-validate");
+    assert!(
+        out.status.success(),
+        "{} does not validate:\n{}{}\n{}",
+        file.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(file).unwrap_or_default()
+    );
+    true
+}
+
+/// `tandem image build` (the release binary: hashing the disks is the user's path and
+/// fast there); panics with its output on failure.
+fn build_cli(config: &Path, out: &Path) {
+    let st = Command::new(tandem_bin())
+        .args(["image", "build", "--config"])
+        .arg(config)
+        .arg("--out")
+        .arg(out)
+        .arg("--image")
+        .arg(guest_image())
+        .output()
+        .expect("run tandem image build");
+    assert!(
+        st.status.success(),
+        "tandem image build --config {}: {}{}",
+        config.display(),
+        String::from_utf8_lossy(&st.stdout),
+        String::from_utf8_lossy(&st.stderr)
+    );
+}
+
+/// `tandem image check [--booted] DIR`: its exit code and the difference lines it printed.
+fn check_cli(dir: &Path, booted: bool) -> (Option<i32>, Vec<String>) {
+    let mut c = Command::new(tandem_bin());
+    c.args(["image", "check"]).arg(dir);
+    if booted {
+        c.arg("--booted");
+    }
+    let st = c.output().expect("run tandem image check");
+    let lines = String::from_utf8_lossy(&st.stderr)
+        .lines()
+        .filter_map(|l| l.strip_prefix("  ").map(str::to_string))
+        .collect();
+    (st.status.code(), lines)
+}
+
+fn free_port() -> u16 {
+    tandem_qemu::bench::nbd::free_port().expect("a free port")
+}
+
+fn same_bytes(a: &Path, b: &Path) -> bool {
+    std::fs::read(a).expect("read a") == std::fs::read(b).expect("read b")
+}
+
+/// `tandem image run`, its stderr lines forwarded on a channel.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn start(dir: &Path, nbd: u16, mgmt: u16) -> Running {
+        let mut child = Command::new(tandem_bin())
+            .args(["image", "run"])
+            .arg(dir)
+            .args(["--nbd-port", &nbd.to_string(), "--mgmt-port"])
+            .arg(mgmt.to_string())
+            .args(["--timeout", "600"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tandem image run");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Running {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    fn wait_line(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
+            return l.clone();
+        }
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left.max(Duration::from_millis(1))) {
+                Ok(line) => {
+                    let hit = line.contains(needle);
+                    self.seen.push(line.clone());
+                    if hit {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no line containing {needle:?} from `tandem image run` within {timeout:?}; \
+                     it said:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "no line containing {needle:?} within {timeout:?}; it said:\n{}",
+                    self.seen.join("\n")
+                );
+            }
+        }
+    }
+
+    /// SIGTERM (tandem stops QEMU in order), bounded; SIGKILL after.
+    fn stop(&mut self) {
+        let _ = Command::new("sh")
+            .args(["-c", &format!("kill -TERM {}", self.child.id())])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+    }
+}
+
+fn qemu_io(uri: &str, read_only: bool, cmds: &[&str]) -> String {
+    let mut c = Command::new("qemu-io");
+    c.args(["-f", "raw"]);
+    if read_only {
+        c.arg("-r");
+    }
+    for cmd in cmds {
+        c.args(["-c", cmd]);
+    }
+    let out = c.arg(uri).output().expect("run qemu-io");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "qemu-io {cmds:?} {uri}: {text}");
+    assert!(
+        !text.contains("Pattern verification failed") && !text.contains("failed"),
+        "qemu-io {cmds:?} {uri}: {text}"
+    );
+    text
+}
+
+#[test]
+fn sample_appliance_builds_validates_rebuilds_and_serves_nbd() {
+    let tmp = tandem_qemu::scratch::tempdir().unwrap();
+    let d1 = tmp.path().join("one");
+    let d2 = tmp.path().join("two");
+    let d3 = tmp.path().join("three");
+    build_cli(&example("appliance.toml"), &d1);
+
+    // What is in it.
+    for f in [
+        "kernel.elf",
+        "disk0.raw",
+        "disk1.qcow2",
+        "nvram.bin",
+        "guest.cmdline",
+        "run.sh",
+        "domain.xml",
+        "xl.cfg",
+        "config.resolved.toml",
+        "manifest.json",
+    ] {
+        assert!(d1.join(f).is_file(), "{f} missing");
+    }
+    let cmdline = std::fs::read_to_string(d1.join("guest.cmdline")).unwrap();
+    assert!(
+        cmdline.contains("export=data:blk0") && cmdline.contains("export=archive:blk1:ro"),
+        "{cmdline}"
+    );
+    let label = disk::read_raw_label(&d1.join("disk0.raw")).unwrap();
+    assert_eq!((label.name(), label.capacity), ("data", 64 << 20));
+    let xml = std::fs::read_to_string(d1.join("domain.xml")).unwrap();
+    assert!(xml.contains(&format!("<cmdline>{}</cmdline>", cmdline.trim())));
+    let xl = std::fs::read_to_string(d1.join("xl.cfg")).unwrap();
+    assert!(
+        xl.contains("type = \"pvh\"") && xl.contains(&format!("extra = \"{}\"", cmdline.trim()))
+    );
+    let script = std::fs::read_to_string(d1.join("run.sh")).unwrap();
+    assert!(
+        script.contains(&format!("-append '{}'", cmdline.trim())),
+        "{script}"
+    );
+    // No path of this machine in the text files.
+    let here = tmp.path().to_string_lossy().into_owned();
+    for f in [
+        "run.sh",
+        "domain.xml",
+        "xl.cfg",
+        "manifest.json",
+        "guest.cmdline",
+    ] {
+        let text = std::fs::read_to_string(d1.join(f)).unwrap();
+        assert!(
+            !text.contains(&here),
+            "{f} names the build directory {here}"
+        );
+        assert!(!text.contains("/work/"), "{f} names a build-machine path");
+    }
+    validate_xml(&d1.join("domain.xml"));
+
+    // The manifest lists every file; the directory matches it.
+    let m1 = manifest::Manifest::load(&d1).unwrap();
+    assert_eq!(m1.files.len(), 9);
+    assert_eq!(check_cli(&d1, false), (Some(0), vec![]));
+
+    // Rebuild from the same description: identical kernel, XML, xl, script, command line;
+    // the manifest differs only in the lines of the generated-UUID files.
+    build_cli(&example("appliance.toml"), &d2);
+    for f in [
+        "kernel.elf",
+        "domain.xml",
+        "xl.cfg",
+        "run.sh",
+        "guest.cmdline",
+        "nvram.bin",
+    ] {
+        assert!(
+            same_bytes(&d1.join(f), &d2.join(f)),
+            "{f} differs between builds"
+        );
+    }
+    let m2 = manifest::Manifest::load(&d2).unwrap();
+    for (a, b) in m1.files.iter().zip(&m2.files) {
+        assert_eq!(a.path, b.path);
+        if a != b {
+            assert!(
+                ["disk0.raw", "disk1.qcow2", "config.resolved.toml"].contains(&a.path.as_str()),
+                "{} differs between builds of one description",
+                a.path
+            );
+        }
+    }
+    // From the resolved description (UUIDs given): every byte, manifest and disks included.
+    build_cli(&d1.join(appliance::RESOLVED), &d3);
+    let files = manifest::walk(&d1).unwrap();
+    assert_eq!(files, manifest::walk(&d3).unwrap());
+    for f in &files {
+        assert!(same_bytes(&d1.join(f), &d3.join(f)), "{f} differs");
+    }
+
+    // A modified file, a missing one and an extra one are caught, and the command says so.
+    std::fs::write(d2.join("run.sh"), "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::write(d2.join("stray.txt"), "x").unwrap();
+    std::fs::remove_file(d2.join("xl.cfg")).unwrap();
+    let (code, problems) = check_cli(&d2, false);
+    assert_eq!(code, Some(1), "{problems:?}");
+    assert_eq!(problems.len(), 3, "{problems:?}");
+    assert!(
+        problems.iter().any(|p| p.starts_with("run.sh: size")),
+        "{problems:?}"
+    );
+    assert!(
+        problems.iter().any(|p| p == "xl.cfg: missing"),
+        "{problems:?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p == "stray.txt: not in the manifest"),
+        "{problems:?}"
+    );
+    // Same size, other bytes: the checksum catches it.
+    let mut bytes = std::fs::read(d3.join("domain.xml")).unwrap();
+    bytes[10] ^= 0x20;
+    std::fs::write(d3.join("domain.xml"), &bytes).unwrap();
+    let (code, p) = check_cli(&d3, false);
+    assert_eq!(code, Some(1));
+    assert!(
+        p.len() == 1 && p[0].starts_with("domain.xml: sha256"),
+        "{p:?}"
+    );
+
+    // Boot it and serve NBD from it.
+    let (nbd, mgmt) = (free_port(), free_port());
+    let mut run = Running::start(&d1, nbd, mgmt);
+    let boot = Duration::from_secs(180);
+    run.wait_line(&format!("nbd://127.0.0.1:{nbd}/data"), boot);
+    run.wait_line(&format!("nbd://127.0.0.1:{nbd}/archive"), boot);
+    let list = Command::new("nbdinfo")
+        .args(["--list", &format!("nbd://127.0.0.1:{nbd}")])
+        .output()
+        .expect("run nbdinfo");
+    let list_text = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        list.status.success(),
+        "{}",
+        String::from_utf8_lossy(&list.stderr)
+    );
+    assert!(
+        list_text.contains("export=\"data\"") && list_text.contains("export=\"archive\""),
+        "{list_text}"
+    );
+    // data: 64M less the 1 MiB label area.
+    let size = Command::new("nbdinfo")
+        .args(["--size", &format!("nbd://127.0.0.1:{nbd}/data")])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&size.stdout).trim(),
+        (63u64 << 20).to_string()
+    );
+    let data = format!("nbd://127.0.0.1:{nbd}/data");
+    qemu_io(&data, false, &["write -P 0xa5 1M 128k", "flush"]);
+    qemu_io(&data, true, &["read -P 0xa5 1M 128k", "read -P 0 0 64k"]);
+    qemu_io(
+        &format!("nbd://127.0.0.1:{nbd}/archive"),
+        true,
+        &["read -P 0 0 64k"],
+    );
+    // The read-only export refuses a write.
+    let w = Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "write -P 1 0 4k"])
+        .arg(format!("nbd://127.0.0.1:{nbd}/archive"))
+        .output()
+        .unwrap();
+    let wtext = format!(
+        "{}{}",
+        String::from_utf8_lossy(&w.stdout),
+        String::from_utf8_lossy(&w.stderr)
+    );
+    assert!(
+        !w.status.success() || wtext.contains("failed") || wtext.contains("read-only"),
+        "a write to the read-only export went through: {wtext}"
+    );
+    run.stop();
+
+    // Booted: the disks and NVRAM changed, everything else still matches; the runtime
+    // state (console log, lock) is not an extra file.
+    assert!(d1.join("console.log").is_file());
+    assert_eq!(check_cli(&d1, true), (Some(0), vec![]));
+    let (code, strict) = check_cli(&d1, false);
+    assert_eq!(code, Some(1));
+    assert!(
+        strict.iter().any(|p| p.starts_with("disk0.raw")),
+        "the guest wrote disk0: {strict:?}"
+    );
+}
+
+#[test]
+fn bad_descriptions_name_the_key() {
+    let tmp = tandem_qemu::scratch::tempdir().unwrap();
+    let disk = "[[disk]]\nname = \"data\"\nsize = \"16M\"\n";
+    let cases: &[(&str, String, &[&str])] = &[
+        (
+            "unknown key",
+            format!("name = \"t\"\nmemroy = \"64M\"\n{disk}"),
+            &["unknown field `memroy`"],
+        ),
+        (
+            "unknown key in a table",
+            format!("name = \"t\"\n{disk}formt = \"raw\"\n"),
+            &["unknown field `formt`"],
+        ),
+        (
+            "disk too small",
+            "name = \"t\"\n[[disk]]\nsize = \"1M\"\n".into(),
+            &["disk[0].size", "label area"],
+        ),
+        (
+            "export name clash",
+            format!("name = \"t\"\n{disk}{disk}"),
+            &["disk[1].name", "clash", "disk[0]"],
+        ),
+        (
+            "pair without a peer",
+            "name = \"t\"\n[pair]\n[[pair.a.disk]]\nsize = \"16M\"\n".into(),
+            &["pair.b", "peer"],
+        ),
+        (
+            "bad size",
+            "name = \"t\"\n[[disk]]\nsize = \"12 parsecs\"\n".into(),
+            &["disk[0].size", "invalid size"],
+        ),
+        (
+            "bad address",
+            format!("name = \"t\"\n[network]\nip = \"10.0.2.0/24\"\n{disk}"),
+            &["network.ip", "network's own"],
+        ),
+        (
+            "gateway off the network",
+            format!("name = \"t\"\n[network]\nip = \"10.1.0.5/24\"\ngateway = \"10.2.0.1\"\n{disk}"),
+            &["network.gateway"],
+        ),
+        (
+            "nvram not a power of two",
+            format!("name = \"t\"\n[nvram]\nsize = \"24M\"\n{disk}"),
+            &["nvram.size", "power of two"],
+        ),
+        (
+            "pair disk counts differ",
+            "name = \"t\"\n[pair]\n[[pair.a.disk]]\nsize = \"16M\"\n[[pair.b.disk]]\nsize = \"16M\"\n\
+             [[pair.b.disk]]\nsize = \"16M\"\n"
+                .into(),
+            &["pair.b.disk", "same number"],
+        ),
+    ];
+    for (i, (what, text, needles)) in cases.iter().enumerate() {
+        let cfg = tmp.path().join(format!("c{i}.toml"));
+        std::fs::write(&cfg, text).unwrap();
+        let out = tmp.path().join(format!("out{i}"));
+        let err = appliance::build_from_file(&cfg, &out, &opts())
+            .map(|_| ())
+            .expect_err(what);
+        let msg = format!("{err:#}");
+        for n in *needles {
+            assert!(msg.contains(n), "{what}: {n:?} not in:\n{msg}");
+        }
+        assert!(
+            !out.exists(),
+            "{what}: a failed build left {}",
+            out.display()
+        );
+    }
+
+    // qcow2 without qemu-img: refused before anything is written, naming the key.
+    let cfg = tmp.path().join("q.toml");
+    std::fs::write(
+        &cfg,
+        format!("name = \"t\"\n{disk}[[disk]]\nname = \"q\"\nsize = \"16M\"\nformat = \"qcow2\"\n"),
+    )
+    .unwrap();
+    let out = tmp.path().join("q");
+    let no_qemu_img = BuildOptions {
+        image: Some(guest_image().to_path_buf()),
+        qemu_img: None,
+    };
+    let msg = format!(
+        "{:#}",
+        appliance::build_from_file(&cfg, &out, &no_qemu_img).unwrap_err()
+    );
+    assert!(
+        msg.contains("disk[1].format") && msg.contains("qemu-img"),
+        "{msg}"
+    );
+    assert!(!out.exists());
+
+    // A non-empty output directory is refused (it may hold an appliance's data disks).
+    let full = tmp.path().join("full");
+    std::fs::create_dir(&full).unwrap();
+    std::fs::write(full.join("keep"), "x").unwrap();
+    let msg = format!(
+        "{:#}",
+        appliance::build_from_file(&example("appliance.toml"), &full, &opts()).unwrap_err()
+    );
+    assert!(msg.contains("not empty"), "{msg}");
+    assert_eq!(std::fs::read_to_string(full.join("keep")).unwrap(), "x");
+
+    // The command: exit 1, the key on stderr.
+    let cfg = tmp.path().join("c0.toml");
+    let st = Command::new(tandem_bin())
+        .args(["image", "build", "--config"])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(tmp.path().join("cli"))
+        .arg("--image")
+        .arg(guest_image())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&st.stderr);
+    assert_eq!(st.status.code(), Some(1), "{err}");
+    assert!(err.contains("memroy") && err.contains("c0.toml"), "{err}");
+}
+
+#[test]
+fn pair_sample_builds_both_nodes_and_a_region() {
+    let tmp = tandem_qemu::scratch::tempdir().unwrap();
+    let dir = tmp.path().join("pair");
+    build_cli(&example("pair.toml"), &dir);
+    let app = config::load(&dir.join(appliance::RESOLVED)).unwrap();
+    let config::Kind::Pair(p) = &app.kind else {
+        panic!("not a pair")
+    };
+
+    // The region: its header parses, with the resolved pair id.
+    let region = std::fs::read(dir.join("region.bin")).unwrap();
+    assert_eq!(region.len() as u64, p.region_size.bytes());
+    let header = tandem_qemu::pair::layout::Header::parse(&region[..4096], region.len() as u64)
+        .unwrap_or_else(|e| panic!("region header: {e:?}"));
+    assert_eq!(Some(header.pair_id), p.id);
+
+    for (n, peer, ip, peer_ip) in [
+        ("a", "b", "10.77.0.10", "10.77.0.11"),
+        ("b", "a", "10.77.0.11", "10.77.0.10"),
+    ] {
+        let node = dir.join(n);
+        let words = std::fs::read_to_string(node.join("guest.cmdline")).unwrap();
+        assert!(
+            words.contains(&format!("ip={ip}/24"))
+                && words.contains(&format!("pair={n}"))
+                && words.contains(&format!("pair.peer_ip={peer_ip}"))
+                && words.contains("pair.disks=1"),
+            "{words}"
+        );
+        let label = disk::read_raw_label(&node.join("disk0.raw")).unwrap();
+        assert_eq!(label.name(), "blk0");
+        // Own disks first, then the peer's, in the script and the XML.
+        let script = std::fs::read_to_string(node.join("run.sh")).unwrap();
+        let own = script
+            .find(&format!("filename={n}/disk0.raw"))
+            .expect("own disk");
+        let theirs = script
+            .find(&format!("filename={peer}/disk0.raw"))
+            .expect("peer disk");
+        assert!(own < theirs, "{script}");
+        assert!(script.contains("mem-path=region.bin"), "{script}");
+        let xml = std::fs::read_to_string(node.join("domain.xml")).unwrap();
+        let own = xml.find(&format!("/{n}/disk0.raw")).unwrap();
+        let theirs = xml.find(&format!("/{peer}/disk0.raw")).unwrap();
+        assert!(own < theirs && xml.contains("<shareable/>"), "{xml}");
+        validate_xml(&node.join("domain.xml"));
+        let xl = std::fs::read_to_string(node.join("xl.cfg")).unwrap();
+        assert!(
+            xl.contains(&format!("extra = \"{}\"", words.trim())),
+            "{xl}"
+        );
+    }
+    // The same command lines `tandem pair up` would give its nodes.
+    let spec = tandem_qemu::appliance::render::pair_config(&app).unwrap();
+    for n in tandem_qemu::pair::Node::ALL {
+        let words = std::fs::read_to_string(dir.join(n.name()).join("guest.cmdline")).unwrap();
+        assert_eq!(words.trim(), spec.guest_words(n).join(" "));
+    }
+    assert_eq!(check_cli(&dir, false), (Some(0), vec![]));
+
+    // Rebuilt from its resolved description: identical, region and disks included.
+    let again = tmp.path().join("again");
+    build_cli(&dir.join(appliance::RESOLVED), &again);
+    let files = manifest::walk(&dir).unwrap();
+    assert_eq!(files, manifest::walk(&again).unwrap());
+    for f in &files {
+        assert!(same_bytes(&dir.join(f), &again.join(f)), "{f} differs");
+    }
+}
