@@ -62,6 +62,10 @@ struct Cli {
     /// Threads per queue of the thread-pool engine.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
     pool_threads: u16,
+    /// Test aid: with --engine threads, wait this long before each host operation (keeps
+    /// requests in flight, to test stopping in the middle of them).
+    #[arg(long, value_name = "MS", default_value_t = 0, hide = true)]
+    debug_io_delay_ms: u64,
     /// Log debug messages (the rust-vmm crates' too).
     #[arg(long, short)]
     verbose: bool,
@@ -84,6 +88,7 @@ fn main() {
         },
         serial: cli.serial,
         pool_threads: usize::from(cli.pool_threads),
+        debug_io_delay: std::time::Duration::from_millis(cli.debug_io_delay_ms),
     };
     match server::run(&opts) {
         Ok(()) => std::process::exit(0),

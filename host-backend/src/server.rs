@@ -66,6 +66,8 @@ pub struct Options {
     pub serial: Option<String>,
     /// Threads per queue of the thread-pool engine.
     pub pool_threads: usize,
+    /// Test aid: the thread-pool engine waits this long before each operation.
+    pub debug_io_delay: Duration,
 }
 
 /// Decide the engine: `--engine`, else io_uring when [`engine::probe_io_uring`] passes.
@@ -102,8 +104,14 @@ pub fn build(opts: &Options) -> Result<BlkBackend, String> {
     let cap = usize::from(opts.queue_size) * 2;
     let mut queues = Vec::new();
     for i in 0..usize::from(opts.queues) {
-        let e = engine::new_engine(kind, disk.fd(), cap as u32 * 2, opts.pool_threads)
-            .map_err(|e| format!("queue {i}: {} engine: {e}", kind.name()))?;
+        let e = engine::new_engine(
+            kind,
+            disk.fd(),
+            cap as u32 * 2,
+            opts.pool_threads,
+            opts.debug_io_delay,
+        )
+        .map_err(|e| format!("queue {i}: {} engine: {e}", kind.name()))?;
         queues.push(Queue::new(i, e, cap));
     }
     let serial = opts.serial.clone().unwrap_or_else(|| {

@@ -95,6 +95,11 @@ pub struct RunArgs {
     /// Size of the default disk when it is created.
     #[arg(long, default_value = "1G", value_name = "SIZE")]
     pub disk_size: ByteSize,
+    /// How the data disks reach the guest: qemu (virtio-blk on QEMU's block layer) or
+    /// vhost-user (vhost-user-blk, each raw disk served by its own tandem-backend daemon,
+    /// guest RAM in a shared memfd; the daemons stop when QEMU exits).
+    #[arg(long, value_enum, default_value_t = DiskBackend::Qemu)]
+    pub backend: DiskBackend,
     /// State directory: default disk, qmp.sock, qemu.pid, console.log.
     #[arg(long, default_value = crate::state::DEFAULT_STATE_DIR, value_name = "DIR")]
     pub state_dir: PathBuf,
@@ -147,6 +152,16 @@ fn parse_checked_size(
         .map_err(|e: crate::size::SizeError| e.to_string())?;
     check(size)?;
     Ok(size)
+}
+
+/// `tandem run --backend`: who serves the data disks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DiskBackend {
+    /// virtio-blk devices on QEMU's own block layer.
+    Qemu,
+    /// vhost-user-blk devices served by tandem-backend (host-backend/).
+    #[value(name = "vhost-user", alias = "vhost_user")]
+    VhostUser,
 }
 
 /// `on` / `off`.
@@ -213,9 +228,11 @@ pub enum BenchCommand {
     /// print a comparison table (median IOPS, MB/s, latency percentiles).
     ///
     /// Backends: threads, native, io_uring (virtio-blk with that QEMU aio=; io_uring only
-    /// where this QEMU and kernel allow it) and vhost-user (vhost-user-blk served by
-    /// qemu-storage-daemon, guest RAM in a shared memfd). Every backend bypasses the host
-    /// page cache (cache.direct=on). One boot per run; each run's raw result goes to --json.
+    /// where this QEMU and kernel allow it), vhost-user (vhost-user-blk served by
+    /// qemu-storage-daemon, guest RAM in a shared memfd) and tandem-backend (vhost-user-blk
+    /// served by this workspace's tandem-backend, built when missing). Every backend
+    /// bypasses the host page cache (cache.direct=on, --direct). One boot per run; each
+    /// run's raw result goes to --json.
     Blk(BenchBlkArgs),
     /// Time how fast the guest serves NBD again after an injected error: restart in place
     /// with a cold discovery (checkpoint=ignore) against restart from the checkpoint, with a

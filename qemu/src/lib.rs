@@ -13,6 +13,9 @@
 //! - [`console`]: the guest's console contract (ready line, inventory, PANIC, EXCEPTION,
 //!   log lines) as a pure parser, and the tee that echoes and logs the console.
 //! - [`vm`]: a running QEMU: spawn, follow the console with timeouts, stop in order.
+//! - [`vhost_backend`]: `tandem-backend`, the workspace's vhost-user-blk back end
+//!   (`host-backend/`): finding or building it, its command line, a running daemon
+//!   (`tandem run --backend vhost-user`, `tandem bench blk`).
 //! - [`qmp`]: a small synchronous QMP client (quit, query-status, system_reset, ...).
 //! - [`image`], [`qemu_bin`], [`state`], [`size`]: finding the guest image and QEMU, the
 //!   per-run state directory (default disk, socket, pid, console log, lock), sizes.
@@ -49,4 +52,5 @@ pub mod run;
 pub mod scratch;
 pub mod size;
 pub mod state;
+pub mod vhost_backend;
 pub mod vm;

@@ -23,11 +23,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::accel::{self, AccelDecision};
-use crate::builder::{Machine, Nic, QemuCommand, SharedRegion};
-use crate::cli::{OnOff, RunArgs};
+use crate::builder::{Disk, DiskFormat, Machine, Nic, QemuCommand, SharedRegion, VhostUserBlk};
+use crate::cli::{DiskBackend, OnOff, RunArgs};
 use crate::console::ConsoleEvent;
 use crate::exit::{GuestExit, EXIT_INTERRUPTED, EXIT_TIMEOUT};
 use crate::state::{StateDir, DEFAULT_NVRAM_SIZE};
+use crate::vhost_backend::{BackendCommand, BackendDaemon};
 use crate::vm::{Poll, SpawnOptions, Vm};
 
 /// The guest's NBD port (the storage service listens there).
@@ -63,11 +64,20 @@ pub fn build_command(
     if args.machine == Machine::Microvm {
         cmd = cmd.microvm_acpi(args.acpi.unwrap_or(OnOff::Off) == OnOff::On);
     }
-    if args.disk.is_empty() {
-        cmd = cmd.disk(crate::builder::Disk::new(state.disk0()));
-    } else {
-        for d in &args.disk {
-            cmd = cmd.disk(d.0.clone());
+    match args.backend {
+        DiskBackend::Qemu => {
+            for d in data_disks(args, state) {
+                cmd = cmd.disk(d);
+            }
+        }
+        DiskBackend::VhostUser => {
+            // libvhost-user-style back ends want modern virtio-mmio devices on microvm.
+            cmd = cmd.modern_mmio(true);
+            for i in 0..data_disks(args, state).len() {
+                cmd = cmd.vhost_user_blk(
+                    VhostUserBlk::new(vhost_user_socket(state, i)).num_queues(vhost_queues(args)),
+                );
+            }
         }
     }
     let mut nic = Nic::user();
@@ -85,6 +95,54 @@ pub fn build_command(
         cmd = cmd.shared_region(region.clone());
     }
     cmd
+}
+
+/// The data disks: `--disk` in order, else the state directory's default disk.
+pub fn data_disks(args: &RunArgs, state: &StateDir) -> Vec<Disk> {
+    if args.disk.is_empty() {
+        vec![Disk::new(state.disk0())]
+    } else {
+        args.disk.iter().map(|d| d.0.clone()).collect()
+    }
+}
+
+/// The socket of the `tandem-backend` serving data disk `i` (`--backend vhost-user`).
+pub fn vhost_user_socket(state: &StateDir, i: usize) -> std::path::PathBuf {
+    state.root().join(format!("vhost-user-blk{i}.sock"))
+}
+
+/// Queues per vhost-user disk: one per vCPU (QEMU's own default for virtio-blk on PCI).
+pub fn vhost_queues(args: &RunArgs) -> u16 {
+    args.vm.smp.clamp(1, 64) as u16
+}
+
+/// The `tandem-backend` command lines for `--backend vhost-user`: one daemon per data disk,
+/// read-only where the disk is; raw images only.
+pub fn backend_commands(
+    args: &RunArgs,
+    state: &StateDir,
+    program: &Path,
+) -> anyhow::Result<Vec<BackendCommand>> {
+    data_disks(args, state)
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| {
+            if d.format != DiskFormat::Raw {
+                bail!(
+                    "--backend vhost-user: {} is {}; tandem-backend serves raw images only \
+                     (convert it with qemu-img convert -O raw)",
+                    d.path.display(),
+                    d.format.driver()
+                );
+            }
+            let image = std::path::absolute(&d.path).unwrap_or(d.path.clone());
+            let mut c = BackendCommand::new(program, image, vhost_user_socket(state, i))
+                .read_only(d.read_only)
+                .queues(vhost_queues(args));
+            c.serial = Some(format!("blk{i}"));
+            Ok(c)
+        })
+        .collect()
 }
 
 /// The NVRAM region `run` gives the guest: `None` with `--no-nvram`; otherwise
@@ -166,6 +224,17 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
         for note in cmd.notes() {
             eprintln!("tandem: note: {note}");
         }
+        if args.backend == DiskBackend::VhostUser {
+            let program = crate::vhost_backend::locate().unwrap_or_else(|| {
+                crate::image::workspace_root().map_or_else(
+                    || crate::vhost_backend::BINARY.into(),
+                    |ws| crate::vhost_backend::default_path(&ws),
+                )
+            });
+            for c in backend_commands(args, &state, &program)? {
+                println!("{c} &");
+            }
+        }
         eprintln!("tandem: accelerator {accel}");
         println!("{cmd}");
         return Ok(0);
@@ -193,6 +262,24 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
         }
     }
     let nvram = nvram_region(args, &state, true)?;
+    // --backend vhost-user: one tandem-backend per disk, up before QEMU connects, stopped
+    // after QEMU exits (dropped after `vm` below).
+    let mut daemons: Vec<BackendDaemon> = Vec::new();
+    if args.backend == DiskBackend::VhostUser {
+        let program = crate::vhost_backend::ensure()?;
+        for (i, c) in backend_commands(args, &state, &program)?.iter().enumerate() {
+            let log = state.root().join(format!("tandem-backend{i}.log"));
+            let d = BackendDaemon::start(c, &log)?;
+            eprintln!(
+                "tandem: tandem-backend pid {} serves {} on {} (log {})",
+                d.pid(),
+                c.image.display(),
+                c.socket.display(),
+                log.display()
+            );
+            daemons.push(d);
+        }
+    }
     let cmd = build_command(args, &qemu, &image, &accel, &state, nvram.as_ref());
     for note in cmd.notes() {
         eprintln!("tandem: note: {note}");
@@ -292,6 +379,19 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
             }
         }
         GuestExit::Signal(_) => eprintln!("tandem: {exit}"),
+    }
+    // QEMU has exited: now the back ends (SIGTERM: they finish, sync and exit 0).
+    for (i, mut d) in daemons.drain(..).enumerate() {
+        match d.stop() {
+            Some(s) if s.success() => {}
+            other => eprintln!(
+                "tandem: tandem-backend for disk {i} did not stop cleanly ({other:?}); see {}",
+                state
+                    .root()
+                    .join(format!("tandem-backend{i}.log"))
+                    .display()
+            ),
+        }
     }
     drop(lock);
     Ok(code)
@@ -463,6 +563,79 @@ mod tests {
         assert!(joined.contains("driver=qcow2,read-only=on"));
         assert!(joined.contains("-netdev user,id=net0 "), "{joined}");
         assert!(joined.contains("-machine microvm,acpi=off"));
+    }
+
+    #[test]
+    fn vhost_user_backend_disks() {
+        let accel = accel::decide(accel::AccelChoice::Tcg, &accel::HostFacts::probe());
+        let state = StateDir::new("/st");
+        let args = run_args(&[
+            "--backend",
+            "vhost-user",
+            "--disk",
+            "/a.raw",
+            "--disk",
+            "/b.raw,ro",
+            "--smp",
+            "2",
+        ]);
+        let cmd = build_command(
+            &args,
+            Path::new("/q"),
+            Path::new("/img"),
+            &accel,
+            &state,
+            None,
+        );
+        let joined = args_of(&cmd).join(" ");
+        assert!(!joined.contains("-blockdev"), "{joined}");
+        assert!(
+            joined.contains("-machine q35,memory-backend=mem"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("-object memory-backend-memfd,id=mem,size=64M,share=on"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains(
+                "-chardev socket,id=vub1,path=/st/vhost-user-blk1.sock \
+                 -device vhost-user-blk-pci,chardev=vub1,num-queues=2"
+            ),
+            "{joined}"
+        );
+        let daemons = backend_commands(&args, &state, Path::new("/bin/tandem-backend")).unwrap();
+        assert_eq!(daemons.len(), 2);
+        assert_eq!(
+            daemons[1].to_string(),
+            "/bin/tandem-backend --socket /st/vhost-user-blk1.sock --image /b.raw --read-only \
+             --queues 2 --serial blk1"
+        );
+        // microvm: modern virtio-mmio vhost-user-blk devices.
+        let micro = run_args(&["--backend", "vhost-user", "--machine", "microvm"]);
+        let cmd = build_command(
+            &micro,
+            Path::new("/q"),
+            Path::new("/img"),
+            &accel,
+            &state,
+            None,
+        );
+        let joined = args_of(&cmd).join(" ");
+        assert!(
+            joined.contains("-global virtio-mmio.force-legacy=false"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("-device vhost-user-blk,chardev=vub0"),
+            "{joined}"
+        );
+        // qcow2 cannot be served.
+        let q = run_args(&["--backend", "vhost-user", "--disk", "/c.qcow2"]);
+        let err = backend_commands(&q, &state, Path::new("/b"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("raw images only"), "{err}");
     }
 
     #[test]

@@ -108,16 +108,18 @@ pub fn probe_io_uring() -> Result<(), String> {
     uring::probe()
 }
 
-/// A new engine of `kind` on `fd`, sized for `depth` operations in flight.
+/// A new engine of `kind` on `fd`, sized for `depth` operations in flight (`pool_threads`
+/// and `delay`: see [`threads::Threads::new`]).
 pub fn new_engine(
     kind: EngineKind,
     fd: RawFd,
     depth: u32,
     pool_threads: usize,
+    delay: std::time::Duration,
 ) -> io::Result<Box<dyn Engine>> {
     Ok(match kind {
         EngineKind::IoUring => Box::new(uring::Uring::new(fd, depth)?),
-        EngineKind::Threads => Box::new(threads::Threads::new(fd, pool_threads)?),
+        EngineKind::Threads => Box::new(threads::Threads::new(fd, pool_threads, delay)?),
     })
 }
 
@@ -178,7 +180,7 @@ mod tests {
             .write(true)
             .open(&path)
             .unwrap();
-        let mut e = new_engine(kind, file.as_raw_fd(), 64, 4).unwrap();
+        let mut e = new_engine(kind, file.as_raw_fd(), 64, 4, Default::default()).unwrap();
         let mut bufs: Vec<Vec<u8>> = (0..32).map(|i| vec![i as u8 + 1; 4096]).collect();
         let iovs: Vec<libc::iovec> = bufs
             .iter_mut()

@@ -6,6 +6,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -34,8 +35,9 @@ pub struct Threads {
 }
 
 impl Threads {
-    /// `threads` workers on `fd`.
-    pub fn new(fd: RawFd, threads: usize) -> io::Result<Threads> {
+    /// `threads` workers on `fd`; each operation waits `delay` first (a test aid that keeps
+    /// requests in flight long enough to stop the daemon in the middle of them).
+    pub fn new(fd: RawFd, threads: usize, delay: Duration) -> io::Result<Threads> {
         let (tx, rx) = channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
         let shared = Arc::new(Shared {
@@ -54,6 +56,9 @@ impl Threads {
                             Ok(j) => j,
                             Err(_) => return,
                         };
+                        if !delay.is_zero() {
+                            std::thread::sleep(delay);
+                        }
                         // SAFETY: see `unsafe impl Send for Job`.
                         let result = unsafe { run_sync(fd, job.io) };
                         shared

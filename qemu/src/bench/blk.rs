@@ -18,6 +18,7 @@
 //! | `native` | virtio-blk | QEMU `file` node, `aio=native` (Linux AIO) |
 //! | `io_uring` | virtio-blk | QEMU `file` node, `aio=io_uring`; probed once, skipped when QEMU or the kernel refuses it |
 //! | `vhost-user` | vhost-user-blk | `qemu-storage-daemon` exporting the file (`aio=native`) over a unix socket; guest RAM is a shared memfd |
+//! | `tandem-backend` | vhost-user-blk | this workspace's `tandem-backend` (`host-backend/`, io_uring, `--direct`) on the same kind of socket; found or built like the guest image, skipped with the reason when neither works |
 //!
 //! Only one backend has the image open at a time (QEMU's image locks would refuse a second
 //! writer): every run of one backend happens before the next backend starts, repeats are
@@ -88,15 +89,20 @@ pub enum Backend {
     #[value(name = "vhost-user", alias = "vhost_user")]
     #[serde(rename = "vhost-user")]
     VhostUser,
+    /// vhost-user-blk served by this workspace's `tandem-backend`.
+    #[value(name = "tandem-backend", alias = "tandem_backend")]
+    #[serde(rename = "tandem-backend")]
+    TandemBackend,
 }
 
 impl Backend {
     /// Every backend, in table order.
-    pub const ALL: [Backend; 4] = [
+    pub const ALL: [Backend; 5] = [
         Backend::Threads,
         Backend::Native,
         Backend::IoUring,
         Backend::VhostUser,
+        Backend::TandemBackend,
     ];
 
     /// The name used on the command line and in reports.
@@ -106,6 +112,7 @@ impl Backend {
             Backend::Native => "native",
             Backend::IoUring => "io_uring",
             Backend::VhostUser => "vhost-user",
+            Backend::TandemBackend => "tandem-backend",
         }
     }
 
@@ -115,7 +122,7 @@ impl Backend {
             Backend::Threads => Some(Aio::Threads),
             Backend::Native => Some(Aio::Native),
             Backend::IoUring => Some(Aio::IoUring),
-            Backend::VhostUser => None,
+            Backend::VhostUser | Backend::TandemBackend => None,
         }
     }
 
@@ -127,6 +134,9 @@ impl Backend {
         };
         match self.aio() {
             Some(aio) => format!("{blk}, file aio={aio}, cache.direct=on"),
+            None if self == Backend::TandemBackend => {
+                format!("{vub} <- tandem-backend (io_uring, O_DIRECT), guest RAM memfd share=on")
+            }
             None => format!(
                 "{vub} <- qemu-storage-daemon (file aio=native, cache.direct=on), \
                  guest RAM memfd share=on"
@@ -732,6 +742,7 @@ pub fn run(args: &BenchBlkArgs, interrupted: &AtomicBool) -> anyhow::Result<BlkR
     let explicit = !args.backends.is_empty();
     let mut backends = Vec::new();
     let mut daemon_bin = None;
+    let mut tandem_backend_bin = None;
     for &b in &wanted {
         let skipped = match b {
             Backend::IoUring => probe_aio(
@@ -744,6 +755,13 @@ pub fn run(args: &BenchBlkArgs, interrupted: &AtomicBool) -> anyhow::Result<BlkR
             )?
             .err()
             .map(|why| format!("this QEMU/kernel cannot use aio=io_uring: {why}")),
+            Backend::TandemBackend => match crate::vhost_backend::ensure() {
+                Ok(p) => {
+                    tandem_backend_bin = Some(p);
+                    None
+                }
+                Err(e) => Some(format!("tandem-backend unavailable: {e:#}")),
+            },
             Backend::VhostUser => {
                 match crate::qemu_bin::find_tool(&qemu, crate::qemu_bin::STORAGE_DAEMON_NAME) {
                     Some(p) => {
@@ -842,6 +860,19 @@ pub fn run(args: &BenchBlkArgs, interrupted: &AtomicBool) -> anyhow::Result<BlkR
                     .aio(Aio::Native)
                     .cache_direct(true);
                 Some(StorageDaemon::start(&cmd, &dir.join("storage-daemon.log"))?)
+            }
+            _ => None,
+        };
+        // Same image, same cache mode (O_DIRECT) as qemu-storage-daemon's cache.direct=on.
+        let _tandem_backend = match backend {
+            Backend::TandemBackend => {
+                let program = tandem_backend_bin.clone().expect("found when not skipped");
+                let cmd = crate::vhost_backend::BackendCommand::new(program, &image_path, &socket)
+                    .direct(true);
+                Some(crate::vhost_backend::BackendDaemon::start(
+                    &cmd,
+                    &dir.join("tandem-backend.log"),
+                )?)
             }
             _ => None,
         };
@@ -1560,6 +1591,9 @@ mod tests {
             "{a}"
         );
         assert!(!a.contains("-blockdev"), "{a}");
+        // tandem-backend is attached the same way (its daemon differs).
+        let b = args_of(&backend_command(&base, Backend::TandemBackend, img, sock)).join(" ");
+        assert_eq!(a, b);
 
         let micro = QemuCommand::new("q")
             .machine(Machine::Microvm)
