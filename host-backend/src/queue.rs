@@ -110,11 +110,11 @@ pub struct Stats {
     /// The part of it from `io_uring_enter` (or the hand-off to the pool) to the completion
     /// being reaped: the host kernel and disk, plus the wait for this worker to run.
     pub sum_host_ns: u64,
-    /// Wall time spent in kick and completion handlers (parsing, submitting, completing).
-    pub busy_ns: u64,
-    /// CPU time this queue's worker thread used in them (user + system: the system part
-    /// includes `io_uring_enter` issuing the I/O).
-    pub cpu_ns: u64,
+    /// CPU time of the queue's worker thread (user + system; the system part includes
+    /// `io_uring_enter` issuing the I/O), from the kernel's schedstat.
+    pub worker_cpu_ns: u64,
+    /// Time the worker thread was runnable but waiting for a CPU (schedstat).
+    pub worker_wait_ns: u64,
 }
 
 impl Stats {
@@ -137,8 +137,8 @@ impl Stats {
         self.bounced += o.bounced;
         self.sum_request_ns += o.sum_request_ns;
         self.sum_host_ns += o.sum_host_ns;
-        self.busy_ns += o.busy_ns;
-        self.cpu_ns += o.cpu_ns;
+        self.worker_cpu_ns += o.worker_cpu_ns;
+        self.worker_wait_ns += o.worker_wait_ns;
     }
 
     /// Sum of several queues' counters.
@@ -158,8 +158,8 @@ impl Stats {
             "{} requests ({} failed, {} malformed): {} reads {} MB, {} writes {} MB, {} flushes, \
              {} discard/write-zeroes; {} kicks ({:.1} req/kick), {} completion events \
              ({:.1} req/event), {} interrupts; max in flight {}; mean per request: {:.1} us \
-             pop->used, of which {:.1} us host I/O; worker {:.2} us wall, {:.2} us CPU; \
-             {} bounced",
+             pop->used, of which {:.1} us host I/O, {:.2} us worker CPU; worker waited {} ms \
+             for a CPU; {} bounced",
             self.ok + self.failed,
             self.failed,
             self.rejected,
@@ -177,8 +177,8 @@ impl Stats {
             self.max_in_flight,
             per(self.sum_request_ns, n) / 1e3,
             per(self.sum_host_ns, n) / 1e3,
-            per(self.busy_ns, n) / 1e3,
-            per(self.cpu_ns, n) / 1e3,
+            per(self.worker_cpu_ns, n) / 1e3,
+            self.worker_wait_ns / 1_000_000,
             self.bounced,
         )
     }
@@ -257,6 +257,10 @@ pub struct Queue {
     state: Mutex<State>,
     idle: Condvar,
     event_fd: i32,
+    /// The worker thread serving the queue now (0: none seen yet).
+    worker_tid: std::sync::atomic::AtomicI32,
+    /// Its schedstat when the counters were last taken.
+    worker_base: Mutex<(i32, u64, u64)>,
 }
 
 /// Malformed requests logged per connection and queue before the log goes quiet.
@@ -282,6 +286,8 @@ impl Queue {
             }),
             idle: Condvar::new(),
             event_fd,
+            worker_tid: std::sync::atomic::AtomicI32::new(0),
+            worker_base: Mutex::new((0, 0, 0)),
         }
     }
 
@@ -304,11 +310,27 @@ impl Queue {
         self.lock().in_flight
     }
 
-    /// Take the counters (and start counting afresh).
+    /// Take the counters (and start counting afresh). Call it while the worker thread is
+    /// alive to include its CPU time.
     pub fn take_stats(&self) -> Stats {
-        let mut st = self.lock();
-        st.logged = 0;
-        std::mem::take(&mut st.stats)
+        let mut s = {
+            let mut st = self.lock();
+            st.logged = 0;
+            std::mem::take(&mut st.stats)
+        };
+        let tid = self.worker_tid.load(std::sync::atomic::Ordering::Relaxed);
+        if let Some((cpu, wait)) = (tid != 0).then(|| schedstat(tid)).flatten() {
+            let mut base = self.worker_base.lock().unwrap_or_else(|e| e.into_inner());
+            let (b_cpu, b_wait) = if base.0 == tid {
+                (base.1, base.2)
+            } else {
+                (0, 0)
+            };
+            s.worker_cpu_ns = cpu.saturating_sub(b_cpu);
+            s.worker_wait_ns = wait.saturating_sub(b_wait);
+            *base = (tid, cpu, wait);
+        }
+        s
     }
 
     /// Wait until nothing is in flight, at most `timeout`; true when drained. The worker
@@ -324,12 +346,20 @@ impl Queue {
 
     /// The guest kicked (or the queue was just enabled): take every available request.
     pub fn kick(&self, ctx: &Ctx) {
-        let (t0, c0) = (Instant::now(), thread_cpu_ns());
+        self.note_worker();
         let mut st = self.lock();
         st.stats.kicks += 1;
         self.pop_all(&mut st, ctx);
-        st.stats.busy_ns += t0.elapsed().as_nanos() as u64;
-        st.stats.cpu_ns += thread_cpu_ns().saturating_sub(c0);
+    }
+
+    /// Remember which thread serves this queue (for its schedstat).
+    fn note_worker(&self) {
+        thread_local! {
+            // SAFETY: gettid has no preconditions.
+            static TID: i32 = unsafe { libc::gettid() };
+        }
+        self.worker_tid
+            .store(TID.with(|t| *t), std::sync::atomic::Ordering::Relaxed);
     }
 
     fn pop_all(&self, st: &mut State, ctx: &Ctx) {
@@ -704,7 +734,7 @@ impl Queue {
 
     /// The engine signalled: finish what completed; pop more if the table was full.
     pub fn complete(&self, ctx: &Ctx) {
-        let (t0, c0) = (Instant::now(), thread_cpu_ns());
+        self.note_worker();
         let mut st = self.lock();
         st.stats.completion_events += 1;
         let mut comps = std::mem::take(&mut st.scratch);
@@ -728,8 +758,6 @@ impl Queue {
         if st.throttled && !ctx.stopping {
             self.pop_all(&mut st, ctx);
         }
-        st.stats.busy_ns += t0.elapsed().as_nanos() as u64;
-        st.stats.cpu_ns += thread_cpu_ns().saturating_sub(c0);
     }
 
     /// Account one operation's result; true when its request has nothing left in flight.
@@ -852,15 +880,12 @@ impl Queue {
     }
 }
 
-/// CPU time of the calling thread, in nanoseconds.
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we pass.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+/// `(cpu ns, run-queue wait ns)` of thread `tid` of this process, from
+/// `/proc/self/task/TID/schedstat`.
+fn schedstat(tid: i32) -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
+    let mut f = s.split_whitespace().map(|x| x.parse::<u64>().ok());
+    Some((f.next()??, f.next()??))
 }
 
 /// The operation that sends what is left of a read or write.

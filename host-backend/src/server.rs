@@ -320,9 +320,11 @@ pub fn run(opts: &Options) -> Result<(), String> {
                 backend.in_flight()
             );
         }
+        // Counters first: the worker threads' CPU time is read while they exist.
+        let stats = backend.take_stats();
         // Joins the connection's worker threads.
         drop(daemon);
-        log::info!("connection {conn}: {}", backend.take_stats().summary());
+        log::info!("connection {conn}: {}", stats.summary());
         if ctl.requested.load(Ordering::SeqCst) {
             break;
         }

@@ -290,6 +290,50 @@ fn reconnect_after_qemu_sigkill() {
     assert_eq!(daemon.stop().map(|s| s.success()), Some(true), "{log}");
 }
 
+/// A guest reset in the middle of a job (QMP system_reset): QEMU stops the device
+/// (GET_VRING_BASE: the daemon first completes what the queue has in flight) and starts it
+/// again on the same connection; the rebooted guest's verified job passes.
+#[test]
+fn device_reset_mid_job() {
+    let dir = tandem_qemu::scratch::tempdir().unwrap();
+    let image = sparse_disk(dir.path(), "img.raw", ByteSize::mib(64)).path;
+    let daemon = start_backend(dir.path(), &image, |c| c.direct(true));
+    let mut cmd = vu_guest(Machine::Q35, dir.path(), &daemon).cmdline(
+        "bench=blk0 bench.rw=randrw bench.qd=32 bench.time_ms=1500 bench.span_mib=16 \
+         bench.verify=1",
+    );
+    cmd.no_reboot = false;
+    let mut vm = spawn(&cmd, dir.path());
+    vm.wait_for_line("job start", BOOT_TIMEOUT, |l| {
+        l.text.contains("bench: randrw")
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    std::thread::sleep(Duration::from_millis(400));
+    vm.qmp(Duration::from_secs(5))
+        .and_then(|mut q| q.system_reset())
+        .unwrap_or_else(|e| panic!("system_reset: {e}"));
+    let line = vm
+        .wait_for_line("BENCH after the reset", BOOT_TIMEOUT, |l| {
+            l.text.starts_with("BENCH ")
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", daemon.log_text()));
+    let boots = vm
+        .history()
+        .iter()
+        .filter(|l| l.text.starts_with("TANDEM READY"))
+        .count();
+    assert_eq!(boots, 2, "the guest rebooted once: {}", console(&vm));
+    let j: Value = serde_json::from_str(&line.text["BENCH ".len()..]).unwrap();
+    assert_eq!(j["verified"], true, "{j}\n{}", daemon.log_text());
+    assert_eq!(j["errors"], 0, "{j}");
+    vm.kill();
+    assert!(
+        !daemon.log_text().contains("refused"),
+        "{}",
+        daemon.log_text()
+    );
+}
+
 fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .unwrap()
