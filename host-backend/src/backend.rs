@@ -7,8 +7,9 @@
 //! connection left in flight.
 
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
@@ -38,6 +39,10 @@ pub struct BlkBackend {
     event_idx: AtomicBool,
     stopping: AtomicBool,
     conn: AtomicU64,
+    /// Exit eventfds handed to vhost-user-backend's worker loops: the library registers them
+    /// in its epoll with `into_raw_fd()` and never closes them, so they are closed here once
+    /// the connection's daemon (and every epoll handler) has been dropped.
+    exit_fds: Mutex<Vec<RawFd>>,
 }
 
 impl BlkBackend {
@@ -51,6 +56,7 @@ impl BlkBackend {
             event_idx: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             conn: AtomicU64::new(0),
+            exit_fds: Mutex::new(Vec::new()),
         }
     }
 
@@ -65,6 +71,21 @@ impl BlkBackend {
         *self.mem.write().unwrap_or_else(|e| e.into_inner()) = None;
         self.event_idx.store(false, Ordering::SeqCst);
         self.conn.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// The connection's daemon has been dropped (its worker threads joined): release the
+    /// guest memory (requests still in flight keep their own reference) and the exit
+    /// eventfds the library leaves open.
+    pub fn end_connection(&self) {
+        *self.mem.write().unwrap_or_else(|e| e.into_inner()) = None;
+        let fds = std::mem::take(&mut *self.exit_fds.lock().unwrap_or_else(|e| e.into_inner()));
+        for fd in fds {
+            // SAFETY: `fd` is the consumer end created in `exit_event`; vhost-user-backend
+            // 0.24 took it with `into_raw_fd()`, added it to a worker's epoll and never closes
+            // it. That epoll and its handler are gone (the daemon was dropped and its worker
+            // threads joined), so nothing refers to the descriptor any more.
+            unsafe { libc::close(fd) };
+        }
     }
 
     /// Take no more requests from the rings (SIGTERM).
@@ -152,7 +173,13 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
+        let pair =
+            new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()?;
+        self.exit_fds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(pair.0.as_raw_fd());
+        Some(pair)
     }
 
     /// `GET_VRING_BASE`: the front end stops the queue and wants its last used index; every

@@ -274,6 +274,7 @@ pub fn run(opts: &Options) -> Result<(), String> {
             match VhostUserDaemon::new("tandem-backend".into(), Arc::clone(&backend), mem) {
                 Ok(d) => d,
                 Err(e) => {
+                    backend.end_connection();
                     log::error!("setting up for a connection: {e}");
                     std::thread::sleep(Duration::from_millis(100));
                     continue;
@@ -290,6 +291,8 @@ pub fn run(opts: &Options) -> Result<(), String> {
         }
         if let Err(e) = daemon.start(&mut listener) {
             log::warn!("accepting a connection: {e}");
+            drop(daemon);
+            backend.end_connection();
             continue;
         }
         {
@@ -324,6 +327,7 @@ pub fn run(opts: &Options) -> Result<(), String> {
         let stats = backend.take_stats();
         // Joins the connection's worker threads.
         drop(daemon);
+        backend.end_connection();
         log::info!("connection {conn}: {}", stats.summary());
         if ctl.requested.load(Ordering::SeqCst) {
             break;

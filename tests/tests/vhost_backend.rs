@@ -256,6 +256,7 @@ fn reconnect_after_qemu_sigkill() {
 
     let (j, exit, ctx) = bench(vu_guest(Machine::Q35, dir.path(), &daemon), dir.path(), job);
     assert_verified(&j, exit, &ctx, "pci", 2000);
+    let fds_after_first = open_fds(&daemon, 1);
 
     // A long job, killed while requests are in flight.
     let mut vm = spawn(
@@ -285,9 +286,30 @@ fn reconnect_after_qemu_sigkill() {
         "still running: {}",
         daemon.log_text()
     );
+    // Nothing accumulates across connections (descriptors, guest memory mappings).
+    assert_eq!(
+        open_fds(&daemon, 3),
+        fds_after_first,
+        "{}",
+        daemon.log_text()
+    );
     let log = daemon.log_text();
     assert!(log.contains("connection 3"), "{log}");
     assert_eq!(daemon.stop().map(|s| s.success()), Some(true), "{log}");
+}
+
+/// The daemon's open descriptors once it has finished with connection `n` (its summary is
+/// logged after the connection's threads and memory are released).
+fn open_fds(daemon: &BackendDaemon, n: u32) -> usize {
+    let done = format!("connection {n}: ");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !daemon.log_text().contains(&done) {
+        assert!(Instant::now() < deadline, "{}", daemon.log_text());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::fs::read_dir(format!("/proc/{}/fd", daemon.pid()))
+        .unwrap()
+        .count()
 }
 
 /// A guest reset in the middle of a job (QMP system_reset): QEMU stops the device
