@@ -55,9 +55,19 @@ fn start_backend(
 
 /// The guest with its only disk on the daemon's socket.
 fn vu_guest(machine: Machine, dir: &Path, daemon: &BackendDaemon) -> QemuCommand {
+    vu_guest_queues(machine, dir, daemon, 1)
+}
+
+/// The same with `queues` virtqueues (the daemon must offer at least as many).
+fn vu_guest_queues(
+    machine: Machine,
+    dir: &Path,
+    daemon: &BackendDaemon,
+    queues: u16,
+) -> QemuCommand {
     guest_command(machine, dir)
         .modern_mmio(true)
-        .vhost_user_blk(VhostUserBlk::new(daemon.socket()).num_queues(1))
+        .vhost_user_blk(VhostUserBlk::new(daemon.socket()).num_queues(queues))
 }
 
 /// Boot with `words`, return the `BENCH` JSON and how QEMU exited.
@@ -105,15 +115,16 @@ fn image_has_stamps(image: &Path, len: u64) {
 }
 
 /// randrw at depth 32 verified, then a sequential 64 KiB write verified by the guest and,
-/// after QEMU is gone, by reading the image file; both boots against one daemon.
-fn verified_jobs(machine: Machine, transport: &str, direct: bool) {
+/// after QEMU is gone, by reading the image file; both boots against one daemon with
+/// `queues` virtqueues (one worker thread each; the guest drives the first).
+fn verified_jobs(machine: Machine, transport: &str, direct: bool, queues: u16) {
     let dir = tandem_qemu::scratch::tempdir().unwrap();
     let image = sparse_disk(dir.path(), "img.raw", ByteSize::mib(64)).path;
-    let mut daemon = start_backend(dir.path(), &image, |c| c.direct(direct));
+    let mut daemon = start_backend(dir.path(), &image, |c| c.direct(direct).queues(queues));
     let pid = daemon.pid();
 
     let (j, exit, ctx) = bench(
-        vu_guest(machine, dir.path(), &daemon),
+        vu_guest_queues(machine, dir.path(), &daemon, queues),
         dir.path(),
         &format!(
             "bench=blk0 bench.rw=randrw bench.qd=32 bench.ops=3000 bench.span_mib=16 \
@@ -125,7 +136,7 @@ fn verified_jobs(machine: Machine, transport: &str, direct: bool) {
     assert!(in_flight > 1 && in_flight <= 32, "{j}");
 
     let (j, exit, ctx) = bench(
-        vu_guest(machine, dir.path(), &daemon),
+        vu_guest_queues(machine, dir.path(), &daemon, queues),
         dir.path(),
         &format!(
             "bench=blk0 bench.rw=write bench.bs=64K bench.qd=8 bench.ops=256 bench.verify=1 \
@@ -147,18 +158,19 @@ fn verified_jobs(machine: Machine, transport: &str, direct: bool) {
     image_has_stamps(&image, 256 * 65536);
     let log = daemon.log_text();
     assert!(log.contains("connection 2"), "{log}");
+    assert!(log.contains(&format!("{queues} queue(s)")), "{log}");
     assert!(log.contains("stopped cleanly"), "{log}");
     assert!(!log.contains("refused"), "no malformed requests: {log}");
 }
 
 #[test]
 fn verified_jobs_q35() {
-    verified_jobs(Machine::Q35, "pci", true);
+    verified_jobs(Machine::Q35, "pci", true, 2);
 }
 
 #[test]
 fn verified_jobs_microvm() {
-    verified_jobs(Machine::Microvm, "mmio", false);
+    verified_jobs(Machine::Microvm, "mmio", false, 1);
 }
 
 /// The thread-pool engine (the fallback where io_uring is unavailable) with O_DIRECT.
