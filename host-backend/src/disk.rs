@@ -102,9 +102,10 @@ fn annotate(e: io::Error, path: &Path, what: &str) -> io::Error {
 
 /// `(memory alignment, offset alignment)` for `O_DIRECT` on `file`.
 fn dio_alignment(file: &File) -> io::Result<(usize, u32)> {
-    // SAFETY: statx writes into the zeroed struct we pass; the path is an empty C string
-    // with AT_EMPTY_PATH, so it describes the open descriptor.
+    // SAFETY: statx is plain data; all zeros is a valid value.
     let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: statx writes into the struct we pass; the path is an empty C string with
+    // AT_EMPTY_PATH, so it describes the open descriptor.
     let rc = unsafe {
         libc::statx(
             file.as_raw_fd(),

@@ -30,9 +30,13 @@
 //! - [`backend`]: the `VhostUserBackend` implementation tying these to `vhost-user-backend`.
 //! - [`server`]: the listening socket, one front end at a time, reconnects, and the clean stop
 //!   on SIGTERM (no new requests, in-flight ones completed, image synced, exit 0).
+//! - [`log`]: a stderr logger for the `log` facade.
 //!
-//! `unsafe` is confined to [`engine`] (handing guest-memory pointers to the kernel) and the
-//! signal and alignment helpers in [`server`] and [`disk`], each with a `SAFETY:` comment.
+//! `unsafe` is where pointers into guest memory go to the kernel ([`engine`], and
+//! [`queue`], which keeps what they point to alive until the completion), in the libc calls
+//! of [`disk`] (flock, statx, an aligned allocation) and [`server`] (signal mask, poll), and
+//! in [`backend`] closing the descriptors vhost-user-backend leaks; each block has a
+//! `SAFETY:` comment.
 
 pub mod backend;
 pub mod config;

@@ -219,12 +219,34 @@ fn wait_for_client(listener: &Listener, wake: &EventFd) -> bool {
     }
 }
 
+/// Listen on `path` such that the path appears only once the socket accepts connections
+/// (bound and listening under a temporary name in the same directory, then renamed), so a
+/// front end that starts as soon as it sees the file is never refused. An existing file at
+/// `path` is replaced.
+fn listen(path: &std::path::Path) -> std::io::Result<Listener> {
+    let tmp = path.with_file_name(format!(".tandem-backend-{}.sock", std::process::id()));
+    if tmp.as_os_str().len() > 107 {
+        // No room for the temporary name: bind in place.
+        let _ = std::fs::remove_file(path);
+        return Ok(Listener::from(std::os::unix::net::UnixListener::bind(
+            path,
+        )?));
+    }
+    let _ = std::fs::remove_file(&tmp);
+    let l = std::os::unix::net::UnixListener::bind(&tmp)?;
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(Listener::from(l))
+}
+
 /// Run the daemon until a stop signal; `Ok` after a clean stop.
 pub fn run(opts: &Options) -> Result<(), String> {
     let sigset = block_signals()?;
     let backend = Arc::new(build(opts)?);
-    let mut listener = Listener::new(&opts.socket, true)
-        .map_err(|e| format!("listening on {}: {e}", opts.socket.display()))?;
+    let mut listener =
+        listen(&opts.socket).map_err(|e| format!("listening on {}: {e}", opts.socket.display()))?;
     let ctl = Arc::new(Control {
         requested: AtomicBool::new(false),
         wake: EventFd::new(EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?,
