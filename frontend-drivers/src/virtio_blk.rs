@@ -407,7 +407,7 @@ impl<H: Hal, T: Transport, const Q: usize> Device for VirtioBlk<H, T, Q> {
             };
             let wants_flush = s.phase == Phase::Data
                 && s.req.fua
-                && s.req.op == Op::Write
+                && matches!(s.req.op, Op::Write | Op::WriteZeroes | Op::Discard)
                 && result.is_ok()
                 && self.info.features.contains(Features::FLUSH);
             if wants_flush {

@@ -20,6 +20,7 @@ fn setup(
     config[0..8].copy_from_slice(&2048u64.to_le_bytes()); // 1 MiB
     config[12..16].copy_from_slice(&32u32.to_le_bytes()); // seg_max
     config[36..40].copy_from_slice(&2048u32.to_le_bytes()); // max discard sectors
+    config[48..52].copy_from_slice(&2048u32.to_le_bytes()); // max write zeroes sectors
     let t = FakeTransport::new(
         DeviceType::Block,
         (features | Features::VERSION_1).bits(),
@@ -191,4 +192,30 @@ fn fua_write_is_followed_by_a_flush_and_errors_keep_the_status() {
         blk.start(&mut pool, &Request::discard(0, 2 << 20, 4)),
         Err(Error::OutOfRange { .. })
     ));
+}
+
+#[test]
+fn fua_write_zeroes_and_discard_are_followed_by_a_flush() {
+    // The server relies on FUA for every op that changes data; the flush was once chained
+    // after writes only, so an acknowledged FUA WRITE_ZEROES could sit in a volatile cache.
+    let (mut blk, dev, mut pool) =
+        setup(Features::FLUSH | Features::DISCARD | Features::WRITE_ZEROES);
+    for (tag, req, kind) in [
+        (1, Request::write_zeroes(0, 4096, 1), T_WRITE_ZEROES),
+        (2, Request::discard(4096, 4096, 2), T_DISCARD),
+    ] {
+        blk.start(&mut pool, &req.with_fua()).unwrap();
+        let (h, bufs) = dev.next().unwrap();
+        assert_eq!(header(&bufs[0]).0, kind);
+        dev.complete(h, &bufs, 0);
+        let mut done = Vec::new();
+        blk.complete(&mut pool, 8, &mut |c| done.push(c));
+        assert!(done.is_empty(), "FUA {kind} complete before its flush");
+        let (h, bufs) = dev.next().expect("a flush follows");
+        assert_eq!(header(&bufs[0]).0, T_FLUSH);
+        dev.complete(h, &bufs, 0);
+        blk.complete(&mut pool, 8, &mut |c| done.push(c));
+        assert_eq!(done.len(), 1);
+        assert_eq!((done[0].tag, done[0].result), (tag, Ok(4096)));
+    }
 }
