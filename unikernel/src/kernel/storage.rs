@@ -360,6 +360,7 @@ impl NbdService {
 
     /// One turn: accept, serve and retire connections, then drive the disks.
     pub fn poll(&mut self, sockets: &mut SocketSet<'static>) {
+        self.server.set_time(crate::time::now_us());
         let free = self
             .handles
             .iter()

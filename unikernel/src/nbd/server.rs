@@ -102,9 +102,9 @@ struct Op {
     ready: VecDeque<Option<(BufId, u32)>>,
     /// Reads: index of the first chunk in `ready`.
     ready_base: u32,
-    /// Finished only once the write log has retired this sequence number (FLUSH and FUA
-    /// under `disk` durability).
-    wait_seq: Option<u64>,
+    /// Finished only once the write log has these records on disk (FLUSH and FUA under
+    /// `disk` durability).
+    wait: Option<log_path::Wait>,
 }
 
 /// A write whose payload is arriving. Full chunks are held back until the whole payload is
@@ -162,6 +162,8 @@ pub struct Server {
     free_subs: Vec<usize>,
     next_gen: u32,
     wlog: Option<log_path::WriteLog>,
+    /// The time (µs) as the caller last told it (`set_time`): retries of failing disks.
+    now_us: u64,
     pub stats: ServerStats,
 }
 
@@ -191,6 +193,7 @@ impl Server {
             free_subs: Vec::new(),
             next_gen: 1,
             wlog: None,
+            now_us: 0,
             stats: ServerStats::default(),
         }
     }
@@ -280,6 +283,16 @@ impl Server {
         state
     }
 
+    /// Tells the server the time (µs, monotonic): it paces retries of a failing disk.
+    pub fn set_time(&mut self, now_us: u64) {
+        self.now_us = now_us;
+    }
+
+    /// Ends the server, handing its disks and its buffer pool (with the log's region) back.
+    pub fn into_parts(self) -> (Vec<Box<dyn hpdi::Device>>, BufferPool) {
+        (self.disks.into_iter().map(|d| d.dev).collect(), self.pool)
+    }
+
     /// Ends the server, handing its disks back in export order.
     pub fn into_disks(self) -> Vec<Box<dyn hpdi::Device>> {
         self.disks.into_iter().map(|d| d.dev).collect()
@@ -315,7 +328,7 @@ impl Server {
         };
         self.free_subs.push(id);
         if sub.cp {
-            self.cp_completed(c.result);
+            self.cp_completed(sub.op, c.result);
             return;
         }
         if let Some(g) = sub.read_gen {
@@ -538,10 +551,11 @@ impl Server {
             to_issue,
             ready: VecDeque::new(),
             ready_base: 0,
-            wait_seq: None,
+            wait: None,
         });
         if checked.cmd == Command::Write {
-            let logged = self.log_takes(length).then(log_path::Logged::default);
+            // With a log, every write is logged (see `log_path`: one order for all changes).
+            let logged = self.has_log().then(log_path::Logged::default);
             c.inbound = Some(Inbound {
                 op: i,
                 logged,
@@ -646,7 +660,6 @@ impl Server {
                 }
                 inb.held_back.remove(0);
                 self.stats.bytes_written += len as u64;
-                self.note_direct_write(c.export);
             }
             return true;
         }
@@ -702,16 +715,20 @@ impl Server {
                 continue;
             };
             let receiving = c.inbound.as_ref().is_some_and(|inb| inb.op == i);
-            let retired = self.wlog.as_ref().map_or(u64::MAX, |w| w.log.retired_seq());
-            if op.cmd.cmd == Command::Read
-                || op.pending > 0
-                || op.to_issue > 0
-                || receiving
-                || op.wait_seq.is_some_and(|s| s > retired)
-            {
+            if op.cmd.cmd == Command::Read || op.pending > 0 || op.to_issue > 0 || receiving {
                 continue;
             }
-            let op = c.ops[i].take().expect("op exists");
+            let waited = match op.wait {
+                Some(w) => self.wait_outcome(c.export, w),
+                None => Some(0),
+            };
+            let Some(wait_error) = waited else {
+                continue;
+            };
+            let mut op = c.ops[i].take().expect("op exists");
+            if wait_error != 0 {
+                op.error.get_or_insert(wait_error);
+            }
             match (op.cmd.cmd, op.error) {
                 (Command::BlockStatus, None) => {
                     // Everything reads as allocated data (no allocation map is kept).
@@ -759,6 +776,7 @@ impl Server {
                 self.stats.bytes_read += n;
                 true
             }
+            Command::Trim | Command::WriteZeroes if self.has_log() => self.log_range(c, i),
             Command::Trim | Command::WriteZeroes => {
                 let n = op.to_issue.min(ZERO_PIECE);
                 let mut r = if op.cmd.cmd == Command::Trim {

@@ -6,7 +6,14 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 pub const PAGE: usize = 4096;
 pub const SUPER_MAGIC: [u8; 8] = *b"TNDMNVLG";
 pub const RECORD_MAGIC: u32 = 0x5245_4331; // "REC1"
-pub const VERSION: u32 = 1;
+/// Version 2 added zero and trim records (`flags`); a version 1 log has data records only and
+/// is read as it is.
+pub const VERSION: u32 = 2;
+pub const VERSION_1: u32 = 1;
+/// `RecordHeader::flags`: the record zeroes its range (WRITE_ZEROES); no payload.
+pub const FLAG_ZERO: u32 = 1;
+/// `RecordHeader::flags`: the record discards its range (TRIM); no payload.
+pub const FLAG_TRIM: u32 = 2;
 /// Record headers per header page.
 pub const HEADERS_PER_PAGE: usize = PAGE / core::mem::size_of::<RecordHeader>();
 
@@ -54,7 +61,7 @@ impl Superblock {
 
     pub fn valid(&self) -> bool {
         self.magic == SUPER_MAGIC
-            && self.version == VERSION
+            && (self.version == VERSION || self.version == VERSION_1)
             && self.crc == crc32c(&[&self.as_bytes()[..core::mem::offset_of!(Superblock, crc)]])
     }
 }
@@ -80,9 +87,50 @@ pub struct RecordHeader {
     pub crc: u32,
 }
 
+/// What a record does to its range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    /// Writes its payload.
+    Data,
+    /// Zeroes the range (no payload).
+    Zero,
+    /// Discards the range (no payload).
+    Trim,
+}
+
+impl RecordKind {
+    pub fn flags(self) -> u32 {
+        match self {
+            RecordKind::Data => 0,
+            RecordKind::Zero => FLAG_ZERO,
+            RecordKind::Trim => FLAG_TRIM,
+        }
+    }
+
+    /// `None` for flags no version of the format defines.
+    pub fn from_flags(flags: u32) -> Option<Self> {
+        match flags {
+            0 => Some(RecordKind::Data),
+            FLAG_ZERO => Some(RecordKind::Zero),
+            FLAG_TRIM => Some(RecordKind::Trim),
+            _ => None,
+        }
+    }
+
+    /// Data pages a record of this kind and length takes.
+    pub fn pages(self, length: u32) -> u32 {
+        match self {
+            RecordKind::Data => length.div_ceil(PAGE as u32),
+            RecordKind::Zero | RecordKind::Trim => 0,
+        }
+    }
+}
+
 impl RecordHeader {
+    /// Data pages the record's payload takes (0 for zero and trim records and for unknown
+    /// flags, which the scan refuses anyway).
     pub fn pages(&self) -> u32 {
-        self.length.div_ceil(PAGE as u32)
+        RecordKind::from_flags(self.flags).map_or(0, |k| k.pages(self.length))
     }
 }
 

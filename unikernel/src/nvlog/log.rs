@@ -21,6 +21,7 @@ pub const MAX_RECORD: u32 = 32 << 20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Live {
     pub seq: u64,
+    pub kind: RecordKind,
     pub disk_id: u64,
     pub offset: u64,
     pub length: u32,
@@ -153,16 +154,23 @@ impl Nvlog {
             if h.magic != RECORD_MAGIC || h.log_id != log.log_id || h.seq != log.next_seq {
                 break;
             }
-            let sane = h.length > 0
+            let kind = RecordKind::from_flags(h.flags);
+            let sane = kind.is_some()
+                && h.length > 0
                 && h.length <= MAX_RECORD
                 && u64::from(h.page) < log.data_pages
                 && u64::from(h.pages()) <= log.data_pages;
-            if !sane || log.record_crc(pool, &h) != h.crc {
+            let (Some(kind), true) = (kind, sane) else {
+                torn = Some(h.seq);
+                break;
+            };
+            if log.record_crc(pool, &h) != h.crc {
                 torn = Some(h.seq);
                 break;
             }
             log.live.push_back(Live {
                 seq: h.seq,
+                kind,
                 disk_id: h.disk_id,
                 offset: h.offset,
                 length: h.length,
@@ -275,15 +283,50 @@ impl Nvlog {
         offset: u64,
     ) -> u64 {
         self.reservations.remove(&r.page);
+        self.append(pool, RecordKind::Data, disk_id, offset, r.length, r.page)
+    }
+
+    /// Logs a record without payload (zero or trim) for `length` bytes at `offset`; `None`
+    /// when no header slot is free or records found at open are still being replayed (the
+    /// caller waits, as for [`Nvlog::reserve`]).
+    pub fn commit_range(
+        &mut self,
+        pool: &mut BufferPool,
+        kind: RecordKind,
+        disk_id: u64,
+        offset: u64,
+        length: u32,
+    ) -> Option<u64> {
+        let in_use = self.live.len() as u64 + self.reservations.len() as u64;
+        if kind == RecordKind::Data
+            || self.replaying
+            || length == 0
+            || length > MAX_RECORD
+            || in_use + 1 >= self.slots
+        {
+            return None;
+        }
+        Some(self.append(pool, kind, disk_id, offset, length, self.head_page))
+    }
+
+    fn append(
+        &mut self,
+        pool: &mut BufferPool,
+        kind: RecordKind,
+        disk_id: u64,
+        offset: u64,
+        length: u32,
+        page: u64,
+    ) -> u64 {
         let seq = self.next_seq;
         let mut h = RecordHeader {
             magic: RECORD_MAGIC,
-            flags: 0,
+            flags: kind.flags(),
             seq,
             disk_id,
             offset,
-            length: r.length,
-            page: (r.page % self.data_pages) as u32,
+            length,
+            page: (page % self.data_pages) as u32,
             log_id: self.log_id,
             reserved: [0; 12],
             crc: 0,
@@ -300,10 +343,11 @@ impl Nvlog {
         self.next_seq += 1;
         self.live.push_back(Live {
             seq,
+            kind,
             disk_id,
             offset,
-            length: r.length,
-            page: r.page,
+            length,
+            page,
         });
         seq
     }
@@ -347,8 +391,9 @@ impl Nvlog {
         let mut d = CRC.digest();
         d.update(zeroed.as_bytes());
         let mut at = 0;
-        while at < h.length {
-            let sg = self.segments(u64::from(h.page), at, (h.length - at).min(64 * PAGE as u32));
+        let payload = if h.pages() > 0 { h.length } else { 0 };
+        while at < payload {
+            let sg = self.segments(u64::from(h.page), at, (payload - at).min(64 * PAGE as u32));
             for seg in sg.as_slice() {
                 if let Ok(b) = pool.slice(seg) {
                     d.update(b);

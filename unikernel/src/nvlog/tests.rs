@@ -5,7 +5,7 @@ use alloc::vec::Vec;
 
 use hpdi::{BufferPool, DmaMemory, HostMemory};
 
-use super::format::PAGE;
+use super::format::{RecordKind, PAGE};
 use super::log::{Nvlog, OpenReport};
 
 /// A pool whose region 1 is `pages` pages of `mem` (kept by the test across "reboots").
@@ -183,4 +183,72 @@ fn a_full_log_refuses_until_retired_and_wraps() {
         Nvlog::open(&mut BufferPool::host(4, 4096).unwrap(), 0, 1).is_err(),
         "region 0 is 4 KiB pages but tiny"
     );
+}
+
+#[test]
+fn zero_and_trim_records_take_no_pages_survive_a_restart_and_keep_their_order() {
+    let mut mem = alloc::vec![0u8; PAGES * PAGE];
+    let (mut log, mut pool, _) = boot(&mut mem);
+    let free = log.free_pages();
+    write(&mut log, &mut pool, 7, 0, &[0xdd; 4096]);
+    let z = log
+        .commit_range(&mut pool, RecordKind::Zero, 7, 0, 4096)
+        .unwrap();
+    let t = log
+        .commit_range(&mut pool, RecordKind::Trim, 7, 1 << 20, 32 << 20)
+        .unwrap();
+    assert_eq!((z, t), (2, 3));
+    assert_eq!(
+        log.free_pages(),
+        free - 1,
+        "only the data record takes a page"
+    );
+    assert!(
+        log.commit_range(&mut pool, RecordKind::Data, 7, 0, 512)
+            .is_none(),
+        "data records need a reservation"
+    );
+    assert!(log
+        .commit_range(&mut pool, RecordKind::Zero, 7, 0, (32 << 20) + 1)
+        .is_none());
+    save(&pool, PAGES, &mut mem);
+    let (mut log, mut pool, rep) = boot(&mut mem);
+    assert_eq!((rep.pending, rep.torn), (3, None));
+    let kinds: Vec<_> = log
+        .live()
+        .iter()
+        .map(|l| (l.seq, l.kind, l.length))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (1, RecordKind::Data, 4096),
+            (2, RecordKind::Zero, 4096),
+            (3, RecordKind::Trim, 32 << 20)
+        ]
+    );
+    assert!(
+        log.commit_range(&mut pool, RecordKind::Zero, 7, 0, 512)
+            .is_none(),
+        "no new records while replaying"
+    );
+    log.retire(&mut pool, 3);
+    assert!(log
+        .commit_range(&mut pool, RecordKind::Zero, 7, 0, 512)
+        .is_some());
+}
+
+#[test]
+fn a_record_with_unknown_flags_ends_replay() {
+    let mut mem = alloc::vec![0u8; PAGES * PAGE];
+    let (mut log, mut pool, _) = boot(&mut mem);
+    write(&mut log, &mut pool, 1, 0, &[1; 512]);
+    log.commit_range(&mut pool, RecordKind::Zero, 1, 0, 512)
+        .unwrap();
+    save(&pool, PAGES, &mut mem);
+    // Header slot 1 (the zero record): flags at byte 4 of its 64 bytes, in page 1.
+    mem[PAGE + 64 + 4] = 0x80;
+    let (log, _, rep) = boot(&mut mem);
+    assert_eq!((rep.pending, rep.torn), (1, Some(2)));
+    assert_eq!(log.live().len(), 1);
 }
