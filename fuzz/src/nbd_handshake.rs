@@ -1,0 +1,140 @@
+//! `nbd_handshake`: the fixed-newstyle handshake state machine
+//! (`unikernel::nbd::handshake::Handshake::feed`) fed an arbitrary client byte stream, cut
+//! into arbitrary pieces, with zero to three exports.
+//!
+//! Input: `[exports, cut seed, client bytes...]`.
+//!
+//! Checked, besides no panic:
+//! - `feed` never claims more bytes than it was given, and `Continue` always consumed some
+//!   (otherwise the server's loop would spin);
+//! - `NeedMore` never asks for more than the server buffers (`MAX_OPTION_DATA` + the 16-byte
+//!   option header): a client must not be able to wedge its connection;
+//! - every reply is a well-formed option reply (magic, option, type, length, data), except
+//!   the `EXPORT_NAME` answer, which is 10 or 134 bytes and ends the handshake;
+//! - transmission starts on an existing export, with `base:allocation` only when structured
+//!   replies were negotiated; a finished handshake consumes nothing more.
+
+use unikernel::nbd::handshake::{greeting, Handshake, Step, MAX_OPTIONS, MAX_OPTION_DATA};
+use unikernel::nbd::wire;
+use unikernel::nbd::ExportInfo;
+
+use crate::{Input, Rng};
+
+/// Up to three exports: a writable one, a read-only one, one with a long name.
+pub fn exports(n: usize) -> Vec<ExportInfo> {
+    let e = |name: &str, description: &str, size: u64, read_only: bool| ExportInfo {
+        name: name.into(),
+        description: description.into(),
+        size,
+        read_only,
+        can_trim: true,
+        can_write_zeroes: true,
+        min_block: 512,
+        preferred_block: 4096,
+        max_payload: 32 << 20,
+        disk_id: unikernel::nvlog::format::disk_id(name, size),
+    };
+    [
+        e("blk0", "ram", 1 << 20, false),
+        e("ro", "", 1 << 20, true),
+        e(
+            "a-rather-long-export-name-for-the-list-reply",
+            "described",
+            u64::MAX,
+            false,
+        ),
+    ]
+    .into_iter()
+    .take(n)
+    .collect()
+}
+
+/// Checks that `out` is a sequence of complete option replies.
+fn check_replies(mut out: &[u8]) {
+    while !out.is_empty() {
+        assert!(out.len() >= 20, "truncated option reply: {out:02x?}");
+        assert_eq!(
+            u64::from_be_bytes(out[..8].try_into().unwrap()),
+            wire::REPLY_MAGIC,
+            "bad reply magic"
+        );
+        let len = u32::from_be_bytes(out[16..20].try_into().unwrap()) as usize;
+        assert!(out.len() >= 20 + len, "reply longer than its bytes");
+        out = &out[20 + len..];
+    }
+}
+
+pub fn run(data: &[u8]) {
+    let mut inp = Input::new(data);
+    let exports = exports(usize::from(inp.u8() % 4));
+    let mut rng = Rng::new(u64::from(inp.u8()));
+    let mut stream = inp.rest();
+
+    let mut hello = Vec::new();
+    greeting(&mut hello);
+    assert_eq!(hello.len(), 18);
+
+    let mut hs = Handshake::new();
+    let mut stash: Vec<u8> = Vec::new();
+    let mut units = 0u32;
+    loop {
+        // The network delivers a piece, never more than the server makes room for.
+        let room = (MAX_OPTION_DATA + 16).saturating_sub(stash.len());
+        let n = rng.piece().min(room).min(stream.len());
+        stash.extend_from_slice(&stream[..n]);
+        stream = &stream[n..];
+        let mut out = Vec::new();
+        loop {
+            let before = out.len();
+            let (used, step) = hs.feed(&stash, &exports, &mut out);
+            assert!(used <= stash.len(), "consumed {used} of {}", stash.len());
+            stash.drain(..used);
+            units += 1;
+            assert!(units <= 4 * MAX_OPTIONS + data.len() as u32 + 8);
+            match step {
+                Step::Continue => {
+                    assert!(used > 0, "Continue without consuming anything");
+                    check_replies(&out[before..]);
+                }
+                Step::NeedMore => {
+                    assert!(
+                        stash.len() < MAX_OPTION_DATA + 16,
+                        "asks for more than the server buffers ({} bytes held)",
+                        stash.len()
+                    );
+                    check_replies(&out[before..]);
+                    break;
+                }
+                Step::Close(_) => {
+                    check_replies(&out[before..]);
+                    let (used, step) = hs.feed(&stash, &exports, &mut out);
+                    assert_eq!((used, matches!(step, Step::Close(_))), (0, true));
+                    return;
+                }
+                Step::Transmission(neg) => {
+                    assert!(neg.export < exports.len(), "no such export");
+                    assert!(!neg.base_allocation || neg.structured);
+                    let mine = &out[before..];
+                    if !mine.starts_with(&wire::REPLY_MAGIC.to_be_bytes()) {
+                        // EXPORT_NAME: size, flags, [124 zeroes].
+                        assert!(
+                            mine.len() == 10 || mine.len() == 134,
+                            "{} bytes",
+                            mine.len()
+                        );
+                        let size = u64::from_be_bytes(mine[..8].try_into().unwrap());
+                        assert_eq!(size, exports[neg.export].size);
+                    } else {
+                        check_replies(mine);
+                    }
+                    let (used, step) = hs.feed(&stash, &exports, &mut out);
+                    assert_eq!((used, matches!(step, Step::Close(_))), (0, true));
+                    return;
+                }
+            }
+        }
+        if stream.is_empty() {
+            return;
+        }
+    }
+}
