@@ -89,9 +89,38 @@ pub struct NetPhyStats {
     pub tx_exhausted: u64,
     /// Frames smoltcp asked for that did not fit a pool buffer (dropped).
     pub tx_dropped: u64,
-    /// Payload bytes the adapter copied. It has no copy path: smoltcp works in the pool
-    /// buffers the device uses; the counter is here so reports can say so.
-    pub bytes_copied: u64,
+    /// TCP payload bytes of the IPv4 frames handed to smoltcp. The adapter copies nothing,
+    /// but smoltcp copies a segment's payload from the frame into the socket's receive
+    /// buffer: this counts that copy (an upper bound: a duplicate or out-of-window segment
+    /// smoltcp drops is counted too).
+    pub tcp_rx_payload: u64,
+    /// TCP payload bytes of the IPv4 frames smoltcp wrote: smoltcp copies them from the
+    /// socket's send buffer into the frame (retransmissions included).
+    pub tcp_tx_payload: u64,
+}
+
+/// The TCP payload length of an Ethernet frame carrying IPv4/TCP (0 for anything else, or
+/// for headers that do not hold together). Reads the headers only.
+pub fn tcp_payload_len(frame: &[u8]) -> usize {
+    const ETH: usize = 14;
+    if frame.len() < ETH + 20 || frame[12..14] != [0x08, 0x00] {
+        return 0;
+    }
+    let ip = &frame[ETH..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    // Version 4, TCP, not a later fragment (its bytes carry no TCP header).
+    let later_fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0;
+    if ip[0] >> 4 != 4 || ip[9] != 6 || later_fragment || ihl < 20 || total > ip.len() {
+        return 0;
+    }
+    let Some(tcp) = ip.get(ihl..total) else {
+        return 0;
+    };
+    let Some(&off) = tcp.get(12) else {
+        return 0;
+    };
+    tcp.len().saturating_sub(usize::from(off >> 4) * 4)
 }
 
 /// The part of the adapter the tokens share.
@@ -375,10 +404,12 @@ pub struct RxToken<'a> {
 impl phy::RxToken for RxToken<'_> {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
         let len = self.frame.len();
+        let payload = tcp_payload_len(self.frame);
         let r = f(self.frame);
         let mut ctl = self.ctl.borrow_mut();
         ctl.stats.rx_frames += 1;
         ctl.stats.rx_bytes += len as u64;
+        ctl.stats.tcp_rx_payload += payload as u64;
         r
     }
 }
@@ -407,7 +438,9 @@ impl phy::TxToken for TxToken<'_> {
             Tx::Lent { window, ctl } => match window.get_mut(..len) {
                 Some(w) => {
                     let r = f(w);
-                    if let Some((_, filled)) = &mut ctl.borrow_mut().lent_tx {
+                    let mut ctl = ctl.borrow_mut();
+                    ctl.stats.tcp_tx_payload += tcp_payload_len(w) as u64;
+                    if let Some((_, filled)) = &mut ctl.lent_tx {
                         *filled = Some(len);
                     }
                     r
@@ -420,6 +453,7 @@ impl phy::TxToken for TxToken<'_> {
                     return too_long(len, f, ctl);
                 };
                 let r = f(w);
+                ctl.stats.tcp_tx_payload += tcp_payload_len(w) as u64;
                 ctl.submit(Op::Send, buf, len);
                 ctl.pump(pool);
                 r

@@ -180,6 +180,27 @@ impl Device for WireEnd {
 struct Seen {
     rx: Vec<(u64, usize)>,
     tx: Vec<(u64, usize)>,
+    /// TCP payload bytes of the frames, by smoltcp's own parser.
+    tcp_rx: u64,
+    tcp_tx: u64,
+}
+
+/// The TCP payload length of a frame as smoltcp's wire parser sees it.
+fn smoltcp_tcp_payload(frame: &[u8]) -> u64 {
+    use smoltcp::wire::{IpProtocol, Ipv4Packet, TcpPacket};
+    let Ok(eth) = EthernetFrame::new_checked(frame) else {
+        return 0;
+    };
+    if eth.ethertype() != EthernetProtocol::Ipv4 {
+        return 0;
+    }
+    let Ok(ip) = Ipv4Packet::new_checked(eth.payload()) else {
+        return 0;
+    };
+    if ip.next_header() != IpProtocol::Tcp {
+        return 0;
+    }
+    TcpPacket::new_checked(ip.payload()).map_or(0, |t| t.payload().len() as u64)
 }
 
 struct Spy {
@@ -240,9 +261,10 @@ impl phy::RxToken for SpyRx<'_> {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
         let seen = self.1;
         self.0.consume(|frame| {
-            seen.borrow_mut()
-                .rx
-                .push((frame.as_ptr() as u64, frame.len()));
+            let mut s = seen.borrow_mut();
+            s.rx.push((frame.as_ptr() as u64, frame.len()));
+            s.tcp_rx += smoltcp_tcp_payload(frame);
+            drop(s);
             f(frame)
         })
     }
@@ -255,7 +277,9 @@ impl phy::TxToken for SpyTx<'_> {
             seen.borrow_mut()
                 .tx
                 .push((frame.as_ptr() as u64, frame.len()));
-            f(frame)
+            let r = f(frame);
+            seen.borrow_mut().tcp_tx += smoltcp_tcp_payload(frame);
+            r
         })
     }
 }
@@ -357,7 +381,17 @@ fn tcp_stream_through_two_adapters_copies_nothing_in_them() {
     for (side, spy) in [&a, &b].into_iter().enumerate() {
         let seen = spy.seen.borrow();
         let st = spy.phy.stats();
-        assert_eq!(st.bytes_copied, 0);
+        // smoltcp's own copies (frame -> socket buffer, socket buffer -> frame): each side
+        // sent and received the whole stream once (more if a segment was sent again).
+        assert!(
+            st.tcp_tx_payload >= LEN as u64 && st.tcp_rx_payload >= LEN as u64,
+            "side {side}: {st:?}"
+        );
+        assert_eq!(
+            (st.tcp_rx_payload, st.tcp_tx_payload),
+            (seen.tcp_rx, seen.tcp_tx),
+            "side {side}: the TCP payload of its frames, as smoltcp parses them"
+        );
         assert_eq!(st.tx_dropped + st.rx_errors + st.tx_errors, 0);
         assert!(st.rx_frames > (LEN / 1500) as u64, "{st:?}");
         // smoltcp read every received frame in the receive buffer the wire wrote it to,
@@ -381,6 +415,11 @@ fn tcp_stream_through_two_adapters_copies_nothing_in_them() {
         let dev = spy.phy.device_stats();
         assert_eq!(dev.bytes_copied, dev.bytes_moved);
     }
+    let (sa, sb) = (a.phy.stats(), b.phy.stats());
+    assert!(
+        sa.tcp_rx_payload <= sb.tcp_tx_payload && sb.tcp_rx_payload <= sa.tcp_tx_payload,
+        "a side receives at most what the other sent: {sa:?} {sb:?}"
+    );
     let payload: u64 = [&a, &b].iter().map(|s| s.phy.stats().tx_bytes).sum();
     assert!(
         payload > 2 * LEN as u64,
@@ -565,7 +604,72 @@ fn smoltcp_reads_and_writes_the_virtio_net_buffers() {
     ));
     drop(seen);
     let (st, dev) = (spy.phy.stats(), spy.phy.device_stats());
-    assert_eq!((st.rx_frames, st.tx_frames, st.bytes_copied), (1, 1, 0));
+    assert_eq!((st.rx_frames, st.tx_frames), (1, 1));
+    assert_eq!(
+        (st.tcp_rx_payload, st.tcp_tx_payload),
+        (0, 0),
+        "ARP carries no TCP"
+    );
     assert_eq!(dev.bytes_copied, 0, "virtio-net copies nothing either");
     assert_eq!(spy.phy.rx_posted(), 8, "the buffer was posted again");
+}
+
+#[test]
+fn tcp_payload_of_frames() {
+    use smoltcp::wire::{IpProtocol, Ipv4Packet, Ipv4Repr, TcpPacket, TcpRepr, TcpSeqNumber};
+    let payload = [0x5au8; 300];
+    let tcp = TcpRepr {
+        src_port: 10809,
+        dst_port: 50000,
+        control: smoltcp::wire::TcpControl::Psh,
+        seq_number: TcpSeqNumber(1),
+        ack_number: Some(TcpSeqNumber(1)),
+        window_len: 1024,
+        window_scale: None,
+        max_seg_size: None,
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload: &payload,
+    };
+    let (src, dst) = (Ipv4Address::new(10, 0, 0, 1), Ipv4Address::new(10, 0, 0, 2));
+    let ip = Ipv4Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: IpProtocol::Tcp,
+        payload_len: tcp.buffer_len(),
+        hop_limit: 64,
+    };
+    let eth = EthernetRepr {
+        src_addr: EthernetAddress([2, 0, 0, 0, 0, 1]),
+        dst_addr: EthernetAddress([2, 0, 0, 0, 0, 2]),
+        ethertype: EthernetProtocol::Ipv4,
+    };
+    // Padded past the IP packet, as short frames are: the padding is not payload.
+    let mut frame = vec![0u8; eth.buffer_len() + ip.buffer_len() + tcp.buffer_len() + 6];
+    let mut f = EthernetFrame::new_unchecked(&mut frame[..]);
+    eth.emit(&mut f);
+    let mut p = Ipv4Packet::new_unchecked(f.payload_mut());
+    ip.emit(&mut p, &smoltcp::phy::ChecksumCapabilities::default());
+    let mut t = TcpPacket::new_unchecked(p.payload_mut());
+    tcp.emit(
+        &mut t,
+        &src.into(),
+        &dst.into(),
+        &smoltcp::phy::ChecksumCapabilities::default(),
+    );
+    assert_eq!(super::tcp_payload_len(&frame), 300);
+    assert_eq!(smoltcp_tcp_payload(&frame[..frame.len() - 6]), 300);
+    // Not TCP over IPv4, or headers that do not hold together: nothing.
+    let mut arp = frame.clone();
+    arp[12..14].copy_from_slice(&[0x08, 0x06]);
+    assert_eq!(super::tcp_payload_len(&arp), 0);
+    let mut udp = frame.clone();
+    udp[14 + 9] = 17;
+    assert_eq!(super::tcp_payload_len(&udp), 0);
+    let mut long = frame.clone();
+    long[16..18].copy_from_slice(&4000u16.to_be_bytes());
+    assert_eq!(super::tcp_payload_len(&long), 0);
+    assert_eq!(super::tcp_payload_len(&frame[..40]), 0);
+    assert_eq!(super::tcp_payload_len(&[]), 0);
 }

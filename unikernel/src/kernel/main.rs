@@ -448,13 +448,12 @@ fn serve(boot: BootState, mut phases: phases::Phases) -> ! {
         if let Some(n) = stack.nbd.as_ref() {
             REQUESTS.store(n.requests(), Ordering::Relaxed);
         }
-        let mgmt_status = || {
-            alloc::format!(
-                "restarts={} requests={} heap_used={}",
-                RESTARTS.load(Ordering::SeqCst),
-                stack_requests(),
-                mem::stats().heap_used
-            )
+        let data_path = stack.data_path();
+        let mgmt_status = || unikernel::mgmt_status::Status {
+            restarts: u64::from(RESTARTS.load(Ordering::SeqCst)),
+            requests: stack_requests(),
+            heap_used: mem::stats().heap_used,
+            data: data_path,
         };
         match stack.poll_mgmt(&mgmt_status) {
             Some(mgmt::Injection::Panic) => panic!("mgmt: injected panic"),

@@ -2,7 +2,8 @@
 //! tests and operators inject errors into a running guest and read its state.
 //!
 //! Commands: `status`; `inject panic|pagefault|gp|ud|stall|device-error`. Each gets one reply
-//! line (`ok ...` or `error ...`). An injected error is acted on by the service loop right
+//! line (`ok ...` or `error ...`); the `status` reply's fields are defined in
+//! `unikernel::mgmt_status`, which the host parses with. An injected error is acted on by the service loop right
 //! after the reply is queued.
 
 use alloc::vec;
@@ -10,6 +11,7 @@ use alloc::vec;
 use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use unikernel::cmdline::Fault;
+use unikernel::mgmt_status::{Status, OK_PREFIX};
 
 /// What the service loop must do after a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +57,7 @@ impl Mgmt {
     pub fn poll(
         &mut self,
         sockets: &mut SocketSet<'static>,
-        status: &dyn Fn() -> alloc::string::String,
+        status: &dyn Fn() -> Status,
     ) -> Option<Injection> {
         let port = self.port;
         self.slots
@@ -78,7 +80,7 @@ impl Slot {
         &mut self,
         sockets: &mut SocketSet<'static>,
         port: u16,
-        status: &dyn Fn() -> alloc::string::String,
+        status: &dyn Fn() -> Status,
     ) -> Option<Injection> {
         let s = sockets.get_mut::<tcp::Socket>(self.handle);
         if !s.is_open() {
@@ -108,7 +110,7 @@ impl Slot {
                 .trim();
             self.len = 0;
             let (reply, inject) = match cmd {
-                "status" => (alloc::format!("ok {}\n", status()), None),
+                "status" => (alloc::format!("{OK_PREFIX}{}\n", status()), None),
                 "inject panic" => (
                     alloc::string::String::from("ok injecting panic\n"),
                     Some(Injection::Panic),

@@ -63,6 +63,8 @@ impl NetStack {
                 .add_default_ipv4_route(Ipv4Address::new(a, b, c, d));
         }
         let mut sockets = SocketSet::new(vec![]);
+        // The copy counters count from this start, as the new adapter's do.
+        crate::storage::reset_stream_copies();
         let echo = cfg.echo_port.map(|port| {
             let rx = tcp::SocketBuffer::new(vec![0; TCP_BUF]);
             let tx = tcp::SocketBuffer::new(vec![0; TCP_BUF]);
@@ -111,6 +113,30 @@ impl NetStack {
                 .into_iter()
                 .flatten()
                 .any(|s| !s.idle())
+    }
+
+    /// What the NBD data path served and copied since this start: the adapter's count of
+    /// smoltcp's frame copies, the socket boundary's, and every service's payload bytes.
+    pub fn data_path(&self) -> unikernel::mgmt_status::DataPath {
+        let phy = self.phy.stats();
+        let (to_app, to_socket) = crate::storage::stream_copies();
+        let (mut read, mut written) = (0, 0);
+        for s in [self.nbd.as_ref(), self.peer_nbd.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            let (r, w) = s.payload_bytes();
+            read += r;
+            written += w;
+        }
+        unikernel::mgmt_status::DataPath {
+            nbd_read_bytes: read,
+            nbd_write_bytes: written,
+            copy_frame_to_socket: phy.tcp_rx_payload,
+            copy_socket_to_app: to_app,
+            copy_app_to_socket: to_socket,
+            copy_socket_to_frame: phy.tcp_tx_payload,
+        }
     }
 
     /// Answers for `ip` too (a failover pair taking its peer's address).
@@ -165,7 +191,7 @@ impl NetStack {
     /// Serves the management port; returns an injection asked for there.
     pub fn poll_mgmt(
         &mut self,
-        status: &dyn Fn() -> alloc::string::String,
+        status: &dyn Fn() -> unikernel::mgmt_status::Status,
     ) -> Option<crate::mgmt::Injection> {
         let m = self.mgmt.as_mut()?;
         let injection = m.poll(&mut self.sockets, status)?;

@@ -5,6 +5,7 @@ use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use hpdi::{BufferPool, DeviceKind, QueuePair};
 use log::{info, warn};
@@ -28,15 +29,43 @@ const TCP_BUF: usize = 128 * 1024;
 /// Pool buffers for all clients together (64 KiB each).
 const POOL_BUFFERS: usize = 128;
 
+/// Bytes every NBD service copied out of its sockets' receive buffers (`recv_slice`) and
+/// into their send buffers (`send_slice`) since this start: the copies at the boundary
+/// between smoltcp and the NBD server (headers and payload alike). Read by the management
+/// port's `status` (`unikernel::mgmt_status`).
+static COPIED_SOCKET_TO_APP: AtomicU64 = AtomicU64::new(0);
+static COPIED_APP_TO_SOCKET: AtomicU64 = AtomicU64::new(0);
+
+/// `(socket -> server, server -> socket)` bytes copied since this start.
+pub fn stream_copies() -> (u64, u64) {
+    (
+        COPIED_SOCKET_TO_APP.load(Ordering::Relaxed),
+        COPIED_APP_TO_SOCKET.load(Ordering::Relaxed),
+    )
+}
+
+/// Starts the stream copy counters again (a new start of the network stack, whose own
+/// counters start at 0 too).
+pub fn reset_stream_copies() {
+    COPIED_SOCKET_TO_APP.store(0, Ordering::Relaxed);
+    COPIED_APP_TO_SOCKET.store(0, Ordering::Relaxed);
+}
+
+/// The NBD server's view of a TCP socket. Both directions copy: smoltcp keeps its own ring
+/// buffers, and `recv_slice`/`send_slice` copy between them and the server's buffers.
 struct SocketStream<'a>(&'a mut tcp::Socket<'static>);
 
 impl Stream for SocketStream<'_> {
     fn recv(&mut self, buf: &mut [u8]) -> usize {
-        self.0.recv_slice(buf).unwrap_or(0)
+        let n = self.0.recv_slice(buf).unwrap_or(0);
+        COPIED_SOCKET_TO_APP.fetch_add(n as u64, Ordering::Relaxed);
+        n
     }
 
     fn send(&mut self, data: &[u8]) -> usize {
-        self.0.send_slice(data).unwrap_or(0)
+        let n = self.0.send_slice(data).unwrap_or(0);
+        COPIED_APP_TO_SOCKET.fetch_add(n as u64, Ordering::Relaxed);
+        n
     }
 }
 
@@ -347,6 +376,14 @@ impl NbdService {
     /// Requests taken so far.
     pub fn requests(&self) -> u64 {
         self.server.stats.requests
+    }
+
+    /// Payload bytes of the reads and the writes taken so far.
+    pub fn payload_bytes(&self) -> (u64, u64) {
+        (
+            self.server.stats.bytes_read,
+            self.server.stats.bytes_written,
+        )
     }
 
     /// Completions that reported a failed device queue.
