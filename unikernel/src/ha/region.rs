@@ -121,9 +121,12 @@ impl Header {
                     .checked_add(h.area_len[i])
                     .is_some_and(|end| end <= h.size)
         };
-        let apart = h.area_offset[0] + h.area_len[0] <= h.area_offset[1]
-            || h.area_offset[1] + h.area_len[1] <= h.area_offset[0];
-        if h.nodes as usize != NODES || h.size > window || !fits(0) || !fits(1) || !apart {
+        // Evaluated only once both areas fit (their ends cannot overflow then).
+        let apart = || {
+            h.area_offset[0] + h.area_len[0] <= h.area_offset[1]
+                || h.area_offset[1] + h.area_len[1] <= h.area_offset[0]
+        };
+        if h.nodes as usize != NODES || h.size > window || !fits(0) || !fits(1) || !apart() {
             return Err(RegionError::BadLayout);
         }
         Ok(h)
@@ -280,9 +283,13 @@ pub fn owner(w: &dyn Words, j: usize) -> (usize, u64) {
     }
 }
 
-/// The epoch a new claim on node `j`'s disks takes: above every claim seen.
+/// The epoch a new claim on node `j`'s disks takes: above every claim seen (at most
+/// `u64::MAX`: a claim word at the top, which only corruption writes, is tied, never wrapped
+/// to 0, "no claim").
 pub fn next_epoch(w: &dyn Words, j: usize) -> u64 {
-    get(w, 0, word::CLAIM[j]).max(get(w, 1, word::CLAIM[j])) + 1
+    get(w, 0, word::CLAIM[j])
+        .max(get(w, 1, word::CLAIM[j]))
+        .saturating_add(1)
 }
 
 /// Node `n` claims node `j`'s disks (its own at start or on giveback, its peer's on takeover).
@@ -403,6 +410,24 @@ mod tests {
             Header::parse(h.as_bytes(), 8 << 20),
             Err(RegionError::BadLayout)
         );
+    }
+
+    /// Found by the `pair_region` fuzz target (fuzz/regressions/pair_region/): an area
+    /// whose end overflows, and a claim word at the top, panicked in debug builds.
+    #[test]
+    fn overflowing_areas_and_top_claims_do_not_panic() {
+        let mut h = Header::new(8 << 20, 1).unwrap();
+        h.area_offset[0] = u64::MAX & !(PAGE - 1);
+        h.crc = h.checksum();
+        assert_eq!(
+            Header::parse(h.as_bytes(), 8 << 20),
+            Err(RegionError::BadLayout)
+        );
+        let w = Mem::new();
+        set(&w, 1, word::CLAIM[0], u64::MAX);
+        assert_eq!(next_epoch(&w, 0), u64::MAX);
+        assert_eq!(claim(&w, 0, 0), None, "the peer's claim at the top stands");
+        assert_eq!(owner(&w, 0), (1, u64::MAX));
     }
 
     #[test]
