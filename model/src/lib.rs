@@ -494,7 +494,14 @@ impl Model {
             self.counts.sectors_checked += 1;
             let s = &mut self.exports[export].sectors[lba as usize];
             match (s.readable..s.hist.len()).find(|&j| s.hist[j].val.admits(observed)) {
-                Some(j) => s.readable = j,
+                Some(j) => {
+                    // Observed: the value the server holds now (a crash or a failed write
+                    // had left it uncertain); a FLUSH sent later covers it, and the values
+                    // after it (failed or lost writes) are gone for good.
+                    s.readable = j;
+                    s.hist[j].certain = true;
+                    s.hist.truncate(j + 1);
+                }
                 None => {
                     return Err(Divergence {
                         export,
@@ -520,6 +527,11 @@ impl Model {
         for e in &mut self.exports {
             for &lba in &e.active {
                 let s = &mut e.sectors[lba as usize];
+                // Acknowledged but not durable: lost or not, a FLUSH from now on cannot make
+                // it durable (until a read shows it survived).
+                for x in &mut s.hist[s.durable + 1..] {
+                    x.certain = false;
+                }
                 s.readable = s.durable;
             }
         }
