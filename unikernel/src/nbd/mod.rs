@@ -54,3 +54,6 @@ mod tests;
 
 #[cfg(test)]
 mod server_tests;
+
+#[cfg(test)]
+mod model_tests;

@@ -16,11 +16,11 @@ use super::ExportInfo;
 const DISK: u64 = 16 << 20;
 
 #[derive(Default)]
-struct Pipe {
-    to_server: VecDeque<u8>,
-    from_server: Vec<u8>,
+pub(super) struct Pipe {
+    pub(super) to_server: VecDeque<u8>,
+    pub(super) from_server: Vec<u8>,
     /// Most bytes the "socket" takes per send call (partial sends).
-    send_limit: usize,
+    pub(super) send_limit: usize,
 }
 
 impl Stream for Pipe {
@@ -38,7 +38,7 @@ impl Stream for Pipe {
     }
 }
 
-fn export(name: &str, read_only: bool) -> ExportInfo {
+pub(super) fn export(name: &str, read_only: bool) -> ExportInfo {
     ExportInfo {
         name: name.into(),
         description: "ram".into(),
@@ -69,17 +69,17 @@ fn server(pool_buffers: usize, conns: usize) -> Server {
     )
 }
 
-struct Client {
-    slot: usize,
-    pipe: Pipe,
+pub(super) struct Client {
+    pub(super) slot: usize,
+    pub(super) pipe: Pipe,
     /// Bytes of `from_server` already parsed.
-    at: usize,
-    structured: bool,
-    closed: bool,
+    pub(super) at: usize,
+    pub(super) structured: bool,
+    pub(super) closed: bool,
 }
 
 impl Client {
-    fn push(&mut self, b: &[u8]) {
+    pub(super) fn push(&mut self, b: &[u8]) {
         self.pipe.to_server.extend(b.iter().copied());
     }
     fn avail(&self) -> &[u8] {
@@ -88,7 +88,7 @@ impl Client {
 }
 
 /// Services every client and the disks until `done` holds (bounded).
-fn run(s: &mut Server, cs: &mut [Client], mut done: impl FnMut(&[Client]) -> bool) {
+pub(super) fn run(s: &mut Server, cs: &mut [Client], mut done: impl FnMut(&[Client]) -> bool) {
     for _ in 0..200_000 {
         if done(cs) {
             return;
@@ -113,7 +113,7 @@ fn option(code: u32, data: &[u8]) -> Vec<u8> {
 }
 
 /// Connects on `slot` and negotiates `name` with GO (and structured replies if asked).
-fn connect(s: &mut Server, slot: usize, name: &str, structured: bool) -> Client {
+pub(super) fn connect(s: &mut Server, slot: usize, name: &str, structured: bool) -> Client {
     s.accept(slot);
     let mut c = Client {
         slot,
@@ -173,7 +173,7 @@ fn count_acks(mut b: &[u8]) -> usize {
     n
 }
 
-fn request(kind: u16, flags: u16, cookie: u64, offset: u64, len: u32) -> Vec<u8> {
+pub(super) fn request(kind: u16, flags: u16, cookie: u64, offset: u64, len: u32) -> Vec<u8> {
     let mut v = Vec::new();
     v.extend_from_slice(&wire::REQUEST_MAGIC.to_be_bytes());
     v.extend_from_slice(&flags.to_be_bytes());
@@ -186,15 +186,18 @@ fn request(kind: u16, flags: u16, cookie: u64, offset: u64, len: u32) -> Vec<u8>
 
 /// A parsed reply: cookie, error, data (reads).
 #[derive(Debug, PartialEq)]
-struct Reply {
-    cookie: u64,
-    error: u32,
-    data: Vec<u8>,
+pub(super) struct Reply {
+    pub(super) cookie: u64,
+    pub(super) error: u32,
+    pub(super) data: Vec<u8>,
 }
 
 /// Parses one complete reply if present. `read_len` maps cookies of reads to their lengths
 /// (simple replies carry no length).
-fn parse_reply(c: &mut Client, read_len: &dyn Fn(u64) -> Option<usize>) -> Option<Reply> {
+pub(super) fn parse_reply(
+    c: &mut Client,
+    read_len: &dyn Fn(u64) -> Option<usize>,
+) -> Option<Reply> {
     let b = c.avail();
     if !c.structured {
         if b.len() < 16 {
