@@ -15,7 +15,8 @@
 //! `-device isa-debug-exit,iobase=0xf4,iosize=0x04`.
 //!
 //! The block backends `tandem bench blk` compares are typed here too: a disk's file-node
-//! `aio=` and `cache.direct=` ([`Disk::aio`], [`Disk::cache_direct`]), guest RAM from a
+//! `aio=` and `cache.direct=` ([`Disk::aio`], [`Disk::cache_direct`]), a disk behind QEMU's
+//! error-injecting `blkdebug` driver ([`Disk::blkdebug`]), guest RAM from a
 //! shared memfd ([`MemoryBackend`], which vhost-user needs so the backend can map guest
 //! memory), vhost-user-blk devices on a unix-socket chardev ([`VhostUserBlk`]), and the
 //! `qemu-storage-daemon` line that exports a file over vhost-user-blk
@@ -164,6 +165,12 @@ pub struct Disk {
     /// pair: both guests attach both nodes' disks, the pair's fencing decides who writes).
     /// `None` keeps QEMU's default (on).
     pub locking: Option<bool>,
+    /// A blkdebug config file: the image sits behind QEMU's `blkdebug` driver, which
+    /// injects the errors the file describes (`[inject-error]` sections: `event`,
+    /// `iotype`, `errno`, `sector`, `once`, `immediately`). The file-node options
+    /// (`aio=`, `cache.direct=`, `locking=`) then go to the image under it
+    /// (`file.image.*`). For tests of failing disks.
+    pub blkdebug: Option<PathBuf>,
 }
 
 impl Disk {
@@ -178,7 +185,16 @@ impl Disk {
             aio: None,
             cache_direct: None,
             locking: None,
+            blkdebug: None,
         }
+    }
+
+    /// The same disk behind QEMU's blkdebug driver with config file `config` (see
+    /// [`Disk::blkdebug`]): `file.driver=blkdebug,file.config=CONF,file.image.driver=file,
+    /// file.image.filename=PATH`.
+    pub fn blkdebug(mut self, config: impl Into<PathBuf>) -> Disk {
+        self.blkdebug = Some(config.into());
+        self
     }
 
     /// The same disk with the file node's `aio=` set.
@@ -716,18 +732,29 @@ impl QemuCommand {
             let node = format!("disk{i}");
             let ro = if disk.read_only { "on" } else { "off" };
             let mut blockdev = OsString::from(format!(
-                "node-name={node},driver={},read-only={ro},file.driver=file,file.filename=",
+                "node-name={node},driver={},read-only={ro},",
                 disk.format.driver()
             ));
+            // The file node: the format node's `file`, or under blkdebug its `file.image`.
+            let file = match &disk.blkdebug {
+                Some(config) => {
+                    blockdev.push("file.driver=blkdebug,file.config=");
+                    blockdev.push(escape_commas(config.as_os_str()));
+                    blockdev.push(",");
+                    "file.image"
+                }
+                None => "file",
+            };
+            blockdev.push(format!("{file}.driver=file,{file}.filename="));
             blockdev.push(escape_commas(disk.path.as_os_str()));
             if let Some(aio) = disk.aio {
-                blockdev.push(format!(",file.aio={aio}"));
+                blockdev.push(format!(",{file}.aio={aio}"));
             }
             if let Some(direct) = disk.cache_direct {
-                blockdev.push(format!(",file.cache.direct={}", on_off(direct)));
+                blockdev.push(format!(",{file}.cache.direct={}", on_off(direct)));
             }
             if let Some(locking) = disk.locking {
-                blockdev.push(format!(",file.locking={}", on_off(locking)));
+                blockdev.push(format!(",{file}.locking={}", on_off(locking)));
             }
             a.pair("-blockdev", blockdev);
             // A read-only node makes virtio-blk offer VIRTIO_BLK_F_RO to the guest.
@@ -1573,6 +1600,44 @@ mod tests {
         );
         assert_eq!(cmd.notes().len(), 1);
         assert!(cmd.notes()[0].contains("t0"), "{:?}", cmd.notes());
+    }
+
+    #[test]
+    fn blkdebug_disk() {
+        let args = strs(
+            &QemuCommand::new("q")
+                .disk(Disk::new("/d/a.raw").blkdebug("/c/fail,1.conf"))
+                .disk(
+                    Disk::new("/d/b.qcow2")
+                        .blkdebug("/c/b.conf")
+                        .aio(Aio::Threads)
+                        .cache_direct(true)
+                        .locking(false),
+                )
+                .disk(Disk::new("/d/c.raw")),
+        );
+        assert_eq!(
+            values(&args, "-blockdev"),
+            vec![
+                "node-name=disk0,driver=raw,read-only=off,file.driver=blkdebug,\
+                 file.config=/c/fail,,1.conf,file.image.driver=file,file.image.filename=/d/a.raw"
+                    .to_string(),
+                "node-name=disk1,driver=qcow2,read-only=off,file.driver=blkdebug,\
+                 file.config=/c/b.conf,file.image.driver=file,file.image.filename=/d/b.qcow2,\
+                 file.image.aio=threads,file.image.cache.direct=on,file.image.locking=off"
+                    .to_string(),
+                "node-name=disk2,driver=raw,read-only=off,file.driver=file,\
+                 file.filename=/d/c.raw"
+                    .to_string(),
+            ]
+        );
+        assert_eq!(
+            values(&args, "-device")
+                .iter()
+                .filter(|d| d.contains("drive=disk"))
+                .count(),
+            3
+        );
     }
 
     #[test]

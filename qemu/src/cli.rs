@@ -89,8 +89,14 @@ pub struct RunArgs {
     pub vm: VmArgs,
     /// A data disk (repeatable, in guest order). Format: qcow2 for a .qcow2 extension,
     /// else raw. Append ",ro" to attach read-only: --disk base.qcow2,ro.
+    /// Append ",blkdebug=CONF" to put it behind QEMU's blkdebug driver, which injects the
+    /// errors the config file CONF describes, e.g. every write covering sector 4096 (the
+    /// export's first MiB starts at sector 2048) failing with EIO:
+    /// `[inject-error]` / `event = "pwritev"` / `iotype = "write"` / `errno = "5"` /
+    /// `sector = "4096"` (keys: event, iotype read|write|flush|..., errno, sector,
+    /// once on|off, immediately on|off; events pwritev, read_aio, flush_to_disk, ...).
     /// Without --disk, STATE_DIR/disk0.raw is used (created sparse, --disk-size).
-    #[arg(long, value_name = "PATH[,ro]")]
+    #[arg(long, value_name = "PATH[,ro][,blkdebug=CONF]")]
     pub disk: Vec<DiskSpec>,
     /// Size of the default disk when it is created.
     #[arg(long, default_value = "1G", value_name = "SIZE")]
@@ -173,7 +179,7 @@ pub enum OnOff {
     Off,
 }
 
-/// `--disk PATH[,ro]`.
+/// `--disk PATH[,ro][,blkdebug=CONF]` (the options in either order, after the path).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskSpec(pub Disk);
 
@@ -181,18 +187,39 @@ impl FromStr for DiskSpec {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (path, ro) = if let Some(p) = s.strip_suffix(",ro") {
-            (p, true)
-        } else if let Some(p) = s.strip_suffix(",rw") {
-            (p, false)
-        } else {
-            (s, false)
-        };
+        const BLKDEBUG: &str = ",blkdebug=";
+        let (mut path, mut ro, mut blkdebug) = (s, None, None);
+        loop {
+            if let Some(p) = path.strip_suffix(",ro") {
+                ro = ro.or(Some(true));
+                path = p;
+            } else if let Some(p) = path.strip_suffix(",rw") {
+                ro = ro.or(Some(false));
+                path = p;
+            } else if let Some(i) = path.rfind(BLKDEBUG) {
+                let conf = &path[i + BLKDEBUG.len()..];
+                if conf.is_empty() {
+                    return Err("blkdebug= needs a config file".into());
+                }
+                if blkdebug.replace(conf).is_some() {
+                    return Err("blkdebug= given twice".into());
+                }
+                path = &path[..i];
+            } else {
+                break;
+            }
+        }
         if path.is_empty() {
             return Err("empty disk path".into());
         }
-        let disk = Disk::new(path);
-        Ok(DiskSpec(if ro { disk.read_only() } else { disk }))
+        let mut disk = Disk::new(path);
+        if ro == Some(true) {
+            disk = disk.read_only();
+        }
+        if let Some(conf) = blkdebug {
+            disk = disk.blkdebug(conf);
+        }
+        Ok(DiskSpec(disk))
     }
 }
 
@@ -663,6 +690,37 @@ mod tests {
         assert_eq!(r.disk[0].0, Disk::new("a.raw"));
         assert_eq!(r.disk[1].0, Disk::new("b.qcow2").read_only());
         assert_eq!(r.vm.accel, None);
+    }
+
+    #[test]
+    fn disk_spec_blkdebug() {
+        let spec = |s: &str| s.parse::<DiskSpec>().map(|d| d.0);
+        assert_eq!(
+            spec("a.raw,blkdebug=/c/w.conf"),
+            Ok(Disk::new("a.raw").blkdebug("/c/w.conf"))
+        );
+        let ro = Disk::new("b.qcow2").read_only().blkdebug("f.conf");
+        assert_eq!(spec("b.qcow2,ro,blkdebug=f.conf"), Ok(ro.clone()));
+        assert_eq!(spec("b.qcow2,blkdebug=f.conf,ro"), Ok(ro));
+        assert_eq!(spec("a.raw,rw"), Ok(Disk::new("a.raw")));
+        assert_eq!(spec("a,b.raw,ro"), Ok(Disk::new("a,b.raw").read_only()));
+        assert!(spec("a.raw,blkdebug=").is_err());
+        assert!(spec("a.raw,blkdebug=x,blkdebug=y").is_err());
+        assert!(spec(",blkdebug=x").is_err());
+        assert!(spec("").is_err());
+        // Through clap, into the QEMU command line.
+        let cli = Cli::try_parse_from([
+            "tandem",
+            "run",
+            "--disk",
+            "/d/a.raw,blkdebug=/d/fail.conf",
+            "--dry-run",
+        ])
+        .unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!()
+        };
+        assert_eq!(r.disk[0].0.blkdebug, Some(PathBuf::from("/d/fail.conf")));
     }
 
     #[test]

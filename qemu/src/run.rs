@@ -135,6 +135,13 @@ pub fn backend_commands(
                     d.format.driver()
                 );
             }
+            if d.blkdebug.is_some() {
+                bail!(
+                    "--backend vhost-user: {} has blkdebug=, which only QEMU's block layer \
+                     applies (use --backend qemu)",
+                    d.path.display()
+                );
+            }
             let image = std::path::absolute(&d.path).unwrap_or(d.path.clone());
             let mut c = BackendCommand::new(program, image, vhost_user_socket(state, i))
                 .read_only(d.read_only)
