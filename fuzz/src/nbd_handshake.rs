@@ -20,7 +20,8 @@ use unikernel::nbd::ExportInfo;
 
 use crate::{Input, Rng};
 
-/// Up to three exports: a writable one, a read-only one, one with a long name.
+/// Up to three exports: a writable one, a read-only one (both the size of `nbd_server`'s
+/// RAM disks), one with a long name.
 pub fn exports(n: usize) -> Vec<ExportInfo> {
     let e = |name: &str, description: &str, size: u64, read_only: bool| ExportInfo {
         name: name.into(),
@@ -35,8 +36,8 @@ pub fn exports(n: usize) -> Vec<ExportInfo> {
         disk_id: unikernel::nvlog::format::disk_id(name, size),
     };
     [
-        e("blk0", "ram", 1 << 20, false),
-        e("ro", "", 1 << 20, true),
+        e("blk0", "ram", 256 << 10, false),
+        e("ro", "", 256 << 10, true),
         e(
             "a-rather-long-export-name-for-the-list-reply",
             "described",
