@@ -54,6 +54,9 @@ pub enum Command {
     /// Appliance images: build one from a description, boot it, verify its manifest.
     #[command(subcommand)]
     Image(crate::appliance::cmd::ImageCommand),
+    /// Random NBD operations and crashes against the guest, every read checked against the
+    /// reference model; prints ops, crashes and divergences (exit 1 on a divergence).
+    Check(crate::check::CheckArgs),
 }
 
 /// Guest and QEMU options shared by `run` and `bench`.

@@ -24,6 +24,8 @@
 //! - [`pair`]: a failover pair (`tandem pair up|status|takeover|giveback|kill|start|exec|down`):
 //!   two guests on a private bridge in a network namespace, one shared region, and a
 //!   supervisor with the fence agent; [`pair::Pair`] is the same as a library for tests.
+//! - [`check`]: `tandem check`, random NBD operations and crashes against the real guest
+//!   through a pipelined client, every read compared with the reference model.
 //! - [`appliance`]: appliance images (`tandem image build|run|check`): one description
 //!   gives a directory with the kernel, labelled disks, NVRAM, launch script, libvirt XML,
 //!   xl config and a manifest.
@@ -37,6 +39,7 @@ pub mod accel;
 pub mod appliance;
 pub mod bench;
 pub mod builder;
+pub mod check;
 pub mod cli;
 pub mod console;
 pub mod exit;

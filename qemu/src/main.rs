@@ -19,6 +19,7 @@ fn main() {
         }
         Command::Pair(cmd) => tandem_qemu::pair::cmd::run(cmd),
         Command::Image(cmd) => tandem_qemu::appliance::cmd::run(cmd),
+        Command::Check(args) => tandem_qemu::check::check(args),
     };
     match result {
         Ok(code) => std::process::exit(code),
