@@ -4,8 +4,9 @@
 //! a second open.
 //!
 //! Uses only the log's public API (`open`, `live`, `segments`, `retire`, `reserve`,
-//! `commit`, `data_pages`) and, to let the fuzzer past the superblock's checksum, the
-//! superblock's own `seal`: no record layout, so the target follows format changes.
+//! `commit`, `commit_range`, `data_pages`, `RecordKind::pages`) and, to let the fuzzer past
+//! the superblock's checksum, the superblock's own `seal`: no record layout, so the target
+//! follows format changes.
 //!
 //! Input: `[config, pages, base records..., patches...]`. The region (`pages` 4 KiB pages)
 //! starts as zeroes or as a log holding a few records written through the API (config bits
@@ -19,7 +20,7 @@
 //! written and is found, intact, by the next open.
 
 use hpdi::{BufId, BufferPool, DmaMemory, HostMemory};
-use unikernel::nvlog::format::{Superblock, PAGE};
+use unikernel::nvlog::format::{RecordKind, Superblock, PAGE};
 use unikernel::nvlog::log::{Live, Nvlog, MAX_RECORD};
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -43,8 +44,12 @@ fn snapshot(pool: &BufferPool, pages: usize) -> Vec<u8> {
     out
 }
 
-/// A record's payload, read as replay reads it (pieces of at most 16 pages).
+/// A record's payload, read as replay reads it (pieces of at most 16 pages); none for zero
+/// and trim records.
 fn payload(log: &Nvlog, pool: &BufferPool, l: &Live) -> Vec<u8> {
+    if l.kind.pages(l.length) == 0 {
+        return Vec::new();
+    }
     let mut out = Vec::with_capacity(l.length as usize);
     let mut at = 0u32;
     while at < l.length {
@@ -66,11 +71,16 @@ fn payload(log: &Nvlog, pool: &BufferPool, l: &Live) -> Vec<u8> {
     out
 }
 
-/// Writes one record through the API; returns what `live()` should then show for it.
-fn write(log: &mut Nvlog, pool: &mut BufferPool, disk: u64, offset: u64, data: &[u8]) -> Live {
-    let r = log
-        .reserve(data.len() as u32)
-        .expect("room for a record in a log with nothing live");
+/// Writes one record through the API; returns what `live()` then shows for it, or `None`
+/// when the log is full.
+fn write(
+    log: &mut Nvlog,
+    pool: &mut BufferPool,
+    disk: u64,
+    offset: u64,
+    data: &[u8],
+) -> Option<Live> {
+    let r = log.reserve(data.len() as u32)?;
     let mut at = 0;
     for seg in log.segments(r.page, 0, data.len() as u32).as_slice() {
         pool.slice_mut(seg)
@@ -80,10 +90,22 @@ fn write(log: &mut Nvlog, pool: &mut BufferPool, disk: u64, offset: u64, data: &
     }
     assert_eq!(at, data.len());
     let seq = log.commit(pool, r, disk, offset);
-    *log.live()
-        .back()
-        .filter(|l| l.seq == seq)
-        .expect("committed record is live")
+    let l = log.live().back().filter(|l| l.seq == seq);
+    Some(*l.expect("committed record is live"))
+}
+
+/// Logs a zero or trim record (no payload).
+fn write_range(
+    log: &mut Nvlog,
+    pool: &mut BufferPool,
+    kind: RecordKind,
+    disk: u64,
+    offset: u64,
+    length: u32,
+) -> Option<Live> {
+    let seq = log.commit_range(pool, kind, disk, offset, length)?;
+    let l = log.live().back().filter(|l| l.seq == seq);
+    Some(*l.expect("committed record is live"))
 }
 
 fn fill(seq: u64, len: usize) -> Vec<u8> {
@@ -109,7 +131,12 @@ fn check_open(
         assert!(l.length > 0 && l.length <= MAX_RECORD);
         assert!(l.page < log.data_pages());
         let p = payload(log, pool, l);
-        assert_eq!(p.len(), l.length as usize);
+        let bytes = if l.kind.pages(l.length) > 0 {
+            l.length
+        } else {
+            0
+        };
+        assert_eq!(p.len(), bytes as usize);
         out.push((*l, p));
     }
     out
@@ -128,13 +155,26 @@ pub fn run(data: &[u8]) {
         if let Ok((mut log, _)) = Nvlog::open(&mut pool, REGION, 0x1234) {
             let n = 1 + inp.u8() % 6;
             for _ in 0..n {
-                let len = 1 + usize::from(inp.u16()) % (3 * PAGE);
-                let (disk, offset) = (u64::from(inp.u8() % 3), u64::from(inp.u16()) * 512);
-                let d = fill(log.next_seq(), len);
-                let l = write(&mut log, &mut pool, disk, offset, &d);
-                written.push((l, d));
+                let len = inp.u16();
+                let b = inp.u8();
+                let (disk, offset) = (u64::from(b % 3), u64::from(inp.u16()) * 512);
+                let l = match (b >> 4) % 4 {
+                    2 | 3 => {
+                        let kind = [RecordKind::Zero, RecordKind::Trim][usize::from(b >> 4) % 2];
+                        let length = (u32::from(len) + 1) * 512;
+                        write_range(&mut log, &mut pool, kind, disk, offset, length)
+                            .map(|l| (l, Vec::new()))
+                    }
+                    _ => {
+                        let d = fill(log.next_seq(), 1 + usize::from(len) % (3 * PAGE));
+                        write(&mut log, &mut pool, disk, offset, &d).map(|l| (l, d))
+                    }
+                };
+                // A full log refuses more: what was written stays.
+                let Some(l) = l else { break };
+                written.push(l);
             }
-            if cfg & 3 == 2 {
+            if cfg & 3 == 2 && !written.is_empty() {
                 let upto = written[usize::from(inp.u8()) % written.len()].0.seq;
                 log.retire(&mut pool, upto);
                 written.retain(|(l, _)| l.seq > upto);
@@ -179,11 +219,11 @@ pub fn run(data: &[u8]) {
         assert_eq!(report.torn, None);
         let want: Vec<_> = written
             .iter()
-            .map(|(l, d)| (l.seq, l.disk_id, l.offset, l.length, d))
+            .map(|(l, d)| (l.seq, l.kind, l.disk_id, l.offset, l.length, d))
             .collect();
         let got: Vec<_> = found
             .iter()
-            .map(|(l, d)| (l.seq, l.disk_id, l.offset, l.length, d))
+            .map(|(l, d)| (l.seq, l.kind, l.disk_id, l.offset, l.length, d))
             .collect();
         assert_eq!(got, want, "open did not find the records written");
     }
@@ -194,18 +234,18 @@ pub fn run(data: &[u8]) {
 
     // A new record after replay, found intact by the next open.
     let d = fill(log.next_seq(), 1 + (pages * 37) % (2 * PAGE));
-    let new = write(&mut log, &mut pool, 9, 4096, &d);
+    let new = write(&mut log, &mut pool, 9, 4096, &d).expect("room in a log with nothing live");
+    let zero = write_range(&mut log, &mut pool, RecordKind::Zero, 9, 0, 8192)
+        .expect("a header slot in a log with one record");
     let region = snapshot(&pool, pages);
     let mut pool = pool_over(&region);
     let (log, report) = Nvlog::open(&mut pool, REGION, 0x9abc).expect("reopen");
     assert!(!report.formatted, "the log was formatted again");
     let found = check_open(&log, &pool, report.pending, report.retired_seq);
-    let (first, p) = found
-        .first()
-        .expect("the new record is not live after reopening");
-    assert_eq!(
-        (first.seq, first.disk_id, first.offset, first.length),
-        (new.seq, 9, 4096, new.length)
+    assert!(
+        found.len() >= 2,
+        "the new records are not live after reopening"
     );
-    assert_eq!(p, &d, "the new record's payload changed");
+    assert_eq!(found[0], (new, d), "the new data record changed");
+    assert_eq!(found[1], (zero, Vec::new()), "the new zero record changed");
 }

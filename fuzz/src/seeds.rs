@@ -167,8 +167,8 @@ fn nvlog_region(pages: usize) -> Vec<u8> {
     out
 }
 
-/// A `nvlog_open` input: config, pages, the records of the base (length, disk, offset / 512),
-/// which one to retire up to, and patches.
+/// A `nvlog_open` input: config, pages, the records of the base (length, disk and kind,
+/// offset / 512), which one to retire up to, and patches.
 fn nvlog_input(
     cfg: u8,
     pages: usize,
@@ -198,7 +198,14 @@ fn nvlog_input(
 
 fn nvlog_seeds(out: &mut Vec<Seed>) {
     let t = "nvlog_open";
-    let recs: &[(u16, u8, u16)] = &[(4095, 0, 8), (511, 1, 0), (9999, 2, 100)];
+    // (length, disk | kind << 4 (2: zero, 3: trim), offset / 512).
+    let recs: &[(u16, u8, u16)] = &[
+        (4095, 0, 8),
+        (511, 1, 0),
+        (15, 0x20, 16),
+        (9999, 2, 100),
+        (7, 0x31, 0),
+    ];
     out.push((t, "empty".into(), nvlog_input(0, 20, &[], 0, &[])));
     out.push((t, "records".into(), nvlog_input(1, 36, recs, 0, &[])));
     out.push((
