@@ -432,6 +432,13 @@ pub struct BenchNbdArgs {
     /// Bytes of the export the jobs touch from offset 0 (fio size=). Default: all of it.
     #[arg(long, value_name = "SIZE")]
     pub span: Option<ByteSize>,
+    /// fio sends an NBD FLUSH after every N writes (fio fsync=N); 0: never. With 1 both
+    /// targets put every write on the disk before it counts (like with like: the guest's
+    /// FLUSH waits for the disk under durability=disk, qemu-nbd's runs fdatasync); without
+    /// it the guest acknowledges writes in its NVRAM log and qemu-nbd after an O_DIRECT
+    /// write, and the table says so.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub fsync: u32,
     /// Raw image to start from. It is copied once per target (write jobs change the
     /// copies, never this file). Default: a fresh image written in full with zeros
     /// (qemu-img create -o preallocation=full), so reads hit allocated blocks.

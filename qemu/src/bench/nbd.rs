@@ -28,8 +28,27 @@
 //! --iodepth=QD --time_based=1 --runtime=T [--ramp_time=R] [--size=SPAN]
 //! --unified_rw_reporting=mixed --output-format=json --output=FILE`
 //!
+//! (`--fsync=N` added with `--fsync N`: fio sends an NBD FLUSH after every N writes.)
+//!
 //! From fio's JSON ([`parse_fio_json`]): IOPS, bandwidth, completion-latency (clat)
-//! percentiles p50/p99/p99.9 and max. Results: a table of medians per (job, target) with
+//! percentiles p50/p99/p99.9 and max.
+//!
+//! **Copies.** Before and after each guest run the bench reads the guest's management port
+//! (`status`, a host port forwarded to guest port 10810; fields in
+//! `unikernel::mgmt_status`): NBD payload bytes served and the bytes the guest's CPU copied
+//! at the four places of its NBD data path (frame -> socket buffer and socket buffer ->
+//! frame inside smoltcp, counted from the frames' TCP headers; socket buffer -> NBD server
+//! and back, counted at the socket boundary). `copies/req` is copied bytes over payload
+//! bytes: how many times each request's payload was copied (NBD headers, retransmissions
+//! and fio's ramp included). qemu-nbd runs on the host and is not measured: `n/a (host)`.
+//!
+//! **Durability.** The targets do not acknowledge a write at the same point, and the table
+//! and the JSON say which is which ([`guest_durability`], [`ANCHOR_DURABILITY`]): the guest
+//! (`durability=disk`, the default) acknowledges a write without FUA once it is in its
+//! NVRAM log, qemu-nbd (`--cache=none`) once its O_DIRECT write to the image returned.
+//! Neither flushes the host disk for a plain write. `--fsync 1` compares like with like:
+//! every write is followed by a FLUSH, which both return only once the data is on the image
+//! and the host disk was flushed. Results: a table of medians per (job, target) with
 //! the guest/anchor IOPS ratio, `--json` with every run's fio job object, and `--svg`, a bar
 //! chart of median IOPS per job, guest vs anchor. Timings taken under TCG say little about
 //! the guest's speed on KVM: the guest's CPU is emulated, the anchor's is not.
@@ -48,6 +67,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::Serialize;
+use unikernel::mgmt_status::{DataPath, Status};
 
 use super::blk::{create_preallocated, image_info, ratio, si, ImageInfo, Interrupted, Latency};
 use super::blk::{BlockSize, RwMode};
@@ -58,7 +78,7 @@ use crate::builder::{
 };
 use crate::cli::BenchNbdArgs;
 use crate::console::ConsoleEvent;
-use crate::run::{GUEST_NBD_PORT, STOP_GRACE};
+use crate::run::{GUEST_MGMT_PORT, GUEST_NBD_PORT, STOP_GRACE};
 use crate::state::MAX_SOCKET_PATH;
 use crate::vm::{Poll, SpawnOptions, Vm};
 
@@ -74,6 +94,12 @@ pub const SERVER_START_TIMEOUT: Duration = Duration::from_secs(15);
 pub const FIO_SLACK: Duration = Duration::from_secs(60);
 /// The cache mode both targets use.
 pub const CACHE_MODE: &str = "none (O_DIRECT) with aio=native on both targets";
+/// When `qemu-nbd --cache=none` acknowledges a write, and what its FLUSH does.
+pub const ANCHOR_DURABILITY: &str = "qemu-nbd --cache=none: a WRITE is acknowledged once its \
+     O_DIRECT write to the image returned (on the host disk, possibly in its volatile cache; \
+     not flushed); FLUSH runs fdatasync on the image";
+/// How long one management-port query may take.
+pub const MGMT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An NBD server under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum, Serialize)]
@@ -175,6 +201,10 @@ impl FioJob {
         if let Some(span) = params.span_bytes {
             a.push(format!("--size={span}"));
         }
+        if params.fsync > 0 {
+            // The nbd engine turns each fio sync into an NBD FLUSH.
+            a.push(format!("--fsync={}", params.fsync));
+        }
         // One section ("mixed") whatever the direction, randrw included.
         a.push("--unified_rw_reporting=mixed".into());
         a.push("--output-format=json".into());
@@ -191,6 +221,8 @@ pub struct RunParams {
     pub ramp_s: u32,
     /// fio `size=` (bytes from offset 0), when given.
     pub span_bytes: Option<u64>,
+    /// fio `fsync=`: an NBD FLUSH after every this many writes (0: none).
+    pub fsync: u32,
 }
 
 /// What one fio run measured.
@@ -208,6 +240,8 @@ pub struct FioResult {
     pub io_bytes: u64,
     /// fio's measured runtime, milliseconds.
     pub runtime_ms: u64,
+    /// Syncs (NBD FLUSHes) fio issued.
+    pub syncs: u64,
 }
 
 /// Parse fio's `--output-format=json` text (anything before the JSON object, such as the nbd
@@ -266,6 +300,7 @@ pub fn parse_fio_json(text: &str) -> anyhow::Result<(FioResult, serde_json::Valu
             .map(|s| s["io_bytes"].as_u64().unwrap_or(0))
             .sum(),
         runtime_ms: job["job_runtime"].as_u64().unwrap_or(0),
+        syncs: job["sync"]["total_ios"].as_u64().unwrap_or(0),
     };
     if !(result.iops.is_finite() && result.iops > 0.0) {
         bail!("fio reported no throughput (iops={})", result.iops);
@@ -282,6 +317,119 @@ fn head(s: &str) -> String {
     }
 }
 
+/// What the guest served and copied during one or more runs (differences of its management
+/// port's counters; see `unikernel::mgmt_status`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct GuestCopies {
+    /// NBD requests the guest took (fio's ramp and flushes included).
+    pub requests: u64,
+    /// Payload bytes of those reads and writes.
+    pub payload_bytes: u64,
+    /// smoltcp: TCP payload of received frames into socket receive buffers.
+    pub frame_to_socket: u64,
+    /// NBD server: out of socket receive buffers (headers; write payload into the log).
+    pub socket_to_app: u64,
+    /// NBD server: into socket send buffers (headers; read payload from pool buffers).
+    pub app_to_socket: u64,
+    /// smoltcp: socket send buffers into outgoing frames.
+    pub socket_to_frame: u64,
+    /// The four together.
+    pub copied_bytes: u64,
+    /// `copied_bytes / payload_bytes`: how many times each payload byte was copied, i.e.
+    /// payload copies per request (NBD headers and retransmissions included).
+    pub copies_per_request: Option<f64>,
+}
+
+impl GuestCopies {
+    /// From the counters read before and after a run.
+    pub fn between(before: &Status, after: &Status) -> GuestCopies {
+        GuestCopies::from_delta(
+            after.requests.saturating_sub(before.requests),
+            &after.data.since(&before.data),
+        )
+    }
+
+    fn from_delta(requests: u64, d: &DataPath) -> GuestCopies {
+        GuestCopies {
+            requests,
+            payload_bytes: d.payload_bytes(),
+            frame_to_socket: d.copy_frame_to_socket,
+            socket_to_app: d.copy_socket_to_app,
+            app_to_socket: d.copy_app_to_socket,
+            socket_to_frame: d.copy_socket_to_frame,
+            copied_bytes: d.copied_bytes(),
+            copies_per_request: (d.payload_bytes() > 0)
+                .then(|| d.copied_bytes() as f64 / d.payload_bytes() as f64),
+        }
+    }
+
+    /// Several runs together.
+    pub fn sum<'a>(runs: impl IntoIterator<Item = &'a GuestCopies>) -> Option<GuestCopies> {
+        let mut d = DataPath::default();
+        let mut requests = 0;
+        let mut any = false;
+        for r in runs {
+            any = true;
+            requests += r.requests;
+            d.nbd_read_bytes += r.payload_bytes;
+            d.copy_frame_to_socket += r.frame_to_socket;
+            d.copy_socket_to_app += r.socket_to_app;
+            d.copy_app_to_socket += r.app_to_socket;
+            d.copy_socket_to_frame += r.socket_to_frame;
+        }
+        any.then(|| GuestCopies::from_delta(requests, &d))
+    }
+}
+
+/// The guest's `status` through its management port at `127.0.0.1:port`.
+pub fn guest_status(port: u16) -> anyhow::Result<Status> {
+    use std::io::{BufRead, BufReader, Write};
+    let addr = (Ipv4Addr::LOCALHOST, port).into();
+    let mut s = TcpStream::connect_timeout(&addr, MGMT_TIMEOUT)
+        .with_context(|| format!("connecting to the guest's management port {addr}"))?;
+    s.set_read_timeout(Some(MGMT_TIMEOUT))?;
+    s.write_all(b"status\n")?;
+    let mut line = String::new();
+    BufReader::new(&s)
+        .read_line(&mut line)
+        .with_context(|| format!("reading the guest's status from {addr}"))?;
+    Status::parse(&line).map_err(|e| anyhow::anyhow!("{e}: {:?}", line.trim()))
+}
+
+/// When the guest acknowledges a write and what FLUSH/FUA wait for, from its command-line
+/// words and whether it has an NVRAM device: (short label, full sentence).
+pub fn guest_durability(cmdline: Option<&str>, nvram: bool) -> (String, String) {
+    let nvlog = cmdline
+        .into_iter()
+        .flat_map(str::split_whitespace)
+        .filter_map(|w| w.strip_prefix("durability="))
+        .next_back()
+        == Some("nvlog");
+    match (nvlog, nvram) {
+        (true, true) => (
+            "NVRAM log".into(),
+            "guest durability=nvlog: WRITE, FUA and FLUSH return once the data is in the \
+             NVRAM log (an ivshmem file in the host's page cache; a host power loss can lose \
+             them)"
+                .into(),
+        ),
+        (_, true) => (
+            "NVRAM log".into(),
+            "guest durability=disk: a WRITE without FUA is acknowledged once it is in the \
+             NVRAM log (an ivshmem file in the host's page cache); FLUSH and FUA return once \
+             the data is on the disk image and the disk was flushed"
+                .into(),
+        ),
+        (_, false) => (
+            "RAM log".into(),
+            "guest durability=disk without NVRAM: a WRITE without FUA is acknowledged once it \
+             is in the log in guest RAM; FLUSH and FUA return once the data is on the disk \
+             image and the disk was flushed"
+                .into(),
+        ),
+    }
+}
+
 /// One fio run.
 #[derive(Debug, Clone, Serialize)]
 pub struct FioRun {
@@ -289,6 +437,9 @@ pub struct FioRun {
     pub repeat: u32,
     /// What it measured.
     pub result: FioResult,
+    /// Guest runs: what the guest served and copied during the run (`None` on the anchor,
+    /// or when a restart in the middle made the counters start again).
+    pub guest_copies: Option<GuestCopies>,
     /// fio's job object, as fio wrote it.
     pub fio: serde_json::Value,
 }
@@ -318,6 +469,11 @@ pub struct NbdRow {
     pub clat_p999_us: f64,
     /// On guest rows: median IOPS of the guest divided by the anchor's for the same job.
     pub ratio_guest_over_anchor: Option<f64>,
+    /// On guest rows: what the guest copied over every run together (`copies_per_request`
+    /// is the table's `copies/req`). `None` on the anchor: a host process, not measured.
+    pub guest_copies: Option<GuestCopies>,
+    /// When this target acknowledges a write (the table's `write ack`).
+    pub write_ack: String,
     /// Every run.
     pub runs: Vec<FioRun>,
 }
@@ -339,6 +495,12 @@ impl NbdRow {
             clat_p99_us: col(&|r| r.clat_us.p99).median,
             clat_p999_us: col(&|r| r.clat_us.p999).median,
             ratio_guest_over_anchor: None,
+            guest_copies: if runs.iter().all(|r| r.guest_copies.is_some()) {
+                GuestCopies::sum(runs.iter().filter_map(|r| r.guest_copies.as_ref()))
+            } else {
+                None
+            },
+            write_ack: String::new(),
             runs,
         }
     }
@@ -367,6 +529,10 @@ pub struct TargetInfo {
     pub image: ImageInfo,
     /// Guest only: the fields of its `TANDEM READY` line.
     pub guest_ready: Option<BTreeMap<String, String>>,
+    /// When it acknowledges a write, and what its FLUSH and FUA wait for.
+    pub durability: String,
+    /// The same, in a word or two (the table's `write ack`, FLUSH added with `--fsync`).
+    pub write_ack: String,
     /// Seconds from starting the server to its export being served.
     pub start_s: f64,
 }
@@ -396,6 +562,8 @@ pub struct NbdReport {
     pub image_bytes: u64,
     /// The host cache mode, the same on both targets.
     pub cache: String,
+    /// Whether the targets' writes are durable at the same point in this run, and why not.
+    pub durability_comparison: String,
     /// Per-run parameters.
     pub params: RunParams,
     /// Runs per target and job.
@@ -468,6 +636,24 @@ pub fn guest_nbd_port(cmdline: Option<&str>) -> u16 {
         .filter_map(|p| p.parse().ok())
         .next_back()
         .unwrap_or(GUEST_NBD_PORT)
+}
+
+/// The guest management port named by `mgmt.port=` in the guest command-line words, else
+/// 10810; `None` when the words turn it off (`mgmt.port=0`).
+pub fn guest_mgmt_port(cmdline: Option<&str>) -> Option<u16> {
+    let port = cmdline
+        .into_iter()
+        .flat_map(str::split_whitespace)
+        .filter_map(|w| w.strip_prefix("mgmt.port="))
+        .filter_map(|p| p.parse().ok())
+        .next_back()
+        .unwrap_or(GUEST_MGMT_PORT);
+    (port != 0).then_some(port)
+}
+
+/// Whether `rw` writes.
+fn writes(rw: RwMode) -> bool {
+    !matches!(rw, RwMode::Read | RwMode::Randread)
 }
 
 /// `fio --version`.
@@ -595,6 +781,7 @@ pub fn run(args: &BenchNbdArgs, interrupted: &AtomicBool) -> anyhow::Result<NbdR
         time_s: args.time,
         ramp_s: args.ramp,
         span_bytes: args.span.map(|s| s.bytes()),
+        fsync: args.fsync,
     };
     let total = (targets.len() * jobs.len()) as u64 * u64::from(args.repeats);
     let per_run = u64::from(args.time + args.ramp);
@@ -631,6 +818,32 @@ pub fn run(args: &BenchNbdArgs, interrupted: &AtomicBool) -> anyhow::Result<NbdR
         format!("{} ivshmem-plain over a fresh file", args.nvram_size)
     };
 
+    let guest_has_nvram = nvram_requested && args.machine != Machine::Microvm;
+    let (guest_ack, guest_durability_text) =
+        guest_durability(args.vm.cmdline.as_deref(), guest_has_nvram);
+    let guest_nvlog = guest_durability_text.contains("durability=nvlog");
+    let with_flush = |ack: &str, flush: &str| {
+        if args.fsync > 0 {
+            format!("{ack} + FLUSH/{}: {flush}", args.fsync)
+        } else {
+            ack.to_string()
+        }
+    };
+    let durability_comparison = match (args.fsync, guest_nvlog) {
+        (0, _) => "not like with like: the guest acknowledges a write once it is in its log, \
+                   qemu-nbd once its O_DIRECT write returned; neither flushes the host disk \
+                   (--fsync 1 makes both flush every write)"
+            .to_string(),
+        (n, false) => format!(
+            "like with like: fio sends a FLUSH after every {n} write(s), and both targets \
+             return it only once the data is on the image and the host disk was flushed"
+        ),
+        (n, true) => format!(
+            "not like with like: fio sends a FLUSH after every {n} write(s); qemu-nbd returns \
+             it after fdatasync, the guest (durability=nvlog) once the data is in its NVRAM log"
+        ),
+    };
+
     let mut progress = Progress::new(total);
     let fio_timeout = Duration::from_secs(per_run) + FIO_SLACK;
     let mut target_infos = Vec::new();
@@ -640,10 +853,17 @@ pub fn run(args: &BenchNbdArgs, interrupted: &AtomicBool) -> anyhow::Result<NbdR
         let image_path = PathBuf::from(&image.path);
         let t0 = Instant::now();
         progress.start(&format!("starting {target}"));
+        let mut mgmt = None;
         let (mut server, uri, command, description, ready) = match target {
             NbdTarget::Guest => {
                 let port = free_port()?;
                 let guest_port = guest_nbd_port(args.vm.cmdline.as_deref());
+                let mut nic = Nic::user().forward(port, guest_port);
+                if let Some(guest_mgmt) = guest_mgmt_port(args.vm.cmdline.as_deref()) {
+                    let host_mgmt = free_port()?;
+                    nic = nic.forward(host_mgmt, guest_mgmt);
+                    mgmt = Some(host_mgmt);
+                }
                 let mut cmd = QemuCommand::new(&qemu)
                     .name("tandem-bench-nbd")
                     .machine(args.machine)
@@ -659,7 +879,7 @@ pub fn run(args: &BenchNbdArgs, interrupted: &AtomicBool) -> anyhow::Result<NbdR
                             .aio(Aio::Native)
                             .cache_direct(true),
                     )
-                    .nic(Nic::user().forward(port, guest_port));
+                    .nic(nic);
                 if args.machine == Machine::Microvm {
                     cmd = cmd.microvm_acpi(false);
                 }
@@ -732,6 +952,10 @@ pub fn run(args: &BenchNbdArgs, interrupted: &AtomicBool) -> anyhow::Result<NbdR
                 let mut fio_args = job.fio_args(&name, &uri, &params);
                 let out = dir.join("fio.json");
                 fio_args.push(format!("--output={}", out.display()));
+                let before = match mgmt {
+                    Some(p) => Some(guest_status(p).with_context(|| what.clone())?),
+                    None => None,
+                };
                 let (result, fio_job) = run_fio(
                     &fio,
                     &fio_args,
@@ -742,23 +966,61 @@ pub fn run(args: &BenchNbdArgs, interrupted: &AtomicBool) -> anyhow::Result<NbdR
                     &mut server,
                 )
                 .with_context(|| what.clone())?;
+                let guest_copies = match (mgmt, before) {
+                    (Some(p), Some(before)) => {
+                        let after = guest_status(p).with_context(|| what.clone())?;
+                        if after.restarts != before.restarts {
+                            progress.note(&format!(
+                                "{what}: the guest restarted during the run; no copy counts"
+                            ));
+                            None
+                        } else {
+                            Some(GuestCopies::between(&before, &after))
+                        }
+                    }
+                    _ => None,
+                };
                 progress.finish_one(
                     &what,
                     &format!(
-                        "{:.0} IOPS, {:.1} MB/s, clat p50 {:.0} us, p99 {:.0} us",
-                        result.iops, result.mbps, result.clat_us.p50, result.clat_us.p99
+                        "{:.0} IOPS, {:.1} MB/s, clat p50 {:.0} us, p99 {:.0} us{}",
+                        result.iops,
+                        result.mbps,
+                        result.clat_us.p50,
+                        result.clat_us.p99,
+                        match guest_copies.and_then(|c| c.copies_per_request) {
+                            Some(c) => format!(", {c:.2} copies/req"),
+                            None => String::new(),
+                        }
                     ),
                 );
                 runs[i].push(FioRun {
                     repeat,
                     result,
+                    guest_copies,
                     fio: fio_job,
                 });
             }
         }
         server.stop();
+        let (durability, write_ack) = match target {
+            NbdTarget::Guest => (
+                guest_durability_text.clone(),
+                with_flush(&guest_ack, if guest_nvlog { "NVRAM log" } else { "disk" }),
+            ),
+            NbdTarget::QemuNbd => (
+                ANCHOR_DURABILITY.to_string(),
+                with_flush("O_DIRECT write", "fdatasync"),
+            ),
+        };
         for (job, job_runs) in jobs.iter().zip(runs) {
-            rows.push(NbdRow::new(target, *job, job_runs));
+            let mut row = NbdRow::new(target, *job, job_runs);
+            row.write_ack = if writes(job.rw) {
+                write_ack.clone()
+            } else {
+                "-".into()
+            };
+            rows.push(row);
         }
         target_infos.push(TargetInfo {
             target,
@@ -767,6 +1029,8 @@ pub fn run(args: &BenchNbdArgs, interrupted: &AtomicBool) -> anyhow::Result<NbdR
             command,
             image,
             guest_ready: ready,
+            durability,
+            write_ack,
             start_s,
         });
     }
@@ -785,6 +1049,7 @@ pub fn run(args: &BenchNbdArgs, interrupted: &AtomicBool) -> anyhow::Result<NbdR
         image_origin,
         image_bytes,
         cache: CACHE_MODE.into(),
+        durability_comparison,
         params,
         repeats: args.repeats,
         jobs: jobs.iter().map(ToString::to_string).collect(),
@@ -1113,6 +1378,11 @@ pub fn table(r: &NbdReport) -> String {
     if r.targets.iter().any(|t| t.target == NbdTarget::Guest) {
         let _ = writeln!(s, "  guest NVRAM: {}", r.guest_nvram);
     }
+    let _ = writeln!(s, "durability:");
+    for t in &r.targets {
+        let _ = writeln!(s, "  {:<9} {}", t.target.name(), t.durability);
+    }
+    let _ = writeln!(s, "  => {}", r.durability_comparison);
     let mut t = Table::new(&[
         ("job", Align::Left),
         ("target", Align::Left),
@@ -1122,6 +1392,8 @@ pub fn table(r: &NbdReport) -> String {
         ("p99 us", Align::Right),
         ("p99.9 us", Align::Right),
         ("guest/anchor", Align::Right),
+        ("copies/req", Align::Right),
+        ("write ack", Align::Left),
     ]);
     for row in &r.rows {
         t.row(vec![
@@ -1137,12 +1409,23 @@ pub fn table(r: &NbdReport) -> String {
             } else {
                 String::new()
             },
+            match (
+                row.target,
+                row.guest_copies.and_then(|c| c.copies_per_request),
+            ) {
+                (NbdTarget::QemuNbd, _) => "n/a (host)".into(),
+                (_, Some(c)) => format!("{c:.2}"),
+                (_, None) => "-".into(),
+            },
+            row.write_ack.clone(),
         ]);
     }
     s.push_str(&t.render());
     let _ = writeln!(
         s,
-        "latency: fio completion latency (clat); guest {} ({}){}",
+        "copies/req: bytes the guest's CPU copied on its NBD path (smoltcp frame<->socket \
+         buffer, socket buffer<->NBD server) per payload byte served, NBD headers and fio's \
+         ramp included\nlatency: fio completion latency (clat); guest {} ({}){}",
         r.accel,
         r.machine,
         if r.accel == accel::Accel::Tcg {
@@ -1246,6 +1529,7 @@ mod tests {
             time_s: 5,
             ramp_s: 0,
             span_bytes: None,
+            fsync: 0,
         };
         assert_eq!(
             j.fio_args("guest-randwrite", "nbd://127.0.0.1:1234/blk0", &p),
@@ -1266,10 +1550,12 @@ mod tests {
             time_s: 1,
             ramp_s: 2,
             span_bytes: Some(64 << 20),
+            fsync: 1,
         };
         let a = j.fio_args("x", "u", &p);
         assert!(a.contains(&"--ramp_time=2".to_string()));
         assert!(a.contains(&format!("--size={}", 64 << 20)));
+        assert!(a.contains(&"--fsync=1".to_string()));
     }
 
     #[test]
@@ -1278,6 +1564,58 @@ mod tests {
         assert_eq!(guest_nbd_port(Some("log=debug")), 10809);
         assert_eq!(guest_nbd_port(Some("nbd.port=2000 log=info")), 2000);
         assert_eq!(guest_nbd_port(Some("nbd.port=x")), 10809);
+        assert_eq!(guest_mgmt_port(None), Some(10810));
+        assert_eq!(guest_mgmt_port(Some("mgmt.port=2001")), Some(2001));
+        assert_eq!(guest_mgmt_port(Some("log=info mgmt.port=0")), None);
+    }
+
+    #[test]
+    fn durability_labels() {
+        let (ack, text) = guest_durability(None, true);
+        assert_eq!(ack, "NVRAM log");
+        assert!(
+            text.contains("durability=disk") && text.contains("NVRAM log"),
+            "{text}"
+        );
+        let (ack, text) = guest_durability(Some("durability=nvlog"), true);
+        assert_eq!(ack, "NVRAM log");
+        assert!(text.contains("durability=nvlog"), "{text}");
+        let (ack, text) = guest_durability(Some("durability=nvlog"), false);
+        assert_eq!(ack, "RAM log", "without NVRAM the guest falls back to disk");
+        assert!(text.contains("durability=disk"), "{text}");
+        assert!(ANCHOR_DURABILITY.contains("O_DIRECT"));
+    }
+
+    #[test]
+    fn copies_from_status_lines() {
+        let before = Status::parse(
+            "ok restarts=0 requests=10 heap_used=1 nbd_read_bytes=4096 nbd_write_bytes=0 \
+             copy_frame_to_socket=100 copy_socket_to_app=100 copy_app_to_socket=4116 \
+             copy_socket_to_frame=4116",
+        )
+        .unwrap();
+        // 100 reads of 4 KiB: 16-byte reply headers... as the guest would count them.
+        let mut after = before;
+        after.requests += 100;
+        after.data.nbd_read_bytes += 100 * 4096;
+        after.data.copy_frame_to_socket += 100 * 28;
+        after.data.copy_socket_to_app += 100 * 28;
+        after.data.copy_app_to_socket += 100 * (4096 + 16);
+        after.data.copy_socket_to_frame += 100 * (4096 + 16);
+        let c = GuestCopies::between(&before, &after);
+        assert_eq!((c.requests, c.payload_bytes), (100, 409_600));
+        assert_eq!(c.copied_bytes, 100 * (2 * 28 + 2 * 4112));
+        let per = c.copies_per_request.unwrap();
+        assert!((per - 2.0215).abs() < 1e-3, "{per}");
+        let both = GuestCopies::sum([&c, &c]).unwrap();
+        assert_eq!(both.copied_bytes, 2 * c.copied_bytes);
+        assert_eq!(both.copies_per_request, c.copies_per_request);
+        assert_eq!(GuestCopies::sum([]), None);
+        // Nothing served: no ratio rather than a made-up one.
+        assert_eq!(
+            GuestCopies::between(&before, &before).copies_per_request,
+            None
+        );
     }
 
     /// Trimmed from real fio 3.33 output (`--unified_rw_reporting=mixed`), with the nbd
@@ -1362,6 +1700,15 @@ mod tests {
                     mbps: v * 4096.0 / 1e6,
                     ..FioResult::default()
                 },
+                guest_copies: (target == NbdTarget::Guest).then(|| GuestCopies {
+                    requests: 10,
+                    payload_bytes: 40960,
+                    frame_to_socket: 40960,
+                    socket_to_app: 40960,
+                    copied_bytes: 81920,
+                    copies_per_request: Some(2.0),
+                    ..GuestCopies::default()
+                }),
                 fio: serde_json::Value::Null,
             })
             .collect();
@@ -1387,10 +1734,12 @@ mod tests {
             image_origin: "test".into(),
             image_bytes: 1 << 30,
             cache: CACHE_MODE.into(),
+            durability_comparison: "not like with like".into(),
             params: RunParams {
                 time_s: 5,
                 ramp_s: 0,
                 span_bytes: None,
+                fsync: 0,
             },
             repeats: 3,
             jobs: vec![],
@@ -1403,6 +1752,8 @@ mod tests {
                     command: String::new(),
                     image: image.clone(),
                     guest_ready: None,
+                    durability: format!("{t} durability"),
+                    write_ack: format!("{t} ack"),
                     start_s: 0.0,
                 })
                 .collect(),
@@ -1449,8 +1800,16 @@ mod tests {
             .lines()
             .find(|l| l.starts_with("randread 4k qd1") && l.contains("guest"))
             .unwrap();
-        assert!(line.trim_end().ends_with("0.25"), "{line}");
+        assert!(line.contains(" 0.25 "), "{line}");
         assert!(line.contains("200"), "{line}");
+        assert!(line.contains(" 2.00"), "guest copies per request: {line}");
+        let anchor = text
+            .lines()
+            .find(|l| l.starts_with("randread 4k qd1") && l.contains("qemu-nbd"))
+            .unwrap();
+        assert!(anchor.contains("n/a (host)"), "{anchor}");
+        assert!(text.contains("guest durability") && text.contains("qemu-nbd durability"));
+        assert!(text.contains("not like with like"), "{text}");
         let svg = chart(&r).render();
         assert!(svg.contains("randread 4k qd1"));
         assert!(svg.contains("(0.25x)"));
@@ -1465,6 +1824,14 @@ mod tests {
         assert_eq!(j["rows"][0]["bs"], 4096);
         assert_eq!(j["rows"][0]["job"], "randread:4k:1");
         assert_eq!(j["rows"][0]["iops"]["median"], 200.0);
+        assert_eq!(j["rows"][0]["guest_copies"]["copies_per_request"], 2.0);
+        assert_eq!(j["rows"][0]["guest_copies"]["copied_bytes"], 3 * 81920);
+        assert!(
+            j["rows"][1]["guest_copies"].is_null(),
+            "the anchor is not measured"
+        );
+        assert_eq!(j["targets"][1]["durability"], "qemu-nbd durability");
+        assert_eq!(j["durability_comparison"], "not like with like");
 
         // One target: no ratio anywhere.
         let only = order_and_ratios(
