@@ -7,21 +7,24 @@
 //!
 //! The daemon is built once per test process with `cargo build --release --manifest-path
 //! host-backend/Cargo.toml --target-dir target` (nothing to do when up to date), or taken
-//! from `TANDEM_BACKEND`.
+//! from `TANDEM_BACKEND`; `tandem` likewise (`TANDEM_BIN`). Waits are on what can be
+//! observed (a console line, a write reaching the image, a log line, an exit), bounded.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
 use tandem_qemu::builder::{Machine, Nic, QemuCommand, VhostUserBlk};
 use tandem_qemu::exit::GuestExit;
 use tandem_qemu::ledger::{pattern, Ledger, BLOCK};
 use tandem_qemu::nbd_client::NbdClient;
+use tandem_qemu::pair::api::ENV_TANDEM_BIN;
 use tandem_qemu::size::ByteSize;
 use tandem_qemu::vhost_backend::{self, BackendCommand, BackendDaemon, Engine};
+use tandem_qemu::vm::Vm;
 use tandem_tests::*;
 
 /// The seed the jobs stamp their blocks with (checked on the host afterwards).
@@ -37,6 +40,46 @@ fn backend_bin() -> &'static Path {
         vhost_backend::build(&ws).unwrap_or_else(|e| panic!("{e:#}"));
         vhost_backend::default_path(&ws)
     })
+}
+
+/// The `tandem` binary of this tree (built once per test process; `TANDEM_BIN` overrides).
+fn tandem_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os(ENV_TANDEM_BIN).filter(|p| !p.is_empty()) {
+            return PathBuf::from(p);
+        }
+        let ws = workspace_root();
+        tandem_qemu::pair::api::build_tandem(&ws).unwrap_or_else(|e| panic!("{e:#}"));
+        ws.join("target").join("release").join("tandem")
+    })
+}
+
+/// Bound on one QMP exchange: QEMU answers from its main loop, which a reset of a
+/// vhost-user device (the daemon first completes what is in flight) and TCG on a loaded
+/// host can keep busy for seconds.
+const QMP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// When `image` was last written.
+fn mtime(image: &Path) -> SystemTime {
+    std::fs::metadata(image)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|e| panic!("{}: {e}", image.display()))
+}
+
+/// Wait (bounded) until the daemon writes to `image` after `since` (its modification time
+/// when the guest's job started): the job's requests are flowing through the daemon.
+fn wait_for_write(image: &Path, since: SystemTime, vm: &Vm, daemon: &BackendDaemon) {
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    while mtime(image) <= since {
+        assert!(
+            Instant::now() < deadline,
+            "no write reached the image within {BOOT_TIMEOUT:?} of the job's start\n{}\n{}",
+            console(vm),
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// A daemon serving `image` on `dir/vu.sock`, configured by `f`.
@@ -281,7 +324,7 @@ fn reconnect_after_qemu_sigkill() {
         l.text.contains("bench: randrw")
     })
     .unwrap_or_else(|e| panic!("{e}"));
-    std::thread::sleep(Duration::from_millis(500));
+    wait_for_write(&image, mtime(&image), &vm, &daemon);
     let killed = vm.kill();
     assert!(
         matches!(killed, GuestExit::Signal(9)),
@@ -333,7 +376,7 @@ fn device_reset_mid_job() {
     let image = sparse_disk(dir.path(), "img.raw", ByteSize::mib(64)).path;
     let daemon = start_backend(dir.path(), &image, |c| c.direct(true));
     let mut cmd = vu_guest(Machine::Q35, dir.path(), &daemon).cmdline(
-        "bench=blk0 bench.rw=randrw bench.qd=32 bench.time_ms=1500 bench.span_mib=16 \
+        "bench=blk0 bench.rw=randrw bench.qd=32 bench.time_ms=3000 bench.span_mib=16 \
          bench.verify=1",
     );
     cmd.no_reboot = false;
@@ -342,10 +385,11 @@ fn device_reset_mid_job() {
         l.text.contains("bench: randrw")
     })
     .unwrap_or_else(|e| panic!("{e}"));
-    std::thread::sleep(Duration::from_millis(400));
-    vm.qmp(Duration::from_secs(5))
+    // Reset once the job's writes reach the image (requests in flight in the daemon).
+    wait_for_write(&image, mtime(&image), &vm, &daemon);
+    vm.qmp(QMP_TIMEOUT)
         .and_then(|mut q| q.system_reset())
-        .unwrap_or_else(|e| panic!("system_reset: {e}"));
+        .unwrap_or_else(|e| panic!("system_reset: {e}\n{}", daemon.log_text()));
     let line = vm
         .wait_for_line("BENCH after the reset", BOOT_TIMEOUT, |l| {
             l.text.starts_with("BENCH ")
@@ -513,7 +557,8 @@ fn sigterm_completes_requests_in_flight() {
         l.text.contains("bench: randwrite")
     })
     .unwrap_or_else(|e| panic!("{e}"));
-    std::thread::sleep(Duration::from_millis(700));
+    // The first writes landed (each held 100 ms): the guest keeps its queue of 32 full.
+    wait_for_write(&image, mtime(&image), &vm, &daemon);
     let t = Instant::now();
     daemon.terminate();
     let status = loop {
@@ -546,15 +591,7 @@ fn sigterm_completes_requests_in_flight() {
 fn tandem_run_with_vhost_user_backend() {
     let dir = tandem_qemu::scratch::tempdir().unwrap();
     let state = dir.path().join("st");
-    let tandem = workspace_root()
-        .join("target")
-        .join("release")
-        .join("tandem");
-    if !tandem.is_file() {
-        eprintln!("{} not built; skipped", tandem.display());
-        return;
-    }
-    let out = std::process::Command::new(&tandem)
+    let out = std::process::Command::new(tandem_bin())
         .env(vhost_backend::ENV_BACKEND, backend_bin())
         .env(tandem_qemu::image::ENV_IMAGE, guest_image())
         .args([
