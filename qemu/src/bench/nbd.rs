@@ -240,8 +240,6 @@ pub struct FioResult {
     pub io_bytes: u64,
     /// fio's measured runtime, milliseconds.
     pub runtime_ms: u64,
-    /// Syncs (NBD FLUSHes) fio issued.
-    pub syncs: u64,
 }
 
 /// Parse fio's `--output-format=json` text (anything before the JSON object, such as the nbd
@@ -300,7 +298,6 @@ pub fn parse_fio_json(text: &str) -> anyhow::Result<(FioResult, serde_json::Valu
             .map(|s| s["io_bytes"].as_u64().unwrap_or(0))
             .sum(),
         runtime_ms: job["job_runtime"].as_u64().unwrap_or(0),
-        syncs: job["sync"]["total_ios"].as_u64().unwrap_or(0),
     };
     if !(result.iops.is_finite() && result.iops > 0.0) {
         bail!("fio reported no throughput (iops={})", result.iops);
