@@ -544,6 +544,54 @@ fn partial_states() {
     assert_done_after(st.name, st.after(&sim));
 }
 
+/// QEMU 7.2 of an older build than the candidate (a machine installed before the last
+/// point release): nothing to do while every command is there; with qemu-utils gone, all of
+/// QEMU, qemu-system-common included, moves to the candidate together (no downgrade).
+#[test]
+fn older_qemu_build_installed() {
+    let v = candidate();
+    let (_, madison) = run(Command::new("apt-cache").args(["madison", "qemu-system-x86"]));
+    let older = madison
+        .lines()
+        .filter_map(|l| l.split('|').nth(1).map(str::trim))
+        .find(|o| *o != v);
+    let Some(older) = older else {
+        // A property of the archive (one build of QEMU in the lists), not of the script.
+        eprintln!("no build of qemu-system-x86 but {v} in apt's lists: state not constructible");
+        return;
+    };
+    let bare = State::new("bare Debian 12", bare());
+    let args: Vec<String> = [
+        "-y".to_string(),
+        "--no-install-recommends".to_string(),
+        format!("qemu-system-x86={older}"),
+        format!("qemu-system-common={older}"),
+        format!("qemu-utils={older}"),
+    ]
+    .into();
+    let old = bare.after(&bare.plan_accepted(&args));
+    assert_eq!(old.installed("qemu-system-common"), Some(older));
+
+    let st = State::unchecked("QEMU 7.2 older build", old.clone());
+    let plan = st.plan();
+    assert!(
+        plan.iter().all(|a| !a.starts_with("qemu")),
+        "QEMU is not touched while its commands are there: {plan:?}"
+    );
+
+    let st = State::new(
+        "QEMU 7.2 older build, no qemu-utils",
+        old.without(|s| package(s) == "qemu-utils"),
+    );
+    let plan = st.plan();
+    assert_qemu_pinned(st.name, &plan, &v);
+    assert!(has(&plan, &format!("qemu-system-common={v}")), "{plan:?}");
+    assert!(!has(&plan, "--allow-downgrades"), "{plan:?}");
+    let sim = st.plan_accepted(&plan);
+    assert_installs_qemu(st.name, &sim, &v);
+    assert_done_after(st.name, st.after(&sim));
+}
+
 /// As another user the script installs nothing: it prints the exact command (the plan
 /// behind `sudo apt-get install`) and fails.
 #[test]
