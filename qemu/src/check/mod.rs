@@ -1041,9 +1041,17 @@ impl<'a> Checker<'a> {
                     Kind::Cache => c.cache += 1,
                 }
                 if let Err(msg) = r {
+                    if let Some(h) = self.hist_mut(f.seq) {
+                        h.outcome.push_str(", DIVERGED");
+                    }
                     let what =
                         format!("{} on blk{} at {:#x}+{}", f.kind, f.export, f.offset, f.len);
-                    self.diverged(&format!("{what}: {msg}"), f.export, f.offset, f.len.max(1));
+                    // The model names the first sector it cannot explain: show that sector's
+                    // history (else the whole range's).
+                    let (at, len) = sector_named(&msg)
+                        .filter(|o| (f.offset..f.offset + f.len).contains(o))
+                        .map_or((f.offset, f.len.max(1)), |o| (o, tandem_model::SECTOR));
+                    self.diverged(&format!("{what}: {msg}"), f.export, at, len);
                 }
                 Ok(())
             }
@@ -1334,6 +1342,13 @@ impl<'a> Checker<'a> {
     }
 }
 
+/// The byte offset in a model message `... offset 0x1234 ...`.
+fn sector_named(msg: &str) -> Option<u64> {
+    let (_, rest) = msg.split_once("offset 0x")?;
+    let hex: String = rest.chars().take_while(char::is_ascii_hexdigit).collect();
+    u64::from_str_radix(&hex, 16).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1361,6 +1376,13 @@ mod tests {
         assert_eq!(a.seed, Some(7));
         assert_eq!(a.crashes, vec![CrashChoice::Panic, CrashChoice::Kill]);
         assert_eq!(a.disks, 2);
+    }
+
+    #[test]
+    fn the_diverging_sector_is_found_in_the_model_message() {
+        let m = "export 1 offset 0xca000 (read): read Data(776), the model allows Zero";
+        assert_eq!(sector_named(m), Some(0xca000));
+        assert_eq!(sector_named("no offset here"), None);
     }
 
     #[test]
