@@ -400,6 +400,45 @@ fn persistent_read_errors_fail_that_read_with_eio() {
 }
 
 #[test]
+fn a_read_error_once_fails_that_read_only() {
+    let rig = Rig::boot(Some(&inject("read_aio", "read", Some(SECTOR), true)));
+    let mut a = rig.connect("blk0");
+    expect_eio("A: READ of the once-bad sector", &rig, || {
+        a.read(AT, LEN as u32)
+    });
+    let back = expect_ok("A: READ of it again", &rig, || a.read(AT, LEN as u32));
+    assert!(back.iter().all(|&b| b == 0));
+    b_serves(&rig, 0x5a);
+    let c = rig.console();
+    assert!(!c.contains("PANIC") && !c.contains("TANDEM RESTART"), "{c}");
+    rig.finish();
+}
+
+#[test]
+fn a_flush_error_once_is_retried() {
+    let rig = Rig::boot(None);
+    let mut a = rig.connect("blk0");
+    rig.swap_a(Some(&failing_flushes(1)), "dbg");
+    let data = pattern(0x6a);
+    // As with a write error once: the FUA WRITE may or may not see the one failure.
+    match timed("A: FUA WRITE meeting the once-failing flush", &rig, || {
+        a.write(AT, &data, true)
+    }) {
+        Ok(()) | Err(NbdError::Errno(EIO)) => {}
+        Err(e) => panic!("{e}"),
+    }
+    expect_ok("A: FLUSH", &rig, || a.flush());
+    assert!(
+        rig.a_has(AT, &data),
+        "the retried write is not on the image"
+    );
+    let n = rig.check_failure_lines();
+    assert!(n <= 2, "{n} failures for one injected error");
+    assert!(rig.console().contains("disk works again"));
+    rig.finish();
+}
+
+#[test]
 fn a_write_error_once_is_retried_and_the_log_drains() {
     let mut rig = Rig::boot(Some(&inject("pwritev", "write", Some(SECTOR), true)));
     let mut a = rig.connect("blk0");
