@@ -98,6 +98,8 @@ pub struct RunArgs {
     /// `[inject-error]` / `event = "pwritev"` / `iotype = "write"` / `errno = "5"` /
     /// `sector = "4096"` (keys: event, iotype read|write|flush|..., errno, sector,
     /// once on|off, immediately on|off; events pwritev, read_aio, flush_to_disk, ...).
+    /// A disk whose label write or flush fails at boot is not served: target the data area,
+    /// and gate flush rules with blkdebug states (tests/tests/disk_errors.rs has examples).
     /// Without --disk, STATE_DIR/disk0.raw is used (created sparse, --disk-size).
     #[arg(long, value_name = "PATH[,ro][,blkdebug=CONF]")]
     pub disk: Vec<DiskSpec>,
