@@ -189,7 +189,11 @@ pub struct DeviceStats {
     pub completed: u64,
     /// Most requests in flight at once.
     pub max_in_flight: u32,
-    /// Payload bytes the driver copied (a zero-copy driver keeps this at 0).
+    /// Payload bytes the driver copied with the CPU, counted where it copies: the RAM disk
+    /// and the memory region (they are memory, so moving data is a copy). DMA drivers
+    /// (virtio-blk, virtio-net) have no copy path and leave it at 0; their zero copy is shown
+    /// by the fake-device tests that check the addresses handed to the device, not by this
+    /// counter.
     pub bytes_copied: u64,
     /// Payload bytes moved to or from the device.
     pub bytes_moved: u64,

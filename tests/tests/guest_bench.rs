@@ -54,9 +54,11 @@ fn verified_job(machine: Machine, transport: &str) {
         in_flight > 1 && in_flight <= 32,
         "max_in_flight {in_flight}: {j}"
     );
-    // Zero copy: payload moved, none copied by the driver.
+    // Every payload byte went to the device. No copy count: the job fills its pool buffers
+    // in place and virtio-blk hands their addresses to the device (frontend-drivers'
+    // fake-device tests check those addresses), so a count here could only ever be 0.
     assert_eq!(j["bytes_moved"], 3000 * 4096, "{j}");
-    assert_eq!(j["bytes_copied"], 0, "{j}");
+    assert!(j.get("bytes_copied").is_none(), "{j}");
 }
 
 #[test]

@@ -514,7 +514,7 @@ pub fn json(spec: &JobSpec, transport: &str, r: &BenchResult) -> String {
          \"ops\":{},\"seconds\":{:.6},\"iops\":{:.1},\"mbps\":{:.2},\
          \"lat_us\":{{\"p50\":{},\"p99\":{},\"p999\":{},\"max\":{}}},\"verified\":{},\
          \"verify_mismatches\":{},\"errors\":{},\"first_error\":{},\"max_in_flight\":{},\
-         \"bytes_moved\":{},\"bytes_copied\":{},\"copies_per_byte\":{:.3},\"path\":\"{}\"}}",
+         \"bytes_moved\":{},\"path\":\"{}\"}}",
         spec.device().unwrap_or("?"),
         spec.rw.name(),
         spec.bs,
@@ -540,12 +540,6 @@ pub fn json(spec: &JobSpec, transport: &str, r: &BenchResult) -> String {
         },
         r.stats.max_in_flight,
         r.stats.bytes_moved,
-        r.stats.bytes_copied,
-        if r.stats.bytes_moved > 0 {
-            r.stats.bytes_copied as f64 / r.stats.bytes_moved as f64
-        } else {
-            0.0
-        },
         spec.path.name(),
     );
     s

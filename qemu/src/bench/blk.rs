@@ -384,8 +384,6 @@ pub struct GuestBenchResult {
     pub max_in_flight: u64,
     /// Payload bytes moved.
     pub bytes_moved: u64,
-    /// Payload bytes copied on the way (zero-copy: 0).
-    pub bytes_copied: u64,
     /// `hpdi` or `direct`.
     pub path: String,
     /// Set when the job failed.
@@ -461,8 +459,6 @@ pub struct Row {
     pub lat_p999_us: f64,
     /// Largest `max_in_flight` over the runs.
     pub max_in_flight: u64,
-    /// Bytes copied per byte moved, over all runs.
-    pub copy_ratio: f64,
     /// Median IOPS divided by the first backend's for the same case.
     pub ratio_vs_first: Option<f64>,
     /// On HPDI rows with `--path both`: median IOPS of HPDI divided by direct's.
@@ -476,8 +472,6 @@ impl Row {
         let col = |f: &dyn Fn(&GuestBenchResult) -> f64| {
             Summary::of(&runs.iter().map(|r| f(&r.result)).collect::<Vec<_>>())
         };
-        let moved: u64 = runs.iter().map(|r| r.result.bytes_moved).sum();
-        let copied: u64 = runs.iter().map(|r| r.result.bytes_copied).sum();
         Row {
             backend,
             rw: case.rw,
@@ -494,11 +488,6 @@ impl Row {
                 .map(|r| r.result.max_in_flight)
                 .max()
                 .unwrap_or(0),
-            copy_ratio: if moved > 0 {
-                copied as f64 / moved as f64
-            } else {
-                0.0
-            },
             ratio_vs_first: None,
             ratio_hpdi_over_direct: None,
             runs,
@@ -1738,7 +1727,6 @@ mod tests {
         assert_eq!(row.lat_p50_us, 100.0);
         assert_eq!(row.ratio_vs_first, Some(1.0));
         assert_eq!(row.ratio_hpdi_over_direct, None);
-        assert_eq!(row.copy_ratio, 0.0);
         let vu8 = &r.rows[3];
         assert_eq!((vu8.backend, vu8.qd), (Backend::VhostUser, 8));
         assert_eq!(vu8.ratio_vs_first, Some(2.0));
