@@ -90,9 +90,43 @@ fn guest_and_qemu_nbd_random_read_and_write() {
             guest,
             "ratio on guest rows only: {r}"
         );
+        // Copies per request, measured in the guest only: about two copies of each 4 KiB
+        // payload (headers and retransmissions on top).
+        let copies = r["guest_copies"]["copies_per_request"].as_f64();
+        if guest {
+            let c = copies.unwrap_or_else(|| panic!("no guest copy count: {r}"));
+            assert!((2.0..2.3).contains(&c), "{c} copies per request: {r}");
+        } else {
+            assert!(
+                r["guest_copies"].is_null(),
+                "the anchor is not measured: {r}"
+            );
+        }
+        let writes = r["rw"] == "randwrite";
+        let ack = r["write_ack"].as_str().unwrap();
+        match (guest, writes) {
+            (_, false) => assert_eq!(ack, "-", "{r}"),
+            (true, true) => assert_eq!(ack, "NVRAM log", "{r}"),
+            (false, true) => assert_eq!(ack, "O_DIRECT write", "{r}"),
+        }
     }
+    assert!(
+        j["durability_comparison"]
+            .as_str()
+            .unwrap()
+            .starts_with("not like with like"),
+        "{text}"
+    );
     let targets = j["targets"].as_array().unwrap();
     assert_eq!(targets.len(), 2);
+    assert!(
+        targets[0]["durability"]
+            .as_str()
+            .unwrap()
+            .contains("durability=disk"),
+        "{}",
+        targets[0]
+    );
     for t in targets {
         assert!(
             t["uri"].as_str().unwrap().starts_with("nbd://127.0.0.1:"),
