@@ -759,6 +759,21 @@ impl<'a> Checker<'a> {
                 break;
             }
             if !stop && !self.crash_kinds.is_empty() && ops >= next_crash {
+                // Under load: fill the pipelines, then let the guest work on them for a
+                // moment (replies still count) before the crash.
+                let mut tries = 0;
+                while self.flights.len() < max_in_flight && tries < 32 {
+                    if !self.start_random()? {
+                        tries += 1;
+                    }
+                }
+                let settle = Instant::now() + Duration::from_millis(self.rng.below(30));
+                while Instant::now() < settle && self.divergence.is_none() {
+                    self.wait_events(settle.saturating_duration_since(Instant::now()), false)?;
+                }
+                if self.divergence.is_some() {
+                    return Ok(());
+                }
                 self.crash()?;
                 if self.divergence.is_some() {
                     return Ok(());
