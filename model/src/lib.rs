@@ -326,7 +326,11 @@ impl Model {
     pub fn admits(&self, export: usize, kind: Kind, offset: u64, len: u64) -> Result<(), Refused> {
         if kind != Kind::Flush {
             let size = self.export_size(export);
-            if len == 0 || offset % SECTOR != 0 || len % SECTOR != 0 || offset + len > size {
+            if len == 0
+                || !offset.is_multiple_of(SECTOR)
+                || !len.is_multiple_of(SECTOR)
+                || offset + len > size
+            {
                 return Err(Refused::Range);
             }
         }

@@ -521,7 +521,6 @@ fn acknowledged_writes_to_a_failing_disk_survive_a_restart_in_place() {
 /// written every record), so every write to every export gets EIO (the log "cannot drain")
 /// until that disk recovers.
 #[test]
-#[ignore = "guest: a replay held up by a failing disk refuses writes to every export (EIO)"]
 fn other_exports_take_writes_while_a_failing_disk_holds_up_the_replay() {
     let mut rig = Rig::boot(Some(&inject("pwritev", "write", Some(SECTOR), false)));
     let mut a = rig.connect("blk0");

@@ -605,11 +605,15 @@ impl Run {
     }
 }
 
-fn run_seed(seed: u64, steps: &[Step], durability: Durability) -> Result<Run, (String, Run)> {
+fn run_seed(
+    seed: u64,
+    steps: &[Step],
+    durability: Durability,
+) -> Result<Box<Run>, Box<(String, Run)>> {
     let mut r = Run::new(seed, durability);
     match r.run(steps) {
-        Ok(()) => Ok(r),
-        Err(e) => Err((e, r)),
+        Ok(()) => Ok(Box::new(r)),
+        Err(e) => Err(Box::new((e, r))),
     }
 }
 
@@ -654,10 +658,11 @@ fn campaign(durability: Durability, salt: u64) {
                 crashes += r.model.counts.crashes;
                 sectors += r.model.counts.sectors_checked;
             }
-            Err((e, _)) => {
+            Err(failed) => {
+                let e = failed.0;
                 let small = shrink(seed, steps, durability);
                 let (e2, r) = match run_seed(seed, &small, durability) {
-                    Err(x) => x,
+                    Err(x) => *x,
                     Ok(_) => (e.clone(), Run::new(seed, durability)),
                 };
                 std::eprintln!("seed {seed} ({durability:?}) diverges: {e}");
@@ -726,8 +731,8 @@ fn write_then_write_zeroes_then_read_reads_zeroes_across_a_crash() {
         });
         steps.push(Step::Turns(50));
         steps.push(Step::Crash);
-        if let Err((e, _)) = run_seed(1, &steps, durability) {
-            panic!("{durability:?}: {e}");
+        if let Err(failed) = run_seed(1, &steps, durability) {
+            panic!("{durability:?}: {}", failed.0);
         }
     }
 }

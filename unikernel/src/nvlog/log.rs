@@ -7,6 +7,7 @@
 //! after a fence, so a header that checks out implies a complete payload.
 
 use alloc::collections::{BTreeMap, VecDeque};
+use alloc::vec::Vec;
 use core::sync::atomic::{fence, Ordering};
 
 use hpdi::{BufId, BufferPool, Segment, SgList};
@@ -16,6 +17,8 @@ use super::format::*;
 
 /// Largest record payload.
 pub const MAX_RECORD: u32 = 32 << 20;
+/// Sequence numbers stay below this (a superblock beyond it is corrupt).
+const MAX_SEQ: u64 = 1 << 62;
 
 /// A committed record not yet retired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,8 +74,6 @@ pub struct Nvlog {
     head_page: u64,
     live: VecDeque<Live>,
     reservations: BTreeMap<u64, u32>,
-    /// Records found at open are replayed before new reservations are allowed.
-    replaying: bool,
 }
 
 fn page_id(region: u8, index: u64) -> BufId {
@@ -111,7 +112,6 @@ impl Nvlog {
             head_page: 0,
             live: VecDeque::new(),
             reservations: BTreeMap::new(),
-            replaying: false,
         };
         let page0 = pool
             .buf(page_id(region, 0))
@@ -125,7 +125,9 @@ impl Nvlog {
             .iter()
             .enumerate()
             .filter_map(|(i, c)| {
-                c.filter(|s| s.valid() && u64::from(s.pages) == pages)
+                // A sequence number near the end of the range is corruption (no log lives
+                // that long), and would overflow the next one.
+                c.filter(|s| s.valid() && u64::from(s.pages) == pages && s.retired_seq < MAX_SEQ)
                     .map(|s| (i, s))
             })
             .max_by_key(|(_, s)| s.retired_seq);
@@ -179,7 +181,7 @@ impl Nvlog {
             log.head_slot += 1;
             log.next_seq += 1;
         }
-        log.replaying = !log.live.is_empty();
+        log.place_found();
         let report = OpenReport {
             formatted: false,
             pending: log.live.len(),
@@ -187,6 +189,42 @@ impl Nvlog {
             retired_seq: log.retired_seq,
         };
         Ok((log, report))
+    }
+
+    /// Gives the records found at open positions on one line (the ring unrolled after its
+    /// largest free gap) and puts the head after them, so that new payloads never overlap a
+    /// found record still to replay, whatever the ring's wrap.
+    fn place_found(&mut self) {
+        let dp = self.data_pages;
+        let mut ext: Vec<(u64, u64)> = self
+            .live
+            .iter()
+            .map(|l| (l.page % dp, u64::from(l.kind.pages(l.length))))
+            .filter(|e| e.1 > 0)
+            .collect();
+        ext.sort_unstable();
+        let mut start = 0;
+        let mut widest = 0;
+        for (i, &(at, n)) in ext.iter().enumerate() {
+            let next = ext.get(i + 1).map_or(ext[0].0 + dp, |e| e.0);
+            let gap = next.saturating_sub(at + n);
+            if gap >= widest {
+                (widest, start) = (gap, next % dp);
+            }
+        }
+        for l in &mut self.live {
+            l.page = if l.kind.pages(l.length) > 0 {
+                start + (l.page % dp + dp - start) % dp
+            } else {
+                start
+            };
+        }
+        self.head_page = self
+            .live
+            .iter()
+            .map(|l| l.page + u64::from(l.kind.pages(l.length)))
+            .max()
+            .unwrap_or(0);
     }
 
     pub fn region(&self) -> u8 {
@@ -224,9 +262,9 @@ impl Nvlog {
     }
 
     /// Sets aside pages for a `length`-byte payload; `None` when the log is full (the caller
-    /// waits: backpressure) or still replaying.
+    /// waits: backpressure).
     pub fn reserve(&mut self, length: u32) -> Option<Reservation> {
-        if self.replaying || length == 0 || length > MAX_RECORD {
+        if length == 0 || length > MAX_RECORD {
             return None;
         }
         let pages = length.div_ceil(PAGE as u32);
@@ -287,8 +325,7 @@ impl Nvlog {
     }
 
     /// Logs a record without payload (zero or trim) for `length` bytes at `offset`; `None`
-    /// when no header slot is free or records found at open are still being replayed (the
-    /// caller waits, as for [`Nvlog::reserve`]).
+    /// when no header slot is free (the caller waits, as for [`Nvlog::reserve`]).
     pub fn commit_range(
         &mut self,
         pool: &mut BufferPool,
@@ -299,7 +336,6 @@ impl Nvlog {
     ) -> Option<u64> {
         let in_use = self.live.len() as u64 + self.reservations.len() as u64;
         if kind == RecordKind::Data
-            || self.replaying
             || length == 0
             || length > MAX_RECORD
             || in_use + 1 >= self.slots
@@ -359,11 +395,6 @@ impl Nvlog {
             self.tail_slot += 1;
         }
         self.retired_seq = self.retired_seq.max(seq.min(self.next_seq - 1));
-        if self.replaying && self.live.is_empty() {
-            // Replayed: new records start from a clean page ring.
-            self.replaying = false;
-            self.head_page = 0;
-        }
         self.write_superblock(pool);
     }
 

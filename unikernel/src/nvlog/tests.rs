@@ -83,11 +83,21 @@ fn records_survive_a_restart_until_retired() {
     assert_eq!(read(&log, &pool, l[0].page, 8192), a);
     assert_eq!(read(&log, &pool, l[1].page, 512), b);
 
-    // Replay retires them; the next boot finds nothing to replay and new records continue.
+    // New records may be logged while the found ones wait for replay (a failing disk can
+    // hold a replay up for long): they take pages no found record uses.
     let (mut log, mut pool, _) = boot(&mut mem);
-    assert!(log.reserve(512).is_none(), "no new records while replaying");
+    let c = alloc::vec![0x77u8; 4096];
+    assert_eq!(write(&mut log, &mut pool, 7, 0, &c), 3);
+    let l: Vec<_> = log.live().iter().copied().collect();
+    assert_eq!(read(&log, &pool, l[0].page, 8192), a, "record 1 intact");
+    assert_eq!(read(&log, &pool, l[1].page, 512), b, "record 2 intact");
+    assert_eq!(read(&log, &pool, l[2].page, 4096), c);
+    // Replay retires them; the next boot finds only the new one, then nothing.
     log.retire(&mut pool, 2);
-    assert_eq!(write(&mut log, &mut pool, 7, 0, &b), 3);
+    save(&pool, PAGES, &mut mem);
+    let (mut log, mut pool, rep) = boot(&mut mem);
+    assert_eq!((rep.pending, rep.retired_seq), (1, 2));
+    assert_eq!(read(&log, &pool, log.live()[0].page, 4096), c);
     log.retire(&mut pool, 3);
     save(&pool, PAGES, &mut mem);
     let (log, _, rep) = boot(&mut mem);
@@ -227,15 +237,13 @@ fn zero_and_trim_records_take_no_pages_survive_a_restart_and_keep_their_order() 
             (3, RecordKind::Trim, 32 << 20)
         ]
     );
-    assert!(
-        log.commit_range(&mut pool, RecordKind::Zero, 7, 0, 512)
-            .is_none(),
-        "no new records while replaying"
+    assert_eq!(
+        log.commit_range(&mut pool, RecordKind::Zero, 7, 0, 512),
+        Some(4),
+        "new records while the found ones wait for replay"
     );
-    log.retire(&mut pool, 3);
-    assert!(log
-        .commit_range(&mut pool, RecordKind::Zero, 7, 0, 512)
-        .is_some());
+    log.retire(&mut pool, 4);
+    assert!(log.live().is_empty());
 }
 
 #[test]
@@ -251,4 +259,51 @@ fn a_record_with_unknown_flags_ends_replay() {
     let (log, _, rep) = boot(&mut mem);
     assert_eq!((rep.pending, rep.torn), (1, Some(2)));
     assert_eq!(log.live().len(), 1);
+}
+
+#[test]
+fn records_found_at_open_keep_their_pages_while_new_ones_wrap_around_them() {
+    // Fill most of the ring so the found records wrap, reopen, then write more than a ring's
+    // worth while the oldest found record is still live: no found payload may be overwritten.
+    let mut mem = alloc::vec![0u8; PAGES * PAGE];
+    let (mut log, mut pool, _) = boot(&mut mem);
+    let cap = log.data_pages();
+    for i in 0..cap - 3 {
+        write(&mut log, &mut pool, 1, i * 4096, &alloc::vec![1u8; 4096]);
+    }
+    log.retire(&mut pool, cap - 6);
+    for i in 0..5u64 {
+        let data = alloc::vec![(i + 10) as u8; 4096];
+        write(&mut log, &mut pool, 1, i * 4096, &data);
+    }
+    save(&pool, PAGES, &mut mem);
+    let (mut log, mut pool, rep) = boot(&mut mem);
+    let found: Vec<_> = log.live().iter().copied().collect();
+    assert_eq!(rep.pending, found.len());
+    let contents: Vec<Vec<u8>> = found
+        .iter()
+        .map(|l| read(&log, &pool, l.page, 4096))
+        .collect();
+    let mut n = 0;
+    while let Some(r) = log.reserve(4096) {
+        log.commit(&mut pool, r, 1, 0);
+        n += 1;
+        assert!(n <= cap, "more pages handed out than the ring has");
+    }
+    assert_eq!(
+        n,
+        cap - found.len() as u64,
+        "every page the found records do not use is handed out"
+    );
+    for (l, want) in found.iter().zip(&contents) {
+        assert_eq!(
+            &read(&log, &pool, l.page, 4096),
+            want,
+            "record {} overwritten",
+            l.seq
+        );
+    }
+    // Retiring the found records frees their pages for new ones.
+    log.retire(&mut pool, found.last().unwrap().seq);
+    assert!(log.reserve(4096).is_some());
 }

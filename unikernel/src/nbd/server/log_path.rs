@@ -11,6 +11,7 @@
 //!   that could have read the disk before them is still in flight;
 //! - replay after a restart or a takeover is the same consistency point over the records
 //!   found in the log.
+//!
 //! So the disk, the overlay and a replay all agree on one order: the order of commits, which
 //! is the order of acknowledgements for operations one after the other.
 //!
