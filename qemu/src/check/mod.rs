@@ -132,6 +132,10 @@ pub struct CheckArgs {
     /// Size of the NVRAM file (a power of two).
     #[arg(long, default_value = "16M", value_name = "SIZE", value_parser = crate::cli::parse_nvram_size)]
     pub nvram_size: ByteSize,
+    /// No NVRAM device: the guest keeps its write log in its RAM (only `--durability disk`
+    /// applies; a crash loses what was not flushed).
+    #[arg(long, conflicts_with = "nvram_size")]
+    pub no_nvram: bool,
     /// Connections per export.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=4))]
     pub conns: u32,
@@ -499,6 +503,9 @@ impl<'a> Checker<'a> {
         let nvram = dir.join("nvram.bin");
         let _ = std::fs::remove_file(&nvram);
         crate::state::ensure_nvram(&nvram, args.nvram_size)?;
+        if args.no_nvram && args.durability == CheckDurability::Nvlog {
+            bail!("--no-nvram: the log lives in guest RAM, so only --durability disk applies");
+        }
         let mut crash_kinds = Vec::new();
         for c in &args.crashes {
             let k = match c {
@@ -533,7 +540,11 @@ impl<'a> Checker<'a> {
             args.durability.word(),
             args.disks,
             args.disk_size,
-            args.nvram_size,
+            if args.no_nvram {
+                "none (the log in guest RAM)".to_string()
+            } else {
+                args.nvram_size.to_string()
+            },
             args.conns,
             args.depth,
             crash_kinds,
@@ -608,8 +619,10 @@ impl<'a> Checker<'a> {
                     .forward(nbd_port, GUEST_NBD_PORT)
                     .forward(mgmt_port, GUEST_MGMT_PORT),
             )
-            .shared_region(SharedRegion::new(&self.nvram, self.args.nvram_size))
             .cmdline(&words);
+        if !self.args.no_nvram {
+            cmd = cmd.shared_region(SharedRegion::new(&self.nvram, self.args.nvram_size));
+        }
         for d in &self.disks {
             cmd = cmd.disk(Disk::new(d).with_format(DiskFormat::Raw));
         }
