@@ -56,6 +56,9 @@ const HISTORY_KEEP: usize = 200_000;
 /// Restarts in place the guest allows per boot (`MAX_RESTARTS` in the guest is 8); past
 /// this the checker crashes it another way.
 const PANICS_PER_BOOT: u32 = 6;
+/// Connections at once, at most (the guest serves 16 clients; this leaves some for others,
+/// e.g. an operator's `nbdinfo` during a soak).
+const MAX_CONNS: u32 = 12;
 /// Without a terminal, a progress line this often.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
@@ -503,6 +506,11 @@ impl<'a> Checker<'a> {
         let nvram = dir.join("nvram.bin");
         let _ = std::fs::remove_file(&nvram);
         crate::state::ensure_nvram(&nvram, args.nvram_size)?;
+        if args.conns * args.disks > MAX_CONNS {
+            bail!(
+                "--conns x --disks: at most {MAX_CONNS} connections (the guest serves 16 clients)"
+            );
+        }
         if args.no_nvram && args.durability == CheckDurability::Nvlog {
             bail!("--no-nvram: the log lives in guest RAM, so only --durability disk applies");
         }
