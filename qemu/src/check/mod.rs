@@ -348,6 +348,7 @@ pub fn run(args: &CheckArgs, interrupted: &AtomicBool) -> anyhow::Result<CheckRe
             }
             Ok(report)
         }
+        Err(e) if !dir.join("console-1.log").exists() => Err(e), // no guest ran: no evidence
         Err(e) => {
             std::mem::forget(temp);
             Err(e.context(format!(
