@@ -45,6 +45,11 @@ pub enum Command {
     Run(RunArgs),
     /// Send one QMP command to a running instance and print the JSON reply.
     Qmp(QmpArgs),
+    /// Send one command to a running instance's management channel (authenticated with the
+    /// state directory's `mgmt.key`) and print the reply: `status`, or `inject KIND`
+    /// (KIND: panic, pagefault, gp, ud, stall, device-error; the guest needs
+    /// `--cmdline debug.inject=on`).
+    Mgmt(MgmtArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -117,8 +122,9 @@ pub struct RunArgs {
     /// Host port on 127.0.0.1 forwarded to the guest's NBD port 10809 (0: no forward).
     #[arg(long, default_value_t = 10809, value_name = "PORT")]
     pub nbd_port: u16,
-    /// Host port on 127.0.0.1 forwarded to the guest's management port 10810 (line commands:
-    /// `status`, `inject panic|pagefault|gp|ud|stall|device-error`; 0: no forward).
+    /// Host port on 127.0.0.1 forwarded to the guest's management port 10810 (0: no forward,
+    /// and the channel stays off); the guest gets the state directory's key (`mgmt.key`,
+    /// made when missing) and `mgmt.on_data=on`. Use it with `tandem mgmt`.
     #[arg(long, default_value_t = 10810, value_name = "PORT")]
     pub mgmt_port: u16,
     /// MAC address of the NIC (default: QEMU's).
@@ -241,6 +247,24 @@ pub struct QmpArgs {
     pub command: String,
     /// Arguments as a JSON object, e.g. '{"device": "net0"}'.
     pub args: Option<String>,
+}
+
+/// `tandem mgmt`.
+#[derive(Debug, Args)]
+pub struct MgmtArgs {
+    /// State directory of the running instance (its `mgmt.key`).
+    #[arg(long, default_value = crate::state::DEFAULT_STATE_DIR, value_name = "DIR")]
+    pub state_dir: PathBuf,
+    /// Host port on 127.0.0.1 forwarded to the guest's management port (`tandem run
+    /// --mgmt-port`).
+    #[arg(long, default_value_t = 10810, value_name = "PORT")]
+    pub port: u16,
+    /// Seconds to wait for each reply.
+    #[arg(long, default_value_t = 5)]
+    pub timeout: u64,
+    /// The command: `status`, or `inject KIND`.
+    #[arg(required = true, num_args = 1..)]
+    pub command: Vec<String>,
 }
 
 /// `tandem bench ...`.

@@ -46,6 +46,7 @@ pub mod exit;
 pub mod image;
 pub mod in_netns;
 pub mod ledger;
+pub mod mgmt;
 pub mod nbd_client;
 pub mod pair;
 pub mod qemu_bin;

@@ -8,6 +8,7 @@ fn main() {
     let result = match &cli.command {
         Command::Run(args) => tandem_qemu::run::run(args),
         Command::Qmp(args) => tandem_qemu::qmp_cmd::qmp(args),
+        Command::Mgmt(args) => tandem_qemu::mgmt::cli(args),
         Command::Bench(BenchCommand::Boot(args)) => tandem_qemu::bench::bench_boot(args),
         Command::Bench(BenchCommand::Blk(args)) => tandem_qemu::bench::blk::bench_blk(args),
         Command::Bench(BenchCommand::Nbd(args)) => tandem_qemu::bench::nbd::bench_nbd(args),

@@ -208,6 +208,25 @@ pub fn check_port_free(port: u16) -> anyhow::Result<()> {
     }
 }
 
+/// `args` with the management channel's words in front of the guest's own (so that those
+/// win): with a management forward (`--mgmt-port`), the state directory's key
+/// (`mgmt.key`, made 0600 when missing) and `mgmt.on_data=on` (the user network is reachable
+/// only through the host's forwards on 127.0.0.1). `tandem mgmt --state-dir DIR` reads the key.
+pub fn with_mgmt_key(args: &RunArgs, state: &StateDir) -> anyhow::Result<RunArgs> {
+    let mut args = args.clone();
+    if args.mgmt_port == 0 {
+        return Ok(args);
+    }
+    let key = crate::mgmt::load_or_create_key(state.root())?;
+    let mut words = crate::mgmt::cmdline_words(&key, false);
+    if let Some(own) = &args.vm.cmdline {
+        words.push(' ');
+        words.push_str(own);
+    }
+    args.vm.cmdline = Some(words);
+    Ok(args)
+}
+
 /// Run `tandem run`; returns the process exit status.
 pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
     let accel = accel::choose(args.vm.accel)?;
@@ -268,6 +287,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
             }
         }
     }
+    let with_key = with_mgmt_key(args, &state)?;
+    let args = &with_key;
     let nvram = nvram_region(args, &state, true)?;
     // --backend vhost-user: one tandem-backend per disk, up before QEMU connects, stopped
     // after QEMU exits (dropped after `vm` below).

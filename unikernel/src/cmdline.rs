@@ -22,7 +22,15 @@
 //! - `debug.device_error_after_requests=N` — make a disk report a queue failure once the NBD
 //!   service has taken N requests (first life only): a fatal device error, which restarts.
 //! - `mgmt.port=PORT` — the management port (default 10810, 0 off): `status`,
-//!   `inject panic|pagefault|gp|ud|stall|device-error`.
+//!   `inject panic|pagefault|gp|ud|stall|device-error`. It listens only with a key.
+//! - `mgmt.key=HEX` — the management channel's key (64 hex digits; see
+//!   `unikernel::mgmt_auth`): clients answer a challenge with it before any command. The
+//!   console shows it as `mgmt.key=<redacted>`.
+//! - `mgmt.listen=A.B.C.D` — the management address: the channel listens only there (an
+//!   address the guest has, e.g. on a management NIC).
+//! - `mgmt.on_data=on|off` — listen on the data NIC's address (default `off`; `tandem run`
+//!   turns it on: its user network is reachable only from the host).
+//! - `debug.inject=on|off` — allow `inject ...` on the management channel (default `off`).
 //! - `watchdog_ms=N` — restart in place when the service loop stalls for N ms (default
 //!   2000; 0 turns the watchdog off).
 //! - `debug.stall_after_requests=N` — stall the service loop once the NBD service has taken N
@@ -170,6 +178,14 @@ pub struct Config {
     pub debug_device_error_after_requests: Option<u64>,
     pub watchdog_ms: u64,
     pub mgmt_port: u16,
+    /// `mgmt.key=`: without it the management channel is off.
+    pub mgmt_key: Option<crate::mgmt_auth::Key>,
+    /// `mgmt.listen=`.
+    pub mgmt_listen: Option<[u8; 4]>,
+    /// `mgmt.on_data=on`.
+    pub mgmt_on_data: bool,
+    /// `debug.inject=on`.
+    pub debug_inject: bool,
     pub debug_stall_after_requests: Option<u64>,
     /// Guest address and prefix length.
     pub ip: ([u8; 4], u8),
@@ -208,6 +224,10 @@ impl Default for Config {
             debug_device_error_after_requests: None,
             watchdog_ms: 2000,
             mgmt_port: 10810,
+            mgmt_key: None,
+            mgmt_listen: None,
+            mgmt_on_data: false,
+            debug_inject: false,
             debug_stall_after_requests: None,
             debug_blkops: JobSpec::default(),
             ip: ([10, 0, 2, 15], 24),
@@ -457,6 +477,22 @@ pub fn parse<'a>(line: &'a str, mut report: impl FnMut(Issue<'a>)) -> Config {
             "mgmt.port" => match value.parse::<u16>() {
                 Ok(p) => cfg.mgmt_port = p,
                 _ => report(bad("a TCP port (0: off)")),
+            },
+            "mgmt.key" => match crate::mgmt_auth::Key::parse(value) {
+                Some(k) => cfg.mgmt_key = Some(k),
+                None => report(bad("64 hex digits")),
+            },
+            "mgmt.listen" => match parse_ipv4(value) {
+                Some(a) => cfg.mgmt_listen = Some(a),
+                None => report(bad("A.B.C.D")),
+            },
+            "mgmt.on_data" => match value {
+                "on" | "off" => cfg.mgmt_on_data = value == "on",
+                _ => report(bad("on|off")),
+            },
+            "debug.inject" => match value {
+                "on" | "off" => cfg.debug_inject = value == "on",
+                _ => report(bad("on|off")),
             },
             "watchdog_ms" => match value.parse::<u64>() {
                 Ok(n) if n <= 600_000 => cfg.watchdog_ms = n,
@@ -805,5 +841,45 @@ mod tests {
         assert!(c.durability_given);
         assert_eq!(issues.len(), 3, "{issues:?}");
         assert!(issues[2].contains("needs 'pair=a|b'"), "{issues:?}");
+    }
+}
+
+/// The command line for the console, with the management key's value hidden.
+pub struct Redacted<'a>(pub &'a str);
+
+impl fmt::Display for Redacted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, w) in self.0.split_ascii_whitespace().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            match w.strip_prefix("mgmt.key=") {
+                Some(_) => f.write_str("mgmt.key=<redacted>")?,
+                None => f.write_str(w)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod mgmt_key_tests {
+    use super::*;
+
+    #[test]
+    fn the_key_is_parsed_and_redacted() {
+        let key = "0f".repeat(32);
+        let line = alloc::format!("log=info mgmt.key={key} debug.inject=on mgmt.on_data=on");
+        let cfg = parse(&line, |i| panic!("{i}"));
+        assert_eq!(cfg.mgmt_key, Some(crate::mgmt_auth::Key([0x0f; 32])));
+        assert!(cfg.debug_inject && cfg.mgmt_on_data);
+        let shown = alloc::format!("{}", Redacted(&line));
+        assert!(!shown.contains(&key));
+        assert!(shown.contains("mgmt.key=<redacted> debug.inject=on"));
+        let defaults = parse("", |i| panic!("{i}"));
+        assert!(defaults.mgmt_key.is_none() && !defaults.debug_inject && !defaults.mgmt_on_data);
+        let mut bad = 0;
+        let cfg = parse("mgmt.key=abc mgmt.listen=1.2.3", |_| bad += 1);
+        assert_eq!((bad, cfg.mgmt_key, cfg.mgmt_listen), (2, None, None));
     }
 }

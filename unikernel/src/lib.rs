@@ -22,6 +22,7 @@ pub mod ha;
 pub mod histogram;
 pub mod inventory;
 pub mod memmap;
+pub mod mgmt_auth;
 pub mod mgmt_status;
 pub mod nbd;
 pub mod nvlog;

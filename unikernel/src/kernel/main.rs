@@ -71,7 +71,7 @@ pub extern "C" fn kmain(start_info_paddr: u64) -> ! {
     let (cmdline, cmdline_len) = read_cmdline(&si);
     let cfg = cmdline::parse(cmdline, |issue| warn!("{issue}"));
     console::set_level(cfg.log);
-    info!("cmdline: \"{cmdline}\"");
+    info!("cmdline: \"{}\"", cmdline::Redacted(cmdline));
     if cfg.debug_panic == Some(PanicPoint::Boot) {
         panic!("debug.panic=boot requested on the command line");
     }
@@ -397,12 +397,38 @@ fn serve(boot: BootState, mut phases: phases::Phases) -> ! {
         }
         Err(e) => warn!("nbd: not serving: {e}"),
     }
-    if cfg.mgmt_port != 0 {
-        stack.mgmt = Some(mgmt::Mgmt::new(&mut stack.sockets, cfg.mgmt_port));
-        info!(
-            "mgmt: control channel on tcp/{} (status, inject KIND)",
-            cfg.mgmt_port
-        );
+    let mgmt_addr = cfg.mgmt_listen.or(cfg.mgmt_on_data.then_some(cfg.ip.0));
+    match (&cfg.mgmt_key, mgmt_addr) {
+        _ if cfg.mgmt_port == 0 => {}
+        (None, _) => info!("mgmt: off (no mgmt.key)"),
+        (Some(_), None) => {
+            info!("mgmt: off (no mgmt.listen=ADDRESS; mgmt.on_data=on for the data NIC)")
+        }
+        (Some(_), Some(addr)) if cfg.mgmt_listen.is_some() && addr != cfg.ip.0 => {
+            let [a, b, c, d] = addr;
+            warn!("mgmt: off: the guest has no address {a}.{b}.{c}.{d} (mgmt.listen)")
+        }
+        (Some(key), Some(addr)) => {
+            stack.mgmt = Some(mgmt::Mgmt::new(
+                &mut stack.sockets,
+                mgmt::Settings {
+                    port: cfg.mgmt_port,
+                    addr,
+                    key: key.clone(),
+                    inject: cfg.debug_inject,
+                },
+            ));
+            let [a, b, c, d] = addr;
+            info!(
+                "mgmt: control channel on tcp/{} at {a}.{b}.{c}.{d}, authenticated (status{})",
+                cfg.mgmt_port,
+                if cfg.debug_inject {
+                    ", inject KIND"
+                } else {
+                    "; inject off"
+                }
+            );
+        }
     }
     phases.mark("storage");
     phases.summary();

@@ -1,16 +1,25 @@
 //! The management port: a line-based TCP control channel (port 10810 by default) through which
 //! tests and operators inject errors into a running guest and read its state.
 //!
-//! Commands: `status`; `inject panic|pagefault|gp|ud|stall|device-error`. Each gets one reply
-//! line (`ok ...` or `error ...`); the `status` reply's fields are defined in
-//! `unikernel::mgmt_status`, which the host parses with. An injected error is acted on by the service loop right
-//! after the reply is queued.
+//! It listens only when the guest has a key (`mgmt.key=`), and only on the management address
+//! (`mgmt.listen=`) or, when asked (`mgmt.on_data=on`), on the data NIC's address. Every
+//! connection starts with a challenge that the client must answer with the key before any
+//! command (`unikernel::mgmt_auth` defines the exchange and its refusal lines).
+//!
+//! Commands: `status`; `inject panic|pagefault|gp|ud|stall|device-error` (only with
+//! `debug.inject=on`). Each gets one reply line (`ok ...` or `error ...`); the `status` reply's
+//! fields are defined in `unikernel::mgmt_status`, which the host parses with. An injected
+//! error is acted on by the service loop right after the reply is queued.
 
+use alloc::string::String;
 use alloc::vec;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
+use smoltcp::wire::{IpListenEndpoint, Ipv4Address};
 use unikernel::cmdline::Fault;
+use unikernel::mgmt_auth::{self as auth, AuthCheck, Command, Key, MAX_LINE, NONCE_LEN};
 use unikernel::mgmt_status::{Status, OK_PREFIX};
 
 /// What the service loop must do after a command.
@@ -26,31 +35,69 @@ pub enum Injection {
 /// so a client that reconnects at once is not refused.
 const SLOTS: usize = 4;
 
+/// Where a connection is in the exchange.
+#[derive(Clone, Copy)]
+enum Phase {
+    /// Listening, or connected and the challenge not sent yet.
+    Fresh,
+    /// Challenge sent; the `auth` line is due by `deadline_us`.
+    Challenged {
+        nonce: [u8; NONCE_LEN],
+        deadline_us: u64,
+    },
+    /// Commands are taken.
+    Authenticated,
+    /// Refused: the reply goes out, then the connection closes; input is dropped.
+    Closing,
+}
+
 struct Slot {
     handle: SocketHandle,
-    line: [u8; 128],
+    line: [u8; MAX_LINE],
     len: usize,
+    phase: Phase,
+}
+
+/// What the channel serves with.
+pub struct Settings {
+    pub port: u16,
+    pub addr: [u8; 4],
+    pub key: Key,
+    pub inject: bool,
 }
 
 pub struct Mgmt {
     slots: [Slot; SLOTS],
-    port: u16,
+    at: IpListenEndpoint,
+    key: Key,
+    inject: bool,
 }
 
 impl Mgmt {
-    pub fn new(sockets: &mut SocketSet<'static>, port: u16) -> Self {
+    pub fn new(sockets: &mut SocketSet<'static>, settings: Settings) -> Self {
+        let [a, b, c, d] = settings.addr;
+        let at = IpListenEndpoint {
+            addr: Some(Ipv4Address::new(a, b, c, d).into()),
+            port: settings.port,
+        };
         let slots = core::array::from_fn(|_| {
             let rx = tcp::SocketBuffer::new(vec![0; 1024]);
             let tx = tcp::SocketBuffer::new(vec![0; 4096]);
             let mut socket = tcp::Socket::new(rx, tx);
-            let _ = socket.listen(port);
+            let _ = socket.listen(at);
             Slot {
                 handle: sockets.add(socket),
-                line: [0; 128],
+                line: [0; MAX_LINE],
                 len: 0,
+                phase: Phase::Fresh,
             }
         });
-        Self { slots, port }
+        Self {
+            slots,
+            at,
+            key: settings.key,
+            inject: settings.inject,
+        }
     }
 
     /// Serves the port; returns an injection to carry out, if one was asked for.
@@ -59,10 +106,10 @@ impl Mgmt {
         sockets: &mut SocketSet<'static>,
         status: &dyn Fn() -> Status,
     ) -> Option<Injection> {
-        let port = self.port;
+        let (at, key, inject) = (self.at, &self.key, self.inject);
         self.slots
             .iter_mut()
-            .find_map(|slot| slot.poll(sockets, port, status))
+            .find_map(|slot| slot.poll(sockets, at, key, inject, status))
     }
 }
 
@@ -75,23 +122,121 @@ impl Mgmt {
     }
 }
 
+/// Connections served since boot: one of the words every nonce mixes, so that no two
+/// connections get the same nonce even without a hardware random source.
+static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh nonce: RDSEED and RDRAND output where the CPU has them, mixed with the TSC and a
+/// connection counter (`mgmt_auth::mix_nonce`).
+fn fresh_nonce() -> [u8; NONCE_LEN] {
+    use crate::arch::cpu::{cpuid, rdtsc};
+    let mut words = [0u64; 12];
+    words[0] = rdtsc();
+    words[1] = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+    let (_, _, ecx1, _) = cpuid(1, 0);
+    let (max, ..) = cpuid(0, 0);
+    let has_rdseed = max >= 7 && cpuid(7, 0).1 & (1 << 18) != 0;
+    let has_rdrand = ecx1 & (1 << 30) != 0;
+    for w in words[2..7].iter_mut() {
+        // SAFETY: CPUID said the CPU has RDSEED.
+        *w = if has_rdseed { unsafe { rdseed() } } else { 0 };
+    }
+    for w in words[7..11].iter_mut() {
+        // SAFETY: CPUID said the CPU has RDRAND.
+        *w = if has_rdrand { unsafe { rdrand() } } else { 0 };
+    }
+    words[11] = rdtsc();
+    auth::mix_nonce(&words)
+}
+
+/// One RDSEED value (0 when the CPU had none ready after a few tries).
+///
+/// # Safety
+/// The CPU must have RDSEED.
+#[target_feature(enable = "rdseed")]
+unsafe fn rdseed() -> u64 {
+    let mut v = 0u64;
+    for _ in 0..10 {
+        if core::arch::x86_64::_rdseed64_step(&mut v) == 1 {
+            return v;
+        }
+    }
+    0
+}
+
+/// One RDRAND value (0 when the CPU had none ready after a few tries).
+///
+/// # Safety
+/// The CPU must have RDRAND.
+#[target_feature(enable = "rdrand")]
+unsafe fn rdrand() -> u64 {
+    let mut v = 0u64;
+    for _ in 0..10 {
+        if core::arch::x86_64::_rdrand64_step(&mut v) == 1 {
+            return v;
+        }
+    }
+    0
+}
+
+fn send_line(s: &mut tcp::Socket, line: &str) {
+    let _ = s.send_slice(line.as_bytes());
+    let _ = s.send_slice(b"\n");
+}
+
 impl Slot {
+    fn refuse(&mut self, s: &mut tcp::Socket, line: &str) {
+        send_line(s, line);
+        s.close();
+        self.phase = Phase::Closing;
+        self.len = 0;
+    }
+
     fn poll(
         &mut self,
         sockets: &mut SocketSet<'static>,
-        port: u16,
+        at: IpListenEndpoint,
+        key: &Key,
+        inject_allowed: bool,
         status: &dyn Fn() -> Status,
     ) -> Option<Injection> {
         let s = sockets.get_mut::<tcp::Socket>(self.handle);
         if !s.is_open() {
             self.len = 0;
-            let _ = s.listen(port);
+            self.phase = Phase::Fresh;
+            let _ = s.listen(at);
             return None;
         }
         if s.state() == tcp::State::CloseWait && s.send_queue() == 0 {
             // The client is done: close our side too, so the slot listens again.
             s.close();
+            self.phase = Phase::Closing;
             return None;
+        }
+        match self.phase {
+            Phase::Fresh if s.may_send() => {
+                let nonce = fresh_nonce();
+                send_line(s, &auth::challenge_line(&nonce));
+                self.phase = Phase::Challenged {
+                    nonce,
+                    deadline_us: crate::time::now_us() + auth::AUTH_TIMEOUT_MS * 1000,
+                };
+            }
+            Phase::Fresh => return None,
+            Phase::Challenged { deadline_us, .. } if crate::time::now_us() > deadline_us => {
+                self.refuse(s, auth::REFUSE_TIMEOUT);
+                return None;
+            }
+            Phase::Closing => {
+                // Drop whatever else the client sends.
+                while s.can_recv() {
+                    if s.recv(|b| (b.len(), b.len())).unwrap_or(0) == 0 {
+                        break;
+                    }
+                }
+                return None;
+            }
+            _ => {}
         }
         let mut byte = [0u8; 1];
         while s.can_recv() {
@@ -99,49 +244,76 @@ impl Slot {
                 break;
             }
             if byte[0] != b'\n' {
-                if self.len < self.line.len() {
-                    self.line[self.len] = byte[0];
-                    self.len += 1;
+                if self.len == self.line.len() {
+                    self.refuse(s, auth::REFUSE_LONG_LINE);
+                    return None;
                 }
+                self.line[self.len] = byte[0];
+                self.len += 1;
                 continue;
             }
-            let cmd = core::str::from_utf8(&self.line[..self.len])
-                .unwrap_or("")
-                .trim();
+            let mut text = String::new();
+            text.push_str(core::str::from_utf8(&self.line[..self.len]).unwrap_or(""));
             self.len = 0;
-            let (reply, inject) = match cmd {
-                "status" => (alloc::format!("{OK_PREFIX}{}\n", status()), None),
-                "inject panic" => (
-                    alloc::string::String::from("ok injecting panic\n"),
-                    Some(Injection::Panic),
-                ),
-                "inject pagefault" => (
-                    "ok injecting pagefault\n".into(),
-                    Some(Injection::Fault(Fault::PageFault)),
-                ),
-                "inject gp" => (
-                    "ok injecting gp\n".into(),
-                    Some(Injection::Fault(Fault::GeneralProtection)),
-                ),
-                "inject ud" => (
-                    "ok injecting ud\n".into(),
-                    Some(Injection::Fault(Fault::InvalidOpcode)),
-                ),
-                "inject stall" => ("ok injecting stall\n".into(), Some(Injection::Stall)),
-                "inject device-error" => (
-                    "ok injecting device-error\n".into(),
-                    Some(Injection::DeviceError),
-                ),
-                other => (
-                    alloc::format!("error unknown command '{other}' (status, inject KIND)\n"),
-                    None,
-                ),
-            };
-            let _ = s.send_slice(reply.as_bytes());
-            if inject.is_some() {
-                return inject;
+            match self.phase {
+                Phase::Challenged { nonce, .. } => match auth::check_auth(key, &nonce, &text) {
+                    AuthCheck::Accepted => {
+                        send_line(s, AuthCheck::Accepted.reply());
+                        self.phase = Phase::Authenticated;
+                    }
+                    refused => {
+                        self.refuse(s, refused.reply());
+                        return None;
+                    }
+                },
+                Phase::Authenticated => {
+                    let (reply, inject) = command(&text, inject_allowed, status);
+                    send_line(s, &reply);
+                    if inject.is_some() {
+                        return inject;
+                    }
+                }
+                Phase::Fresh | Phase::Closing => return None,
             }
         }
         None
     }
+}
+
+/// The reply to one authenticated command and the injection it asks for.
+fn command(
+    line: &str,
+    inject_allowed: bool,
+    status: &dyn Fn() -> Status,
+) -> (String, Option<Injection>) {
+    let kind = match auth::parse_command(line) {
+        Command::Status => return (alloc::format!("{OK_PREFIX}{}", status()), None),
+        Command::Unknown(other) => {
+            return (
+                alloc::format!("error unknown command '{other}' (status, inject KIND)"),
+                None,
+            )
+        }
+        Command::Inject(kind) => kind,
+    };
+    let injection = match kind {
+        "panic" => Injection::Panic,
+        "pagefault" => Injection::Fault(Fault::PageFault),
+        "gp" => Injection::Fault(Fault::GeneralProtection),
+        "ud" => Injection::Fault(Fault::InvalidOpcode),
+        "stall" => Injection::Stall,
+        "device-error" => Injection::DeviceError,
+        other => {
+            return (
+                alloc::format!(
+                    "error unknown inject kind '{other}' (panic, pagefault, gp, ud, stall, device-error)"
+                ),
+                None,
+            )
+        }
+    };
+    if !inject_allowed {
+        return (auth::REFUSE_INJECT.into(), None);
+    }
+    (alloc::format!("ok injecting {kind}"), Some(injection))
 }
