@@ -50,14 +50,22 @@
 //! - `nvlog.ram_mib=N` — size of the write log kept in guest RAM when there is no NVRAM
 //!   device (default 8; `disk` durability only).
 //! - `nbd.port=PORT` — the NBD service's TCP port (default 10809).
+//! - `nbd.handshake_ms=N` — a client must finish negotiating within N ms (default 10000); the
+//!   oldest negotiating connection is also evicted when a new client needs its socket.
+//! - `nbd.stall_ms=N` — a client holding a partly sent request, or not reading its replies,
+//!   that moves no byte for N ms is disconnected (default 30000).
+//! - `nbd.idle_ms=N` — disconnect negotiated clients idle for N ms (default 0: never).
 //! - `pair=a|b` — run as node A or B of a failover pair (needs the pair's shared region as
 //!   the ivshmem device; `durability` defaults to `nvlog`). Tuned by `pair.disks=N` (the first
 //!   N disks are this node's own, the next N its peer's; default: half of the disks),
 //!   `pair.peer_ip=A.B.C.D` (the peer's address, taken over on failure), `pair.timeout_ms=N`
 //!   (peer silence that means failure, default 1000) and `pair.giveback=auto|manual`
 //!   (default `auto`: the peer's disks and address go back as soon as it returns).
-//! - `export=NAME:DEVICE[:ro]` — serve `DEVICE` as NBD export `NAME` (repeatable; default:
-//!   every disk under its device name, `blk0`, `blk1`, ...).
+//! - `export=NAME:DEVICE[:ro][:allow=NETS]` — serve `DEVICE` as NBD export `NAME`
+//!   (repeatable; default: every disk under its device name, `blk0`, `blk1`, ...). `allow=`
+//!   serves it only to clients in the networks `NETS`, `A.B.C.D/N` (or `A.B.C.D`) joined by
+//!   `+` (at most 8; [`crate::nbd::acl`]): others do not see it listed and get
+//!   `NBD_REP_ERR_POLICY`. Without `allow=` every client is served.
 //! - `bench=DEVICE` — run the block benchmark on `DEVICE` (e.g. `blk0`) instead of serving,
 //!   print one `BENCH {json}` line and power off; tuned by `bench.rw=read|write|randread|
 //!   randwrite|randrw`, `bench.bs=SIZE`, `bench.qd=N`, `bench.ops=N`, `bench.time_ms=MS`,
@@ -66,11 +74,13 @@
 use core::fmt;
 
 use crate::bench::{JobSpec, Path, Rw};
+use crate::nbd::acl::{AclError, AllowList};
 
 /// Most `export=` words.
 pub const MAX_EXPORTS: usize = 16;
 
-/// One `export=NAME:DEVICE[:ro]` word.
+/// One `export=NAME:DEVICE[:ro][:allow=NETS]` word (its value; [`fmt::Display`] writes it
+/// back, and the host's appliance renderer writes its words with it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ExportSpec {
     name: [u8; 32],
@@ -78,25 +88,26 @@ pub struct ExportSpec {
     device: [u8; 16],
     device_len: u8,
     pub read_only: bool,
+    /// The client networks served (empty: every client).
+    pub allow: AllowList,
 }
 
+/// What an `export=` value looks like (for error messages).
+pub const EXPORT_SYNTAX: &str = "NAME:DEVICE[:ro][:allow=A.B.C.D/N+...]";
+
 impl ExportSpec {
-    pub fn parse(v: &str) -> Option<Self> {
-        let mut parts = v.split(':');
-        let (name, device) = (parts.next()?, parts.next()?);
-        let read_only = match parts.next() {
-            None => false,
-            Some("ro") => true,
-            Some(_) => return None,
-        };
+    /// An export of `device` as `name` (1 to 32 and 1 to 16 printable ASCII characters, no
+    /// `:`); `None` if a name does not fit.
+    pub fn new(name: &str, device: &str, read_only: bool, allow: AllowList) -> Option<Self> {
         let ok = |s: &str, max| {
-            !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_graphic())
+            !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_graphic() && b != b':')
         };
-        if parts.next().is_some() || !ok(name, 32) || !ok(device, 16) {
+        if !ok(name, 32) || !ok(device, 16) {
             return None;
         }
         let mut e = ExportSpec {
             read_only,
+            allow,
             ..Default::default()
         };
         e.name[..name.len()].copy_from_slice(name.as_bytes());
@@ -106,12 +117,47 @@ impl ExportSpec {
         Some(e)
     }
 
+    /// `NAME:DEVICE`, then `ro` and `allow=NETS` in either order, each at most once. The
+    /// error says what was expected.
+    pub fn parse(v: &str) -> Result<Self, &'static str> {
+        let mut parts = v.split(':');
+        let (Some(name), Some(device)) = (parts.next(), parts.next()) else {
+            return Err(EXPORT_SYNTAX);
+        };
+        let (mut read_only, mut allow) = (false, None);
+        for p in parts {
+            match p.split_once('=') {
+                None if p == "ro" && !read_only => read_only = true,
+                Some(("allow", nets)) if allow.is_none() => {
+                    allow = Some(AllowList::parse(nets).map_err(AclError::expected)?);
+                }
+                _ => return Err(EXPORT_SYNTAX),
+            }
+        }
+        Self::new(name, device, read_only, allow.unwrap_or_default()).ok_or(EXPORT_SYNTAX)
+    }
+
     pub fn name(&self) -> &str {
         core::str::from_utf8(&self.name[..usize::from(self.name_len)]).unwrap_or("")
     }
 
     pub fn device(&self) -> &str {
         core::str::from_utf8(&self.device[..usize::from(self.device_len)]).unwrap_or("")
+    }
+}
+
+/// The `export=` value: `NAME:DEVICE[:ro][:allow=NETS]`, which [`ExportSpec::parse`] reads
+/// back.
+impl fmt::Display for ExportSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.name(), self.device())?;
+        if self.read_only {
+            write!(f, ":ro")?;
+        }
+        if !self.allow.is_open() {
+            write!(f, ":allow={}", self.allow)?;
+        }
+        Ok(())
     }
 }
 
@@ -193,6 +239,10 @@ pub struct Config {
     /// `net.echo=PORT`.
     pub echo_port: Option<u16>,
     pub nbd_port: u16,
+    /// `nbd.handshake_ms`, `nbd.idle_ms`, `nbd.stall_ms` (see [`Config::nbd_limits`]).
+    pub nbd_handshake_ms: u64,
+    pub nbd_idle_ms: u64,
+    pub nbd_stall_ms: u64,
     /// `durability=nvlog`.
     pub durability_nvlog: bool,
     /// Whether `durability=` was given (a pair defaults to `nvlog`).
@@ -206,6 +256,18 @@ pub struct Config {
     pub bench: JobSpec,
     mmio: [MmioDevice; MAX_MMIO_DEVICES],
     mmio_count: usize,
+}
+
+impl Config {
+    /// The NBD server's limits from the `nbd.*` keys, with `max_serving` clients at once.
+    pub fn nbd_limits(&self, max_serving: usize) -> crate::nbd::server::Limits {
+        crate::nbd::server::Limits {
+            handshake_us: self.nbd_handshake_ms * 1000,
+            idle_us: self.nbd_idle_ms * 1000,
+            stall_us: self.nbd_stall_ms * 1000,
+            max_serving,
+        }
+    }
 }
 
 impl Default for Config {
@@ -234,6 +296,9 @@ impl Default for Config {
             gateway: Some([10, 0, 2, 2]),
             echo_port: None,
             nbd_port: 10809,
+            nbd_handshake_ms: 10_000,
+            nbd_idle_ms: 0,
+            nbd_stall_ms: 30_000,
             durability_nvlog: false,
             durability_given: false,
             nvlog_ram_mib: 8,
@@ -432,20 +497,32 @@ pub fn parse<'a>(line: &'a str, mut report: impl FnMut(Issue<'a>)) -> Config {
                 Ok(n) if (1..=1024).contains(&n) => cfg.nvlog_ram_mib = n,
                 _ => report(bad("1..=1024")),
             },
+            "nbd.handshake_ms" => match value.parse::<u64>() {
+                Ok(n) if (100..=600_000).contains(&n) => cfg.nbd_handshake_ms = n,
+                _ => report(bad("100..=600000")),
+            },
+            "nbd.idle_ms" => match value.parse::<u64>() {
+                Ok(n) if n <= 86_400_000 => cfg.nbd_idle_ms = n,
+                _ => report(bad("0 (off) ..=86400000")),
+            },
+            "nbd.stall_ms" => match value.parse::<u64>() {
+                Ok(n) if (100..=600_000).contains(&n) => cfg.nbd_stall_ms = n,
+                _ => report(bad("100..=600000")),
+            },
             "nbd.port" => match value.parse::<u16>() {
                 Ok(p) if p != 0 => cfg.nbd_port = p,
                 _ => report(bad("a TCP port 1..65535")),
             },
             "export" => match ExportSpec::parse(value) {
-                Some(_) if cfg.export_count == MAX_EXPORTS => report(bad("at most 16 exports")),
-                Some(e) if cfg.exports().iter().any(|x| x.name() == e.name()) => {
+                Ok(_) if cfg.export_count == MAX_EXPORTS => report(bad("at most 16 exports")),
+                Ok(e) if cfg.exports().iter().any(|x| x.name() == e.name()) => {
                     report(bad("a name not already exported"))
                 }
-                Some(e) => {
+                Ok(e) => {
                     cfg.exports[cfg.export_count] = e;
                     cfg.export_count += 1;
                 }
-                None => report(bad("NAME:DEVICE or NAME:DEVICE:ro")),
+                Err(expected) => report(bad(expected)),
             },
             "net.echo" => match value.parse::<u16>() {
                 Ok(p) if p != 0 => cfg.echo_port = Some(p),
@@ -781,6 +858,58 @@ mod tests {
             parse_all("export=x export=a:blk0:rw export=:blk0 export=data:blk0 export=data:blk1");
         assert_eq!(issues.len(), 4, "{issues:?}");
         assert_eq!(cfg.exports().len(), 1);
+    }
+
+    #[test]
+    fn export_allow_lists() {
+        let (cfg, issues) = parse_all(
+            "export=a:blk0:allow=10.0.0.0/8+192.168.1.5 export=b:blk1:allow=10.0.2.0/24:ro \
+             export=c:blk2:ro:allow=0.0.0.0/0 export=d:blk3",
+        );
+        assert!(issues.is_empty(), "{issues:?}");
+        let e = cfg.exports();
+        assert_eq!(e[0].allow.to_string(), "10.0.0.0/8+192.168.1.5/32");
+        assert!(!e[0].read_only);
+        assert!(e[0].allow.admits(Some([10, 1, 2, 3])));
+        assert!(!e[0].allow.admits(Some([192, 168, 1, 6])));
+        assert!(e[1].read_only && e[2].read_only);
+        assert_eq!(e[1].allow.to_string(), "10.0.2.0/24");
+        assert!(e[3].allow.is_open());
+        // The word writes back as it parses (one syntax for the guest and the host).
+        assert_eq!(e[0].to_string(), "a:blk0:allow=10.0.0.0/8+192.168.1.5/32");
+        assert_eq!(e[1].to_string(), "b:blk1:ro:allow=10.0.2.0/24");
+        assert_eq!(e[3].to_string(), "d:blk3");
+        for x in e {
+            assert_eq!(ExportSpec::parse(&x.to_string()), Ok(*x));
+        }
+        for (word, why) in [
+            ("export=a:blk0:allow=10.0.0.1/8", "no address bits set"),
+            ("export=a:blk0:allow=10.0.0.0/33", "prefix length"),
+            ("export=a:blk0:allow=10.0.0/8", "octets"),
+            ("export=a:blk0:allow=", "joined by '+'"),
+            ("export=a:blk0:allow=1.0.0.0/8,2.0.0.0/8", "prefix length"),
+            (
+                "export=a:blk0:allow=10.0.0.0/8:allow=1.0.0.0/8",
+                "NAME:DEVICE[:ro]",
+            ),
+            ("export=a:blk0:ro:ro", "NAME:DEVICE[:ro]"),
+            ("export=a:blk0:deny=10.0.0.0/8", "NAME:DEVICE[:ro]"),
+        ] {
+            let (cfg, issues) = parse_all(word);
+            assert_eq!(issues.len(), 1, "{word}: {issues:?}");
+            assert!(
+                issues[0].contains("'export'") && issues[0].contains(why),
+                "{word}: {issues:?}"
+            );
+            assert!(cfg.exports().is_empty());
+        }
+        let nine: String = (1..=9).map(|i| format!("{i}.0.0.0/8+")).collect();
+        let (_, issues) = parse_all(&format!(
+            "export=a:blk0:allow={}",
+            nine.trim_end_matches('+')
+        ));
+        assert!(issues[0].contains("at most 8 networks"), "{issues:?}");
+        assert!(ExportSpec::new("a:b", "blk0", false, AllowList::OPEN).is_none());
     }
 
     #[test]

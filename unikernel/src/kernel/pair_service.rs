@@ -109,6 +109,13 @@ fn spec(p: &Pair, devices: &Devices, cfg: &Config, node: usize, listen: [u8; 4])
     };
     ServiceSpec {
         exports,
+        // A node's own export= words may carry allow-lists; the peer's exports, served after
+        // a takeover, are open (this node does not know the peer's command line).
+        allow: if node == p.me {
+            crate::storage::allow_lists(cfg)
+        } else {
+            Vec::new()
+        },
         log,
         listen: Some(listen),
         durability_nvlog: !cfg.durability_given || cfg.durability_nvlog,

@@ -13,6 +13,7 @@ use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::wire::{IpListenEndpoint, Ipv4Address};
 use unikernel::cmdline::Config;
+use unikernel::nbd::acl::AllowList;
 use unikernel::nbd::server::{ConnState, Disk, Durability, Server, Stream, CHUNK};
 use unikernel::nbd::ExportInfo;
 use unikernel::nvlog::format::PAGE;
@@ -24,6 +25,11 @@ use crate::dma::FrameRegion;
 
 /// Clients served at once (one listening socket each).
 pub const MAX_CLIENTS: usize = 16;
+/// Sockets for connections still negotiating, beyond the serving ones: a flood of silent
+/// connections cannot take the sockets real clients need (the oldest is evicted).
+const NEGOTIATING: usize = 8;
+/// Sockets in all.
+const MAX_SOCKETS: usize = MAX_CLIENTS + NEGOTIATING;
 /// TCP buffers per client, each way.
 const TCP_BUF: usize = 128 * 1024;
 /// Pool buffers for all clients together (64 KiB each).
@@ -132,12 +138,24 @@ pub enum LogPlace {
 pub struct ServiceSpec {
     /// (export name, device, read-only).
     pub exports: Vec<(String, String, bool)>,
+    /// The exports served only to some client networks, by export name (the others are
+    /// open to every client).
+    pub allow: Vec<(String, AllowList)>,
     pub log: LogPlace,
     pub listen: Option<[u8; 4]>,
     pub durability_nvlog: bool,
     /// The node's own service (not a pair's covering one): its first disk carries the
     /// checkpoint, and test hooks (`debug.cp=hold`) apply to it only.
     pub own: bool,
+}
+
+/// The `export=...:allow=` lists of the command line, by export name.
+pub fn allow_lists(cfg: &Config) -> Vec<(String, AllowList)> {
+    cfg.exports()
+        .iter()
+        .filter(|e| !e.allow.is_open())
+        .map(|e| (e.name().into(), e.allow))
+        .collect()
 }
 
 impl ServiceSpec {
@@ -166,6 +184,7 @@ impl ServiceSpec {
         };
         Self {
             exports,
+            allow: allow_lists(cfg),
             log,
             listen: None,
             durability_nvlog: cfg.durability_nvlog,
@@ -245,6 +264,11 @@ impl NbdService {
                 .iter()
                 .find(|(n, _)| *n == device)
                 .map_or("?", |(_, t)| *t);
+            let allow = spec
+                .allow
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or(AllowList::OPEN, |(_, a)| *a);
             let info = ExportInfo {
                 description: alloc::format!(
                     "tandem {device} (virtio-blk {transport}, {}, label {})",
@@ -260,13 +284,16 @@ impl NbdService {
                 preferred_block: 4096,
                 max_payload: 32 << 20,
                 disk_id: unikernel::nvlog::format::disk_id_bytes(&label.uuid, label.data_size),
+                allow,
             };
             log::log!(
                 crate::detail_level(),
-                "nbd: export {} = {device} ({}{})",
+                "nbd: export {} = {device} ({}{}{}{})",
                 info.name,
                 Bytes(info.size),
-                if info.read_only { ", read-only" } else { "" }
+                if info.read_only { ", read-only" } else { "" },
+                if info.allow.is_open() { "" } else { ", allow " },
+                info.allow
             );
             exports.push(info);
             // As deep as the device's own queue: the server retries when it is full, and a
@@ -286,7 +313,7 @@ impl NbdService {
         let t_log = crate::time::now_us();
         let (log, durability) = open_log(devices, &spec, cfg.nvlog_ram_mib, &mut pool)?;
         let t_sockets = crate::time::now_us();
-        let mut handles = vec![None; MAX_CLIENTS];
+        let mut handles = vec![None; MAX_SOCKETS];
         top_up(
             &mut handles,
             sockets,
@@ -312,7 +339,8 @@ impl NbdService {
             crate::time::now_us() - t_sockets
         );
         let mut server =
-            Server::new(exports, disks, pool, MAX_CLIENTS).with_log(log, durability)?;
+            Server::new(exports, disks, pool, MAX_SOCKETS).with_log(log, durability)?;
+        server.set_limits(cfg.nbd_limits(MAX_CLIENTS));
         if cfg.debug_hold_cp && spec.own {
             warn!("debug.cp=hold: consistency points held; logged writes stay in the log only");
             server.hold_consistency_points(true);
@@ -417,6 +445,7 @@ impl NbdService {
             let at = listen_endpoint(self.listen, self.port);
             top_up(&mut self.handles, sockets, SPARE_LISTENERS - free, at);
         }
+        self.evict_if_needed(sockets, free);
         for (slot, h) in self.handles.iter().enumerate() {
             let Some(h) = *h else { continue };
             let s = sockets.get_mut::<tcp::Socket>(h);
@@ -432,7 +461,11 @@ impl NbdService {
             let active = self.server.is_active(slot);
             if !active {
                 if s.state() == tcp::State::Established {
-                    self.server.accept(slot);
+                    let peer = match s.remote_endpoint().map(|e| e.addr) {
+                        Some(smoltcp::wire::IpAddress::Ipv4(a)) => Some(a.octets()),
+                        _ => None,
+                    };
+                    self.server.accept_from(slot, peer);
                 } else {
                     continue;
                 }
@@ -448,6 +481,27 @@ impl NbdService {
             }
         }
         self.server.poll_disks();
+    }
+}
+
+impl NbdService {
+    /// Keeps a socket listening for new clients: when none is left, or too many connections
+    /// are negotiating, the one that has negotiated longest is closed (it has had the most
+    /// time; a real client finishes in a few round trips).
+    fn evict_if_needed(&mut self, sockets: &mut SocketSet<'static>, free: usize) {
+        let all_made = self.handles.iter().all(Option::is_some);
+        let must = (free == 0 && all_made) || self.server.negotiating() > NEGOTIATING;
+        if !must {
+            return;
+        }
+        let Some((slot, _)) = self.server.oldest_handshake() else {
+            return;
+        };
+        let Some(h) = self.handles[slot] else { return };
+        log::info!("nbd: evicting connection {slot}, still negotiating, for a new client");
+        self.server.evict(slot);
+        let s = sockets.get_mut::<tcp::Socket>(h);
+        s.abort();
     }
 }
 

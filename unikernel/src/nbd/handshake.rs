@@ -59,6 +59,8 @@ pub struct Handshake {
     structured: bool,
     base_allocation: bool,
     options: u32,
+    /// The client's IPv4 address (`None`: unknown), for the exports' allow-lists.
+    peer: Option<[u8; 4]>,
 }
 
 impl Default for Handshake {
@@ -69,6 +71,7 @@ impl Default for Handshake {
             structured: false,
             base_allocation: false,
             options: 0,
+            peer: None,
         }
     }
 }
@@ -89,9 +92,33 @@ fn take_str<'a>(data: &'a [u8], at: &mut usize) -> Option<&'a str> {
     core::str::from_utf8(s).ok()
 }
 
+/// Why an export name was not found for this client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    /// No export by that name (or no exports at all for the default name).
+    Unknown,
+    /// The export exists but its allow-list does not admit this client.
+    Denied,
+}
+
+/// The one reply for a name this client may not use; an unknown name gets it too whenever
+/// some export is hidden from this client, so that the reply does not tell a hidden export's
+/// name from a name that does not exist.
+const POLICY_MESSAGE: &[u8] = b"no export by that name for this client";
+
 impl Handshake {
+    /// A handshake with a client whose address is unknown: it sees only open exports.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A handshake with the client at `peer` (`None`: unknown), which sees and may use only
+    /// the exports whose allow-lists admit it.
+    pub fn for_peer(peer: Option<[u8; 4]>) -> Self {
+        Self {
+            peer,
+            ..Self::default()
+        }
     }
 
     /// Handles at most one unit from the front of `input`; returns (bytes consumed, step).
@@ -171,11 +198,29 @@ impl Handshake {
         Step::Close(why)
     }
 
-    fn find(exports: &[ExportInfo], name: &str) -> Option<usize> {
-        if name.is_empty() {
-            return (!exports.is_empty()).then_some(0);
+    /// The export `name` names for this client (the empty name: the first export).
+    fn find(&self, exports: &[ExportInfo], name: &str) -> Result<usize, Refused> {
+        let i = if name.is_empty() {
+            (!exports.is_empty()).then_some(0)
+        } else {
+            exports.iter().position(|e| e.name == name)
+        };
+        match i {
+            None => Err(Refused::Unknown),
+            Some(i) if !exports[i].admits(self.peer) => Err(Refused::Denied),
+            Some(i) => Ok(i),
         }
-        exports.iter().position(|e| e.name == name)
+    }
+
+    /// Answers an option naming an export this client may not use: `NBD_REP_ERR_POLICY` for
+    /// a denied export, and for an unknown name when some export is hidden from this client;
+    /// `NBD_REP_ERR_UNKNOWN` for an unknown name otherwise.
+    fn refuse(&self, out: &mut Vec<u8>, option: u32, exports: &[ExportInfo], why: Refused) {
+        if why == Refused::Denied || exports.iter().any(|e| !e.admits(self.peer)) {
+            reply(out, option, rep::ERR_POLICY, POLICY_MESSAGE);
+        } else {
+            reply(out, option, rep::ERR_UNKNOWN, b"no such export");
+        }
     }
 
     fn option(
@@ -188,9 +233,11 @@ impl Handshake {
         match option {
             opt::EXPORT_NAME => {
                 let name = core::str::from_utf8(data).unwrap_or("\u{0}");
-                let Some(i) = Self::find(exports, name) else {
+                let i = match self.find(exports, name) {
+                    Ok(i) => i,
                     // The protocol has no error reply for EXPORT_NAME: close.
-                    return self.close("unknown export");
+                    Err(Refused::Unknown) => return self.close("unknown export"),
+                    Err(Refused::Denied) => return self.close("export denied by its allow-list"),
                 };
                 out.extend_from_slice(&exports[i].size.to_be_bytes());
                 out.extend_from_slice(&exports[i].transmission_flags().to_be_bytes());
@@ -208,7 +255,7 @@ impl Handshake {
                     reply(out, option, rep::ERR_INVALID, b"LIST takes no data");
                     return Step::Continue;
                 }
-                for e in exports {
+                for e in exports.iter().filter(|e| e.admits(self.peer)) {
                     let mut d = Vec::with_capacity(4 + e.name.len());
                     d.extend_from_slice(&(e.name.len() as u32).to_be_bytes());
                     d.extend_from_slice(e.name.as_bytes());
@@ -269,9 +316,12 @@ impl Handshake {
             reply(out, option, rep::ERR_INVALID, b"malformed INFO/GO request");
             return Step::Continue;
         };
-        let Some(i) = Self::find(exports, name) else {
-            reply(out, option, rep::ERR_UNKNOWN, b"no such export");
-            return Step::Continue;
+        let i = match self.find(exports, name) {
+            Ok(i) => i,
+            Err(why) => {
+                self.refuse(out, option, exports, why);
+                return Step::Continue;
+            }
         };
         let e = &exports[i];
         let mut d = Vec::with_capacity(12);
@@ -359,8 +409,8 @@ impl Handshake {
                 b"trailing bytes in meta context request",
             );
         }
-        if Self::find(exports, name).is_none() {
-            return reply(out, option, rep::ERR_UNKNOWN, b"no such export");
+        if let Err(why) = self.find(exports, name) {
+            return self.refuse(out, option, exports, why);
         }
         let list = option == opt::LIST_META_CONTEXT;
         let selected = queries.contains(&wire::BASE_ALLOCATION)

@@ -6,6 +6,7 @@
 //! lengths the client announces. Every malformed input has a defined outcome (an error reply
 //! that keeps the connection, or closing this connection only), tested byte by byte.
 
+pub mod acl;
 pub mod handshake;
 pub mod server;
 pub mod transmission;
@@ -28,9 +29,16 @@ pub struct ExportInfo {
     /// The disk's identity for the write log (from its label UUID): replay never writes a
     /// record to another disk.
     pub disk_id: u64,
+    /// The client networks this export is served to (empty: every client).
+    pub allow: acl::AllowList,
 }
 
 impl ExportInfo {
+    /// Whether a client at `peer` (`None`: address unknown) may see and use this export.
+    pub fn admits(&self, peer: Option<[u8; 4]>) -> bool {
+        self.allow.admits(peer)
+    }
+
     /// Transmission flags for this export.
     pub fn transmission_flags(&self) -> u16 {
         use wire::flags::*;
@@ -57,3 +65,6 @@ mod server_tests;
 
 #[cfg(test)]
 mod model_tests;
+
+#[cfg(test)]
+mod limits_tests;

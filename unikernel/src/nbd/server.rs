@@ -23,7 +23,9 @@ use super::transmission::{self as tx, Checked, Command, Parsed, RequestHeader, R
 use super::wire::errno;
 use super::ExportInfo;
 
+mod limits;
 mod log_path;
+pub use limits::{Limits, MAX_QUEUED};
 pub use log_path::{Durability, LogStats};
 
 /// The device status drivers report when a device's queue itself failed
@@ -63,6 +65,9 @@ pub struct ServerStats {
     pub closed_bad: u64,
     /// Completions reporting that a device's queue itself failed (a fatal device error).
     pub device_failures: u64,
+    /// Connections closed by a deadline (handshake, stall, idle) or evicted for a new client.
+    pub closed_timeout: u64,
+    pub evicted: u64,
 }
 
 /// A device request on behalf of a connection's operation.
@@ -151,6 +156,9 @@ struct Conn {
     seq: u64,
     streaming: Option<Streaming>,
     held: usize,
+    /// When the client connected, and when a byte last moved either way (µs).
+    since_us: u64,
+    last_io_us: u64,
 }
 
 pub struct Server {
@@ -162,8 +170,10 @@ pub struct Server {
     free_subs: Vec<usize>,
     next_gen: u32,
     wlog: Option<log_path::WriteLog>,
-    /// The time (µs) as the caller last told it (`set_time`): retries of failing disks.
+    /// The time (µs) as the caller last told it (`set_time`): deadlines, retries of failing
+    /// disks.
     now_us: u64,
+    limits: Limits,
     pub stats: ServerStats,
 }
 
@@ -194,6 +204,7 @@ impl Server {
             next_gen: 1,
             wlog: None,
             now_us: 0,
+            limits: Limits::default(),
             stats: ServerStats::default(),
         }
     }
@@ -214,15 +225,22 @@ impl Server {
         self.conns.get(slot).is_some_and(|c| c.is_some())
     }
 
-    /// A client connected on `slot`: start its handshake.
+    /// A client whose address is unknown connected on `slot`: start its handshake (it sees
+    /// only the exports open to every client).
     pub fn accept(&mut self, slot: usize) {
+        self.accept_from(slot, None);
+    }
+
+    /// A client at `peer` (IPv4; `None`: unknown) connected on `slot`: start its handshake,
+    /// which offers only the exports whose allow-lists admit `peer`.
+    pub fn accept_from(&mut self, slot: usize, peer: Option<[u8; 4]>) {
         let mut out = Vec::new();
         greeting(&mut out);
         self.next_gen = self.next_gen.wrapping_add(1).max(1);
         self.stats.connections += 1;
         self.conns[slot] = Some(Conn {
             gen: self.next_gen,
-            phase: Phase::Handshake(Handshake::new()),
+            phase: Phase::Handshake(Handshake::for_peer(peer)),
             neg: Negotiated {
                 export: 0,
                 structured: false,
@@ -240,7 +258,17 @@ impl Server {
             seq: 0,
             streaming: None,
             held: 0,
+            since_us: self.now_us,
+            last_io_us: self.now_us,
         });
+    }
+
+    /// Closes the connection on `slot` to make room for a new client.
+    pub fn evict(&mut self, slot: usize) {
+        if self.is_active(slot) {
+            self.stats.evicted += 1;
+            self.drop_conn(slot);
+        }
     }
 
     /// The client on `slot` went away: drop its state. Device requests still in flight keep
@@ -275,7 +303,22 @@ impl Server {
         let Some(mut c) = self.conns.get_mut(slot).and_then(Option::take) else {
             return ConnState::Close;
         };
-        let state = self.service_conn(slot, &mut c, s);
+        if let Some(why) = self.expired(&c) {
+            log::info!("nbd: closing connection {slot}: {why}");
+            self.stats.closed_timeout += 1;
+            self.conns[slot] = Some(c);
+            self.drop_conn(slot);
+            return ConnState::Close;
+        }
+        let mut counted = limits::Counting {
+            inner: s,
+            moved: false,
+            blocked: false,
+        };
+        let state = self.service_conn(slot, &mut c, &mut counted);
+        if counted.kept_up() {
+            c.last_io_us = self.now_us;
+        }
         self.conns[slot] = Some(c);
         if state == ConnState::Close {
             self.drop_conn(slot);
@@ -433,11 +476,17 @@ impl Server {
 
     /// Reads and parses input; Err closes the connection.
     fn input(&mut self, slot: usize, c: &mut Conn, s: &mut dyn Stream) -> Result<(), &'static str> {
+        let backlogged = Self::backlogged(c);
         if let Phase::Handshake(hs) = &mut c.phase {
             let mut tmp = [0u8; 1024];
-            let room = (MAX_OPTION_DATA + 16)
-                .saturating_sub(c.stash.len())
-                .min(tmp.len());
+            // Option replies the client does not read stop its options being read.
+            let room = if backlogged {
+                0
+            } else {
+                (MAX_OPTION_DATA + 16)
+                    .saturating_sub(c.stash.len())
+                    .min(tmp.len())
+            };
             let n = s.recv(&mut tmp[..room]);
             c.stash.extend_from_slice(&tmp[..n]);
             let mut out = Vec::new();
@@ -450,6 +499,10 @@ impl Server {
                     Step::Close(why) => {
                         c.out.extend(out);
                         return Err(why);
+                    }
+                    Step::Transmission(_) if self.serving() >= self.limits.max_serving => {
+                        c.out.extend(out);
+                        return Err("too many clients being served");
                     }
                     Step::Transmission(neg) => {
                         c.export = neg.export;
@@ -491,8 +544,9 @@ impl Server {
                 }
                 continue;
             }
-            if c.ops.iter().all(Option::is_some) {
-                return Ok(()); // too many requests in progress: leave the rest unread
+            if c.ops.iter().all(Option::is_some) || Self::backlogged(c) {
+                // Too many requests in progress, or replies unread: leave the rest unread.
+                return Ok(());
             }
             let at = c.hdr_len;
             let n = recv(&mut c.stash, s, &mut c.hdr[at..]);
@@ -650,7 +704,7 @@ impl Server {
         // Submit held-back chunks once the payload is complete, or when the budget is spent
         // and the rest of a large write cannot be received otherwise.
         let complete = left == 0;
-        let starved = c.held >= CONN_BUFFERS && inb.buf.is_none();
+        let starved = c.held >= self.conn_budget() && inb.buf.is_none();
         if (complete || starved) && !inb.held_back.is_empty() {
             while let Some(&(b, at, len)) = inb.held_back.first() {
                 let mut r = Request::write(at, SgList::one(Segment::whole(b, len)), 0);
@@ -669,7 +723,7 @@ impl Server {
         let buf = match inb.buf {
             Some(b) => b,
             None => {
-                if c.held >= CONN_BUFFERS {
+                if c.held >= self.conn_budget() {
                     return false;
                 }
                 let Ok(b) = self.pool.alloc() else {
@@ -756,7 +810,7 @@ impl Server {
         let at = op.offset + done;
         match op.cmd.cmd {
             Command::Read => {
-                if c.held >= CONN_BUFFERS {
+                if c.held >= self.conn_budget() {
                     return false;
                 }
                 let Ok(b) = self.pool.alloc() else {

@@ -50,10 +50,11 @@ pub(super) fn export(name: &str, read_only: bool) -> ExportInfo {
         preferred_block: 4096,
         max_payload: 32 << 20,
         disk_id: crate::nvlog::format::disk_id(name, 1),
+        allow: Default::default(),
     }
 }
 
-fn server(pool_buffers: usize, conns: usize) -> Server {
+pub(super) fn server(pool_buffers: usize, conns: usize) -> Server {
     let disks = ["disk0", "ro"]
         .iter()
         .map(|_| Disk {
@@ -82,7 +83,7 @@ impl Client {
     pub(super) fn push(&mut self, b: &[u8]) {
         self.pipe.to_server.extend(b.iter().copied());
     }
-    fn avail(&self) -> &[u8] {
+    pub(super) fn avail(&self) -> &[u8] {
         &self.pipe.from_server[self.at..]
     }
 }
@@ -252,7 +253,7 @@ pub(super) fn parse_reply(
     }
 }
 
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
+pub(super) fn pattern(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed | 1;
     (0..len)
         .map(|_| {
@@ -602,10 +603,10 @@ use super::server::Durability;
 use crate::nvlog::log::Nvlog;
 use hpdi::{BufId, DmaMemory, HostMemory};
 
-const LOG_PAGES: usize = 1024; // 4 MiB
+pub(super) const LOG_PAGES: usize = 1024; // 4 MiB
 
 /// A server whose disk 0 is `disk` and whose log region starts as `region` (bytes).
-fn logged_server(disk: RamDisk, region: &[u8], durability: Durability) -> Server {
+pub(super) fn logged_server(disk: RamDisk, region: &[u8], durability: Durability) -> Server {
     let mut pool = BufferPool::host(64, CHUNK).unwrap();
     let mut mem: Box<dyn DmaMemory> = Box::new(HostMemory::new(region.len()));
     mem.bytes_mut().copy_from_slice(region);

@@ -20,6 +20,7 @@ fn export(name: &str, size: u64, read_only: bool) -> ExportInfo {
         preferred_block: 4096,
         max_payload: 32 << 20,
         disk_id: crate::nvlog::format::disk_id(name, 1),
+        allow: Default::default(),
     }
 }
 
@@ -499,4 +500,154 @@ fn reply_encodings() {
     out.clear();
     structured_done(&mut out, 9);
     assert_eq!(out.len(), 20);
+}
+
+/// Exports for the access-control tests: `open` (everyone), `lan` (10.0.2.0/24 only) and
+/// `far` (192.0.2.0/24 only).
+fn acl_exports() -> Vec<ExportInfo> {
+    let with = |name: &str, allow: &str| ExportInfo {
+        allow: super::acl::AllowList::parse(allow).unwrap(),
+        ..export(name, 1 << 20, false)
+    };
+    alloc::vec![
+        export("open", 1 << 20, false),
+        with("lan", "10.0.2.0/24"),
+        with("far", "192.0.2.0/24+198.51.100.7"),
+    ]
+}
+
+/// Like [`drive`] over [`acl_exports`], for a client at `peer`.
+fn drive_acl(peer: Option<[u8; 4]>, input: &[u8]) -> (Vec<u8>, Step) {
+    let mut hs = Handshake::for_peer(peer);
+    let mut all = 3u32.to_be_bytes().to_vec();
+    all.extend_from_slice(input);
+    let mut out = Vec::new();
+    let mut at = 0;
+    loop {
+        let (n, step) = hs.feed(&all[at..], &acl_exports(), &mut out);
+        at += n;
+        match step {
+            Step::Continue => continue,
+            other => return (out, other),
+        }
+    }
+}
+
+fn listed(peer: Option<[u8; 4]>) -> Vec<alloc::string::String> {
+    let (out, _) = drive_acl(peer, &option(opt::LIST, &[]));
+    let r = replies(&out);
+    assert_eq!(r.last().unwrap().1, rep::ACK);
+    r[..r.len() - 1]
+        .iter()
+        .map(|(o, t, d)| {
+            assert_eq!((*o, *t), (opt::LIST, rep::SERVER));
+            alloc::string::String::from_utf8(d[4..].to_vec()).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn list_shows_only_admitted_exports() {
+    assert_eq!(listed(Some([10, 0, 2, 2])), ["open", "lan"]);
+    assert_eq!(listed(Some([192, 0, 2, 200])), ["open", "far"]);
+    assert_eq!(listed(Some([198, 51, 100, 7])), ["open", "far"]);
+    assert_eq!(listed(Some([198, 51, 100, 8])), ["open"]);
+    assert_eq!(
+        listed(None),
+        ["open"],
+        "an unknown peer sees open exports only"
+    );
+}
+
+#[test]
+fn denied_export_answers_policy_to_info_and_go() {
+    let peer = Some([10, 0, 2, 2]);
+    for o in [opt::INFO, opt::GO] {
+        let (out, step) = drive_acl(peer, &option(o, &go_data("far", &[info::NAME])));
+        assert_eq!(step, Step::NeedMore, "the connection stays open");
+        let r = replies(&out);
+        assert_eq!(r.len(), 1, "no INFO about a denied export");
+        assert_eq!((r[0].0, r[0].1), (o, rep::ERR_POLICY));
+        assert_eq!(rep::ERR_POLICY, (1 << 31) + 2);
+        // An unknown name gets the very same reply (its existence is not leaked).
+        let (out2, _) = drive_acl(peer, &option(o, &go_data("nosuch", &[info::NAME])));
+        assert_eq!(out2, out);
+    }
+    // The admitted one is served: GO enters transmission.
+    let (out, step) = drive_acl(peer, &option(opt::GO, &go_data("lan", &[])));
+    assert_eq!(replies(&out).last().unwrap().1, rep::ACK);
+    assert!(matches!(step, Step::Transmission(n) if n.export == 1));
+    // After a refusal the client may go on with another export.
+    let mut input = option(opt::GO, &go_data("far", &[]));
+    input.extend(option(opt::GO, &go_data("open", &[])));
+    let (out, step) = drive_acl(peer, &input);
+    assert_eq!(replies(&out)[0].1, rep::ERR_POLICY);
+    assert!(matches!(step, Step::Transmission(n) if n.export == 0));
+    // A peer in the list (or an unknown peer for an open export) gets in.
+    let (_, step) = drive_acl(
+        Some([198, 51, 100, 7]),
+        &option(opt::GO, &go_data("far", &[])),
+    );
+    assert!(matches!(step, Step::Transmission(n) if n.export == 2));
+    let (out, step) = drive_acl(None, &option(opt::GO, &go_data("lan", &[])));
+    assert_eq!(replies(&out)[0].1, rep::ERR_POLICY);
+    assert_eq!(step, Step::NeedMore);
+}
+
+#[test]
+fn unknown_names_answer_unknown_when_nothing_is_hidden() {
+    // Every export admits this peer: an unknown name is just unknown.
+    let mut hs = Handshake::for_peer(Some([10, 0, 2, 2]));
+    let mut input = 3u32.to_be_bytes().to_vec();
+    input.extend(option(opt::GO, &go_data("nosuch", &[])));
+    let mut out = Vec::new();
+    let mut at = 0;
+    let ex = &acl_exports()[..2];
+    while let (n, Step::Continue) = hs.feed(&input[at..], ex, &mut out) {
+        at += n;
+    }
+    assert_eq!(replies(&out)[0].1, rep::ERR_UNKNOWN);
+}
+
+#[test]
+fn denied_export_name_closes_like_an_unknown_one() {
+    let peer = Some([10, 0, 2, 2]);
+    let (out, step) = drive_acl(peer, &option(opt::EXPORT_NAME, b"far"));
+    assert!(out.is_empty());
+    assert!(matches!(step, Step::Close(_)));
+    let (_, step) = drive_acl(peer, &option(opt::EXPORT_NAME, b"lan"));
+    assert!(matches!(step, Step::Transmission(n) if n.export == 1));
+    // The default (empty) name is the first export, open here.
+    let (_, step) = drive_acl(None, &option(opt::EXPORT_NAME, b""));
+    assert!(matches!(step, Step::Transmission(n) if n.export == 0));
+}
+
+#[test]
+fn denied_export_refuses_meta_contexts() {
+    let meta = |name: &str| {
+        let mut d = Vec::new();
+        d.extend_from_slice(&(name.len() as u32).to_be_bytes());
+        d.extend_from_slice(name.as_bytes());
+        d.extend_from_slice(&1u32.to_be_bytes());
+        d.extend_from_slice(&(wire::BASE_ALLOCATION.len() as u32).to_be_bytes());
+        d.extend_from_slice(wire::BASE_ALLOCATION.as_bytes());
+        d
+    };
+    let peer = Some([10, 0, 2, 2]);
+    for o in [opt::LIST_META_CONTEXT, opt::SET_META_CONTEXT] {
+        let mut input = option(opt::STRUCTURED_REPLY, &[]);
+        input.extend(option(o, &meta("far")));
+        let (out, _) = drive_acl(peer, &input);
+        let r = replies(&out);
+        assert_eq!(r.len(), 2, "{r:?}");
+        assert_eq!((r[1].0, r[1].1), (o, rep::ERR_POLICY));
+        let mut input = option(opt::STRUCTURED_REPLY, &[]);
+        input.extend(option(o, &meta("lan")));
+        let (out, _) = drive_acl(peer, &input);
+        let r = replies(&out);
+        assert_eq!(
+            r[1..].iter().map(|x| x.1).collect::<Vec<_>>(),
+            [rep::META_CONTEXT, rep::ACK]
+        );
+    }
 }
