@@ -34,6 +34,7 @@ pub fn exports(n: usize) -> Vec<ExportInfo> {
         preferred_block: 4096,
         max_payload: 32 << 20,
         disk_id: unikernel::nvlog::format::disk_id(name, size),
+        allow: Default::default(),
     };
     [
         e("blk0", "ram", 256 << 10, false),

@@ -47,6 +47,7 @@ pub fn run(data: &[u8]) {
         preferred_block: 4096,
         max_payload,
         disk_id: 1,
+        allow: Default::default(),
     };
     let neg = Negotiated {
         export: 0,

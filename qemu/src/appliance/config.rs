@@ -28,6 +28,7 @@ use crate::builder::{DiskFormat, MacAddr, SharedRegion};
 use crate::pair::spec::{check_region_size, Subnet, MAX_DISKS};
 use crate::pair::{Giveback, Node};
 use crate::size::ByteSize;
+use unikernel::nbd::acl::{AllowList, Ipv4Net, MAX_ALLOW};
 use unikernel::restart::label::{Uuid, RESERVED};
 
 /// Most exports (disks) of one appliance: the guest's `export=` limit.
@@ -135,6 +136,10 @@ pub struct DiskFile {
     /// Label UUID; generated when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uuid: Option<String>,
+    /// Client networks served (`"10.0.0.0/8"`, `"192.168.1.5"`; at most 8); absent or empty:
+    /// every client. Others do not see the export listed and get `NBD_REP_ERR_POLICY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow: Option<Vec<String>>,
 }
 
 /// `[pair]`.
@@ -260,6 +265,8 @@ pub struct DiskPlan {
     pub read_only: bool,
     /// Label UUID.
     pub uuid: Option<[u8; 16]>,
+    /// Client networks served (open: every client).
+    pub allow: AllowList,
 }
 
 impl DiskPlan {
@@ -765,13 +772,46 @@ fn resolve_disk(p: &mut Problems, key: &str, d: &DiskFile, name: String, single:
             None
         }
     });
+    let allow = resolve_allow(p, key, d.allow.as_deref().unwrap_or_default(), single);
     DiskPlan {
         name,
         size,
         format,
         read_only: d.read_only.unwrap_or(false),
         uuid,
+        allow,
     }
+}
+
+/// A disk's `allow` list: each entry an IPv4 network, at most [`MAX_ALLOW`]; one appliance
+/// only (a pair's survivor serves its peer's disks, and would serve them to everyone).
+fn resolve_allow(p: &mut Problems, key: &str, allow: &[String], single: bool) -> AllowList {
+    if !single && !allow.is_empty() {
+        p.key(
+            &format!("{key}.allow"),
+            "a pair's exports are served to every client (a survivor serves its peer's disks \
+             after a takeover and does not know their allow-lists)",
+        );
+        return AllowList::OPEN;
+    }
+    if allow.len() > MAX_ALLOW {
+        p.key(
+            &format!("{key}.allow"),
+            format!(
+                "{} networks; the guest takes at most {MAX_ALLOW} per export",
+                allow.len()
+            ),
+        );
+        return AllowList::OPEN;
+    }
+    let mut nets = Vec::new();
+    for (j, a) in allow.iter().enumerate() {
+        match Ipv4Net::parse(a) {
+            Ok(n) => nets.push(n),
+            Err(e) => p.add(&format!("{key}.allow[{j}]"), quoted(a), e),
+        }
+    }
+    AllowList::from_nets(&nets).unwrap_or(AllowList::OPEN)
 }
 
 /// `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` (hex, either case).
@@ -945,6 +985,7 @@ fn disk_file(d: &DiskPlan, single: bool) -> DiskFile {
         format: Some(d.format.driver().to_string()),
         read_only: single.then_some(d.read_only),
         uuid: d.uuid.map(|u| Uuid(u).to_string()),
+        allow: (!d.allow.is_open()).then(|| d.allow.nets().iter().map(|n| n.to_string()).collect()),
     }
 }
 
@@ -1127,6 +1168,39 @@ mod tests {
         assert!(e.contains("name = \"bad name\""), "{e}");
         let e = problems("name = \"t\"\n");
         assert!(e.contains("disk: no [[disk]]"), "{e}");
+    }
+
+    #[test]
+    fn allow_lists() {
+        let a = parse(
+            "name = \"t\"\n[[disk]]\nsize = \"8M\"\n[[disk]]\nname = \"lan\"\nsize = \"8M\"\n\
+             allow = [\"10.0.2.0/24\", \"192.168.1.5\"]\n[[disk]]\nsize = \"8M\"\nallow = []\n",
+        )
+        .unwrap();
+        let Kind::Single(s) = &a.kind else { panic!() };
+        assert!(s.disks[0].allow.is_open() && s.disks[2].allow.is_open());
+        assert_eq!(s.disks[1].allow.to_string(), "10.0.2.0/24+192.168.1.5/32");
+        assert_eq!(parse(&a.to_toml().unwrap()).unwrap(), a);
+        let e = problems(
+            "name = \"t\"\n[[disk]]\nsize = \"8M\"\nallow = [\"10.0.0.0/8\", \"10.0.0.1/8\", \"x\"]\n",
+        );
+        assert!(
+            e.contains("disk[0].allow[1] = \"10.0.0.1/8\"") && e.contains("bits set"),
+            "{e}"
+        );
+        assert!(e.contains("disk[0].allow[2] = \"x\""), "{e}");
+        assert!(!e.contains("allow[0]"), "{e}");
+        let nine: Vec<String> = (1..=9).map(|i| format!("\"{i}.0.0.0/8\"")).collect();
+        let e = problems(&format!(
+            "name = \"t\"\n[[disk]]\nsize = \"8M\"\nallow = [{}]\n",
+            nine.join(", ")
+        ));
+        assert!(e.contains("disk[0].allow: 9 networks"), "{e}");
+        let e = problems(
+            "name = \"p\"\n[pair]\n[[pair.a.disk]]\nsize = \"8M\"\nallow = [\"10.0.0.0/8\"]\n\
+             [[pair.b.disk]]\nsize = \"8M\"\n",
+        );
+        assert!(e.contains("pair.a.disk[0].allow"), "{e}");
     }
 
     #[test]

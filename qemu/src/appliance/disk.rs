@@ -119,6 +119,7 @@ mod tests {
             format: DiskFormat::Raw,
             read_only: true,
             uuid: Some(random_uuid().unwrap()),
+            allow: Default::default(),
         };
         create(&plan, &path, None).unwrap();
         let meta = std::fs::metadata(&path).unwrap();

@@ -24,6 +24,7 @@ use crate::pair::Node;
 use crate::run::{GUEST_MGMT_PORT, GUEST_NBD_PORT};
 use crate::size::ByteSize;
 use crate::state::StateDir;
+use unikernel::cmdline::ExportSpec;
 
 /// The kernel's file name in an appliance.
 pub const KERNEL: &str = "kernel.elf";
@@ -168,8 +169,10 @@ pub fn plans(app: &Appliance) -> anyhow::Result<Vec<GuestPlan>> {
                 format!("gw={}", s.gateway.map_or("none".into(), |g| g.to_string())),
             ];
             for (k, d) in s.disks.iter().enumerate() {
-                let ro = if d.read_only { ":ro" } else { "" };
-                words.push(format!("export={}:blk{k}{ro}", d.name));
+                // The guest's own syntax (`unikernel::cmdline::ExportSpec`).
+                let e = ExportSpec::new(&d.name, &format!("blk{k}"), d.read_only, d.allow)
+                    .ok_or_else(|| anyhow::anyhow!("export name {:?} does not fit", d.name))?;
+                words.push(format!("export={e}"));
             }
             words.extend(app.common_words());
             let args = run_args(
@@ -600,6 +603,43 @@ mod tests {
              [[disk]]\nname = \"logs\"\nsize = \"8M\"\nformat = \"qcow2\"\nread_only = true\n",
         )
         .unwrap()
+    }
+
+    #[test]
+    fn allow_lists_render_in_the_guest_syntax() {
+        let app = super::super::config::parse(
+            "name = \"acl\"\n[[disk]]\nname = \"data\"\nsize = \"64M\"\n\
+             allow = [\"10.0.0.0/8\", \"192.168.1.5\"]\n\
+             [[disk]]\nname = \"logs\"\nsize = \"8M\"\nread_only = true\nallow = [\"10.0.2.2\"]\n",
+        )
+        .unwrap();
+        let g = &plans(&app).unwrap()[0];
+        let words: Vec<&String> = g
+            .words
+            .iter()
+            .filter(|w| w.starts_with("export="))
+            .collect();
+        assert_eq!(
+            words,
+            [
+                "export=data:blk0:allow=10.0.0.0/8+192.168.1.5/32",
+                "export=logs:blk1:ro:allow=10.0.2.2/32"
+            ]
+        );
+        // The guest's parser reads back what the host wrote.
+        let (mut issues, mut n) = (Vec::new(), 0);
+        let line = g.cmdline_text();
+        let cfg = unikernel::cmdline::parse(&line, |i| issues.push(i.to_string()));
+        assert!(issues.is_empty(), "{issues:?}");
+        let Kind::Single(s) = &app.kind else { panic!() };
+        for (e, d) in cfg.exports().iter().zip(&s.disks) {
+            assert_eq!(
+                (e.name(), e.read_only, e.allow),
+                (d.name.as_str(), d.read_only, d.allow)
+            );
+            n += 1;
+        }
+        assert_eq!(n, 2);
     }
 
     #[test]
