@@ -379,16 +379,9 @@ impl GuestCopies {
 }
 
 /// The guest's `status` through its management port at `127.0.0.1:port`.
-pub fn guest_status(port: u16) -> anyhow::Result<Status> {
-    use std::io::{BufRead, BufReader, Write};
+pub fn guest_status(port: u16, key: &crate::mgmt::Key) -> anyhow::Result<Status> {
     let addr = (Ipv4Addr::LOCALHOST, port).into();
-    let mut s = TcpStream::connect_timeout(&addr, MGMT_TIMEOUT)
-        .with_context(|| format!("connecting to the guest's management port {addr}"))?;
-    s.set_read_timeout(Some(MGMT_TIMEOUT))?;
-    s.write_all(b"status\n")?;
-    let mut line = String::new();
-    BufReader::new(&s)
-        .read_line(&mut line)
+    let line = crate::mgmt::command(addr, key, "status", MGMT_TIMEOUT)
         .with_context(|| format!("reading the guest's status from {addr}"))?;
     Status::parse(&line).map_err(|e| anyhow::anyhow!("{e}: {:?}", line.trim()))
 }
@@ -856,10 +849,16 @@ pub fn run(args: &BenchNbdArgs, interrupted: &AtomicBool) -> anyhow::Result<NbdR
                 let port = free_port()?;
                 let guest_port = guest_nbd_port(args.vm.cmdline.as_deref());
                 let mut nic = Nic::user().forward(port, guest_port);
+                let mut words = args.vm.cmdline.clone();
                 if let Some(guest_mgmt) = guest_mgmt_port(args.vm.cmdline.as_deref()) {
                     let host_mgmt = free_port()?;
                     nic = nic.forward(host_mgmt, guest_mgmt);
-                    mgmt = Some(host_mgmt);
+                    let key = crate::mgmt::generate_key()?;
+                    // The channel on the user network's only NIC (host-only), with a fresh key;
+                    // the guest's own words after it.
+                    let own = words.take().unwrap_or_default();
+                    words = Some(format!("{} {own}", crate::mgmt::cmdline_words(&key, false)));
+                    mgmt = Some((host_mgmt, key));
                 }
                 let mut cmd = QemuCommand::new(&qemu)
                     .name("tandem-bench-nbd")
@@ -887,8 +886,8 @@ pub fn run(args: &BenchNbdArgs, interrupted: &AtomicBool) -> anyhow::Result<NbdR
                 for note in cmd.notes() {
                     progress.note(&format!("note: {note}"));
                 }
-                if let Some(words) = &args.vm.cmdline {
-                    cmd = cmd.cmdline(words);
+                if let Some(words) = &words {
+                    cmd = cmd.cmdline(words.trim_end());
                 }
                 let vm = boot_guest(
                     &cmd,
@@ -949,8 +948,8 @@ pub fn run(args: &BenchNbdArgs, interrupted: &AtomicBool) -> anyhow::Result<NbdR
                 let mut fio_args = job.fio_args(&name, &uri, &params);
                 let out = dir.join("fio.json");
                 fio_args.push(format!("--output={}", out.display()));
-                let before = match mgmt {
-                    Some(p) => Some(guest_status(p).with_context(|| what.clone())?),
+                let before = match &mgmt {
+                    Some((p, key)) => Some(guest_status(*p, key).with_context(|| what.clone())?),
                     None => None,
                 };
                 let (result, fio_job) = run_fio(
@@ -963,9 +962,9 @@ pub fn run(args: &BenchNbdArgs, interrupted: &AtomicBool) -> anyhow::Result<NbdR
                     &mut server,
                 )
                 .with_context(|| what.clone())?;
-                let guest_copies = match (mgmt, before) {
-                    (Some(p), Some(before)) => {
-                        let after = guest_status(p).with_context(|| what.clone())?;
+                let guest_copies = match (&mgmt, before) {
+                    (Some((p, key)), Some(before)) => {
+                        let after = guest_status(*p, key).with_context(|| what.clone())?;
                         if after.restarts != before.restarts {
                             progress.note(&format!(
                                 "{what}: the guest restarted during the run; no copy counts"

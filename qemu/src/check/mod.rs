@@ -27,8 +27,8 @@ pub mod client;
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, IsTerminal, Write as _};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::io::IsTerminal;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
@@ -388,20 +388,15 @@ impl Rng {
     }
 }
 
-/// Sends one line to the guest's management port and returns its reply line. All
-/// management-port interaction goes through here (authentication, when the port gets
-/// some, is added in one place).
-pub fn mgmt_command(addr: SocketAddr, line: &str, timeout: Duration) -> anyhow::Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr, timeout)
-        .with_context(|| format!("management port {addr}"))?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
-    s.write_all(format!("{line}\n").as_bytes())?;
-    let mut reply = String::new();
-    BufReader::new(s)
-        .read_line(&mut reply)
-        .with_context(|| format!("management port {addr}: reply to `{line}`"))?;
-    Ok(reply.trim_end().to_string())
+/// Sends one line to the guest's management port, authenticated with `key`, and returns its
+/// reply line. All management-port interaction goes through here ([`crate::mgmt`]).
+pub fn mgmt_command(
+    addr: SocketAddr,
+    key: &crate::mgmt::Key,
+    line: &str,
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    crate::mgmt::command(addr, key, line, timeout)
 }
 
 /// A running guest.
@@ -409,6 +404,8 @@ struct Guest {
     vm: Vm,
     nbd: SocketAddr,
     mgmt: SocketAddr,
+    /// The management channel's key (a new one each boot).
+    mgmt_key: crate::mgmt::Key,
     /// Restarts in place since this guest last booted.
     panics: u32,
 }
@@ -610,7 +607,12 @@ impl<'a> Checker<'a> {
         self.boots += 1;
         let nbd_port = crate::bench::nbd::free_port()?;
         let mgmt_port = crate::bench::nbd::free_port()?;
-        let mut words = format!("durability={}", self.args.durability.word());
+        let mgmt_key = crate::mgmt::generate_key()?;
+        let mut words = format!(
+            "durability={} {}",
+            self.args.durability.word(),
+            crate::mgmt::cmdline_words(&mgmt_key, true)
+        );
         if let Some(extra) = &self.args.vm.cmdline {
             words.push(' ');
             words.push_str(extra);
@@ -649,6 +651,7 @@ impl<'a> Checker<'a> {
             vm,
             nbd: SocketAddr::from((Ipv4Addr::LOCALHOST, nbd_port)),
             mgmt: SocketAddr::from((Ipv4Addr::LOCALHOST, mgmt_port)),
+            mgmt_key,
             panics: 0,
         });
         self.wait_serving(self.exports(), "boot")
@@ -1209,8 +1212,8 @@ impl<'a> Checker<'a> {
         let timeout = self.io_timeout();
         match kind {
             CrashKind::Panic => {
-                let addr = self.guest().mgmt;
-                let reply = mgmt_command(addr, "inject panic", timeout)?;
+                let (addr, key) = (self.guest().mgmt, self.guest().mgmt_key.clone());
+                let reply = mgmt_command(addr, &key, "inject panic", timeout)?;
                 if reply != "ok injecting panic" {
                     bail!("inject panic: the guest answered `{reply}`");
                 }
