@@ -23,6 +23,7 @@ const REPLY_HDR: u64 = 16;
 fn nbd_io_moves_the_copy_counters() {
     let dir = tandem_qemu::scratch::tempdir().unwrap();
     let (port, mport) = (free_port().unwrap(), free_port().unwrap());
+    let key = tandem_qemu::mgmt::generate_key().unwrap();
     let disk = dir.path().join("a.raw");
     std::fs::File::create(&disk)
         .unwrap()
@@ -41,7 +42,8 @@ fn nbd_io_moves_the_copy_counters() {
                 .forward(port, 10809)
                 .forward(mport, 10810),
         )
-        .shared_region(SharedRegion::new(&nvram, ByteSize::mib(16)));
+        .shared_region(SharedRegion::new(&nvram, ByteSize::mib(16)))
+        .cmdline(&tandem_qemu::mgmt::cmdline_words(&key, false));
     let mut vm = spawn(&cmd, dir.path());
     vm.wait_for_line("NBD export", BOOT_TIMEOUT, |l| {
         l.text.starts_with("TANDEM NBD ") && l.text.contains("/blk0")
@@ -55,12 +57,12 @@ fn nbd_io_moves_the_copy_counters() {
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let mut c = NbdClient::connect(addr, "blk0", Duration::from_secs(30))
         .unwrap_or_else(|e| panic!("{e}\n{}", console(&vm)));
-    let before = guest_status(mport).unwrap();
+    let before = guest_status(mport, &key).unwrap();
     let block = |i: u64| vec![(i as u8) ^ 0xa5; BS as usize];
     for i in 0..N {
         c.write(i * BS * 3, &block(i), false).unwrap();
     }
-    let mid = guest_status(mport).unwrap();
+    let mid = guest_status(mport, &key).unwrap();
     for i in 0..N {
         assert_eq!(
             c.read(i * BS * 3, BS as u32).unwrap(),
@@ -68,7 +70,7 @@ fn nbd_io_moves_the_copy_counters() {
             "block {i}"
         );
     }
-    let after = guest_status(mport).unwrap();
+    let after = guest_status(mport, &key).unwrap();
     c.disconnect();
     let ctx = || format!("before {before:?}\nmid {mid:?}\nafter {after:?}");
     assert_eq!(after.restarts, before.restarts, "{}", ctx());

@@ -17,8 +17,7 @@
 //! test) and the console shows the failure warnings without a retry storm (the guest backs
 //! off 10 ms .. 1 s between retries).
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -55,6 +54,7 @@ struct Rig {
     vm: Vm,
     port: u16,
     mport: u16,
+    key: tandem_qemu::mgmt::Key,
     started: Instant,
 }
 
@@ -75,6 +75,7 @@ impl Rig {
     fn boot(rules: Option<&str>) -> Rig {
         let dir = tandem_qemu::scratch::tempdir().unwrap();
         let (port, mport) = (free_port(), free_port());
+        let key = tandem_qemu::mgmt::generate_key().unwrap();
         for name in ["a.raw", "b.raw"] {
             tandem_qemu::state::create_sparse_disk(&dir.path().join(name), ByteSize::mib(64))
                 .unwrap();
@@ -101,7 +102,10 @@ impl Rig {
                     .forward(mport, 10810),
             )
             .shared_region(SharedRegion::new(&nvram, ByteSize::mib(16)))
-            .cmdline("durability=disk");
+            .cmdline(&format!(
+                "durability=disk {}",
+                tandem_qemu::mgmt::cmdline_words(&key, true)
+            ));
         let mut vm = spawn(&cmd, dir.path());
         vm.wait_for_line("NBD export blk1", BOOT_TIMEOUT, |l| {
             l.text.starts_with("TANDEM NBD ") && l.text.ends_with("/blk1")
@@ -112,6 +116,7 @@ impl Rig {
             vm,
             port,
             mport,
+            key,
             started: Instant::now(),
         }
     }
@@ -131,14 +136,10 @@ impl Rig {
         std::fs::read_to_string(self.path("console.log")).unwrap_or_default()
     }
 
-    /// One line to the management port, its reply.
+    /// One line to the management port (authenticated), its reply.
     fn mgmt(&self, line: &str) -> String {
-        let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, self.mport)).unwrap();
-        s.set_read_timeout(Some(REPLY)).unwrap();
-        s.write_all(format!("{line}\n").as_bytes()).unwrap();
-        let mut reply = String::new();
-        BufReader::new(s).read_line(&mut reply).unwrap();
-        reply
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.mport));
+        tandem_qemu::mgmt::command(addr, &self.key, line, REPLY).unwrap() + "\n"
     }
 
     /// Reopens A's format node (`disk0`) onto a new file node: a blkdebug node with

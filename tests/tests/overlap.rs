@@ -46,6 +46,7 @@ struct Guest {
     vm: Vm,
     nbd: u16,
     mgmt: u16,
+    key: tandem_qemu::mgmt::Key,
 }
 
 /// Boots on `dir/a.raw` and `dir/nvram.bin` (created on first use) and waits for the export.
@@ -66,6 +67,7 @@ fn boot(dir: &Path, durability: &str) -> Guest {
             .unwrap();
     }
     let (nbd, mgmt) = (free_port(), free_port());
+    let key = tandem_qemu::mgmt::generate_key().unwrap();
     let cmd = guest_command(Machine::Q35, dir)
         .disk(Disk::new(&disk))
         .nic(
@@ -75,13 +77,16 @@ fn boot(dir: &Path, durability: &str) -> Guest {
                 .forward(mgmt, 10810),
         )
         .shared_region(SharedRegion::new(&nvram, ByteSize::mib(32)))
-        .cmdline(&format!("durability={durability}"));
+        .cmdline(&format!(
+            "durability={durability} {}",
+            tandem_qemu::mgmt::cmdline_words(&key, true)
+        ));
     let mut vm = spawn(&cmd, dir);
     vm.wait_for_line("NBD export", BOOT_TIMEOUT, |l| {
         l.text.starts_with("TANDEM NBD ")
     })
     .unwrap_or_else(|e| panic!("{e}"));
-    Guest { vm, nbd, mgmt }
+    Guest { vm, nbd, mgmt, key }
 }
 
 impl Guest {
@@ -115,7 +120,7 @@ impl Guest {
     /// Injects a panic through the management port; waits until the guest serves again.
     fn panic_and_restart(&mut self) {
         let addr = SocketAddr::from(([127, 0, 0, 1], self.mgmt));
-        let reply = tandem_qemu::check::mgmt_command(addr, "inject panic", BOOT_TIMEOUT)
+        let reply = tandem_qemu::check::mgmt_command(addr, &self.key, "inject panic", BOOT_TIMEOUT)
             .unwrap_or_else(|e| panic!("{e:#}"));
         assert_eq!(reply, "ok injecting panic");
         self.vm

@@ -118,7 +118,7 @@ fn stalled_service_loop_is_caught_by_the_watchdog() {
 /// Errors injected at run time through the management port (`status`, `inject KIND`).
 #[test]
 fn management_port_injects_errors_at_run_time() {
-    use std::io::{BufRead, BufReader, Write};
+    let key = tandem_qemu::mgmt::generate_key().unwrap();
     let dir = tandem_qemu::scratch::tempdir().unwrap();
     let (port, mport) = (free_port(), free_port());
     let (disk, nvram) = disk_and_nvram(dir.path());
@@ -131,19 +131,18 @@ fn management_port_injects_errors_at_run_time() {
                 .forward(mport, 10810),
         )
         .shared_region(SharedRegion::new(&nvram, ByteSize::mib(16)))
-        .cmdline("durability=nvlog watchdog_ms=500");
+        .cmdline(&format!(
+            "durability=nvlog watchdog_ms=500 {}",
+            tandem_qemu::mgmt::cmdline_words(&key, true)
+        ));
     let mut vm = spawn(&cmd, dir.path());
     vm.wait_for_line("mgmt up", BOOT_TIMEOUT, |l| {
         l.text.contains("mgmt: control channel on tcp/10810")
     })
     .unwrap_or_else(|e| panic!("{e}"));
     let ask = |line: &str| -> String {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", mport)).unwrap();
-        s.set_read_timeout(Some(BOOT_TIMEOUT)).unwrap();
-        s.write_all(format!("{line}\n").as_bytes()).unwrap();
-        let mut reply = String::new();
-        BufReader::new(s).read_line(&mut reply).unwrap();
-        reply
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], mport));
+        tandem_qemu::mgmt::command(addr, &key, line, BOOT_TIMEOUT).unwrap() + "\n"
     };
     for (n, kind) in ["pagefault", "stall", "device-error", "panic"]
         .iter()

@@ -207,6 +207,13 @@ impl Slot {
             let _ = s.listen(at);
             return None;
         }
+        if matches!(s.state(), tcp::State::FinWait2 | tcp::State::TimeWait) {
+            // We closed first (a refusal) and the client acknowledged our reply and FIN:
+            // listen again now, not once the client closes too or after TIME-WAIT, so that
+            // refused clients cannot hold the slots.
+            s.abort();
+            return None;
+        }
         if s.state() == tcp::State::CloseWait && s.send_queue() == 0 {
             // The client is done: close our side too, so the slot listens again.
             s.close();
