@@ -232,3 +232,35 @@ fn past_the_serving_cap_a_negotiated_client_is_refused() {
     assert_eq!(s.serving(), 2);
     let _ = errno::EINVAL;
 }
+
+#[test]
+fn an_idle_timeout_closes_only_idle_negotiated_clients_and_only_when_asked() {
+    let mut s = server(16, 4);
+    s.set_time(0);
+    let mut idle = connect(&mut s, 0, "disk0", false);
+    s.set_time(3600 * SEC);
+    assert_eq!(
+        s.service(0, &mut idle.pipe),
+        ConnState::Open,
+        "no idle timeout by default"
+    );
+    s.set_limits(Limits {
+        idle_us: 60 * SEC,
+        ..Limits::default()
+    });
+    let mut quiet = connect(&mut s, 2, "disk0", false);
+    let busy = connect(&mut s, 1, "disk0", false);
+    assert_eq!(
+        s.service(0, &mut idle.pipe),
+        ConnState::Close,
+        "idle for an hour, past a 60 s idle timeout"
+    );
+    s.set_time(3600 * SEC + 30 * SEC);
+    assert_eq!(s.service(2, &mut quiet.pipe), ConnState::Open);
+    // The other client keeps working: each request moves bytes, which resets its clock.
+    assert_eq!(roundtrip(&mut s, busy, cmd::READ, 0, 4096, &[]), 0);
+    s.set_time(3600 * SEC + 61 * SEC);
+    assert_eq!(s.service(2, &mut quiet.pipe), ConnState::Close);
+    assert_eq!(s.stats.closed_timeout, 2);
+    assert!(s.is_active(1), "the client that just worked stays");
+}
