@@ -10,7 +10,7 @@
 //! Files the guest changes while it runs (disks, the NVRAM region, the pair region) are
 //! marked `"mutable": true`: `tandem image check --booted` then only checks they are there,
 //! so an appliance that has been booted can still be checked for everything else. Files a
-//! run leaves beside them (QMP socket, pid file, console log, lock, a pair's supervisor
+//! run leaves beside them (QMP socket, pid file, console log, lock, management key, a pair's supervisor
 //! files) are runtime state, named by [`runtime_state`], and are never "extra files".
 
 use std::collections::BTreeSet;
@@ -167,6 +167,8 @@ pub fn runtime_state(kind: &str) -> BTreeSet<String> {
     for p in [s.lock_file(), s.qmp_socket(), s.pidfile(), s.console_log()] {
         out.insert(rel(p));
     }
+    // The management channel's key, made by the first `tandem image run` (0600).
+    out.insert(crate::mgmt::KEY_FILE.into());
     if kind == "pair" {
         let d = PairDir::new("");
         for p in [
