@@ -165,18 +165,3 @@ impl Model {
         copy.check(0, offset, data, "test").is_ok()
     }
 }
-
-#[test]
-fn a_write_lost_in_a_crash_is_not_made_durable_by_a_later_flush() {
-    let mut m = Model::new(&[1 << 20], Durability::Disk);
-    let a = write(&mut m, Kind::Write { fua: true }, 0, 512);
-    let b = write(&mut m, Kind::Write { fua: false }, 0, 512);
-    m.crash();
-    // The crash lost b: the sector holds a, and a FLUSH now cannot bring b back.
-    m.check(0, 0, &a, "after crash").unwrap();
-    let id = m.start(0, Kind::Flush, 0, 0).unwrap();
-    m.complete(id, true, None).unwrap();
-    assert!(!m.clone_check(0, &b));
-    m.crash();
-    m.check(0, 0, &a, "after the second crash").unwrap();
-}

@@ -9,22 +9,10 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-const NBDMAGIC: u64 = 0x4e42_444d_4147_4943; // "NBDMAGIC"
-const IHAVEOPT: u64 = 0x4948_4156_454f_5054; // "IHAVEOPT"
-const REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
-const REQUEST_MAGIC: u32 = 0x2560_9513;
-const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
-const FLAG_FIXED_NEWSTYLE: u16 = 1;
-const FLAG_NO_ZEROES: u16 = 2;
-const OPT_GO: u32 = 7;
-const REP_ACK: u32 = 1;
-const REP_INFO: u32 = 3;
-const INFO_EXPORT: u16 = 0;
-const CMD_READ: u16 = 0;
-const CMD_WRITE: u16 = 1;
-const CMD_DISC: u16 = 2;
-const CMD_FLUSH: u16 = 3;
-const FLAG_FUA: u16 = 1;
+use unikernel::nbd::wire::{
+    be32, be64, cflag, cmd, info, opt, rep, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, IHAVEOPT,
+    NBDMAGIC, REPLY_MAGIC, REQUEST_MAGIC, SIMPLE_REPLY_MAGIC,
+};
 /// Longest option reply payload accepted (a server cannot make us allocate more).
 const MAX_OPTION_REPLY: u32 = 64 << 10;
 /// Longest read this client asks for.
@@ -83,56 +71,8 @@ impl NbdClient {
     }
 
     fn handshake(&mut self, export: &str) -> Result<(), NbdError> {
-        let mut greet = [0u8; 18];
-        self.stream.read_exact(&mut greet)?;
-        if be64(&greet[0..8]) != NBDMAGIC || be64(&greet[8..16]) != IHAVEOPT {
-            return Err(NbdError::Protocol("not a newstyle NBD server".into()));
-        }
-        let flags = u16::from_be_bytes([greet[16], greet[17]]);
-        if flags & FLAG_FIXED_NEWSTYLE == 0 {
-            return Err(NbdError::Protocol("server is not fixed newstyle".into()));
-        }
-        let client_flags = u32::from(FLAG_FIXED_NEWSTYLE | (flags & FLAG_NO_ZEROES));
-        let mut msg = client_flags.to_be_bytes().to_vec();
-        let name = export.as_bytes();
-        let mut data = (name.len() as u32).to_be_bytes().to_vec();
-        data.extend_from_slice(name);
-        data.extend_from_slice(&0u16.to_be_bytes()); // no info requests beyond the default
-        msg.extend_from_slice(&IHAVEOPT.to_be_bytes());
-        msg.extend_from_slice(&OPT_GO.to_be_bytes());
-        msg.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        msg.extend_from_slice(&data);
-        self.stream.write_all(&msg)?;
-        loop {
-            let mut hdr = [0u8; 20];
-            self.stream.read_exact(&mut hdr)?;
-            if be64(&hdr[0..8]) != REPLY_MAGIC {
-                return Err(NbdError::Protocol("bad option reply magic".into()));
-            }
-            let kind = u32::from_be_bytes(hdr[12..16].try_into().expect("4 bytes"));
-            let len = u32::from_be_bytes(hdr[16..20].try_into().expect("4 bytes"));
-            if len > MAX_OPTION_REPLY {
-                return Err(NbdError::Protocol(format!("option reply of {len} bytes")));
-            }
-            let mut payload = vec![0u8; len as usize];
-            self.stream.read_exact(&mut payload)?;
-            match kind {
-                REP_ACK => return Ok(()),
-                REP_INFO if payload.len() >= 12 => {
-                    if u16::from_be_bytes([payload[0], payload[1]]) == INFO_EXPORT {
-                        self.size = be64(&payload[2..10]);
-                    }
-                }
-                REP_INFO => {}
-                k if k & 0x8000_0000 != 0 => {
-                    let text = String::from_utf8_lossy(&payload).into_owned();
-                    return Err(NbdError::Refused(format!(
-                        "export {export}: error {k:#x} {text}"
-                    )));
-                }
-                k => return Err(NbdError::Protocol(format!("unexpected option reply {k}"))),
-            }
-        }
+        self.size = negotiate(&mut self.stream, export)?.0;
+        Ok(())
     }
 
     fn request(
@@ -175,7 +115,13 @@ impl NbdClient {
     pub fn write(&mut self, offset: u64, data: &[u8], fua: bool) -> Result<(), NbdError> {
         let len =
             u32::try_from(data.len()).map_err(|_| NbdError::Protocol("write too long".into()))?;
-        let h = self.request(CMD_WRITE, if fua { FLAG_FUA } else { 0 }, offset, len, data)?;
+        let h = self.request(
+            cmd::WRITE,
+            if fua { cflag::FUA } else { 0 },
+            offset,
+            len,
+            data,
+        )?;
         self.reply(h)
     }
 
@@ -184,7 +130,7 @@ impl NbdClient {
         if len > MAX_READ {
             return Err(NbdError::Protocol(format!("read of {len} bytes")));
         }
-        let h = self.request(CMD_READ, 0, offset, len, &[])?;
+        let h = self.request(cmd::READ, 0, offset, len, &[])?;
         self.reply(h)?;
         let mut buf = vec![0u8; len as usize];
         self.stream.read_exact(&mut buf)?;
@@ -193,16 +139,74 @@ impl NbdClient {
 
     /// Asks for everything written so far to be made durable.
     pub fn flush(&mut self) -> Result<(), NbdError> {
-        let h = self.request(CMD_FLUSH, 0, 0, 0, &[])?;
+        let h = self.request(cmd::FLUSH, 0, 0, 0, &[])?;
         self.reply(h)
     }
 
     /// Says goodbye (no reply is sent for it).
     pub fn disconnect(mut self) {
-        let _ = self.request(CMD_DISC, 0, 0, 0, &[]);
+        let _ = self.request(cmd::DISC, 0, 0, 0, &[]);
     }
 }
 
-fn be64(b: &[u8]) -> u64 {
-    u64::from_be_bytes(b[..8].try_into().expect("8 bytes"))
+/// Fixed newstyle, NBD_opt::GO; returns the export's size and transmission flags.
+pub(crate) fn negotiate(s: &mut TcpStream, export: &str) -> Result<(u64, u16), NbdError> {
+    let mut greet = [0u8; 18];
+    s.read_exact(&mut greet)?;
+    if be64(&greet[0..8]) != NBDMAGIC || be64(&greet[8..16]) != IHAVEOPT {
+        return Err(NbdError::Protocol("not a newstyle NBD server".into()));
+    }
+    let flags = u16::from_be_bytes([greet[16], greet[17]]);
+    if flags & FLAG_FIXED_NEWSTYLE == 0 {
+        return Err(NbdError::Protocol("server is not fixed newstyle".into()));
+    }
+    let client_flags = u32::from(FLAG_FIXED_NEWSTYLE | (flags & FLAG_NO_ZEROES));
+    let mut msg = client_flags.to_be_bytes().to_vec();
+    let name = export.as_bytes();
+    let mut data = (name.len() as u32).to_be_bytes().to_vec();
+    data.extend_from_slice(name);
+    data.extend_from_slice(&0u16.to_be_bytes());
+    msg.extend_from_slice(&IHAVEOPT.to_be_bytes());
+    msg.extend_from_slice(&opt::GO.to_be_bytes());
+    msg.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    msg.extend_from_slice(&data);
+    s.write_all(&msg)?;
+    let mut info = None;
+    loop {
+        let mut hdr = [0u8; 20];
+        s.read_exact(&mut hdr)?;
+        if be64(&hdr[0..8]) != REPLY_MAGIC {
+            return Err(NbdError::Protocol("bad option reply magic".into()));
+        }
+        let kind = be32(&hdr[12..16]);
+        let len = be32(&hdr[16..20]);
+        if len > MAX_OPTION_REPLY {
+            return Err(NbdError::Protocol(format!("option reply of {len} bytes")));
+        }
+        let mut payload = vec![0u8; len as usize];
+        s.read_exact(&mut payload)?;
+        match kind {
+            rep::ACK => {
+                return info.ok_or_else(|| {
+                    NbdError::Protocol("NBD_opt::GO without NBD_info::EXPORT".into())
+                })
+            }
+            rep::INFO if payload.len() >= 12 => {
+                if u16::from_be_bytes([payload[0], payload[1]]) == info::EXPORT {
+                    info = Some((
+                        be64(&payload[2..10]),
+                        u16::from_be_bytes([payload[10], payload[11]]),
+                    ));
+                }
+            }
+            rep::INFO => {}
+            k if k & 0x8000_0000 != 0 => {
+                let text = String::from_utf8_lossy(&payload).into_owned();
+                return Err(NbdError::Refused(format!(
+                    "export {export}: error {k:#x} {text}"
+                )));
+            }
+            k => return Err(NbdError::Protocol(format!("unexpected option reply {k}"))),
+        }
+    }
 }

@@ -21,61 +21,18 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::nbd_client::NbdError;
+use crate::nbd_client::{negotiate, NbdError};
 
-const NBDMAGIC: u64 = 0x4e42_444d_4147_4943; // "NBDMAGIC"
-const IHAVEOPT: u64 = 0x4948_4156_454f_5054; // "IHAVEOPT"
-const REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
-const REQUEST_MAGIC: u32 = 0x2560_9513;
-const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
-const FLAG_FIXED_NEWSTYLE: u16 = 1;
-const FLAG_NO_ZEROES: u16 = 2;
-const OPT_GO: u32 = 7;
-const REP_ACK: u32 = 1;
-const REP_INFO: u32 = 3;
-const INFO_EXPORT: u16 = 0;
-const MAX_OPTION_REPLY: u32 = 64 << 10;
+use unikernel::nbd::wire::{be32, be64, REQUEST_MAGIC, SIMPLE_REPLY_MAGIC};
+/// Transmission commands and command flags: the guest's own definitions.
+pub use unikernel::nbd::wire::{cflag, cmd};
 
-/// Transmission flags (what the export supports).
+/// Transmission flags (what the export supports), named for this client.
 pub mod tflag {
-    /// SEND_FLUSH.
-    pub const FLUSH: u16 = 1 << 2;
-    /// SEND_FUA.
-    pub const FUA: u16 = 1 << 3;
-    /// SEND_TRIM.
-    pub const TRIM: u16 = 1 << 5;
-    /// SEND_WRITE_ZEROES.
-    pub const WRITE_ZEROES: u16 = 1 << 6;
-    /// SEND_CACHE.
-    pub const CACHE: u16 = 1 << 10;
-    /// CAN_MULTI_CONN: a FLUSH on one connection covers writes on every connection.
-    pub const MULTI_CONN: u16 = 1 << 8;
-}
-
-/// Transmission commands.
-pub mod cmd {
-    /// NBD_CMD_READ.
-    pub const READ: u16 = 0;
-    /// NBD_CMD_WRITE.
-    pub const WRITE: u16 = 1;
-    /// NBD_CMD_DISC.
-    pub const DISC: u16 = 2;
-    /// NBD_CMD_FLUSH.
-    pub const FLUSH: u16 = 3;
-    /// NBD_CMD_TRIM.
-    pub const TRIM: u16 = 4;
-    /// NBD_CMD_CACHE.
-    pub const CACHE: u16 = 5;
-    /// NBD_CMD_WRITE_ZEROES.
-    pub const WRITE_ZEROES: u16 = 6;
-}
-
-/// Command flags.
-pub mod cflag {
-    /// NBD_CMD_FLAG_FUA.
-    pub const FUA: u16 = 1 << 0;
-    /// NBD_CMD_FLAG_NO_HOLE.
-    pub const NO_HOLE: u16 = 1 << 1;
+    pub use unikernel::nbd::wire::flags::{
+        SEND_CACHE as CACHE, SEND_FLUSH as FLUSH, SEND_FUA as FUA, SEND_TRIM as TRIM,
+        SEND_WRITE_ZEROES as WRITE_ZEROES,
+    };
 }
 
 /// A reply (or the end of a connection), from a connection's reader thread.
@@ -139,7 +96,7 @@ impl Conn {
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         stream.set_nodelay(true)?;
-        let (size, flags) = handshake(&mut stream, export)?;
+        let (size, flags) = negotiate(&mut stream, export)?;
         // The reader wakes up every so often to look at the stop flag and the oldest
         // request's age.
         stream.set_read_timeout(Some(Duration::from_millis(200)))?;
@@ -242,67 +199,6 @@ impl Drop for Conn {
     }
 }
 
-/// Fixed newstyle, NBD_OPT_GO; returns the export's size and transmission flags.
-fn handshake(s: &mut TcpStream, export: &str) -> Result<(u64, u16), NbdError> {
-    let mut greet = [0u8; 18];
-    s.read_exact(&mut greet)?;
-    if be64(&greet[0..8]) != NBDMAGIC || be64(&greet[8..16]) != IHAVEOPT {
-        return Err(NbdError::Protocol("not a newstyle NBD server".into()));
-    }
-    let flags = u16::from_be_bytes([greet[16], greet[17]]);
-    if flags & FLAG_FIXED_NEWSTYLE == 0 {
-        return Err(NbdError::Protocol("server is not fixed newstyle".into()));
-    }
-    let client_flags = u32::from(FLAG_FIXED_NEWSTYLE | (flags & FLAG_NO_ZEROES));
-    let mut msg = client_flags.to_be_bytes().to_vec();
-    let name = export.as_bytes();
-    let mut data = (name.len() as u32).to_be_bytes().to_vec();
-    data.extend_from_slice(name);
-    data.extend_from_slice(&0u16.to_be_bytes());
-    msg.extend_from_slice(&IHAVEOPT.to_be_bytes());
-    msg.extend_from_slice(&OPT_GO.to_be_bytes());
-    msg.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    msg.extend_from_slice(&data);
-    s.write_all(&msg)?;
-    let mut info = None;
-    loop {
-        let mut hdr = [0u8; 20];
-        s.read_exact(&mut hdr)?;
-        if be64(&hdr[0..8]) != REPLY_MAGIC {
-            return Err(NbdError::Protocol("bad option reply magic".into()));
-        }
-        let kind = be32(&hdr[12..16]);
-        let len = be32(&hdr[16..20]);
-        if len > MAX_OPTION_REPLY {
-            return Err(NbdError::Protocol(format!("option reply of {len} bytes")));
-        }
-        let mut payload = vec![0u8; len as usize];
-        s.read_exact(&mut payload)?;
-        match kind {
-            REP_ACK => {
-                return info
-                    .ok_or_else(|| NbdError::Protocol("NBD_OPT_GO without NBD_INFO_EXPORT".into()))
-            }
-            REP_INFO if payload.len() >= 12 => {
-                if u16::from_be_bytes([payload[0], payload[1]]) == INFO_EXPORT {
-                    info = Some((
-                        be64(&payload[2..10]),
-                        u16::from_be_bytes([payload[10], payload[11]]),
-                    ));
-                }
-            }
-            REP_INFO => {}
-            k if k & 0x8000_0000 != 0 => {
-                let text = String::from_utf8_lossy(&payload).into_owned();
-                return Err(NbdError::Refused(format!(
-                    "export {export}: error {k:#x} {text}"
-                )));
-            }
-            k => return Err(NbdError::Protocol(format!("unexpected option reply {k}"))),
-        }
-    }
-}
-
 /// The reader thread: replies until the connection ends; returns why it ended.
 fn read_replies(
     id: u64,
@@ -397,20 +293,15 @@ impl Waiter<'_> {
     }
 }
 
-fn be32(b: &[u8]) -> u32 {
-    u32::from_be_bytes(b[..4].try_into().expect("4 bytes"))
-}
-
-fn be64(b: &[u8]) -> u64 {
-    u64::from_be_bytes(b[..8].try_into().expect("8 bytes"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::net::{Ipv4Addr, TcpListener};
+    use unikernel::nbd::wire::{
+        info, opt, rep, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, IHAVEOPT, NBDMAGIC, REPLY_MAGIC,
+    };
 
-    /// A toy server: greets, answers NBD_OPT_GO, then answers requests in reverse order of
+    /// A toy server: greets, answers NBD_opt::GO, then answers requests in reverse order of
     /// arrival per batch of two (so replies come out of order), echoing a READ's offset.
     fn toy_server(l: TcpListener) {
         let (mut s, _) = l.accept().unwrap();
@@ -426,17 +317,17 @@ mod tests {
         s.read_exact(&mut od).unwrap();
         let rep = |kind: u32, data: &[u8]| {
             let mut r = REPLY_MAGIC.to_be_bytes().to_vec();
-            r.extend_from_slice(&OPT_GO.to_be_bytes());
+            r.extend_from_slice(&opt::GO.to_be_bytes());
             r.extend_from_slice(&kind.to_be_bytes());
             r.extend_from_slice(&(data.len() as u32).to_be_bytes());
             r.extend_from_slice(data);
             r
         };
-        let mut info = INFO_EXPORT.to_be_bytes().to_vec();
+        let mut info = info::EXPORT.to_be_bytes().to_vec();
         info.extend_from_slice(&(1u64 << 20).to_be_bytes());
         info.extend_from_slice(&(1u16 | tflag::FLUSH | tflag::TRIM).to_be_bytes());
-        s.write_all(&rep(REP_INFO, &info)).unwrap();
-        s.write_all(&rep(REP_ACK, &[])).unwrap();
+        s.write_all(&rep(rep::INFO, &info)).unwrap();
+        s.write_all(&rep(rep::ACK, &[])).unwrap();
         let mut batch = Vec::new();
         loop {
             let mut h = [0u8; 28];

@@ -103,15 +103,16 @@ pub mod errno {
 pub const BASE_ALLOCATION: &str = "base:allocation";
 pub const BASE_ALLOCATION_ID: u32 = 1;
 
-pub(crate) fn be16(b: &[u8]) -> u16 {
+/// Big-endian integers at the start of `b` (the caller gives at least that many bytes).
+pub fn be16(b: &[u8]) -> u16 {
     u16::from_be_bytes([b[0], b[1]])
 }
 
-pub(crate) fn be32(b: &[u8]) -> u32 {
+pub fn be32(b: &[u8]) -> u32 {
     u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
 
-pub(crate) fn be64(b: &[u8]) -> u64 {
+pub fn be64(b: &[u8]) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[..8]);
     u64::from_be_bytes(a)
