@@ -263,7 +263,7 @@ impl Server {
     /// new writes are logged; a record for a disk that is not exported refuses the attach (its
     /// data would otherwise be lost or land on the wrong disk).
     pub fn with_log(mut self, log: Nvlog, durability: Durability) -> Result<Self, String> {
-        let exports: Vec<ExportLog> = self
+        let mut exports: Vec<ExportLog> = self
             .exports
             .iter()
             .map(|e| ExportLog {
@@ -289,9 +289,10 @@ impl Server {
                 kind: l.kind,
             };
             index[e].insert((l.offset, l.seq), ix);
+            exports[e].last = l.seq;
         }
         let replaying = log.live().len();
-        let mut w = WriteLog {
+        self.wlog = Some(WriteLog {
             exports,
             index,
             cp: None,
@@ -302,13 +303,7 @@ impl Server {
             stats: LogStats::default(),
             durability,
             log,
-        };
-        for l in w.log.live().clone() {
-            if let Some(x) = w.exports.iter_mut().find(|x| x.disk_id == l.disk_id) {
-                x.last = l.seq;
-            }
-        }
-        self.wlog = Some(w);
+        });
         Ok(self)
     }
 
