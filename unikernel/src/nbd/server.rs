@@ -159,6 +159,8 @@ struct Conn {
     /// When the client connected, and when a byte last moved either way (µs).
     since_us: u64,
     last_io_us: u64,
+    /// The client has sent at least one byte.
+    heard: bool,
 }
 
 pub struct Server {
@@ -260,6 +262,7 @@ impl Server {
             held: 0,
             since_us: self.now_us,
             last_io_us: self.now_us,
+            heard: false,
         });
     }
 
@@ -314,11 +317,13 @@ impl Server {
             inner: s,
             moved: false,
             blocked: false,
+            heard: false,
         };
         let state = self.service_conn(slot, &mut c, &mut counted);
         if counted.kept_up() {
             c.last_io_us = self.now_us;
         }
+        c.heard |= counted.heard;
         self.conns[slot] = Some(c);
         if state == ConnState::Close {
             self.drop_conn(slot);

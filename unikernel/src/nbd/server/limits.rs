@@ -49,6 +49,8 @@ pub(super) struct Counting<'a> {
     pub inner: &'a mut dyn Stream,
     pub moved: bool,
     pub blocked: bool,
+    /// The client sent something.
+    pub heard: bool,
 }
 
 impl Counting<'_> {
@@ -63,6 +65,7 @@ impl Stream for Counting<'_> {
     fn recv(&mut self, buf: &mut [u8]) -> usize {
         let n = self.inner.recv(buf);
         self.moved |= n > 0;
+        self.heard |= n > 0;
         self.blocked |= n == 0 && !buf.is_empty();
         n
     }
@@ -84,15 +87,17 @@ impl Server {
         self.limits
     }
 
-    /// The negotiating connection that has waited longest: (slot, since µs).
+    /// The negotiating connection to evict first: one that has sent nothing yet (a real
+    /// client answers the greeting at once), the oldest of those; else the oldest: (slot,
+    /// since µs).
     pub fn oldest_handshake(&self) -> Option<(usize, u64)> {
         self.conns
             .iter()
             .enumerate()
             .filter_map(|(i, c)| c.as_ref().map(|c| (i, c)))
             .filter(|(_, c)| matches!(c.phase, Phase::Handshake(_)))
+            .min_by_key(|(_, c)| (c.heard, c.since_us))
             .map(|(i, c)| (i, c.since_us))
-            .min_by_key(|&(_, t)| t)
     }
 
     /// Reply bytes queued for the client on `slot` (not yet taken by its socket).
