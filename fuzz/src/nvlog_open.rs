@@ -131,7 +131,11 @@ fn check_open(
         assert!(l.length > 0 && l.length <= MAX_RECORD);
         // Open numbers found pages on one line starting in the ring (at its widest gap),
         // so a page lies in the ring's first two turns and all lie within one turn.
-        assert!(l.page < 2 * log.data_pages(), "page {} off the line", l.page);
+        assert!(
+            l.page < 2 * log.data_pages(),
+            "page {} off the line",
+            l.page
+        );
         let p = payload(log, pool, l);
         let bytes = if l.kind.pages(l.length) > 0 {
             l.length
@@ -143,7 +147,10 @@ fn check_open(
     }
     let pages = log.live().iter().map(|l| l.page);
     if let (Some(lo), Some(hi)) = (pages.clone().min(), pages.max()) {
-        assert!(hi - lo < log.data_pages(), "found pages span more than the ring");
+        assert!(
+            hi - lo < log.data_pages(),
+            "found pages span more than the ring"
+        );
     }
     out
 }
