@@ -620,6 +620,10 @@ pub struct PairUpArgs {
     /// Extra guest command-line words for both nodes, e.g. "log=debug".
     #[arg(long, value_name = "STRING")]
     pub cmdline: Option<String>,
+    /// Serve every export only to clients in these networks, A.B.C.D/N joined by `+` (at
+    /// most 8), on both nodes and after a takeover too. Default: every client.
+    #[arg(long, value_name = "NETS", value_parser = parse_allow)]
+    pub allow: Option<unikernel::nbd::acl::AllowList>,
     /// Seconds to wait for both guests to print TANDEM READY.
     #[arg(long, default_value_t = 120, value_name = "SECS")]
     pub boot_timeout: u64,
@@ -689,6 +693,11 @@ pub struct PairExecArgs {
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<std::ffi::OsString>,
+}
+
+/// `--allow`: the guest's own parser, so that what the host takes the guest takes.
+fn parse_allow(v: &str) -> Result<unikernel::nbd::acl::AllowList, String> {
+    unikernel::nbd::acl::AllowList::parse(v).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

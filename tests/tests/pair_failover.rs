@@ -361,6 +361,56 @@ fn giveback_round_trip_with_data_written_on_both_sides() {
     }
 }
 
+/// Each export's allow-list holds on its own node and, after a takeover, on the survivor that
+/// serves it (`pair.peer_export=`): A's blk1 admits only a network the client is not in, so
+/// the client is refused it (NBD_REP_ERR_POLICY) before A dies and after B took A's address;
+/// A's blk0 admits the client both times, and B's own blk1 is open throughout.
+#[test]
+fn a_survivor_serves_its_peers_exports_with_the_peers_allow_lists() {
+    use unikernel::nbd::acl::AllowList;
+    let host = "10.77.0.1";
+    let f = up(|s| {
+        s.disks = 2;
+        let mine = AllowList::parse(&format!("{host}/32")).unwrap();
+        let elsewhere = AllowList::parse("192.0.2.0/24").unwrap();
+        s.exports = tandem_qemu::pair::export_words(&[
+            vec![mine, elsewhere],
+            vec![AllowList::OPEN, AllowList::OPEN],
+        ]);
+    });
+    let pair = &f.pair;
+    assert_eq!(pair.info().host_ip, host, "the pair's host address moved");
+    let (a, b) = (nbd_addr(pair, Node::A), nbd_addr(pair, Node::B));
+    let ns = pair.info().ns_pid;
+    // Whether `export` at `addr` serves this client a 4 KiB read; the refusal's text if not.
+    let serves = |addr: SocketAddr, export: &str| -> Result<(), String> {
+        tandem_qemu::in_netns::run(ns, || {
+            let mut c = NbdClient::connect(addr, export, Duration::from_secs(10))?;
+            c.read(0, 4096)?;
+            c.disconnect();
+            Ok::<_, tandem_qemu::nbd_client::NbdError>(())
+        })
+        .unwrap_or_else(|e| panic!("entering the pair's namespace: {e:#}"))
+        .map_err(|e| e.to_string())
+    };
+    let policy = |r: Result<(), String>, what: &str| match r {
+        Err(e) if e.contains("0x80000002") => {}
+        other => panic!(
+            "{what}: expected NBD_REP_ERR_POLICY, got {other:?}; exports: {:?} {:?}",
+            pair.console_lines(Node::A, "nbd: export"),
+            pair.console_lines(Node::B, "nbd: export")
+        ),
+    };
+    serves(a, "blk0").unwrap_or_else(|e| panic!("A's blk0 before the takeover: {e}"));
+    policy(serves(a, "blk1"), "A's blk1 before the takeover");
+    serves(b, "blk1").unwrap_or_else(|e| panic!("B's own blk1: {e}"));
+    pair.kill(Node::A, Sig::Kill).expect("kill A");
+    wait_lines(pair, Node::B, "step=serving", 1);
+    serves(a, "blk0").unwrap_or_else(|e| panic!("A's blk0 served by B: {e}"));
+    policy(serves(a, "blk1"), "A's blk1 served by B");
+    serves(b, "blk1").unwrap_or_else(|e| panic!("B's own blk1 while covering: {e}"));
+}
+
 /// QEMU's own NBD client with `reconnect-delay` keeps one connection open across a
 /// takeover: it writes through A, A dies, and its next read (after it reconnected to the
 /// same address, now served by B) returns the pattern.

@@ -61,6 +61,11 @@
 //!   `pair.peer_ip=A.B.C.D` (the peer's address, taken over on failure), `pair.timeout_ms=N`
 //!   (peer silence that means failure, default 1000) and `pair.giveback=auto|manual`
 //!   (default `auto`: the peer's disks and address go back as soon as it returns).
+//!   `pair.peer_export=NAME:DEVICE[:ro][:allow=NETS]` (repeatable, the `export=` syntax with
+//!   `DEVICE` in this node's numbering, e.g. `blk2`) names what this node serves for its
+//!   peer after a takeover; give the peer's own `export=` names and allow-lists here so that
+//!   its clients find the same exports, no more open than before. Default: the peer's disks
+//!   as `blk0`, `blk1`, ..., open to every client.
 //! - `export=NAME:DEVICE[:ro][:allow=NETS]` — serve `DEVICE` as NBD export `NAME`
 //!   (repeatable; default: every disk under its device name, `blk0`, `blk1`, ...). `allow=`
 //!   serves it only to clients in the networks `NETS`, `A.B.C.D/N` (or `A.B.C.D`) joined by
@@ -143,6 +148,33 @@ impl ExportSpec {
 
     pub fn device(&self) -> &str {
         core::str::from_utf8(&self.device[..usize::from(self.device_len)]).unwrap_or("")
+    }
+}
+
+/// Up to [`MAX_EXPORTS`] export words with distinct names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct ExportList {
+    specs: [ExportSpec; MAX_EXPORTS],
+    count: usize,
+}
+
+impl ExportList {
+    fn as_slice(&self) -> &[ExportSpec] {
+        &self.specs[..self.count]
+    }
+
+    /// Parses and adds one word's value; the error says what was expected.
+    fn push(&mut self, value: &str) -> Result<(), &'static str> {
+        let e = ExportSpec::parse(value)?;
+        if self.count == MAX_EXPORTS {
+            return Err("at most 16 exports");
+        }
+        if self.as_slice().iter().any(|x| x.name() == e.name()) {
+            return Err("a name not already exported");
+        }
+        self.specs[self.count] = e;
+        self.count += 1;
+        Ok(())
     }
 }
 
@@ -250,8 +282,9 @@ pub struct Config {
     pub nvlog_ram_mib: u32,
     /// Failover pair settings (`pair=`).
     pub pair: Option<PairConfig>,
-    exports: [ExportSpec; MAX_EXPORTS],
-    export_count: usize,
+    exports: ExportList,
+    /// `pair.peer_export=` words.
+    peer_exports: ExportList,
     /// The benchmark job; it runs when `bench=DEVICE` named a device.
     pub bench: JobSpec,
     mmio: [MmioDevice; MAX_MMIO_DEVICES],
@@ -303,8 +336,8 @@ impl Default for Config {
             durability_given: false,
             nvlog_ram_mib: 8,
             pair: None,
-            exports: [ExportSpec::default(); MAX_EXPORTS],
-            export_count: 0,
+            exports: ExportList::default(),
+            peer_exports: ExportList::default(),
             bench: JobSpec::default(),
             mmio: [MmioDevice::default(); MAX_MMIO_DEVICES],
             mmio_count: 0,
@@ -354,7 +387,12 @@ fn pair_mut(cfg: &mut Config) -> &mut PairConfig {
 impl Config {
     /// The `export=` words (empty: export every disk under its own name).
     pub fn exports(&self) -> &[ExportSpec] {
-        &self.exports[..self.export_count]
+        self.exports.as_slice()
+    }
+
+    /// The `pair.peer_export=` words (empty: the peer's disks under `blk0`, `blk1`, ...).
+    pub fn peer_exports(&self) -> &[ExportSpec] {
+        self.peer_exports.as_slice()
     }
 
     pub fn mmio_devices(&self) -> &[MmioDevice] {
@@ -513,17 +551,17 @@ pub fn parse<'a>(line: &'a str, mut report: impl FnMut(Issue<'a>)) -> Config {
                 Ok(p) if p != 0 => cfg.nbd_port = p,
                 _ => report(bad("a TCP port 1..65535")),
             },
-            "export" => match ExportSpec::parse(value) {
-                Ok(_) if cfg.export_count == MAX_EXPORTS => report(bad("at most 16 exports")),
-                Ok(e) if cfg.exports().iter().any(|x| x.name() == e.name()) => {
-                    report(bad("a name not already exported"))
+            "export" => {
+                if let Err(expected) = cfg.exports.push(value) {
+                    report(bad(expected));
                 }
-                Ok(e) => {
-                    cfg.exports[cfg.export_count] = e;
-                    cfg.export_count += 1;
+            }
+            "pair.peer_export" => {
+                pair_mut(&mut cfg);
+                if let Err(expected) = cfg.peer_exports.push(value) {
+                    report(bad(expected));
                 }
-                Err(expected) => report(bad(expected)),
-            },
+            }
             "net.echo" => match value.parse::<u16>() {
                 Ok(p) if p != 0 => cfg.echo_port = Some(p),
                 _ => report(bad("a TCP port 1..65535")),
@@ -609,6 +647,7 @@ pub fn parse<'a>(line: &'a str, mut report: impl FnMut(Issue<'a>)) -> Config {
             needs: "pair=a|b",
         });
         cfg.pair = None;
+        cfg.peer_exports = ExportList::default();
     }
     cfg
 }
@@ -970,6 +1009,30 @@ mod tests {
         assert!(c.durability_given);
         assert_eq!(issues.len(), 3, "{issues:?}");
         assert!(issues[2].contains("needs 'pair=a|b'"), "{issues:?}");
+
+        // What the node serves for its peer after a takeover: the export= syntax.
+        let mut issues = std::vec::Vec::new();
+        let c = parse(
+            "pair=a pair.peer_export=data:blk2:allow=10.1.0.0/16 pair.peer_export=logs:blk3:ro \
+             pair.peer_export=data:blk3 pair.peer_export=x:blk2:allow=300.0.0.0/8",
+            |i| issues.push(std::format!("{i}")),
+        );
+        let p = c.peer_exports();
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert_eq!((p[0].name(), p[0].device()), ("data", "blk2"));
+        assert_eq!(p[0].allow.to_string(), "10.1.0.0/16");
+        assert!(p[1].read_only && p[1].allow.is_open());
+        assert!(
+            c.exports().is_empty(),
+            "peer exports are not this node's own"
+        );
+        assert_eq!(
+            issues.len(),
+            2,
+            "a repeated name and a bad network: {issues:?}"
+        );
+        let c = parse("pair.peer_export=data:blk2", |_| {});
+        assert!(c.pair.is_none() && c.peer_exports().is_empty());
     }
 }
 

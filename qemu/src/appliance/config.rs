@@ -772,7 +772,7 @@ fn resolve_disk(p: &mut Problems, key: &str, d: &DiskFile, name: String, single:
             None
         }
     });
-    let allow = resolve_allow(p, key, d.allow.as_deref().unwrap_or_default(), single);
+    let allow = resolve_allow(p, key, d.allow.as_deref().unwrap_or_default());
     DiskPlan {
         name,
         size,
@@ -783,17 +783,9 @@ fn resolve_disk(p: &mut Problems, key: &str, d: &DiskFile, name: String, single:
     }
 }
 
-/// A disk's `allow` list: each entry an IPv4 network, at most [`MAX_ALLOW`]; one appliance
-/// only (a pair's survivor serves its peer's disks, and would serve them to everyone).
-fn resolve_allow(p: &mut Problems, key: &str, allow: &[String], single: bool) -> AllowList {
-    if !single && !allow.is_empty() {
-        p.key(
-            &format!("{key}.allow"),
-            "a pair's exports are served to every client (a survivor serves its peer's disks \
-             after a takeover and does not know their allow-lists)",
-        );
-        return AllowList::OPEN;
-    }
+/// A disk's `allow` list: each entry an IPv4 network, at most [`MAX_ALLOW`]. (A pair's
+/// survivor serves its peer's disks with the peer's lists: `pair.peer_export=`.)
+fn resolve_allow(p: &mut Problems, key: &str, allow: &[String]) -> AllowList {
     if allow.len() > MAX_ALLOW {
         p.key(
             &format!("{key}.allow"),
@@ -1196,11 +1188,12 @@ mod tests {
             nine.join(", ")
         ));
         assert!(e.contains("disk[0].allow: 9 networks"), "{e}");
+        // A pair's disks take lists too (its survivor serves them with the peer's lists).
         let e = problems(
-            "name = \"p\"\n[pair]\n[[pair.a.disk]]\nsize = \"8M\"\nallow = [\"10.0.0.0/8\"]\n\
+            "name = \"p\"\n[pair]\n[[pair.a.disk]]\nsize = \"8M\"\nallow = [\"10.0.0.0/33\"]\n\
              [[pair.b.disk]]\nsize = \"8M\"\n",
         );
-        assert!(e.contains("pair.a.disk[0].allow"), "{e}");
+        assert!(e.contains("pair.a.disk[0].allow[0]"), "{e}");
     }
 
     #[test]

@@ -156,6 +156,8 @@ pub fn pair_spec(app: &Appliance, dir: &Path) -> anyhow::Result<PairSpec> {
     spec.giveback = p.giveback;
     spec.subnet = p.subnet;
     spec.cmdline = app.common_words();
+    spec.exports =
+        spec::export_words(&[0, 1].map(|n| p.disks[n].iter().map(|d| d.allow).collect()));
     spec.validate().map_err(|e| anyhow::anyhow!(e))?;
     Ok(spec)
 }
@@ -640,6 +642,62 @@ mod tests {
             n += 1;
         }
         assert_eq!(n, 2);
+    }
+
+    #[test]
+    fn a_pairs_allow_lists_follow_its_disks_through_a_takeover() {
+        let app = super::super::config::parse(
+            "name = \"p\"\n[pair]\n[[pair.a.disk]]\nsize = \"8M\"\nallow = [\"10.1.0.0/16\"]\n\
+             [[pair.a.disk]]\nsize = \"8M\"\n\
+             [[pair.b.disk]]\nsize = \"8M\"\n[[pair.b.disk]]\nsize = \"8M\"\nallow = [\"10.2.0.9\"]\n",
+        )
+        .unwrap();
+        let p = plans(&app).unwrap();
+        let (mut issues, mut cfgs) = (Vec::new(), Vec::new());
+        for g in &p {
+            cfgs.push(unikernel::cmdline::parse(&g.cmdline_text(), |i| {
+                issues.push(i.to_string())
+            }));
+        }
+        assert!(issues.is_empty(), "{issues:?}");
+        let show = |e: &[unikernel::cmdline::ExportSpec]| {
+            e.iter()
+                .map(|e| format!("{}:{}:{}", e.name(), e.device(), e.allow))
+                .collect::<Vec<_>>()
+        };
+        // Each node's own disks as blk0, blk1 with its lists; its peer's (devices blk2, blk3)
+        // under the peer's names, with the peer's lists.
+        assert_eq!(
+            show(cfgs[0].exports()),
+            ["blk0:blk0:10.1.0.0/16", "blk1:blk1:"]
+        );
+        assert_eq!(
+            show(cfgs[0].peer_exports()),
+            ["blk0:blk2:", "blk1:blk3:10.2.0.9/32"]
+        );
+        assert_eq!(
+            show(cfgs[1].exports()),
+            ["blk0:blk0:", "blk1:blk1:10.2.0.9/32"]
+        );
+        assert_eq!(
+            show(cfgs[1].peer_exports()),
+            ["blk0:blk2:10.1.0.0/16", "blk1:blk3:"]
+        );
+        // The domain XML carries the same words.
+        assert!(libvirt_xml(&app, &p[1]).contains("pair.peer_export=blk0:blk2:allow=10.1.0.0/16"));
+
+        // Open lists: no export words (the guest's defaults).
+        let open = super::super::config::parse(
+            "name = \"p\"\n[pair]\n[[pair.a.disk]]\nsize = \"8M\"\n[[pair.b.disk]]\nsize = \"8M\"\n",
+        )
+        .unwrap();
+        for g in plans(&open).unwrap() {
+            assert!(
+                !g.cmdline_text().contains("export="),
+                "{}",
+                g.cmdline_text()
+            );
+        }
     }
 
     #[test]

@@ -696,9 +696,13 @@ pub fn tandem_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
         anyhow!("cannot find the tandem executable: set {ENV_TANDEM_BIN} to its path")
     })?;
     let bin = ws.join("target").join("release").join("tandem");
-    if !bin.is_file() {
-        build_tandem(&ws)?;
-    }
+    // Built once per process, even when present: a stale supervisor would run an older
+    // spec.json reader than the library that wrote it (cargo makes this a no-op when fresh).
+    static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| build_tandem(&ws).map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(|e| anyhow!(e))?;
     if !bin.is_file() {
         bail!(
             "`cargo build --release -p tandem` did not produce {}",

@@ -47,6 +47,9 @@ pub fn spec_of(a: &PairUpArgs) -> PairSpec {
             .as_deref()
             .map(|c| c.split_whitespace().map(str::to_string).collect())
             .unwrap_or_default(),
+        exports: super::spec::export_words(
+            &[(); 2].map(|_| vec![a.allow.unwrap_or_default(); usize::from(a.disks)]),
+        ),
         boot_timeout: Duration::from_secs(a.boot_timeout),
         verbose: true,
     }

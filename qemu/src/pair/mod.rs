@@ -87,7 +87,7 @@ pub use api::Pair;
 pub use control::{ControlRequest, Sig};
 pub use events::Event;
 pub use region::RegionMap;
-pub use spec::{Giveback, PairConfig, PairSpec, Subnet};
+pub use spec::{export_words, Giveback, PairConfig, PairSpec, Subnet};
 pub use status::{NodeStatus, PairInfo, PairStatus};
 
 /// A node of the pair.

@@ -149,6 +149,9 @@ pub struct PairSpec {
     pub tandem: Option<PathBuf>,
     /// Extra guest command-line words for both nodes (e.g. `log=debug`).
     pub cmdline: Vec<String>,
+    /// Each node's export words (a, b): its own `export=` and, for what it serves after a
+    /// takeover, `pair.peer_export=` (see [`export_words`]); empty: `blk0`, ... open.
+    pub exports: [Vec<String>; 2],
     /// How long `up` waits for both guests to print `TANDEM READY`.
     pub boot_timeout: Duration,
     /// Print progress on stderr.
@@ -172,6 +175,7 @@ impl PairSpec {
             image: None,
             tandem: None,
             cmdline: Vec::new(),
+            exports: [Vec::new(), Vec::new()],
             boot_timeout: Duration::from_secs(120),
             verbose: false,
         }
@@ -209,6 +213,16 @@ impl PairSpec {
         }) {
             return Err(format!(
                 "guest word '{w}' is set by `tandem pair` itself (use the pair's options)"
+            ));
+        }
+        if let Some(w) = self.exports.iter().flatten().find(|w| {
+            w.strip_prefix("export=")
+                .or_else(|| w.strip_prefix("pair.peer_export="))
+                .is_none_or(|v| unikernel::cmdline::ExportSpec::parse(v).is_err())
+        }) {
+            return Err(format!(
+                "'{w}' is not an export word (export=... or pair.peer_export=..., {})",
+                unikernel::cmdline::EXPORT_SYNTAX
             ));
         }
         Ok(())
@@ -252,6 +266,9 @@ pub struct PairConfig {
     pub subnet: String,
     /// Extra guest words.
     pub cmdline: Vec<String>,
+    /// Each node's export words (a, b; see [`PairSpec::exports`]).
+    #[serde(default)]
+    pub exports: [Vec<String>; 2],
 }
 
 impl PairConfig {
@@ -285,6 +302,7 @@ impl PairConfig {
             format!("pair.timeout_ms={}", self.timeout_ms),
             format!("pair.giveback={}", self.giveback.name()),
         ];
+        words.extend(self.exports[n.index()].iter().cloned());
         words.extend(self.cmdline.iter().cloned());
         words
     }
@@ -356,7 +374,41 @@ pub fn resolve(
         giveback: spec.giveback,
         subnet: spec.subnet.to_string(),
         cmdline: spec.cmdline.clone(),
+        exports: spec.exports.clone(),
     }
+}
+
+/// The export words of both nodes (a, b) when each node's disks `k` carry the allow-lists
+/// `allow[node][k]`: node n exports its own disk k as `blkK` (`export=`) and, after a
+/// takeover, its peer's disk k (its device `blk{disks+k}`) as `blkK` with the peer's list
+/// (`pair.peer_export=`), so that the peer's clients find the same export, no more open.
+/// Empty when every list is open (the guest's defaults say the same).
+pub fn export_words(allow: &[Vec<unikernel::nbd::acl::AllowList>; 2]) -> [Vec<String>; 2] {
+    use unikernel::cmdline::ExportSpec;
+    if allow.iter().flatten().all(|a| a.is_open()) {
+        return [Vec::new(), Vec::new()];
+    }
+    let word = |key: &str, k: usize, device: usize, a| {
+        let e = ExportSpec::new(&format!("blk{k}"), &format!("blk{device}"), false, a)
+            .expect("blkN names fit");
+        format!("{key}={e}")
+    };
+    let node = |me: usize| {
+        let own = &allow[me];
+        let peer = &allow[1 - me];
+        let mut w: Vec<String> = own
+            .iter()
+            .enumerate()
+            .map(|(k, a)| word("export", k, k, *a))
+            .collect();
+        w.extend(
+            peer.iter()
+                .enumerate()
+                .map(|(k, a)| word("pair.peer_export", k, own.len() + k, *a)),
+        );
+        w
+    };
+    [node(0), node(1)]
 }
 
 #[cfg(test)]

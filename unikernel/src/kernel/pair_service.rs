@@ -88,14 +88,17 @@ fn per_node(devices: &Devices, cfg: &Config) -> usize {
 fn spec(p: &Pair, devices: &Devices, cfg: &Config, node: usize, listen: [u8; 4]) -> ServiceSpec {
     let n = per_node(devices, cfg);
     let first = if node == p.me { 0 } else { n };
-    let mut exports: Vec<(String, String, bool)> = (0..n)
-        .map(|i| (format!("blk{i}"), format!("blk{}", first + i), false))
-        .collect();
-    if node == p.me && !cfg.exports().is_empty() {
-        exports = cfg
-            .exports()
-            .iter()
-            .map(|e| (e.name().into(), e.device().into(), e.read_only))
+    // This node's own `export=` words, or its `pair.peer_export=` words for the peer's
+    // disks after a takeover; without them, the disks under `blk0`, `blk1`, ..., open.
+    let words = if node == p.me {
+        cfg.exports()
+    } else {
+        cfg.peer_exports()
+    };
+    let (mut exports, allow) = crate::storage::from_words(words);
+    if exports.is_empty() {
+        exports = (0..n)
+            .map(|i| (format!("blk{i}"), format!("blk{}", first + i), false))
             .collect();
     }
     let (off, len) = p.area(node);
@@ -109,13 +112,7 @@ fn spec(p: &Pair, devices: &Devices, cfg: &Config, node: usize, listen: [u8; 4])
     };
     ServiceSpec {
         exports,
-        // A node's own export= words may carry allow-lists; the peer's exports, served after
-        // a takeover, are open (this node does not know the peer's command line).
-        allow: if node == p.me {
-            crate::storage::allow_lists(cfg)
-        } else {
-            Vec::new()
-        },
+        allow,
         log,
         listen: Some(listen),
         durability_nvlog: !cfg.durability_given || cfg.durability_nvlog,

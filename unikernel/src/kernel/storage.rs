@@ -12,7 +12,7 @@ use log::{info, warn};
 use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::wire::{IpListenEndpoint, Ipv4Address};
-use unikernel::cmdline::Config;
+use unikernel::cmdline::{Config, ExportSpec};
 use unikernel::nbd::acl::AllowList;
 use unikernel::nbd::server::{ConnState, Disk, Durability, Server, Stream, CHUNK};
 use unikernel::nbd::ExportInfo;
@@ -137,10 +137,10 @@ pub enum LogPlace {
 /// peer's exports it took over, on the peer's address and from the peer's log.
 pub struct ServiceSpec {
     /// (export name, device, read-only).
-    pub exports: Vec<(String, String, bool)>,
+    pub exports: Exports,
     /// The exports served only to some client networks, by export name (the others are
     /// open to every client).
-    pub allow: Vec<(String, AllowList)>,
+    pub allow: AllowLists,
     pub log: LogPlace,
     pub listen: Option<[u8; 4]>,
     pub durability_nvlog: bool,
@@ -149,24 +149,31 @@ pub struct ServiceSpec {
     pub own: bool,
 }
 
-/// The `export=...:allow=` lists of the command line, by export name.
-pub fn allow_lists(cfg: &Config) -> Vec<(String, AllowList)> {
-    cfg.exports()
+/// A service's exports: `(name, device, read-only)`.
+pub type Exports = Vec<(String, String, bool)>;
+/// Allow-lists by export name (exports not listed are open).
+pub type AllowLists = Vec<(String, AllowList)>;
+
+/// Export words (`export=` or `pair.peer_export=`) as a service's `(name, device,
+/// read-only)` list and its allow-lists by export name.
+pub fn from_words(words: &[ExportSpec]) -> (Exports, AllowLists) {
+    let exports = words
+        .iter()
+        .map(|e| (e.name().into(), e.device().into(), e.read_only))
+        .collect();
+    let allow = words
         .iter()
         .filter(|e| !e.allow.is_open())
         .map(|e| (e.name().into(), e.allow))
-        .collect()
+        .collect();
+    (exports, allow)
 }
 
 impl ServiceSpec {
     /// A single guest: the `export=` words (default: every disk under its own name) and the
     /// first NVRAM window (else guest RAM) for the log.
     pub fn single(devices: &Devices, cfg: &Config) -> Self {
-        let mut exports: Vec<(String, String, bool)> = cfg
-            .exports()
-            .iter()
-            .map(|e| (e.name().into(), e.device().into(), e.read_only))
-            .collect();
+        let (mut exports, allow) = from_words(cfg.exports());
         if exports.is_empty() {
             exports = devices
                 .registry
@@ -184,7 +191,7 @@ impl ServiceSpec {
         };
         Self {
             exports,
-            allow: allow_lists(cfg),
+            allow,
             log,
             listen: None,
             durability_nvlog: cfg.durability_nvlog,
