@@ -203,7 +203,6 @@ fn raw_negotiate(addr: SocketAddr) -> TcpStream {
 }
 
 #[test]
-#[ignore = "issue 13: once in 5 loaded runs the guest restarted (cause not yet found); run with --ignored"]
 fn a_client_that_never_reads_its_replies_does_not_exhaust_the_guest() {
     let mut g = boot();
     let mut deaf = raw_negotiate(g.addr);
@@ -269,7 +268,12 @@ fn a_client_that_never_reads_its_replies_does_not_exhaust_the_guest() {
     other.disconnect();
     let took = real_client(&g.vm, g.addr);
     assert!(took < SLACK, "a real client took {took:?}");
-    eprintln!("heap_used: {heap_before} before, then {samples:?} while a client read nothing");
+    eprintln!(
+        "heap_used: {heap_before} before; {} to {} over {} samples while a client read nothing",
+        samples.iter().min().unwrap_or(&0),
+        samples.iter().max().unwrap_or(&0),
+        samples.len()
+    );
     // Flat: the reply queue is bounded (64 KiB) whatever the client sends. (The management
     // connection that asks may take a socket of its own once: 256 KiB.)
     let peak = samples.iter().copied().max().unwrap_or(heap_before);
