@@ -6,6 +6,16 @@
 //! `tandem run` keeps the key in `<state-dir>/mgmt.key` (0600), an appliance image in its
 //! directory; `tandem mgmt --state-dir DIR status|inject KIND` uses it. Every management
 //! command of `tandem` (`check`, the benchmarks) and of the tests goes through [`command`].
+//!
+//! **The key never goes on a command line.** QEMU's argv (and so `-append`) is readable by
+//! every local user through `ps` and `/proc/PID/cmdline`, and a libvirt domain XML or an xl
+//! config is no place for a secret either. The key file therefore holds guest words,
+//! `mgmt.key=<64 hex>` and a newline, and is handed to the guest as its first PVH boot module
+//! (QEMU `-initrd FILE`, libvirt `<initrd>`, xl `ramdisk=`), which the guest reads as more
+//! command-line words. Only the file's name appears anywhere. Key files of the older format
+//! (the bare 64 hex digits) are still read, and rewritten in the new one when a guest is about
+//! to boot with them ([`load_or_create_key`]). [`cmdline_words`] remains for tests that
+//! deliberately put a key on the command line.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -35,15 +45,41 @@ pub fn key_path(dir: &Path) -> PathBuf {
     dir.join(KEY_FILE)
 }
 
-/// Reads a key file (64 hex digits).
+/// The guest word that carries `key`: the key file's contents without its newline.
+pub fn key_word(key: &Key) -> String {
+    format!("mgmt.key={}", key.to_hex())
+}
+
+/// The key in a key file's text: its `mgmt.key=` word (the file holds guest words), or the
+/// whole text being the bare 64 hex digits (the older format).
+pub fn parse_key_file(text: &str) -> Option<Key> {
+    let words: Vec<&str> = text.split_ascii_whitespace().collect();
+    if let [bare] = words[..] {
+        if let Some(k) = Key::parse(bare) {
+            return Some(k);
+        }
+    }
+    let mut keys = words.iter().filter_map(|w| w.strip_prefix("mgmt.key="));
+    match (keys.next(), keys.next()) {
+        (Some(k), None) => Key::parse(k),
+        _ => None,
+    }
+}
+
+/// Reads a key file (`mgmt.key=<64 hex>`, or the bare 64 hex digits of older files).
 pub fn read_key(path: &Path) -> anyhow::Result<Key> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the management key {}", path.display()))?;
-    Key::parse(&text)
-        .with_context(|| format!("{}: not a management key (64 hex digits)", path.display()))
+    parse_key_file(&text).with_context(|| {
+        format!(
+            "{}: not a management key file (one word mgmt.key=<64 hex digits>)",
+            path.display()
+        )
+    })
 }
 
-/// Writes `key` to `path`, readable by its owner only (0600).
+/// Writes `key` to `path` as the guest word `mgmt.key=<64 hex>` and a newline, readable by
+/// its owner only (0600): the file is the guest's boot module.
 pub fn write_key(path: &Path, key: &Key) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(path);
     let mut f = OpenOptions::new()
@@ -53,15 +89,21 @@ pub fn write_key(path: &Path, key: &Key) -> anyhow::Result<()> {
         .open(path)
         .with_context(|| format!("creating {}", path.display()))?;
     f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    writeln!(f, "{}", key.to_hex()).with_context(|| format!("writing {}", path.display()))?;
+    writeln!(f, "{}", key_word(key)).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
-/// The key in `dir`'s key file, made (0600) when there is none.
+/// The key in `dir`'s key file, made (0600) when there is none. A file of the older bare-hex
+/// format is rewritten as guest words (same key), so that it can be the guest's boot module.
 pub fn load_or_create_key(dir: &Path) -> anyhow::Result<Key> {
     let path = key_path(dir);
     if path.exists() {
-        return read_key(&path);
+        let key = read_key(&path)?;
+        let text = std::fs::read_to_string(&path)?;
+        if text.trim() != key_word(&key) {
+            write_key(&path, &key)?;
+        }
+        return Ok(key);
     }
     let key = generate_key()?;
     write_key(&path, &key)?;
@@ -174,6 +216,46 @@ mod tests {
         assert_ne!(generate_key().unwrap(), k);
         let words = cmdline_words(&k, true);
         assert!(words.contains(&k.to_hex()) && words.ends_with("debug.inject=on"));
+        // The file is the guest's boot module: one guest word and a newline.
+        let text = std::fs::read_to_string(key_path(&dir)).unwrap();
+        assert_eq!(text, format!("mgmt.key={}\n", k.to_hex()));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn key_files_of_either_format_are_read_and_the_old_one_is_upgraded() {
+        let dir = crate::scratch::tempdir().unwrap();
+        let path = key_path(dir.path());
+        let k = Key([0xab; 32]);
+        for text in [
+            format!("mgmt.key={}\n", k.to_hex()),
+            format!("{}\n", k.to_hex()),
+            k.to_hex(),
+            format!("  mgmt.on_data=on\tmgmt.key={} \n", k.to_hex()),
+        ] {
+            std::fs::write(&path, &text).unwrap();
+            assert_eq!(read_key(&path).unwrap(), k, "{text:?}");
+        }
+        for bad in [
+            String::new(),
+            "mgmt.key=abc".into(),
+            format!("mgmt.key={0} mgmt.key={0}", k.to_hex()),
+            format!("{0} {0}", k.to_hex()),
+        ] {
+            std::fs::write(&path, &bad).unwrap();
+            let err = format!("{:#}", read_key(&path).unwrap_err());
+            assert!(err.contains("not a management key file"), "{err}");
+            assert!(!err.contains(&k.to_hex()), "the error shows the key: {err}");
+        }
+        // An old bare-hex file keeps its key and becomes guest words, still 0600.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, format!("{}\n", k.to_hex())).unwrap();
+        assert_eq!(load_or_create_key(dir.path()).unwrap(), k);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("mgmt.key={}\n", k.to_hex())
+        );
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 }

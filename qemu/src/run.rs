@@ -13,6 +13,10 @@
 //! `--no-nvram` turns it off; microvm (no PCI) cannot have one and says so once. The
 //! state-dir lock keeps two guests from sharing the file. Ctrl-C (or SIGTERM/SIGHUP) stops QEMU in order (QMP `quit`, kill
 //! after 3 s) and exits 130; `--timeout` does the same and exits 124.
+//!
+//! Management: with a forward (`--mgmt-port`, default 10810) the guest gets
+//! `<state-dir>/mgmt.key` as its first boot module (`-initrd`), not on `-append`: QEMU's argv
+//! is readable by every local user, so only the file's name is there (see [`crate::mgmt`]).
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
@@ -58,6 +62,18 @@ pub fn build_command(
         .qmp_socket(state.qmp_socket())
         .pidfile(state.pidfile())
         .no_reboot(args.no_reboot);
+    if args.mgmt_port != 0 {
+        // The key travels as the first boot module, never on `-append` (see
+        // [`ensure_mgmt_key`]); the guest's own words follow `mgmt.on_data=on` and can change it.
+        cmd = cmd.initrd(crate::mgmt::key_path(state.root()));
+        let own = args.vm.cmdline.as_deref().unwrap_or("");
+        if !own
+            .split_whitespace()
+            .any(|w| w.starts_with("mgmt.on_data="))
+        {
+            cmd = cmd.cmdline("mgmt.on_data=on");
+        }
+    }
     if let Some(words) = &args.vm.cmdline {
         cmd = cmd.cmdline(words);
     }
@@ -208,23 +224,17 @@ pub fn check_port_free(port: u16) -> anyhow::Result<()> {
     }
 }
 
-/// `args` with the management channel's words in front of the guest's own (so that those
-/// win): with a management forward (`--mgmt-port`), the state directory's key
-/// (`mgmt.key`, made 0600 when missing) and `mgmt.on_data=on` (the user network is reachable
-/// only through the host's forwards on 127.0.0.1). `tandem mgmt --state-dir DIR` reads the key.
-pub fn with_mgmt_key(args: &RunArgs, state: &StateDir) -> anyhow::Result<RunArgs> {
-    let mut args = args.clone();
-    if args.mgmt_port == 0 {
-        return Ok(args);
+/// Makes sure the management key file exists when the channel is forwarded
+/// (`--mgmt-port`, not 0): `<state-dir>/mgmt.key` (0600, made when missing), which
+/// [`build_command`] hands to the guest as its first boot module (`-initrd`) with
+/// `mgmt.on_data=on` on the command line (the user network is reachable only through the
+/// host's forwards on 127.0.0.1). The key is never on QEMU's command line, where every local
+/// user could read it. `tandem mgmt --state-dir DIR` reads the same file.
+pub fn ensure_mgmt_key(args: &RunArgs, state: &StateDir) -> anyhow::Result<()> {
+    if args.mgmt_port != 0 {
+        crate::mgmt::load_or_create_key(state.root())?;
     }
-    let key = crate::mgmt::load_or_create_key(state.root())?;
-    let mut words = crate::mgmt::cmdline_words(&key, false);
-    if let Some(own) = &args.vm.cmdline {
-        words.push(' ');
-        words.push_str(own);
-    }
-    args.vm.cmdline = Some(words);
-    Ok(args)
+    Ok(())
 }
 
 /// Run `tandem run`; returns the process exit status.
@@ -287,8 +297,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
             }
         }
     }
-    let with_key = with_mgmt_key(args, &state)?;
-    let args = &with_key;
+    ensure_mgmt_key(args, &state)?;
     let nvram = nvram_region(args, &state, true)?;
     // --backend vhost-user: one tandem-backend per disk, up before QEMU connects, stopped
     // after QEMU exits (dropped after `vm` below).
@@ -509,7 +518,12 @@ mod tests {
         );
         assert!(joined.contains("-qmp unix:/st/qmp.sock,server=on,wait=off"));
         assert!(joined.contains("-pidfile /st/qemu.pid"));
-        assert!(joined.contains("-append exit=ready"));
+        // The management key: a boot module, by name only; never on the command line.
+        assert!(
+            joined.contains("-append mgmt.on_data=on exit=ready -initrd /st/mgmt.key"),
+            "{joined}"
+        );
+        assert!(!joined.contains("mgmt.key="), "{joined}");
         assert!(joined.contains("-m 64M"));
         assert!(
             joined.contains(
@@ -591,6 +605,39 @@ mod tests {
         assert!(joined.contains("driver=qcow2,read-only=on"));
         assert!(joined.contains("-netdev user,id=net0 "), "{joined}");
         assert!(joined.contains("-machine microvm,acpi=off"));
+        // No management forward: no key module, no management words.
+        assert!(
+            !joined.contains("-initrd") && !joined.contains("mgmt."),
+            "{joined}"
+        );
+    }
+
+    #[test]
+    fn the_guest_can_move_the_management_channel_and_the_key_file_is_made() {
+        let accel = accel::decide(accel::AccelChoice::Tcg, &accel::HostFacts::probe());
+        let tmp = crate::scratch::tempdir().unwrap();
+        let state = StateDir::new(tmp.path());
+        let args = run_args(&["--cmdline", "mgmt.on_data=off mgmt.listen=10.0.3.15"]);
+        let cmd = build_command(
+            &args,
+            Path::new("/q"),
+            Path::new("/img"),
+            &accel,
+            &state,
+            None,
+        );
+        assert_eq!(
+            cmd.cmdline_string(),
+            "mgmt.on_data=off mgmt.listen=10.0.3.15"
+        );
+        assert_eq!(cmd.initrd, Some(tmp.path().join("mgmt.key")));
+        ensure_mgmt_key(&args, &state).unwrap();
+        let key = crate::mgmt::read_key(&tmp.path().join("mgmt.key")).unwrap();
+        assert!(!cmd.to_string().contains(&key.to_hex()));
+        // --mgmt-port 0: nothing made.
+        let none = StateDir::new(tmp.path().join("none"));
+        ensure_mgmt_key(&run_args(&["--mgmt-port", "0"]), &none).unwrap();
+        assert!(!tmp.path().join("none").exists());
     }
 
     #[test]

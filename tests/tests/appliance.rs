@@ -1,9 +1,10 @@
 //! Appliance images (`tandem image build|run|check`) with the real tools: build the sample
 //! appliance, validate its libvirt XML with `virt-xml-validate` (missing, it fails the test),
 //! check its manifest and catch a modified file, rebuild it and compare bytes, boot it with
-//! `tandem image run` and serve NBD from it (nbdinfo, qemu-io write and read back); bad
-//! descriptions fail naming the key; the pair sample builds both nodes and a region whose
-//! header parses.
+//! `tandem image run` and serve NBD from it (nbdinfo, qemu-io write and read back), and
+//! authenticate on its management port with the directory's key file, which no other file,
+//! no QEMU argv and no console line shows; bad descriptions fail naming the key; the pair
+//! sample builds both nodes, each with its own key file, and a region whose header parses.
 //!
 //! Every wait is bounded and waits on something observable (a line on `tandem image run`'s
 //! stderr, a process exit).
@@ -113,6 +114,59 @@ fn free_port() -> u16 {
 
 fn same_bytes(a: &Path, b: &Path) -> bool {
     std::fs::read(a).expect("read a") == std::fs::read(b).expect("read b")
+}
+
+/// The management key file `rel` of two builds: private (0600), the guest word, and a fresh
+/// key in each build (a secret is never a reproducible output).
+fn keys_are_private_and_fresh(one: &Path, two: &Path, rel: &str) -> tandem_qemu::mgmt::Key {
+    use std::os::unix::fs::PermissionsExt;
+    let mut keys = Vec::new();
+    for d in [one, two] {
+        let path = d.join(rel);
+        let mode = std::fs::metadata(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{}", path.display());
+        let key = tandem_qemu::mgmt::read_key(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, format!("mgmt.key={}\n", key.to_hex()));
+        keys.push(key);
+    }
+    assert_ne!(keys[0], keys[1], "two builds made the same key {rel}");
+    keys.swap_remove(0)
+}
+
+/// No file in `dir` but the key files names the key.
+fn key_only_in_key_files(dir: &Path, key: &tandem_qemu::mgmt::Key) {
+    for f in manifest::walk(dir).unwrap() {
+        if f.ends_with(tandem_qemu::mgmt::KEY_FILE) || f.ends_with(".raw") || f.ends_with(".bin") {
+            continue;
+        }
+        let bytes = std::fs::read(dir.join(&f)).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains(&key.to_hex()),
+            "{f} holds the management key"
+        );
+    }
+}
+
+/// Waits (bounded) until the file at `path` contains `needle`; returns its text.
+fn wait_file_contains(path: &Path, needle: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{needle:?} not in {} within {timeout:?}:\n{text}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// `tandem image run`, its stderr lines forwarded on a channel.
@@ -271,6 +325,17 @@ fn sample_appliance_builds_validates_rebuilds_and_serves_nbd() {
         script.contains(&format!("-append '{}'", cmdline.trim())),
         "{script}"
     );
+    // Management on (the sample's default): the channel on the NIC, the key file by name.
+    assert!(cmdline.contains("mgmt.on_data=on"), "{cmdline}");
+    assert!(script.contains("-initrd mgmt.key"), "{script}");
+    assert!(
+        xml.contains("<initrd>/var/lib/tandem/tandem-demo/mgmt.key</initrd>"),
+        "{xml}"
+    );
+    assert!(
+        xl.contains("ramdisk = \"/var/lib/tandem/tandem-demo/mgmt.key\""),
+        "{xl}"
+    );
     // No path of this machine in the text files.
     let here = tmp.path().to_string_lossy().into_owned();
     for f in [
@@ -321,13 +386,18 @@ fn sample_appliance_builds_validates_rebuilds_and_serves_nbd() {
             );
         }
     }
-    // From the resolved description (UUIDs given): every byte, manifest and disks included.
+    // From the resolved description (UUIDs given): every byte, manifest and disks included,
+    // but the management key, a fresh secret in each build.
     build_cli(&d1.join(appliance::RESOLVED), &d3);
     let files = manifest::walk(&d1).unwrap();
     assert_eq!(files, manifest::walk(&d3).unwrap());
-    for f in &files {
+    let key_file = tandem_qemu::mgmt::KEY_FILE;
+    assert!(files.iter().any(|f| f == key_file), "{files:?}");
+    for f in files.iter().filter(|f| *f != key_file) {
         assert!(same_bytes(&d1.join(f), &d3.join(f)), "{f} differs");
     }
+    let key = keys_are_private_and_fresh(&d1, &d3, key_file);
+    key_only_in_key_files(&d1, &key);
 
     // A modified file, a missing one and an extra one are caught, and the command says so.
     std::fs::write(d2.join("run.sh"), "#!/bin/sh\nexit 0\n").unwrap();
@@ -361,12 +431,50 @@ fn sample_appliance_builds_validates_rebuilds_and_serves_nbd() {
         "{p:?}"
     );
 
+    // The dry run shows the key file's name only.
+    let dry = Command::new(tandem_bin())
+        .args(["image", "run", "--dry-run"])
+        .arg(&d1)
+        .output()
+        .expect("run tandem image run --dry-run");
+    let dry_text = String::from_utf8_lossy(&dry.stdout);
+    assert!(
+        dry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    assert!(
+        dry_text.contains(&format!("-initrd {}", d1.join(key_file).display()))
+            && !dry_text.contains(&key.to_hex()),
+        "{dry_text}"
+    );
+
     // Boot it and serve NBD from it.
     let (nbd, mgmt) = (free_port(), free_port());
     let mut run = Running::start(&d1, nbd, mgmt);
     let boot = Duration::from_secs(180);
     run.wait_line(&format!("nbd://127.0.0.1:{nbd}/data"), boot);
     run.wait_line(&format!("nbd://127.0.0.1:{nbd}/archive"), boot);
+    // Its management port takes the directory's key, which is in no argv, on no console.
+    let console = wait_file_contains(
+        &d1.join("console.log"),
+        "mgmt: control channel on tcp/10810",
+        boot,
+    );
+    let addr = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, mgmt));
+    let reply = Duration::from_secs(30);
+    let status = tandem_qemu::mgmt::command(addr, &key, "status", reply).unwrap();
+    assert!(status.starts_with("ok restarts=0 "), "{status}");
+    let wrong = tandem_qemu::mgmt::Key([0x55; 32]);
+    assert!(tandem_qemu::mgmt::command(addr, &wrong, "status", reply).is_err());
+    let pid = std::fs::read_to_string(d1.join("qemu.pid")).unwrap();
+    let argv = std::fs::read(format!("/proc/{}/cmdline", pid.trim())).unwrap();
+    let argv = String::from_utf8_lossy(&argv);
+    assert!(
+        argv.contains("mgmt.key") && !argv.contains(&key.to_hex()),
+        "{argv}"
+    );
+    assert!(!console.contains(&key.to_hex()), "{console}");
     let list = Command::new("nbdinfo")
         .args(["--list", &format!("nbd://127.0.0.1:{nbd}")])
         .output()
@@ -613,12 +721,24 @@ fn pair_sample_builds_both_nodes_and_a_region() {
     }
     assert_eq!(check_cli(&dir, false), (Some(0), vec![]));
 
-    // Rebuilt from its resolved description: identical, region and disks included.
+    // Rebuilt from its resolved description: identical, region and disks included, but each
+    // node's management key: fresh in each build, and the two nodes' keys differ.
     let again = tmp.path().join("again");
     build_cli(&dir.join(appliance::RESOLVED), &again);
     let files = manifest::walk(&dir).unwrap();
     assert_eq!(files, manifest::walk(&again).unwrap());
-    for f in &files {
+    let keys = ["a/mgmt.key", "b/mgmt.key"];
+    for f in files.iter().filter(|f| !keys.contains(&f.as_str())) {
         assert!(same_bytes(&dir.join(f), &again.join(f)), "{f} differs");
+    }
+    let [ka, kb] = keys.map(|k| keys_are_private_and_fresh(&dir, &again, k));
+    assert_ne!(ka, kb, "the nodes share a key");
+    for (n, k) in [("a", &ka), ("b", &kb)] {
+        key_only_in_key_files(&dir, k);
+        let script = std::fs::read_to_string(dir.join(n).join("run.sh")).unwrap();
+        assert!(
+            script.contains(&format!("-initrd {n}/mgmt.key")),
+            "{script}"
+        );
     }
 }

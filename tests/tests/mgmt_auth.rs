@@ -1,12 +1,15 @@
 //! The management channel's authentication (issue 13 §2): a guest booted with a key serves
 //! its management port only to clients that answer its challenge (`unikernel::mgmt_auth`);
-//! `inject` needs `debug.inject=on`; without a key the port is off.
+//! `inject` needs `debug.inject=on`; without a key the port is off. The key may come on the
+//! command line (these tests do that on purpose) or, as `tandem` passes it, in the key file
+//! given as the guest's first boot module (`-initrd`): then it is neither in QEMU's argv nor
+//! on the console.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-use tandem_qemu::builder::{Machine, Nic};
+use tandem_qemu::builder::{Machine, Nic, QemuCommand};
 use tandem_qemu::mgmt::{self, Key};
 use tandem_qemu::size::ByteSize;
 use tandem_qemu::vm::Vm;
@@ -25,11 +28,22 @@ fn free_port() -> u16 {
 
 /// Boots a guest with `words`; returns it and the host port forwarded to tcp/10810.
 fn boot(dir: &std::path::Path, words: &str, ready: &str) -> (Vm, SocketAddr) {
+    boot_with(dir, |cmd| cmd.cmdline(words), ready)
+}
+
+/// Boots a guest with what `more` adds to its command; returns it and the host port
+/// forwarded to tcp/10810, once a console line contains `ready`.
+fn boot_with(
+    dir: &std::path::Path,
+    more: impl FnOnce(QemuCommand) -> QemuCommand,
+    ready: &str,
+) -> (Vm, SocketAddr) {
     let mport = free_port();
-    let cmd = guest_command(Machine::Q35, dir)
-        .disk(sparse_disk(dir, "a.raw", ByteSize::mib(16)))
-        .nic(Nic::user().mac(test_mac()).forward(mport, 10810))
-        .cmdline(words);
+    let cmd = more(
+        guest_command(Machine::Q35, dir)
+            .disk(sparse_disk(dir, "a.raw", ByteSize::mib(16)))
+            .nic(Nic::user().mac(test_mac()).forward(mport, 10810)),
+    );
     let mut vm = spawn(&cmd, dir);
     vm.wait_for_line("mgmt", BOOT_TIMEOUT, |l| l.text.contains(ready))
         .unwrap_or_else(|e| panic!("{e}\n{}", console(&vm)));
@@ -160,4 +174,48 @@ fn no_key_no_port() {
         matches!(got, Ok(0) | Err(_)) && line.is_empty(),
         "{got:?} {line:?}"
     );
+}
+
+#[test]
+fn a_key_in_the_boot_module_authenticates_and_shows_nowhere() {
+    let dir = tandem_qemu::scratch::tempdir().unwrap();
+    // The key file as `tandem run` makes it: the guest word, 0600.
+    let key = mgmt::load_or_create_key(dir.path()).unwrap();
+    let key_file = mgmt::key_path(dir.path());
+    let (mut vm, addr) = boot_with(
+        dir.path(),
+        |cmd| cmd.cmdline("mgmt.on_data=on").initrd(&key_file),
+        "mgmt: control channel on tcp/10810",
+    );
+    let hex = key.to_hex();
+
+    // QEMU's argv (what every local user can read) names the file, not the key.
+    let argv = std::fs::read(format!("/proc/{}/cmdline", vm.pid())).unwrap();
+    let argv = String::from_utf8_lossy(&argv).replace('\0', " ");
+    assert!(
+        argv.contains(&format!("-initrd {}", key_file.display())),
+        "{argv}"
+    );
+    assert!(
+        !argv.contains(&hex) && !argv.contains("mgmt.key="),
+        "{argv}"
+    );
+
+    // The right key works; a wrong one is refused.
+    let status = mgmt::command(addr, &key, "status", REPLY).unwrap();
+    assert!(status.starts_with("ok restarts=0 "), "{status}");
+    let err = mgmt::command(addr, &Key([0x55; 32]), "status", REPLY).unwrap_err();
+    assert!(format!("{err:#}").contains(auth::AUTH_FAILED), "{err:#}");
+
+    // The console says where the words came from and never shows the key.
+    while let tandem_qemu::vm::Poll::Line(_) = vm.poll(Duration::from_millis(200)) {}
+    let text = console(&vm);
+    assert!(
+        text.contains("boot module: 1 words (mgmt.key=<redacted>)"),
+        "{text}"
+    );
+    let log = std::fs::read_to_string(dir.path().join("console.log")).unwrap();
+    for t in [&text, &log] {
+        assert!(!t.contains(&hex), "the console shows the key:\n{t}");
+    }
 }

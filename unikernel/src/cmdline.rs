@@ -4,6 +4,12 @@
 //! parser borrows the line and reports problems through a callback instead of collecting
 //! them. Unknown keys and malformed words are reported, never silently ignored.
 //!
+//! The words come from the kernel command line and then from the first PVH boot module
+//! (QEMU `-initrd`, libvirt `<initrd>`, xl `ramdisk=`; see [`crate::start_info`]).
+//! [`parse_parts`] reads both as one line, the module's words last so that they win: the
+//! host passes `mgmt.key=` there, where `ps` and domain files do not show it. The console
+//! never shows a key: [`Redacted`] and the issue messages hide it.
+//!
 //! Keys:
 //! - `log=error|warn|info|debug|trace` — console log level (default `info`).
 //! - `exit=ready|never` — `ready` powers the guest off cleanly right after `TANDEM READY`.
@@ -419,35 +425,77 @@ pub enum Issue<'a> {
     },
 }
 
-impl fmt::Display for Issue<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Issue<'_> {
+    /// The message without its source (`cmdline: ` or `boot module: `). A value or word that
+    /// may be a key (`mgmt.key=`, or a bare 64-hex-digit word) is never shown.
+    fn describe(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Issue::Malformed(w) => write!(f, "cmdline: malformed word '{w}' (expected key=value)"),
-            Issue::UnknownKey(k) => write!(f, "cmdline: unknown key '{k}' (ignored)"),
+            Issue::Malformed(w) if looks_like_key(w) => write!(
+                f,
+                "malformed word '<64 hex digits, not shown>' (expected key=value, e.g. mgmt.key=...)"
+            ),
+            Issue::Malformed(w) => write!(f, "malformed word '{w}' (expected key=value)"),
+            Issue::UnknownKey(k) => write!(f, "unknown key '{k}' (ignored)"),
             Issue::BadValue {
                 key,
                 value,
                 expected,
-            } => write!(
-                f,
-                "cmdline: bad value '{value}' for '{key}' (expected {expected}); default kept"
-            ),
+            } => {
+                let value = if *key == "mgmt.key" { "<redacted>" } else { value };
+                write!(
+                    f,
+                    "bad value '{value}' for '{key}' (expected {expected}); default kept"
+                )
+            }
             Issue::TooMany(w) => write!(
                 f,
-                "cmdline: more than {MAX_MMIO_DEVICES} virtio-mmio devices, '{w}' dropped"
+                "more than {MAX_MMIO_DEVICES} virtio-mmio devices, '{w}' dropped"
             ),
-            Issue::Needs { key, needs } => {
-                write!(f, "cmdline: '{key}' needs '{needs}' (ignored)")
-            }
+            Issue::Needs { key, needs } => write!(f, "'{key}' needs '{needs}' (ignored)"),
         }
     }
 }
 
+impl fmt::Display for Issue<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("cmdline: ")?;
+        self.describe(f)
+    }
+}
+
+/// An issue with a word of the first boot module (see [`parse_parts`]), for the console.
+pub struct InModule<'a>(pub Issue<'a>);
+
+impl fmt::Display for InModule<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("boot module: ")?;
+        self.0.describe(f)
+    }
+}
+
+/// A word that would be a management key on its own (the key file's old, bare format).
+fn looks_like_key(w: &str) -> bool {
+    w.len() == 2 * crate::mgmt_auth::KEY_LEN && w.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// Parses `line`, calling `report` for each word that is not understood.
 pub fn parse<'a>(line: &'a str, mut report: impl FnMut(Issue<'a>)) -> Config {
+    parse_parts(&[line], |_, issue| report(issue))
+}
+
+/// Parses the words of several parts in order, as one line: a later word overrides an
+/// earlier one. The guest passes its command line, then its first boot module's words
+/// (where the host puts `mgmt.key=`, out of sight of `ps`). `report` gets the index of the
+/// part each problem is in, so that the caller can say where it is.
+pub fn parse_parts<'a>(parts: &[&'a str], mut report: impl FnMut(usize, Issue<'a>)) -> Config {
     let mut cfg = Config::default();
     let mut pair_named = false;
-    for word in line.split_ascii_whitespace() {
+    let words = parts
+        .iter()
+        .enumerate()
+        .flat_map(|(i, p)| p.split_ascii_whitespace().map(move |w| (i, w)));
+    for (part, word) in words {
+        let mut report = |issue| report(part, issue);
         let Some((key, value)) = word.split_once('=') else {
             report(Issue::Malformed(word));
             continue;
@@ -642,10 +690,13 @@ pub fn parse<'a>(line: &'a str, mut report: impl FnMut(Issue<'a>)) -> Config {
         }
     }
     if cfg.pair.is_some() && !pair_named {
-        report(Issue::Needs {
-            key: "pair.*",
-            needs: "pair=a|b",
-        });
+        report(
+            0,
+            Issue::Needs {
+                key: "pair.*",
+                needs: "pair=a|b",
+            },
+        );
         cfg.pair = None;
         cfg.peer_exports = ExportList::default();
     }
@@ -1036,7 +1087,8 @@ mod tests {
     }
 }
 
-/// The command line for the console, with the management key's value hidden.
+/// Words for the console (the command line, the boot module's), with the management key's
+/// value hidden, and any bare word that could be a key (the key file's old format).
 pub struct Redacted<'a>(pub &'a str);
 
 impl fmt::Display for Redacted<'_> {
@@ -1047,6 +1099,7 @@ impl fmt::Display for Redacted<'_> {
             }
             match w.strip_prefix("mgmt.key=") {
                 Some(_) => f.write_str("mgmt.key=<redacted>")?,
+                None if looks_like_key(w) => f.write_str("<redacted>")?,
                 None => f.write_str(w)?,
             }
         }
@@ -1073,5 +1126,58 @@ mod mgmt_key_tests {
         let mut bad = 0;
         let cfg = parse("mgmt.key=abc mgmt.listen=1.2.3", |_| bad += 1);
         assert_eq!((bad, cfg.mgmt_key, cfg.mgmt_listen), (2, None, None));
+    }
+
+    #[test]
+    fn a_near_key_is_never_echoed() {
+        // One digit short, or bare (the old key-file format): reported, value not shown.
+        let short = "ab".repeat(31) + "c";
+        let bare = "cd".repeat(32);
+        let line = alloc::format!("mgmt.key={short} {bare} log=info");
+        let mut issues = Vec::new();
+        let cfg = parse(&line, |i| issues.push(i.to_string()));
+        assert!(cfg.mgmt_key.is_none());
+        assert_eq!(issues.len(), 2, "{issues:?}");
+        assert!(
+            issues[0].contains("'<redacted>' for 'mgmt.key'"),
+            "{issues:?}"
+        );
+        assert!(issues[1].contains("not shown"), "{issues:?}");
+        let shown = alloc::format!("{}", Redacted(&line));
+        assert_eq!(shown, "mgmt.key=<redacted> <redacted> log=info");
+        for text in issues.iter().chain([&shown]) {
+            assert!(!text.contains(&short) && !text.contains(&bare), "{text}");
+        }
+    }
+
+    #[test]
+    fn parts_parse_as_one_line_in_order() {
+        let key = "0f".repeat(32);
+        let module = alloc::format!("mgmt.key={key}\n");
+        // The module's words come after the command line's: they win.
+        let line = "log=debug mgmt.on_data=on nbd.port=2000 mgmt.key=00";
+        let mut issues = Vec::new();
+        let cfg = parse_parts(&[line, &module], |part, i| {
+            issues.push((part, i.to_string()))
+        });
+        assert_eq!(cfg.mgmt_key, Some(crate::mgmt_auth::Key([0x0f; 32])));
+        assert!(cfg.mgmt_on_data && cfg.log == LogLevel::Debug && cfg.nbd_port == 2000);
+        // Each problem names its part.
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert_eq!(issues[0].0, 0);
+        let cfg = parse_parts(&["nbd.port=2000", "nbd.port=3000 frob=1"], |part, i| {
+            issues.push((part, InModule(i).to_string()))
+        });
+        assert_eq!(cfg.nbd_port, 3000);
+        assert_eq!(
+            issues[1],
+            (1, "boot module: unknown key 'frob' (ignored)".into())
+        );
+        // One part is `parse`.
+        assert_eq!(parse_parts(&[line], |_, _| {}), parse(line, |_| {}));
+        assert_eq!(parse_parts(&[], |_, _| {}), Config::default());
+        // pair.* in one part, pair= in the other: one configuration.
+        let cfg = parse_parts(&["pair.disks=2", "pair=b"], |_, i| panic!("{i}"));
+        assert_eq!(cfg.pair.map(|p| (p.node, p.disks)), Some((1, 2)));
     }
 }

@@ -16,6 +16,11 @@
 //! failover pair (`[pair]` with both nodes, `[pair.a]` and `[pair.b]`, each with its own
 //! `[[pair.X.disk]]`). A pair is what `tandem pair up` runs: addresses from `pair.subnet`
 //! (A .10, B .11), raw disks named `a/diskK.raw` and `b/diskK.raw`, one shared region.
+//!
+//! `[network] management` (default on) turns the management channel on for every guest, on
+//! its one NIC. Its key is never part of the description, nor of anything rendered from it:
+//! the build gives each guest a fresh key file of its own (`mgmt.key`, 0600), which reaches
+//! the guest as its boot module, and an extra word `mgmt.key=` is refused without echoing it.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -105,7 +110,8 @@ pub struct NetworkFile {
     /// Host bridge for the libvirt and xl NICs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bridge: Option<String>,
-    /// The management port (tcp/10810) on or off.
+    /// The management channel (tcp/10810, on the guest's NIC, with a key file per guest)
+    /// on or off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub management: Option<bool>,
 }
@@ -201,7 +207,7 @@ pub struct Appliance {
     pub durability: Option<String>,
     /// `log=` word, when set.
     pub log: Option<String>,
-    /// Management port on.
+    /// The management channel on: `mgmt.on_data=on`, and a key file per guest.
     pub management: bool,
     /// Extra guest words.
     pub cmdline: Vec<String>,
@@ -503,6 +509,16 @@ fn check_cmdline(p: &mut Problems, words: &[String]) {
                 &key,
                 quoted(w),
                 "KEY=VALUE in printable ASCII, without spaces, quotes, '\\', '<', '>', '&', '`' or '$'",
+            );
+            continue;
+        }
+        if k == "mgmt.key" {
+            // Not echoed: it may be a real key.
+            p.add(
+                &key,
+                "\"mgmt.key=<not shown>\"",
+                "a key here would be in guest.cmdline, domain.xml and xl.cfg for anyone to read; \
+                 `[network] management = true` gives each guest its own key file (mgmt.key, 0600)",
             );
             continue;
         }
@@ -1053,7 +1069,9 @@ impl Appliance {
     }
 
     /// Guest words every node gets after its network/export/pair words: durability, log,
-    /// the management port, then the extra words.
+    /// the management channel, then the extra words. With `management`, the channel listens
+    /// on the guest's one NIC (`mgmt.on_data=on`); its key is not a word here but the
+    /// guest's key file, its boot module ([`crate::mgmt`]). Without, the port is off.
     pub fn common_words(&self) -> Vec<String> {
         let mut w = Vec::new();
         if let Some(d) = &self.durability {
@@ -1062,9 +1080,14 @@ impl Appliance {
         if let Some(l) = &self.log {
             w.push(format!("log={l}"));
         }
-        if !self.management {
-            w.push("mgmt.port=0".into());
-        }
+        w.push(
+            if self.management {
+                "mgmt.on_data=on"
+            } else {
+                "mgmt.port=0"
+            }
+            .into(),
+        );
         w.extend(self.cmdline.iter().cloned());
         w
     }
@@ -1160,6 +1183,25 @@ mod tests {
         assert!(e.contains("name = \"bad name\""), "{e}");
         let e = problems("name = \"t\"\n");
         assert!(e.contains("disk: no [[disk]]"), "{e}");
+        // A key among the extra words: refused, and not echoed.
+        let key = "5a".repeat(32);
+        let e = problems(&format!(
+            "name = \"t\"\ncmdline = [\"mgmt.key={key}\"]\n[[disk]]\nsize = \"8M\"\n"
+        ));
+        assert!(
+            e.contains("cmdline[0]") && e.contains("key file") && !e.contains(&key),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn management_words() {
+        let on = parse("name = \"t\"\n[[disk]]\nsize = \"8M\"\n").unwrap();
+        assert!(on.management);
+        assert_eq!(on.common_words(), ["mgmt.on_data=on"]);
+        let off = parse("name = \"t\"\n[network]\nmanagement = false\n[[disk]]\nsize = \"8M\"\n")
+            .unwrap();
+        assert_eq!(off.common_words(), ["mgmt.port=0"]);
     }
 
     #[test]

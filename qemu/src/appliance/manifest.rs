@@ -167,9 +167,13 @@ pub fn runtime_state(kind: &str) -> BTreeSet<String> {
     for p in [s.lock_file(), s.qmp_socket(), s.pidfile(), s.console_log()] {
         out.insert(rel(p));
     }
-    // The management channel's key, made by the first `tandem image run` (0600).
+    // The management channel's key (0600): each build makes a fresh one (and a run one when
+    // it is missing); a secret, so never in the manifest, which is meant to be compared.
     out.insert(crate::mgmt::KEY_FILE.into());
     if kind == "pair" {
+        for n in Node::ALL {
+            out.insert(format!("{n}/{}", crate::mgmt::KEY_FILE));
+        }
         let d = PairDir::new("");
         for p in [
             d.spec(),

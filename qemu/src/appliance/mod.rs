@@ -15,6 +15,7 @@
 //! | `xl.cfg` | Xen `xl` config of a PVH guest |
 //! | `config.resolved.toml` | the description with every default and generated UUID spelt out |
 //! | `manifest.json` | every other file with its size and SHA-256 ([`manifest`]) |
+//! | `mgmt.key` | with management on: the guest's management key (0600), its boot module |
 //!
 //! A pair description gives `region.bin` (the shared region, header written), `kernel.elf`,
 //! and per node `a/` and `b/` with the node's disks and its `guest.cmdline`, `run.sh`,
@@ -25,7 +26,14 @@
 //!
 //! The guest reads its configuration from its kernel command line: that is where the
 //! appliance embeds it (the script's `-append`, libvirt's `<cmdline>`, xl's `extra=`), so
-//! there is no second configuration channel to keep in step.
+//! there is no second configuration channel to keep in step. The one exception is the
+//! management key, a secret: anything on a command line or in a domain file is readable by
+//! others, so each guest (each node of a pair) gets a fresh random key file, `mgmt.key`
+//! (0600), that the script, libvirt and xl pass as the guest's boot module by name
+//! (`-initrd`, `<initrd>`, `ramdisk =`). It is made by every build and is not one of the
+//! reproducible outputs: the manifest leaves it out (like the runtime files), and two builds
+//! of one description have different keys. `tandem image run` and `tandem mgmt --state-dir
+//! DIR` use the directory's key.
 //!
 //! **Reproducible.** The same description and sources give the same bytes: the kernel is
 //! copied, the text files have no timestamps or build-machine paths (the script uses paths
@@ -230,6 +238,10 @@ fn write_all(
     }
 
     for g in render::plans(app)? {
+        if let Some(k) = &g.key {
+            // Fresh for every build and left out of the manifest (see the module docs).
+            crate::mgmt::write_key(&out.join(k), &crate::mgmt::generate_key()?)?;
+        }
         write(&g.file(CMDLINE), &g.cmdline_text(), &mut files)?;
         write(&g.file(SCRIPT), &render::launch_script(app, &g), &mut files)?;
         make_executable(&out.join(g.file(SCRIPT)))?;

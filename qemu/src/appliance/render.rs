@@ -7,6 +7,11 @@
 //! `tandem pair up` ([`crate::pair::spec::PairConfig::node_command`]) for a pair node, so
 //! the appliance boots with exactly the devices those commands give a guest.
 //!
+//! With management on, each guest also has a key file (`mgmt.key` in its directory, made by
+//! the build, not here): the script passes it with `-initrd`, libvirt with `<initrd>`, xl with
+//! `ramdisk =`, each by name only, so that the key is in none of these files (nor in the
+//! reproducible outputs) and in no QEMU argv. The guest reads it as its first boot module.
+//!
 //! Reproducible by construction: no timestamps, no host names, and no path of the build
 //! machine. The script uses paths relative to the appliance directory (it `cd`s there
 //! first); libvirt and xl insist on absolute paths, so they name the files under
@@ -19,6 +24,7 @@ use super::config::{Appliance, Kind};
 use crate::accel::{self, AccelChoice};
 use crate::builder::{shell_quote, DiskFormat, MacAddr, QemuCommand, SharedRegion};
 use crate::cli::{Cli, Command, RunArgs};
+use crate::mgmt::KEY_FILE;
 use crate::pair::spec::{self, PairConfig, PairSpec};
 use crate::pair::Node;
 use crate::run::{GUEST_MGMT_PORT, GUEST_NBD_PORT};
@@ -63,6 +69,9 @@ pub struct GuestPlan {
     pub region: (String, ByteSize),
     /// The pair node, for a pair.
     pub node: Option<Node>,
+    /// Its management key file, relative (`mgmt.key`, `a/mgmt.key`): its boot module. `None`
+    /// when the description turns management off.
+    pub key: Option<String>,
     /// The QEMU line of its launch script (relative paths, TCG; the script picks the
     /// accelerator when it runs).
     pub qemu: QemuCommand,
@@ -214,11 +223,21 @@ pub fn plans(app: &Appliance) -> anyhow::Result<Vec<GuestPlan>> {
                 mac: s.mac,
                 region: (NVRAM.into(), s.nvram),
                 node: None,
+                key: app.management.then(|| KEY_FILE.to_string()),
                 qemu,
             }])
         }
         Kind::Pair(p) => {
             let cfg = pair_config(app)?;
+            // `tandem pair up` runs without the channel; the node's own files have its key.
+            let key = |n: Node| app.management.then(|| format!("{n}/{KEY_FILE}"));
+            let qemu = |n: Node| {
+                let cmd = cfg.node_command(n).name(format!("{}-{n}", app.name));
+                match key(n) {
+                    Some(k) => cmd.initrd(k),
+                    None => cmd,
+                }
+            };
             Ok(Node::ALL
                 .into_iter()
                 .map(|n| GuestPlan {
@@ -241,7 +260,8 @@ pub fn plans(app: &Appliance) -> anyhow::Result<Vec<GuestPlan>> {
                         p.region_size,
                     ),
                     node: Some(n),
-                    qemu: cfg.node_command(n).name(format!("{}-{n}", app.name)),
+                    key: key(n),
+                    qemu: qemu(n),
                 })
                 .collect())
         }
@@ -451,6 +471,15 @@ pub fn libvirt_xml(app: &Appliance, g: &GuestPlan) -> String {
         domain = xml(&g.domain),
         region = xml(&g.region.0),
     );
+    if let Some(k) = &g.key {
+        let _ = writeln!(
+            s,
+            "<!-- The management channel's key is the file {k} (0600), the guest's <initrd>: the\n\
+             \x20    guest reads it as more command-line words, so the key is not in this file.\n\
+             \x20    libvirt's dynamic ownership (the default) lets QEMU read it. -->",
+            k = xml(k),
+        );
+    }
     let _ = writeln!(
         s,
         "<domain type='kvm' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>"
@@ -470,6 +499,9 @@ pub fn libvirt_xml(app: &Appliance, g: &GuestPlan) -> String {
     let _ = writeln!(s, "  <os>");
     let _ = writeln!(s, "    <type arch='x86_64' machine='q35'>hvm</type>");
     let _ = writeln!(s, "    <kernel>{}</kernel>", xml(&installed(app, KERNEL)));
+    if let Some(k) = &g.key {
+        let _ = writeln!(s, "    <initrd>{}</initrd>", xml(&installed(app, k)));
+    }
     let _ = writeln!(s, "    <cmdline>{}</cmdline>", xml(&g.words.join(" ")));
     let _ = writeln!(s, "  </os>");
     let _ = writeln!(s, "  <features>\n    <acpi/>\n  </features>");
@@ -569,9 +601,20 @@ pub fn xl_config(app: &Appliance, g: &GuestPlan) -> String {
          # durability=disk there.",
         app.name, app.install_dir
     );
+    if let Some(k) = &g.key {
+        let _ = writeln!(
+            s,
+            "# The management channel's key is the file {k} (0600), passed as the PVH boot\n\
+             # module (`ramdisk`): the guest reads it as more command-line words, so the key is\n\
+             # not in this file."
+        );
+    }
     let _ = writeln!(s, "name = \"{}\"", g.domain);
     let _ = writeln!(s, "type = \"pvh\"");
     let _ = writeln!(s, "kernel = \"{}\"", installed(app, KERNEL));
+    if let Some(k) = &g.key {
+        let _ = writeln!(s, "ramdisk = \"{}\"", installed(app, k));
+    }
     let _ = writeln!(s, "extra = \"{}\"", g.words.join(" "));
     let _ = writeln!(s, "memory = {}", app.memory.as_mib());
     let _ = writeln!(s, "vcpus = {}", app.vcpus);
@@ -708,7 +751,7 @@ mod tests {
         let g = &p[0];
         assert_eq!(
             g.cmdline_text(),
-            "ip=10.0.2.15/24 gw=10.0.2.2 export=data:blk0 export=logs:blk1:ro\n"
+            "ip=10.0.2.15/24 gw=10.0.2.2 export=data:blk0 export=logs:blk1:ro mgmt.on_data=on\n"
         );
         let line = g.qemu.to_string();
         assert!(line.contains("file.filename=disk0.raw"), "{line}");
@@ -727,15 +770,54 @@ mod tests {
             !script.contains("/tmp") && !script.contains("/work"),
             "{script}"
         );
+        // The key file goes by name only: -initrd, <initrd>, ramdisk.
+        assert!(
+            script.contains("-initrd mgmt.key") && !script.contains("mgmt.key="),
+            "{script}"
+        );
+        assert_eq!(script.matches("mgmt.on_data=on").count(), 1, "{script}");
         let xml = libvirt_xml(&app, g);
         assert!(xml.contains(
-            "<cmdline>ip=10.0.2.15/24 gw=10.0.2.2 export=data:blk0 export=logs:blk1:ro</cmdline>"
+            "<cmdline>ip=10.0.2.15/24 gw=10.0.2.2 export=data:blk0 export=logs:blk1:ro \
+             mgmt.on_data=on</cmdline>"
         ));
+        assert!(
+            xml.contains("<initrd>/var/lib/tandem/demo/mgmt.key</initrd>"),
+            "{xml}"
+        );
         assert!(xml.contains("/var/lib/tandem/demo/disk1.qcow2"));
         assert!(xml.contains("<readonly/>"));
         let xl = xl_config(&app, g);
         assert!(xl.contains("type = \"pvh\""));
         assert!(xl.contains("access=ro,target=/var/lib/tandem/demo/disk1.qcow2"));
+        assert!(
+            xl.contains("ramdisk = \"/var/lib/tandem/demo/mgmt.key\""),
+            "{xl}"
+        );
+    }
+
+    #[test]
+    fn without_management_there_is_no_key_file_to_pass() {
+        for text in [
+            "name = \"off\"\n[network]\nmanagement = false\n[[disk]]\nsize = \"8M\"\n",
+            "name = \"off\"\n[network]\nmanagement = false\n[pair]\n[[pair.a.disk]]\n\
+             size = \"8M\"\n[[pair.b.disk]]\nsize = \"8M\"\n",
+        ] {
+            let app = super::super::config::parse(text).unwrap();
+            for g in plans(&app).unwrap() {
+                assert_eq!(g.key, None);
+                assert!(g.words.contains(&"mgmt.port=0".to_string()));
+                let all = [
+                    launch_script(&app, &g),
+                    libvirt_xml(&app, &g),
+                    xl_config(&app, &g),
+                ]
+                .concat();
+                for absent in ["initrd", "ramdisk", "mgmt.key", "mgmt.on_data"] {
+                    assert!(!all.contains(absent), "{absent}: {all}");
+                }
+            }
+        }
     }
 
     #[test]
@@ -756,5 +838,14 @@ mod tests {
         assert!(script.contains("ifname=tapa"), "{script}");
         assert!(script.contains("mem-path=region.bin"), "{script}");
         assert!(libvirt_xml(&app, &p[0]).contains("<shareable/>"));
+        // Each node its own key file, by name only.
+        for (g, n) in p.iter().zip(["a", "b"]) {
+            let key = format!("{n}/mgmt.key");
+            assert_eq!(g.key.as_deref(), Some(key.as_str()));
+            assert!(g.words.contains(&"mgmt.on_data=on".to_string()));
+            assert!(launch_script(&app, g).contains(&format!("-initrd {key}")));
+            assert!(libvirt_xml(&app, g).contains(&format!("<initrd>/var/lib/tandem/p/{key}")));
+            assert!(xl_config(&app, g).contains(&format!("ramdisk = \"/var/lib/tandem/p/{key}\"")));
+        }
     }
 }

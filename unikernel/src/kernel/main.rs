@@ -68,10 +68,7 @@ pub extern "C" fn kmain(start_info_paddr: u64) -> ! {
     );
 
     let si = read_start_info(start_info_paddr);
-    let (cmdline, cmdline_len) = read_cmdline(&si);
-    let cfg = cmdline::parse(cmdline, |issue| warn!("{issue}"));
-    console::set_level(cfg.log);
-    info!("cmdline: \"{}\"", cmdline::Redacted(cmdline));
+    let (cfg, words_at) = read_words(&si);
     if cfg.debug_panic == Some(PanicPoint::Boot) {
         panic!("debug.panic=boot requested on the command line");
     }
@@ -112,11 +109,14 @@ pub extern "C" fn kmain(start_info_paddr: u64) -> ! {
     };
 
     let kernel = mem::kernel_range();
+    let [cmdline_at, modlist_at, module_at] = words_at;
     let taken = [
         kernel.clone(),
         start_info_paddr..start_info_paddr + core::mem::size_of::<HvmStartInfo>() as u64,
         si.memmap_paddr..si.memmap_paddr + si.memmap_bytes() as u64,
-        si.cmdline_paddr..si.cmdline_paddr + cmdline_len as u64 + 1,
+        cmdline_at,
+        modlist_at,
+        module_at,
     ];
     let usable = memmap::usable_ram(entries(), &taken);
     if usable.dropped_bytes() > 0 {
@@ -571,6 +571,49 @@ fn read_start_info(paddr: u64) -> HvmStartInfo {
         Ok(si) => si,
         Err(e) => panic!("cannot boot: {e}"),
     }
+}
+
+/// The guest's configuration: the command line's words, then the first boot module's (where
+/// the host puts `mgmt.key=`, out of sight of `ps`). Returns it and the memory the loader's
+/// command line, module list and module occupy, which the allocator must leave alone.
+fn read_words(si: &HvmStartInfo) -> (cmdline::Config, [core::ops::Range<u64>; 3]) {
+    let (line, line_len) = read_cmdline(si);
+    let module = match start_info::read_first_module(si, Phys::slice) {
+        Ok(m) => m,
+        Err(e) => {
+            warn!("boot module: {e}; its words are ignored");
+            None
+        }
+    };
+    let module_words = module.as_ref().map_or("", |m| m.words);
+    let cfg = cmdline::parse_parts(&[line, module_words], |part, issue| {
+        if part == 0 {
+            warn!("{issue}")
+        } else {
+            warn!("{}", cmdline::InModule(issue))
+        }
+    });
+    console::set_level(cfg.log);
+    info!("cmdline: \"{}\"", cmdline::Redacted(line));
+    if let Some(m) = &module {
+        info!(
+            "boot module: {} words ({})",
+            m.words.split_ascii_whitespace().count(),
+            cmdline::Redacted(m.words)
+        );
+        if m.count > 1 {
+            warn!(
+                "boot module: {} modules given; only the first is read",
+                m.count
+            );
+        }
+    }
+    let at = [
+        si.cmdline_paddr..si.cmdline_paddr + line_len as u64 + 1,
+        si.modlist_range(),
+        module.map_or(0..0, |m| m.range),
+    ];
+    (cfg, at)
 }
 
 /// The command line as the loader left it (NUL-terminated, bounded, UTF-8 prefix), and the
