@@ -7,7 +7,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tandem_qemu::builder::{Machine, Nic, QemuCommand};
 use tandem_qemu::mgmt::{self, Key};
@@ -134,6 +134,58 @@ fn refuses_the_unauthenticated_and_injects_nothing_without_the_debug_key() {
     let status = c.command("status").unwrap();
     assert!(status.starts_with("ok restarts=0 "), "{status}");
     assert!(!ctx().contains("TANDEM RESTART"), "{}", ctx());
+}
+
+/// An authenticated connection that sends nothing for `mgmt.idle_ms` is told so and closed,
+/// so that forgotten or half-open connections cannot hold the channel's few slots; one that
+/// keeps sending commands stays open well past that time.
+#[test]
+fn an_idle_authenticated_connection_is_closed() {
+    let dir = tandem_qemu::scratch::tempdir().unwrap();
+    let key = mgmt::generate_key().unwrap();
+    let idle = Duration::from_secs(2);
+    let (vm, addr) = boot(
+        dir.path(),
+        &format!(
+            "{} mgmt.idle_ms={}",
+            mgmt::cmdline_words(&key, false),
+            idle.as_millis()
+        ),
+        "mgmt: control channel on tcp/10810",
+    );
+    let login = || {
+        let (mut r, nonce) = raw(addr);
+        send(
+            &mut r,
+            &auth::answer(&key, &auth::challenge_line(&nonce)).unwrap(),
+        );
+        assert_eq!(read_line(&mut r), auth::AUTH_OK, "{}", console(&vm));
+        r
+    };
+    // Busy: a command every quarter of the idle time, for three idle times.
+    let mut busy = login();
+    let t = Instant::now();
+    while t.elapsed() < 3 * idle {
+        send(&mut busy, "status");
+        let line = read_line(&mut busy);
+        assert!(line.starts_with("ok "), "a busy connection got {line:?}");
+        // Pacing the client (its behaviour under test), not waiting for the guest.
+        std::thread::sleep(idle / 4);
+    }
+    // Idle: the refusal line, then the close, within the idle time plus emulation slack.
+    let mut quiet = login();
+    quiet
+        .get_ref()
+        .set_read_timeout(Some(idle + REPLY))
+        .unwrap();
+    let t = Instant::now();
+    assert_eq!(read_line(&mut quiet), auth::REFUSE_IDLE, "{}", console(&vm));
+    // Not at once: the idle time (less the reply's trip) passed first.
+    assert!(t.elapsed() >= idle / 2, "closed after {:?}", t.elapsed());
+    assert!(closed(&mut quiet), "still open after the idle refusal");
+    // The slot serves again.
+    let status = mgmt::command(addr, &key, "status", REPLY).unwrap();
+    assert!(status.starts_with("ok restarts=0 "), "{status}");
 }
 
 #[test]

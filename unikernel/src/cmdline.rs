@@ -36,6 +36,8 @@
 //!   address the guest has, e.g. on a management NIC).
 //! - `mgmt.on_data=on|off` — listen on the data NIC's address (default `off`; `tandem run`
 //!   turns it on: its user network is reachable only from the host).
+//! - `mgmt.idle_ms=N` — close an authenticated management connection that sends nothing for
+//!   N ms (default 300000), so a forgotten or half-open one does not hold a slot for ever.
 //! - `debug.inject=on|off` — allow `inject ...` on the management channel (default `off`).
 //! - `watchdog_ms=N` — restart in place when the service loop stalls for N ms (default
 //!   2000; 0 turns the watchdog off).
@@ -268,6 +270,8 @@ pub struct Config {
     pub mgmt_listen: Option<[u8; 4]>,
     /// `mgmt.on_data=on`.
     pub mgmt_on_data: bool,
+    /// `mgmt.idle_ms=`: an authenticated connection idle this long is closed.
+    pub mgmt_idle_ms: u64,
     /// `debug.inject=on`.
     pub debug_inject: bool,
     pub debug_stall_after_requests: Option<u64>,
@@ -328,6 +332,7 @@ impl Default for Config {
             mgmt_key: None,
             mgmt_listen: None,
             mgmt_on_data: false,
+            mgmt_idle_ms: crate::mgmt_auth::IDLE_TIMEOUT_MS,
             debug_inject: false,
             debug_stall_after_requests: None,
             debug_blkops: JobSpec::default(),
@@ -652,6 +657,10 @@ pub fn parse_parts<'a>(parts: &[&'a str], mut report: impl FnMut(usize, Issue<'a
             "mgmt.on_data" => match value {
                 "on" | "off" => cfg.mgmt_on_data = value == "on",
                 _ => report(bad("on|off")),
+            },
+            "mgmt.idle_ms" => match value.parse::<u64>() {
+                Ok(n) if (1000..=86_400_000).contains(&n) => cfg.mgmt_idle_ms = n,
+                _ => report(bad("1000..=86400000")),
             },
             "debug.inject" => match value {
                 "on" | "off" => cfg.debug_inject = value == "on",
@@ -1126,6 +1135,10 @@ mod mgmt_key_tests {
         let mut bad = 0;
         let cfg = parse("mgmt.key=abc mgmt.listen=1.2.3", |_| bad += 1);
         assert_eq!((bad, cfg.mgmt_key, cfg.mgmt_listen), (2, None, None));
+        assert_eq!(defaults.mgmt_idle_ms, crate::mgmt_auth::IDLE_TIMEOUT_MS);
+        let mut bad = 0;
+        let cfg = parse("mgmt.idle_ms=2500 mgmt.idle_ms=5", |_| bad += 1);
+        assert_eq!((bad, cfg.mgmt_idle_ms), (1, 2500));
     }
 
     #[test]

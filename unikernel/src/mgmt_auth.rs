@@ -48,6 +48,11 @@ pub const REFUSE_UNAUTHENTICATED: &str =
     "error not authenticated: answer the challenge first (auth HMAC-SHA256(key, nonce || \"tandem-mgmt\"))";
 /// The guest's line when the client did not answer the challenge in time; it closes.
 pub const REFUSE_TIMEOUT: &str = "error authentication timed out";
+/// The guest's line to an authenticated client that sent nothing for the idle time
+/// (`mgmt.idle_ms`); it closes the connection.
+pub const REFUSE_IDLE: &str = "error idle too long; closing";
+/// The default idle time of an authenticated connection.
+pub const IDLE_TIMEOUT_MS: u64 = 300_000;
 /// The guest's line to an over-long line; it closes the connection.
 pub const REFUSE_LONG_LINE: &str = "error line too long";
 /// The guest's line to `inject ...` without `debug.inject=on`.

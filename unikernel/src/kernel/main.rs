@@ -416,6 +416,7 @@ fn serve(boot: BootState, mut phases: phases::Phases) -> ! {
                     addr,
                     key: key.clone(),
                     inject: cfg.debug_inject,
+                    idle_ms: cfg.mgmt_idle_ms,
                 },
             ));
             let [a, b, c, d] = addr;

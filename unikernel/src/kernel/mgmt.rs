@@ -45,8 +45,8 @@ enum Phase {
         nonce: [u8; NONCE_LEN],
         deadline_us: u64,
     },
-    /// Commands are taken.
-    Authenticated,
+    /// Commands are taken until the client has sent nothing for the idle time.
+    Authenticated { idle_deadline_us: u64 },
     /// Refused: the reply goes out, then the connection closes; input is dropped.
     Closing,
 }
@@ -64,13 +64,22 @@ pub struct Settings {
     pub addr: [u8; 4],
     pub key: Key,
     pub inject: bool,
+    /// An authenticated client that sends nothing for this long is disconnected, so that a
+    /// forgotten or half-open connection does not hold one of the few slots for ever.
+    pub idle_ms: u64,
+}
+
+/// What every slot serves with.
+struct Shared {
+    at: IpListenEndpoint,
+    key: Key,
+    inject: bool,
+    idle_us: u64,
 }
 
 pub struct Mgmt {
     slots: [Slot; SLOTS],
-    at: IpListenEndpoint,
-    key: Key,
-    inject: bool,
+    shared: Shared,
 }
 
 impl Mgmt {
@@ -94,9 +103,12 @@ impl Mgmt {
         });
         Self {
             slots,
-            at,
-            key: settings.key,
-            inject: settings.inject,
+            shared: Shared {
+                at,
+                key: settings.key,
+                inject: settings.inject,
+                idle_us: settings.idle_ms.saturating_mul(1000),
+            },
         }
     }
 
@@ -106,10 +118,10 @@ impl Mgmt {
         sockets: &mut SocketSet<'static>,
         status: &dyn Fn() -> Status,
     ) -> Option<Injection> {
-        let (at, key, inject) = (self.at, &self.key, self.inject);
+        let shared = &self.shared;
         self.slots
             .iter_mut()
-            .find_map(|slot| slot.poll(sockets, at, key, inject, status))
+            .find_map(|slot| slot.poll(sockets, shared, status))
     }
 }
 
@@ -195,16 +207,14 @@ impl Slot {
     fn poll(
         &mut self,
         sockets: &mut SocketSet<'static>,
-        at: IpListenEndpoint,
-        key: &Key,
-        inject_allowed: bool,
+        shared: &Shared,
         status: &dyn Fn() -> Status,
     ) -> Option<Injection> {
         let s = sockets.get_mut::<tcp::Socket>(self.handle);
         if !s.is_open() {
             self.len = 0;
             self.phase = Phase::Fresh;
-            let _ = s.listen(at);
+            let _ = s.listen(shared.at);
             return None;
         }
         if matches!(s.state(), tcp::State::FinWait2 | tcp::State::TimeWait) {
@@ -232,6 +242,12 @@ impl Slot {
             Phase::Fresh => return None,
             Phase::Challenged { deadline_us, .. } if crate::time::now_us() > deadline_us => {
                 self.refuse(s, auth::REFUSE_TIMEOUT);
+                return None;
+            }
+            Phase::Authenticated { idle_deadline_us }
+                if !s.can_recv() && crate::time::now_us() > idle_deadline_us =>
+            {
+                self.refuse(s, auth::REFUSE_IDLE);
                 return None;
             }
             Phase::Closing => {
@@ -262,19 +278,23 @@ impl Slot {
             let mut text = String::new();
             text.push_str(core::str::from_utf8(&self.line[..self.len]).unwrap_or(""));
             self.len = 0;
+            let idle_deadline_us = crate::time::now_us().saturating_add(shared.idle_us);
             match self.phase {
-                Phase::Challenged { nonce, .. } => match auth::check_auth(key, &nonce, &text) {
-                    AuthCheck::Accepted => {
-                        send_line(s, AuthCheck::Accepted.reply());
-                        self.phase = Phase::Authenticated;
+                Phase::Challenged { nonce, .. } => {
+                    match auth::check_auth(&shared.key, &nonce, &text) {
+                        AuthCheck::Accepted => {
+                            send_line(s, AuthCheck::Accepted.reply());
+                            self.phase = Phase::Authenticated { idle_deadline_us };
+                        }
+                        refused => {
+                            self.refuse(s, refused.reply());
+                            return None;
+                        }
                     }
-                    refused => {
-                        self.refuse(s, refused.reply());
-                        return None;
-                    }
-                },
-                Phase::Authenticated => {
-                    let (reply, inject) = command(&text, inject_allowed, status);
+                }
+                Phase::Authenticated { .. } => {
+                    self.phase = Phase::Authenticated { idle_deadline_us };
+                    let (reply, inject) = command(&text, shared.inject, status);
                     send_line(s, &reply);
                     if inject.is_some() {
                         return inject;
