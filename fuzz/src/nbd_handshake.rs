@@ -2,7 +2,9 @@
 //! (`unikernel::nbd::handshake::Handshake::feed`) fed an arbitrary client byte stream, cut
 //! into arbitrary pieces, with zero to three exports.
 //!
-//! Input: `[exports, cut seed, client bytes...]`.
+//! Input: `[exports and TLS mode, cut seed, client bytes...]` (exports: the byte's value
+//! mod 4; TLS mode: off, on, require for (byte / 4) mod 3, so inputs from before TLS run with
+//! it off). After a STARTTLS the following bytes stand for what TLS would decrypt.
 //!
 //! Checked, besides no panic:
 //! - `feed` never claims more bytes than it was given, and `Continue` always consumed some
@@ -12,9 +14,13 @@
 //! - every reply is a well-formed option reply (magic, option, type, length, data), except
 //!   the `EXPORT_NAME` answer, which is 10 or 134 bytes and ends the handshake;
 //! - transmission starts on an existing export, with `base:allocation` only when structured
-//!   replies were negotiated; a finished handshake consumes nothing more.
+//!   replies were negotiated; a finished handshake consumes nothing more;
+//! - STARTTLS is acknowledged only when TLS is on or required, and only once; under
+//!   `require`, before it, every reply is `NBD_REP_ERR_TLS_REQD` or answers STARTTLS or
+//!   ABORT, and transmission never starts.
 
 use unikernel::nbd::handshake::{greeting, Handshake, Step, MAX_OPTIONS, MAX_OPTION_DATA};
+use unikernel::nbd::tls::TlsMode;
 use unikernel::nbd::wire;
 use unikernel::nbd::ExportInfo;
 
@@ -66,9 +72,26 @@ fn check_replies(mut out: &[u8]) {
     }
 }
 
+/// Under `require` before STARTTLS: only refusals, and STARTTLS's and ABORT's answers.
+fn check_in_clear(mut out: &[u8]) {
+    while out.len() >= 20 {
+        let (option, kind) = (wire::be32(&out[8..]), wire::be32(&out[12..]));
+        assert!(
+            kind == wire::rep::ERR_TLS_REQD
+                || option == wire::opt::STARTTLS
+                || option == wire::opt::ABORT,
+            "option {option} answered {kind:#x} in clear under require"
+        );
+        out = &out[(20 + wire::be32(&out[16..]) as usize).min(out.len())..];
+    }
+    assert!(out.is_empty(), "sent in clear under require: {out:02x?}");
+}
+
 pub fn run(data: &[u8]) {
     let mut inp = Input::new(data);
-    let exports = exports(usize::from(inp.u8() % 4));
+    let first = inp.u8();
+    let exports = exports(usize::from(first % 4));
+    let mode = [TlsMode::Off, TlsMode::On, TlsMode::Require][usize::from(first / 4 % 3)];
     let mut rng = Rng::new(u64::from(inp.u8()));
     let mut stream = inp.rest();
 
@@ -76,9 +99,10 @@ pub fn run(data: &[u8]) {
     greeting(&mut hello);
     assert_eq!(hello.len(), 18);
 
-    let mut hs = Handshake::new();
+    let mut hs = Handshake::new().with_tls(mode);
     let mut stash: Vec<u8> = Vec::new();
     let mut units = 0u32;
+    let mut tls = false;
     loop {
         // The network delivers a piece, never more than the server makes room for.
         let room = (MAX_OPTION_DATA + 16).saturating_sub(stash.len());
@@ -90,6 +114,9 @@ pub fn run(data: &[u8]) {
             let before = out.len();
             let (used, step) = hs.feed(&stash, &exports, &mut out);
             assert!(used <= stash.len(), "consumed {used} of {}", stash.len());
+            if mode == TlsMode::Require && !tls {
+                check_in_clear(&out[before..]);
+            }
             stash.drain(..used);
             units += 1;
             assert!(units <= 4 * MAX_OPTIONS + data.len() as u32 + 8);
@@ -107,6 +134,15 @@ pub fn run(data: &[u8]) {
                     check_replies(&out[before..]);
                     break;
                 }
+                Step::StartTls => {
+                    check_replies(&out[before..]);
+                    assert_ne!(mode, TlsMode::Off, "STARTTLS acknowledged with TLS off");
+                    assert!(!tls, "STARTTLS acknowledged twice");
+                    let ack = &out[out.len() - 20..];
+                    assert_eq!(wire::be32(&ack[8..]), wire::opt::STARTTLS);
+                    assert_eq!(wire::be32(&ack[12..]), wire::rep::ACK);
+                    tls = true;
+                }
                 Step::Close(_) => {
                     check_replies(&out[before..]);
                     let (used, step) = hs.feed(&stash, &exports, &mut out);
@@ -114,6 +150,7 @@ pub fn run(data: &[u8]) {
                     return;
                 }
                 Step::Transmission(neg) => {
+                    assert!(tls || mode != TlsMode::Require, "served in clear");
                     assert!(neg.export < exports.len(), "no such export");
                     assert!(!neg.base_allocation || neg.structured);
                     let mine = &out[before..];

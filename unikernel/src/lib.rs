@@ -29,4 +29,6 @@ pub mod nvlog;
 pub mod restart;
 pub mod selftest;
 pub mod start_info;
+pub mod tls;
 pub mod units;
+pub mod wallclock;

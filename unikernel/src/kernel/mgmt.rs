@@ -138,57 +138,22 @@ impl Mgmt {
 /// connections get the same nonce even without a hardware random source.
 static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
 
-/// A fresh nonce: RDSEED and RDRAND output where the CPU has them, mixed with the TSC and a
-/// connection counter (`mgmt_auth::mix_nonce`).
+/// A fresh nonce: RDSEED and RDRAND output where the CPU has them (`arch::entropy`), mixed
+/// with the TSC and a connection counter (`mgmt_auth::mix_nonce`).
 fn fresh_nonce() -> [u8; NONCE_LEN] {
-    use crate::arch::cpu::{cpuid, rdtsc};
+    use crate::arch::cpu::rdtsc;
+    use crate::arch::entropy;
     let mut words = [0u64; 12];
     words[0] = rdtsc();
     words[1] = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
-    let (_, _, ecx1, _) = cpuid(1, 0);
-    let (max, ..) = cpuid(0, 0);
-    let has_rdseed = max >= 7 && cpuid(7, 0).1 & (1 << 18) != 0;
-    let has_rdrand = ecx1 & (1 << 30) != 0;
     for w in words[2..7].iter_mut() {
-        // SAFETY: CPUID said the CPU has RDSEED.
-        *w = if has_rdseed { unsafe { rdseed() } } else { 0 };
+        *w = entropy::rdseed().unwrap_or(0);
     }
     for w in words[7..11].iter_mut() {
-        // SAFETY: CPUID said the CPU has RDRAND.
-        *w = if has_rdrand { unsafe { rdrand() } } else { 0 };
+        *w = entropy::rdrand().unwrap_or(0);
     }
     words[11] = rdtsc();
     auth::mix_nonce(&words)
-}
-
-/// One RDSEED value (0 when the CPU had none ready after a few tries).
-///
-/// # Safety
-/// The CPU must have RDSEED.
-#[target_feature(enable = "rdseed")]
-unsafe fn rdseed() -> u64 {
-    let mut v = 0u64;
-    for _ in 0..10 {
-        if core::arch::x86_64::_rdseed64_step(&mut v) == 1 {
-            return v;
-        }
-    }
-    0
-}
-
-/// One RDRAND value (0 when the CPU had none ready after a few tries).
-///
-/// # Safety
-/// The CPU must have RDRAND.
-#[target_feature(enable = "rdrand")]
-unsafe fn rdrand() -> u64 {
-    let mut v = 0u64;
-    for _ in 0..10 {
-        if core::arch::x86_64::_rdrand64_step(&mut v) == 1 {
-            return v;
-        }
-    }
-    0
 }
 
 fn send_line(s: &mut tcp::Socket, line: &str) {

@@ -2,10 +2,17 @@
 //!
 //! The server sends [`greeting`]; then [`Handshake::feed`] takes whatever bytes have arrived,
 //! consumes one complete unit (client flags, or one option) at a time, appends replies to
-//! `out`, and says whether to go on, enter transmission, or close this connection.
+//! `out`, and says whether to go on, start TLS, enter transmission, or close this connection.
+//!
+//! TLS ([`TlsMode`]): `NBD_OPT_STARTTLS` is acknowledged with [`Step::StartTls`], after which
+//! the caller carries every further byte over TLS and the haggling goes on from a clean slate
+//! (the protocol forbids keeping options negotiated in clear). Under `require`, nothing but
+//! STARTTLS and ABORT is answered in clear: no export name, size or list leaves the server
+//! before TLS.
 
 use alloc::vec::Vec;
 
+use super::tls::TlsMode;
 use super::wire::{self, be16, be32, be64, info, opt, rep};
 use super::ExportInfo;
 
@@ -38,6 +45,9 @@ pub enum Step {
     NeedMore,
     /// A unit was handled; call again.
     Continue,
+    /// STARTTLS was acknowledged (the ack is in `out`): every later byte, both ways, goes
+    /// over TLS.
+    StartTls,
     /// Enter the transmission phase.
     Transmission(Negotiated),
     /// Close this connection (the reason is for the log).
@@ -61,6 +71,9 @@ pub struct Handshake {
     options: u32,
     /// The client's IPv4 address (`None`: unknown), for the exports' allow-lists.
     peer: Option<[u8; 4]>,
+    tls: TlsMode,
+    /// STARTTLS was acknowledged: options now arrive over TLS.
+    in_tls: bool,
 }
 
 impl Default for Handshake {
@@ -72,6 +85,8 @@ impl Default for Handshake {
             base_allocation: false,
             options: 0,
             peer: None,
+            tls: TlsMode::Off,
+            in_tls: false,
         }
     }
 }
@@ -105,6 +120,7 @@ enum Refused {
 /// some export is hidden from this client, so that the reply does not tell a hidden export's
 /// name from a name that does not exist.
 const POLICY_MESSAGE: &[u8] = b"no export by that name for this client";
+const TLS_REQUIRED: &[u8] = b"TLS required: send NBD_OPT_STARTTLS first";
 
 impl Handshake {
     /// A handshake with a client whose address is unknown: it sees only open exports.
@@ -119,6 +135,21 @@ impl Handshake {
             peer,
             ..Self::default()
         }
+    }
+
+    /// The same handshake, offering TLS as `mode` says.
+    pub fn with_tls(self, mode: TlsMode) -> Self {
+        Self { tls: mode, ..self }
+    }
+
+    /// Whether STARTTLS has been acknowledged.
+    pub fn in_tls(&self) -> bool {
+        self.in_tls
+    }
+
+    /// Under `require`, before STARTTLS: options other than STARTTLS and ABORT are refused.
+    fn tls_required(&self) -> bool {
+        self.tls == TlsMode::Require && !self.in_tls
     }
 
     /// Handles at most one unit from the front of `input`; returns (bytes consumed, step).
@@ -178,7 +209,11 @@ impl Handshake {
                     if option == opt::EXPORT_NAME {
                         return (16, self.close("export name too long"));
                     }
-                    reply(out, option, rep::ERR_TOO_BIG, b"option too large");
+                    if self.tls_required() && option != opt::ABORT {
+                        reply(out, option, rep::ERR_TLS_REQD, TLS_REQUIRED);
+                    } else {
+                        reply(out, option, rep::ERR_TOO_BIG, b"option too large");
+                    }
                     self.state = State::Skip {
                         left: u64::from(len),
                     };
@@ -230,7 +265,16 @@ impl Handshake {
         exports: &[ExportInfo],
         out: &mut Vec<u8>,
     ) -> Step {
+        if self.tls_required() && !matches!(option, opt::STARTTLS | opt::ABORT) {
+            if option == opt::EXPORT_NAME {
+                // No error reply exists for EXPORT_NAME: the protocol says close.
+                return self.close("export asked for before TLS, which is required");
+            }
+            reply(out, option, rep::ERR_TLS_REQD, TLS_REQUIRED);
+            return Step::Continue;
+        }
         match option {
+            opt::STARTTLS => self.starttls(data, out),
             opt::EXPORT_NAME => {
                 let name = core::str::from_utf8(data).unwrap_or("\u{0}");
                 let i = match self.find(exports, name) {
@@ -288,6 +332,25 @@ impl Handshake {
                 Step::Continue
             }
         }
+    }
+
+    fn starttls(&mut self, data: &[u8], out: &mut Vec<u8>) -> Step {
+        let option = opt::STARTTLS;
+        if self.tls == TlsMode::Off {
+            reply(out, option, rep::ERR_UNSUP, b"option not supported");
+        } else if self.in_tls {
+            reply(out, option, rep::ERR_INVALID, b"TLS already negotiated");
+        } else if !data.is_empty() {
+            reply(out, option, rep::ERR_INVALID, b"STARTTLS takes no data");
+        } else {
+            reply(out, option, rep::ACK, &[]);
+            self.in_tls = true;
+            // Nothing negotiated in clear survives into TLS (the protocol's rule).
+            self.structured = false;
+            self.base_allocation = false;
+            return Step::StartTls;
+        }
+        Step::Continue
     }
 
     fn enter(&mut self, export: usize) -> Step {

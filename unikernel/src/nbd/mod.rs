@@ -9,6 +9,7 @@
 pub mod acl;
 pub mod handshake;
 pub mod server;
+pub mod tls;
 pub mod transmission;
 pub mod wire;
 
@@ -68,3 +69,6 @@ mod model_tests;
 
 #[cfg(test)]
 mod limits_tests;
+
+#[cfg(test)]
+mod tls_tests;

@@ -19,12 +19,14 @@ use alloc::vec::Vec;
 use hpdi::{BufId, BufferPool, Completion, Device, Error, QueuePair, Request, Segment, SgList};
 
 use super::handshake::{greeting, Handshake, Negotiated, Step, MAX_OPTION_DATA};
+use super::tls::{Session, TlsSettings};
 use super::transmission::{self as tx, Checked, Command, Parsed, RequestHeader, REQUEST_LEN};
 use super::wire::errno;
 use super::ExportInfo;
 
 mod limits;
 mod log_path;
+mod tls_conn;
 pub use limits::{Limits, MAX_QUEUED};
 pub use log_path::{Durability, LogStats};
 
@@ -161,6 +163,8 @@ struct Conn {
     last_io_us: u64,
     /// The client has sent at least one byte.
     heard: bool,
+    /// The TLS session, once STARTTLS was acknowledged: every byte goes through it.
+    tls: Option<Box<Session>>,
 }
 
 pub struct Server {
@@ -176,6 +180,7 @@ pub struct Server {
     /// disks.
     now_us: u64,
     limits: Limits,
+    tls: TlsSettings,
     pub stats: ServerStats,
 }
 
@@ -207,6 +212,7 @@ impl Server {
             wlog: None,
             now_us: 0,
             limits: Limits::default(),
+            tls: TlsSettings::default(),
             stats: ServerStats::default(),
         }
     }
@@ -242,7 +248,7 @@ impl Server {
         self.stats.connections += 1;
         self.conns[slot] = Some(Conn {
             gen: self.next_gen,
-            phase: Phase::Handshake(Handshake::for_peer(peer)),
+            phase: Phase::Handshake(Handshake::for_peer(peer).with_tls(self.tls.mode())),
             neg: Negotiated {
                 export: 0,
                 structured: false,
@@ -263,6 +269,7 @@ impl Server {
             since_us: self.now_us,
             last_io_us: self.now_us,
             heard: false,
+            tls: None,
         });
     }
 
@@ -319,7 +326,7 @@ impl Server {
             blocked: false,
             heard: false,
         };
-        let state = self.service_conn(slot, &mut c, &mut counted);
+        let state = self.service_any(slot, &mut c, &mut counted);
         if counted.kept_up() {
             c.last_io_us = self.now_us;
         }
@@ -446,6 +453,10 @@ impl Server {
     fn service_conn(&mut self, slot: usize, c: &mut Conn, s: &mut dyn Stream) -> ConnState {
         // Bounded work per call so one busy client cannot starve the others.
         for _ in 0..64 {
+            if c.tls.is_some() {
+                // STARTTLS was just acknowledged: later bytes are TLS, read by the caller.
+                return ConnState::Open;
+            }
             let before = (c.out.len(), c.hdr_len, c.skip, c.held, c.seq);
             self.flush_out(c, s);
             if matches!(c.phase, Phase::Closing) {
@@ -505,6 +516,7 @@ impl Server {
                         c.out.extend(out);
                         return Err(why);
                     }
+                    Step::StartTls => return self.start_tls(c, out),
                     Step::Transmission(_) if self.serving() >= self.limits.max_serving => {
                         c.out.extend(out);
                         return Err("too many clients being served");

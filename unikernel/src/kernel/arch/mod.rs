@@ -3,7 +3,9 @@
 
 pub mod boot;
 pub mod cpu;
+pub mod entropy;
 pub mod gdt;
 pub mod idt;
 pub mod libc;
 pub mod paging;
+pub mod rtc;

@@ -145,7 +145,8 @@ impl Server {
             || c.skip > 0
             || c.hdr_len > 0
             || !c.out.is_empty()
-            || c.streaming.is_some();
+            || c.streaming.is_some()
+            || c.tls.as_ref().is_some_and(|t| t.has_output());
         if holds && quiet > l.stall_us {
             return Some("stalled: no byte moved while the request waited for the client");
         }
