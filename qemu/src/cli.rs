@@ -62,6 +62,34 @@ pub enum Command {
     /// Random NBD operations and crashes against the guest, every read checked against the
     /// reference model; prints ops, crashes and divergences (exit 1 on a divergence).
     Check(crate::check::CheckArgs),
+    /// TLS credentials for NBD over TLS (QEMU's tls-creds-x509 directory layout).
+    #[command(subcommand)]
+    Tls(TlsCommand),
+}
+
+/// `tandem tls ...`.
+#[derive(Debug, Subcommand)]
+pub enum TlsCommand {
+    /// Make a throwaway CA and a server and a client certificate it signs, in DIR:
+    /// ca-cert.pem, server-cert.pem, server-key.pem, client-cert.pem, client-key.pem (keys
+    /// 0600). The server certificate is valid for 127.0.0.1, localhost, 10.0.2.15 and each
+    /// --name. For tests and first use; bring your own CA for anything real.
+    Create(TlsCreateArgs),
+}
+
+/// `tandem tls create`.
+#[derive(Debug, Clone, Args)]
+pub struct TlsCreateArgs {
+    /// The directory (created; existing credentials are never overwritten).
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Another name the server certificate is valid for: an IP address or a DNS name
+    /// (repeatable), e.g. the guest's address on a bridge.
+    #[arg(long = "name", value_name = "NAME")]
+    pub names: Vec<String>,
+    /// RSA 2048 keys (made with openssl) instead of ECDSA P-256.
+    #[arg(long)]
+    pub rsa: bool,
 }
 
 /// Guest and QEMU options shared by `run` and `bench`.

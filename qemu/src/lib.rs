@@ -29,6 +29,8 @@
 //! - [`appliance`]: appliance images (`tandem image build|run|check`): one description
 //!   gives a directory with the kernel, labelled disks, NVRAM, launch script, libvirt XML,
 //!   xl config and a manifest.
+//! - [`tls`]: NBD-over-TLS credentials in QEMU's `tls-creds-x509` layout, and `tandem tls
+//!   create` (a throwaway CA, server and client certificates).
 //!
 //! Integration tests in the workspace's `tests/` package use [`builder`] and [`vm`] to boot
 //! the real guest image, so the tests and the command start QEMU the same way.
@@ -56,5 +58,6 @@ pub mod run;
 pub mod scratch;
 pub mod size;
 pub mod state;
+pub mod tls;
 pub mod vhost_backend;
 pub mod vm;

@@ -21,6 +21,9 @@ fn main() {
         Command::Pair(cmd) => tandem_qemu::pair::cmd::run(cmd),
         Command::Image(cmd) => tandem_qemu::appliance::cmd::run(cmd),
         Command::Check(args) => tandem_qemu::check::check(args),
+        Command::Tls(tandem_qemu::cli::TlsCommand::Create(args)) => {
+            tandem_qemu::tls::create_cli(args)
+        }
     };
     match result {
         Ok(code) => std::process::exit(code),
