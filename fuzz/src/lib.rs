@@ -16,6 +16,7 @@ pub mod nbd_server;
 pub mod nvlog_open;
 pub mod pair_region;
 pub mod seeds;
+pub mod tcp_peer;
 
 /// A target's entry point.
 pub type Target = fn(&[u8]);
@@ -29,6 +30,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("checkpoint", checkpoint::run),
     ("label", label::run),
     ("pair_region", pair_region::run),
+    ("tcp_peer", tcp_peer::run),
 ];
 
 /// Reads fixed-size values off the front of the fuzzer's bytes; past the end, zeroes.
