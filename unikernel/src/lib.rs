@@ -15,6 +15,7 @@ extern crate alloc;
 
 pub mod acpi;
 pub mod bench;
+pub mod boot_module;
 pub mod cmdline;
 pub mod exceptions;
 pub mod exit;

@@ -83,9 +83,9 @@ pub fn mem_type_name(kind: u32) -> &'static str {
 /// us walk an unbounded table).
 pub const MAX_MEMMAP_ENTRIES: u32 = 128;
 
-/// Largest first boot module read as words. It holds a few words (a key is 73 bytes); a real
+/// Largest first boot module read (`crate::boot_module`: words, and TLS files); a real
 /// initrd passed by mistake is refused by size before the guest reads a byte of it.
-pub const MAX_MODULE_BYTES: u64 = 4096;
+pub const MAX_MODULE_BYTES: u64 = crate::boot_module::MAX_BYTES as u64;
 
 /// Upper bound on the module entries kept from the allocator (only the first is read).
 pub const MAX_MODULES: u32 = 16;
