@@ -72,3 +72,6 @@ mod limits_tests;
 
 #[cfg(test)]
 mod tls_tests;
+
+#[cfg(test)]
+mod tls_interop_tests;

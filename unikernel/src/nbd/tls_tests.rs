@@ -107,7 +107,7 @@ impl Pki {
     }
 
     /// A client certificate signed by this CA: (chain PEM, key PEM).
-    fn client(&self) -> (String, String) {
+    pub(crate) fn client(&self) -> (String, String) {
         let key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
         p.distinguished_name.push(DnType::CommonName, "client");

@@ -116,6 +116,17 @@ impl TlsConfig {
         entropy: Entropy,
         clock: Clock,
     ) -> Result<Self, TlsError> {
+        Self::build(pem, verify_peer, entropy, clock, None)
+    }
+
+    /// [`Self::from_pem`], offering only `suites` when given (tests pin one suite).
+    pub(crate) fn build(
+        pem: &Pem<'_>,
+        verify_peer: bool,
+        entropy: Entropy,
+        clock: Clock,
+        suites: Option<&[rustls::SupportedCipherSuite]>,
+    ) -> Result<Self, TlsError> {
         let rand = Randomness(entropy);
         if !rand.works() {
             return Err(TlsError::NoEntropy);
@@ -125,7 +136,10 @@ impl TlsConfig {
         let key = PrivateKeyDer::from_pem_slice(pem.server_key)
             .map_err(|e| TlsError::Pem("server-key.pem", format!("{e:?}")))?;
         let config = |e: rustls::Error| TlsError::Config(format!("{e}"));
-        let provider = provider::provider(rand);
+        let mut provider = provider::provider(rand);
+        if let Some(suites) = suites {
+            Arc::make_mut(&mut provider).cipher_suites = suites.to_vec();
+        }
         let verifier = if verify_peer {
             let mut roots = RootCertStore::empty();
             for c in ca {
