@@ -13,6 +13,7 @@ pub mod label;
 pub mod nbd_handshake;
 pub mod nbd_request;
 pub mod nbd_server;
+pub mod nbd_tls;
 pub mod nvlog_open;
 pub mod pair_region;
 pub mod seeds;
@@ -26,6 +27,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("nbd_handshake", nbd_handshake::run),
     ("nbd_request", nbd_request::run),
     ("nbd_server", nbd_server::run),
+    ("nbd_tls", nbd_tls::run),
     ("nvlog_open", nvlog_open::run),
     ("checkpoint", checkpoint::run),
     ("label", label::run),

@@ -363,8 +363,64 @@ fn pair_seeds(out: &mut Vec<Seed>) {
 }
 
 /// Every seed.
+fn tls_seeds(out: &mut Vec<Seed>) {
+    let t = "nbd_tls";
+    let hello = crate::nbd_tls::client_hello();
+    let flags = 3u32.to_be_bytes().to_vec();
+    let starttls = option(opt::STARTTLS, &[]);
+    let go = option(opt::GO, &name_req("blk0", &[]));
+    let with = |mode: u8, body: Vec<Vec<u8>>| {
+        let mut v = vec![mode, 0, 255];
+        v.extend(body.concat());
+        v
+    };
+    out.push((
+        t,
+        "require-hello".into(),
+        with(0, vec![flags.clone(), starttls.clone(), hello.clone()]),
+    ));
+    out.push((
+        t,
+        "require-refused-then-hello".into(),
+        with(
+            0,
+            vec![
+                flags.clone(),
+                option(opt::LIST, &[]),
+                go.clone(),
+                starttls.clone(),
+                hello.clone(),
+            ],
+        ),
+    ));
+    out.push((
+        t,
+        "on-list-then-hello".into(),
+        with(
+            1,
+            vec![
+                flags.clone(),
+                option(opt::LIST, &[]),
+                starttls.clone(),
+                hello,
+            ],
+        ),
+    ));
+    out.push((
+        t,
+        "on-plaintext-go".into(),
+        with(1, vec![flags.clone(), go.clone()]),
+    ));
+    out.push((
+        t,
+        "require-plaintext-after-ack".into(),
+        with(0, vec![flags, starttls, go]),
+    ));
+}
+
 pub fn all() -> Vec<Seed> {
     let mut out = Vec::new();
+    tls_seeds(&mut out);
     handshake_seeds(&mut out);
     request_seeds(&mut out);
     server_seeds(&mut out);
