@@ -30,6 +30,7 @@ pub mod nvlog;
 pub mod restart;
 pub mod selftest;
 pub mod start_info;
+pub mod tcp_buffers;
 pub mod tls;
 pub mod units;
 pub mod wallclock;

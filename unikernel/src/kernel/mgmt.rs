@@ -90,7 +90,8 @@ impl Mgmt {
             port: settings.port,
         };
         let slots = core::array::from_fn(|_| {
-            let rx = tcp::SocketBuffer::new(vec![0; 1024]);
+            // Under 64 KiB: no window scale (see `unikernel::tcp_buffers`).
+            let rx = tcp::SocketBuffer::new(vec![0; unikernel::tcp_buffers::rx_len(1024)]);
             let tx = tcp::SocketBuffer::new(vec![0; 4096]);
             let mut socket = tcp::Socket::new(rx, tx);
             let _ = socket.listen(at);

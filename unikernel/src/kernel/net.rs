@@ -13,6 +13,7 @@ use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address};
 use unikernel::cmdline::Config as GuestConfig;
+use unikernel::tcp_buffers::rx_len;
 
 use crate::dma::FrameRegion;
 
@@ -66,7 +67,8 @@ impl NetStack {
         // The copy counters count from this start, as the new adapter's do.
         crate::storage::reset_stream_copies();
         let echo = cfg.echo_port.map(|port| {
-            let rx = tcp::SocketBuffer::new(vec![0; TCP_BUF]);
+            // One byte short of a power of two: see `unikernel::tcp_buffers` (a remote crash).
+            let rx = tcp::SocketBuffer::new(vec![0; rx_len(TCP_BUF)]);
             let tx = tcp::SocketBuffer::new(vec![0; TCP_BUF]);
             (sockets.add(tcp::Socket::new(rx, tx)), port)
         });

@@ -18,6 +18,7 @@ use unikernel::nbd::server::{ConnState, Disk, Durability, Server, Stream, CHUNK}
 use unikernel::nbd::ExportInfo;
 use unikernel::nvlog::format::PAGE;
 use unikernel::nvlog::log::Nvlog;
+use unikernel::tcp_buffers::rx_len;
 use unikernel::units::Bytes;
 
 use crate::discovery::Devices;
@@ -88,7 +89,8 @@ fn top_up(
     at: IpListenEndpoint,
 ) {
     for h in handles.iter_mut().filter(|h| h.is_none()).take(n) {
-        let rx = tcp::SocketBuffer::new(vec![0; TCP_BUF]);
+        // One byte short of a power of two: see `unikernel::tcp_buffers` (a remote crash).
+        let rx = tcp::SocketBuffer::new(vec![0; rx_len(TCP_BUF)]);
         let tx = tcp::SocketBuffer::new(vec![0; TCP_BUF]);
         let mut s = tcp::Socket::new(rx, tx);
         // A peer that vanished (a client killed, or a connection whose SYN waited in QEMU's
