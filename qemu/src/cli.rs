@@ -155,6 +155,20 @@ pub struct RunArgs {
     /// made when missing) and `mgmt.on_data=on`. Use it with `tandem mgmt`.
     #[arg(long, default_value_t = 10810, value_name = "PORT")]
     pub mgmt_port: u16,
+    /// Serve NBD over TLS with the credentials in DIR (QEMU's tls-creds-x509 layout:
+    /// ca-cert.pem, server-cert.pem, server-key.pem; `tandem tls create --dir DIR` makes a
+    /// throwaway set). They reach the guest in its boot module (`<state-dir>/boot.module`,
+    /// 0600), never on a command line.
+    #[arg(long, value_name = "DIR")]
+    pub tls: Option<PathBuf>,
+    /// With --tls: `require` (plaintext clients get NBD_REP_ERR_TLS_REQD and see no export)
+    /// or `on` (plaintext clients are served too).
+    #[arg(long, value_enum, default_value_t = TlsModeArg::Require, requires = "tls")]
+    pub tls_mode: TlsModeArg,
+    /// With --tls: clients must present a certificate signed by ca-cert.pem (QEMU's
+    /// verify-peer).
+    #[arg(long, requires = "tls")]
+    pub tls_verify_peer: bool,
     /// MAC address of the NIC (default: QEMU's).
     #[arg(long)]
     pub mac: Option<MacAddr>,
@@ -721,6 +735,25 @@ pub struct PairExecArgs {
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<std::ffi::OsString>,
+}
+
+/// `--tls-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TlsModeArg {
+    /// TLS offered; plaintext clients served too.
+    On,
+    /// TLS only.
+    Require,
+}
+
+impl TlsModeArg {
+    /// The guest's `nbd.tls=` value.
+    pub fn word(self) -> &'static str {
+        match self {
+            Self::On => "on",
+            Self::Require => "require",
+        }
+    }
 }
 
 /// `--allow`: the guest's own parser, so that what the host takes the guest takes.

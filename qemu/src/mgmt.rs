@@ -81,6 +81,12 @@ pub fn read_key(path: &Path) -> anyhow::Result<Key> {
 /// Writes `key` to `path` as the guest word `mgmt.key=<64 hex>` and a newline, readable by
 /// its owner only (0600): the file is the guest's boot module.
 pub fn write_key(path: &Path, key: &Key) -> anyhow::Result<()> {
+    write_private(path, format!("{}\n", key_word(key)).as_bytes())
+}
+
+/// Replaces `path` with `bytes`, readable by its owner only (0600) from its creation on: a
+/// secret is never in a file others could open.
+pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(path);
     let mut f = OpenOptions::new()
         .write(true)
@@ -89,8 +95,8 @@ pub fn write_key(path: &Path, key: &Key) -> anyhow::Result<()> {
         .open(path)
         .with_context(|| format!("creating {}", path.display()))?;
     f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    writeln!(f, "{}", key_word(key)).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    f.write_all(bytes)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// The key in `dir`'s key file, made (0600) when there is none. A file of the older bare-hex

@@ -62,10 +62,15 @@ pub fn build_command(
         .qmp_socket(state.qmp_socket())
         .pidfile(state.pidfile())
         .no_reboot(args.no_reboot);
+    if let Some(words) = tls_words(args) {
+        cmd = cmd.cmdline(&words);
+    }
+    if let Some(module) = boot_module_path(args, state) {
+        cmd = cmd.initrd(module);
+    }
     if args.mgmt_port != 0 {
         // The key travels as the first boot module, never on `-append` (see
         // [`ensure_mgmt_key`]); the guest's own words follow `mgmt.on_data=on` and can change it.
-        cmd = cmd.initrd(crate::mgmt::key_path(state.root()));
         let own = args.vm.cmdline.as_deref().unwrap_or("");
         if !own
             .split_whitespace()
@@ -237,6 +242,57 @@ pub fn ensure_mgmt_key(args: &RunArgs, state: &StateDir) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The boot module QEMU hands the guest (`-initrd`): with `--tls`, `<state>/boot.module`
+/// (the management key's words and the TLS files, [`ensure_boot_module`]); else, with a
+/// management forward, the key file itself (its text is the key's word).
+pub fn boot_module_path(args: &RunArgs, state: &StateDir) -> Option<std::path::PathBuf> {
+    if args.tls.is_some() {
+        Some(state.root().join(BOOT_MODULE))
+    } else if args.mgmt_port != 0 {
+        Some(crate::mgmt::key_path(state.root()))
+    } else {
+        None
+    }
+}
+
+/// The boot module's file name in the state directory.
+pub const BOOT_MODULE: &str = "boot.module";
+
+/// `nbd.tls=MODE` (and `nbd.tls_verify_peer=on`) for `--tls`.
+fn tls_words(args: &RunArgs) -> Option<String> {
+    args.tls.as_ref()?;
+    let mut w = format!("nbd.tls={}", args.tls_mode.word());
+    if args.tls_verify_peer {
+        w.push_str(" nbd.tls_verify_peer=on");
+    }
+    Some(w)
+}
+
+/// With `--tls DIR`: writes `<state>/boot.module` (0600, replaced each run) from DIR's
+/// credentials and the management key's word (`unikernel::boot_module`).
+pub fn ensure_boot_module(args: &RunArgs, state: &StateDir) -> anyhow::Result<()> {
+    let Some(dir) = &args.tls else {
+        return Ok(());
+    };
+    let files = crate::tls::ServerFiles::read(dir)?;
+    let words = if args.mgmt_port != 0 {
+        crate::mgmt::key_word(&crate::mgmt::load_or_create_key(state.root())?)
+    } else {
+        String::new()
+    };
+    use unikernel::boot_module::{compose, TLS_CA_CERT, TLS_SERVER_CERT, TLS_SERVER_KEY};
+    let text = compose(
+        &words,
+        &[
+            (TLS_CA_CERT, &files.ca_cert),
+            (TLS_SERVER_CERT, &files.server_cert),
+            (TLS_SERVER_KEY, &files.server_key),
+        ],
+    )
+    .map_err(|e| anyhow::anyhow!("TLS credentials in {}: {e}", dir.display()))?;
+    crate::mgmt::write_private(&state.root().join(BOOT_MODULE), text.as_bytes())
+}
+
 /// Run `tandem run`; returns the process exit status.
 pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
     let accel = accel::choose(args.vm.accel)?;
@@ -298,6 +354,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
         }
     }
     ensure_mgmt_key(args, &state)?;
+    ensure_boot_module(args, &state)?;
     let nvram = nvram_region(args, &state, true)?;
     // --backend vhost-user: one tandem-backend per disk, up before QEMU connects, stopped
     // after QEMU exits (dropped after `vm` below).

@@ -63,6 +63,12 @@
 //! - `nbd.stall_ms=N` — a client holding a partly sent request, or not reading its replies,
 //!   that moves no byte for N ms is disconnected (default 30000).
 //! - `nbd.idle_ms=N` — disconnect negotiated clients idle for N ms (default 0: never).
+//! - `nbd.tls=off|on|require` — NBD over TLS (`NBD_OPT_STARTTLS`; default `off`): `on` also
+//!   serves plaintext clients, `require` refuses every option but STARTTLS before TLS and
+//!   lists nothing. The certificates come from the boot module's `[tls.*]` sections
+//!   (`crate::boot_module`); `require` without usable ones serves nothing.
+//! - `nbd.tls_verify_peer=on|off` — demand a client certificate signed by the CA (default
+//!   `off`, as QEMU's `verify-peer=off` for servers).
 //! - `pair=a|b` — run as node A or B of a failover pair (needs the pair's shared region as
 //!   the ivshmem device; `durability` defaults to `nvlog`). Tuned by `pair.disks=N` (the first
 //!   N disks are this node's own, the next N its peer's; default: half of the disks),
@@ -285,6 +291,10 @@ pub struct Config {
     pub nbd_handshake_ms: u64,
     pub nbd_idle_ms: u64,
     pub nbd_stall_ms: u64,
+    /// `nbd.tls=off|on|require`: NBD over TLS (certificates from the boot module).
+    pub nbd_tls: crate::nbd::tls::TlsMode,
+    /// `nbd.tls_verify_peer=on`: clients must present a certificate signed by the CA.
+    pub nbd_tls_verify_peer: bool,
     /// `durability=nvlog`.
     pub durability_nvlog: bool,
     /// Whether `durability=` was given (a pair defaults to `nvlog`).
@@ -343,6 +353,8 @@ impl Default for Config {
             nbd_handshake_ms: 10_000,
             nbd_idle_ms: 0,
             nbd_stall_ms: 30_000,
+            nbd_tls: crate::nbd::tls::TlsMode::Off,
+            nbd_tls_verify_peer: false,
             durability_nvlog: false,
             durability_given: false,
             nvlog_ram_mib: 8,
@@ -599,6 +611,14 @@ pub fn parse_parts<'a>(parts: &[&'a str], mut report: impl FnMut(usize, Issue<'a
             "nbd.stall_ms" => match value.parse::<u64>() {
                 Ok(n) if (100..=600_000).contains(&n) => cfg.nbd_stall_ms = n,
                 _ => report(bad("100..=600000")),
+            },
+            "nbd.tls" => match crate::nbd::tls::TlsMode::parse(value) {
+                Some(m) => cfg.nbd_tls = m,
+                None => report(bad("off|on|require")),
+            },
+            "nbd.tls_verify_peer" => match value {
+                "on" | "off" => cfg.nbd_tls_verify_peer = value == "on",
+                _ => report(bad("on|off")),
             },
             "nbd.port" => match value.parse::<u16>() {
                 Ok(p) if p != 0 => cfg.nbd_port = p,
@@ -1136,6 +1156,14 @@ mod mgmt_key_tests {
         let cfg = parse("mgmt.key=abc mgmt.listen=1.2.3", |_| bad += 1);
         assert_eq!((bad, cfg.mgmt_key, cfg.mgmt_listen), (2, None, None));
         assert_eq!(defaults.mgmt_idle_ms, crate::mgmt_auth::IDLE_TIMEOUT_MS);
+        assert_eq!(defaults.nbd_tls, crate::nbd::tls::TlsMode::Off);
+        let mut bad = 0;
+        let cfg = parse(
+            "nbd.tls=require nbd.tls_verify_peer=on nbd.tls=maybe",
+            |_| bad += 1,
+        );
+        assert_eq!((bad, cfg.nbd_tls), (1, crate::nbd::tls::TlsMode::Require));
+        assert!(cfg.nbd_tls_verify_peer);
         let mut bad = 0;
         let cfg = parse("mgmt.idle_ms=2500 mgmt.idle_ms=5", |_| bad += 1);
         assert_eq!((bad, cfg.mgmt_idle_ms), (1, 2500));

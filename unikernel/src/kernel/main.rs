@@ -28,14 +28,17 @@ mod phases;
 mod probes;
 mod storage;
 mod time;
+mod tls_setup;
 mod virtio_hal;
 mod watchdog;
 
+use core::ops::Range;
 use core::panic::PanicInfo;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use alloc::string::String;
 use log::{info, warn};
+use unikernel::boot_module::{self, BootModule};
 use unikernel::cmdline::{self, ExitPolicy, PanicPoint};
 use unikernel::exit::GuestExit;
 use unikernel::start_info::{self, HvmStartInfo};
@@ -68,7 +71,7 @@ pub extern "C" fn kmain(start_info_paddr: u64) -> ! {
     );
 
     let si = read_start_info(start_info_paddr);
-    let (cfg, words_at) = read_words(&si);
+    let (cfg, module, words_at) = read_words(&si);
     if cfg.debug_panic == Some(PanicPoint::Boot) {
         panic!("debug.panic=boot requested on the command line");
     }
@@ -140,6 +143,7 @@ pub extern "C" fn kmain(start_info_paddr: u64) -> ! {
 
     let boot = BootState {
         cfg,
+        module,
         acpi,
         split,
         ram,
@@ -155,6 +159,8 @@ pub extern "C" fn kmain(start_info_paddr: u64) -> ! {
 #[derive(Clone)]
 struct BootState {
     cfg: cmdline::Config,
+    /// The first boot module's words and sections (TLS files), in memory kept from the heap.
+    module: BootModule<'static>,
     acpi: Option<acpi::AcpiInfo>,
     split: memmap::Split,
     ram: u64,
@@ -237,6 +243,7 @@ fn restart_in_place(cause: &str) -> ! {
 fn serve(boot: BootState, mut phases: phases::Phases) -> ! {
     let BootState {
         cfg,
+        module,
         acpi,
         split: _,
         ram,
@@ -380,11 +387,13 @@ fn serve(boot: BootState, mut phases: phases::Phases) -> ! {
         }
         None => Some(storage::ServiceSpec::single(&devices, &cfg)),
     };
+    stack.tls = tls_setup::settings(&cfg, &module);
+    let tls = stack.tls.clone();
     match spec
-        .map(|spec| storage::NbdService::new(&mut devices, &cfg, &loaded, &mut stack.sockets, spec))
-        .unwrap_or(Err(String::from(
-            "standby: the peer holds this node's disks",
-        ))) {
+        .ok_or_else(|| String::from("standby: the peer holds this node's disks"))
+        .and_then(|spec| {
+            storage::NbdService::new(&mut devices, &cfg, &loaded, &mut stack.sockets, spec, tls?)
+        }) {
         Ok(nbd) => {
             let ([a, b, c, d], _) = cfg.ip;
             for e in nbd.exports() {
@@ -575,9 +584,10 @@ fn read_start_info(paddr: u64) -> HvmStartInfo {
 }
 
 /// The guest's configuration: the command line's words, then the first boot module's (where
-/// the host puts `mgmt.key=`, out of sight of `ps`). Returns it and the memory the loader's
-/// command line, module list and module occupy, which the allocator must leave alone.
-fn read_words(si: &HvmStartInfo) -> (cmdline::Config, [core::ops::Range<u64>; 3]) {
+/// the host puts `mgmt.key=` and TLS files, out of sight of `ps`; `unikernel::boot_module`).
+/// Returns it, the module's parts, and the memory the loader's command line, module list and
+/// module occupy, which the allocator must leave alone (a restart in place reads them again).
+fn read_words(si: &HvmStartInfo) -> (cmdline::Config, BootModule<'static>, [Range<u64>; 3]) {
     let (line, line_len) = read_cmdline(si);
     let module = match start_info::read_first_module(si, Phys::slice) {
         Ok(m) => m,
@@ -586,8 +596,15 @@ fn read_words(si: &HvmStartInfo) -> (cmdline::Config, [core::ops::Range<u64>; 3]
             None
         }
     };
-    let module_words = module.as_ref().map_or("", |m| m.words);
-    let cfg = cmdline::parse_parts(&[line, module_words], |part, issue| {
+    let parts = match module.as_ref().map(|m| BootModule::parse(m.words)) {
+        Some(Ok(p)) => p,
+        Some(Err(e)) => {
+            warn!("boot module: {e}; it is ignored");
+            BootModule::default()
+        }
+        None => BootModule::default(),
+    };
+    let cfg = cmdline::parse_parts(&[line, parts.words], |part, issue| {
         if part == 0 {
             warn!("{issue}")
         } else {
@@ -599,9 +616,14 @@ fn read_words(si: &HvmStartInfo) -> (cmdline::Config, [core::ops::Range<u64>; 3]
     if let Some(m) = &module {
         info!(
             "boot module: {} words ({})",
-            m.words.split_ascii_whitespace().count(),
-            cmdline::Redacted(m.words)
+            parts.words.split_ascii_whitespace().count(),
+            cmdline::Redacted(parts.words)
         );
+        for name in boot_module::SECTIONS {
+            if let Some(text) = parts.section(name) {
+                info!("boot module: [{name}] {} bytes", text.len());
+            }
+        }
         if m.count > 1 {
             warn!(
                 "boot module: {} modules given; only the first is read",
@@ -614,7 +636,7 @@ fn read_words(si: &HvmStartInfo) -> (cmdline::Config, [core::ops::Range<u64>; 3]
         si.modlist_range(),
         module.map_or(0..0, |m| m.range),
     ];
-    (cfg, at)
+    (cfg, parts, at)
 }
 
 /// The command line as the loader left it (NUL-terminated, bounded, UTF-8 prefix), and the

@@ -31,6 +31,9 @@ pub struct NetStack {
     /// In a failover pair: the peer's exports, served on its address after a takeover.
     pub peer_nbd: Option<crate::storage::NbdService>,
     pub mgmt: Option<crate::mgmt::Mgmt>,
+    /// What every NBD service of this start serves TLS with, or why none may start
+    /// (`crate::tls_setup`).
+    pub tls: Result<unikernel::nbd::tls::TlsSettings, alloc::string::String>,
     mac: [u8; 6],
     prefix: u8,
 }
@@ -90,6 +93,7 @@ impl NetStack {
             nbd: None,
             peer_nbd: None,
             mgmt: None,
+            tls: Ok(Default::default()),
             mac: info.mac,
             prefix,
         })

@@ -214,7 +214,10 @@ pub fn turn(
             };
             let spec = spec(p, devices, cfg, peer, ip);
             let loaded = crate::checkpoints::Loaded::default();
-            match NbdService::new(devices, cfg, &loaded, &mut stack.sockets, spec) {
+            let service = stack.tls.clone().and_then(|tls| {
+                NbdService::new(devices, cfg, &loaded, &mut stack.sockets, spec, tls)
+            });
+            match service {
                 Ok(s) => {
                     let pending = s.log_state().map_or(0, |l| l.1);
                     crate::console::line(format_args!(

@@ -15,6 +15,7 @@ use smoltcp::wire::{IpListenEndpoint, Ipv4Address};
 use unikernel::cmdline::{Config, ExportSpec};
 use unikernel::nbd::acl::AllowList;
 use unikernel::nbd::server::{ConnState, Disk, Durability, Server, Stream, CHUNK};
+use unikernel::nbd::tls::TlsSettings;
 use unikernel::nbd::ExportInfo;
 use unikernel::nvlog::format::PAGE;
 use unikernel::nvlog::log::Nvlog;
@@ -210,6 +211,7 @@ impl NbdService {
         loaded: &crate::checkpoints::Loaded,
         sockets: &mut SocketSet<'static>,
         spec: ServiceSpec,
+        tls: TlsSettings,
     ) -> Result<Self, String> {
         let wanted = spec.exports.clone();
         let mem = FrameRegion::alloc(POOL_BUFFERS * CHUNK)
@@ -350,6 +352,7 @@ impl NbdService {
         let mut server =
             Server::new(exports, disks, pool, MAX_SOCKETS).with_log(log, durability)?;
         server.set_limits(cfg.nbd_limits(MAX_CLIENTS));
+        server.set_tls(tls);
         if cfg.debug_hold_cp && spec.own {
             warn!("debug.cp=hold: consistency points held; logged writes stay in the log only");
             server.hold_consistency_points(true);

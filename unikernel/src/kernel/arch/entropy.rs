@@ -38,7 +38,6 @@ fn features() -> u8 {
 }
 
 /// The instruction randomness comes from.
-#[allow(dead_code)] // Until main.rs starts TLS (issue 14): `check` and `fill` are for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     Rdseed,
@@ -92,7 +91,6 @@ unsafe fn rdrand_raw() -> Option<u64> {
 
 /// Fills `buf` with hardware random bytes (RDSEED, else RDRAND, word by word); false when
 /// neither gave a value. The `unikernel::tls::Entropy` the kernel hands to TLS.
-#[allow(dead_code)] // Until main.rs starts TLS (issue 14).
 pub fn fill(buf: &mut [u8]) -> bool {
     for chunk in buf.chunks_mut(8) {
         let Some(w) = rdseed().or_else(rdrand) else {
@@ -106,7 +104,6 @@ pub fn fill(buf: &mut [u8]) -> bool {
 /// Whether TLS may start: the CPU has RDSEED or RDRAND, and it answers with values that
 /// change (some CPUs' RDRAND has returned a constant, all ones, after a suspend). Err says
 /// why not, for the console.
-#[allow(dead_code)] // Until main.rs starts TLS (issue 14).
 pub fn check() -> Result<Source, &'static str> {
     let f = features();
     let source = if f & HAS_RDSEED != 0 {

@@ -40,7 +40,6 @@ fn registers() -> RtcRegisters {
 
 /// The RTC's time as UNIX seconds: read outside an update, twice the same, so that no
 /// register is caught half-way through a carry. `None` when the clock reads garbage.
-#[allow(dead_code)] // Until main.rs starts TLS (issue 14).
 pub fn read() -> Option<u64> {
     let mut last = None;
     for _ in 0..8 {
@@ -60,7 +59,6 @@ pub fn read() -> Option<u64> {
 }
 
 /// The wall clock, UNIX seconds: the `unikernel::tls::Clock` the kernel hands to TLS.
-#[allow(dead_code)] // Until main.rs starts TLS (issue 14).
 pub fn unix_now() -> Option<u64> {
     let now_us = crate::time::now_us();
     let mut base = BASE_SECS.load(Ordering::Relaxed);
