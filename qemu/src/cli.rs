@@ -169,6 +169,10 @@ pub struct RunArgs {
     /// verify-peer).
     #[arg(long, requires = "tls")]
     pub tls_verify_peer: bool,
+    /// Use FILE as is as the guest's boot module (`-initrd`): an appliance's `boot.module`
+    /// (0600), made by `tandem image build` with the key's word and the TLS files.
+    #[arg(long, value_name = "FILE", hide = true, conflicts_with = "tls")]
+    pub boot_module: Option<PathBuf>,
     /// MAC address of the NIC (default: QEMU's).
     #[arg(long)]
     pub mac: Option<MacAddr>,
@@ -666,6 +670,14 @@ pub struct PairUpArgs {
     /// most 8), on both nodes and after a takeover too. Default: every client.
     #[arg(long, value_name = "NETS", value_parser = parse_allow)]
     pub allow: Option<unikernel::nbd::acl::AllowList>,
+    /// Serve NBD over TLS on both nodes with the credentials in DIR (QEMU's tls-creds-x509
+    /// layout); they reach the guests in DIR/boot.module (0600, the pair directory's), never
+    /// on a command line.
+    #[arg(long, value_name = "DIR")]
+    pub tls: Option<PathBuf>,
+    /// With --tls: `require` (plaintext clients see no export) or `on`.
+    #[arg(long, value_enum, default_value_t = TlsModeArg::Require, requires = "tls")]
+    pub tls_mode: TlsModeArg,
     /// Seconds to wait for both guests to print TANDEM READY.
     #[arg(long, default_value_t = 120, value_name = "SECS")]
     pub boot_timeout: u64,

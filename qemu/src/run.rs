@@ -244,9 +244,12 @@ pub fn ensure_mgmt_key(args: &RunArgs, state: &StateDir) -> anyhow::Result<()> {
 
 /// The boot module QEMU hands the guest (`-initrd`): with `--tls`, `<state>/boot.module`
 /// (the management key's words and the TLS files, [`ensure_boot_module`]); else, with a
-/// management forward, the key file itself (its text is the key's word).
+/// management forward, the key file itself (its text is the key's word). `--boot-module
+/// FILE` (an appliance's prebuilt module) wins over both.
 pub fn boot_module_path(args: &RunArgs, state: &StateDir) -> Option<std::path::PathBuf> {
-    if args.tls.is_some() {
+    if let Some(m) = &args.boot_module {
+        Some(m.clone())
+    } else if args.tls.is_some() {
         Some(state.root().join(BOOT_MODULE))
     } else if args.mgmt_port != 0 {
         Some(crate::mgmt::key_path(state.root()))
@@ -280,16 +283,8 @@ pub fn ensure_boot_module(args: &RunArgs, state: &StateDir) -> anyhow::Result<()
     } else {
         String::new()
     };
-    use unikernel::boot_module::{compose, TLS_CA_CERT, TLS_SERVER_CERT, TLS_SERVER_KEY};
-    let text = compose(
-        &words,
-        &[
-            (TLS_CA_CERT, &files.ca_cert),
-            (TLS_SERVER_CERT, &files.server_cert),
-            (TLS_SERVER_KEY, &files.server_key),
-        ],
-    )
-    .map_err(|e| anyhow::anyhow!("TLS credentials in {}: {e}", dir.display()))?;
+    let text = crate::tls::boot_module_text(&words, Some(&files))
+        .map_err(|e| anyhow::anyhow!("TLS credentials in {}: {e}", dir.display()))?;
     crate::mgmt::write_private(&state.root().join(BOOT_MODULE), text.as_bytes())
 }
 

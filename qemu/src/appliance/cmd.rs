@@ -244,7 +244,13 @@ fn run_image(a: &ImageRunArgs) -> anyhow::Result<i32> {
             }
             let cli = Cli::try_parse_args(&argv).map_err(|e| anyhow::anyhow!("{e}"))?;
             match &cli.command {
-                Command::Pair(cmd @ PairCommand::Up(_)) => crate::pair::cmd::run(cmd),
+                Command::Pair(PairCommand::Up(up)) => {
+                    // The nodes' own boot modules (key, TLS files), as the plans pass them.
+                    let mut s = crate::pair::cmd::spec_of(up);
+                    s.boot_modules = spec.boot_modules;
+                    s.exports = spec.exports;
+                    crate::pair::cmd::up_spec(&s)
+                }
                 _ => bail!("`tandem pair up` arguments did not parse"),
             }
         }

@@ -92,6 +92,25 @@ pub struct ConfigFile {
     /// A failover pair.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pair: Option<PairFile>,
+    /// NBD over TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsFile>,
+}
+
+/// `[tls]`: NBD over TLS with the credentials of a directory on the build host.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    /// A credentials directory in QEMU's tls-creds-x509 layout (`ca-cert.pem`,
+    /// `server-cert.pem`, `server-key.pem`), relative to the description or absolute. Read at
+    /// build time into each guest's boot module; the files are not copied otherwise.
+    pub dir: String,
+    /// `require` (default) or `on`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Clients must present a certificate the CA signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_peer: Option<bool>,
 }
 
 /// `[network]`.
@@ -211,8 +230,22 @@ pub struct Appliance {
     pub management: bool,
     /// Extra guest words.
     pub cmdline: Vec<String>,
+    /// NBD over TLS (`[tls]`).
+    pub tls: Option<Tls>,
     /// One appliance or a pair.
     pub kind: Kind,
+}
+
+/// `[tls]`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    /// The credentials directory as written (relative to the description; [`load`] makes it
+    /// absolute).
+    pub dir: String,
+    /// `nbd.tls=`: `require` or `on`.
+    pub mode: String,
+    /// `nbd.tls_verify_peer=on`.
+    pub verify_peer: bool,
 }
 
 /// One appliance or a pair.
@@ -316,10 +349,18 @@ pub fn load(path: &Path) -> Result<Appliance, ConfigError> {
         file: Some(file.clone()),
         problems: vec![format!("cannot read it: {e}")],
     })?;
-    parse(&text).map_err(|mut e| {
-        e.file = Some(file);
+    let mut app = parse(&text).map_err(|mut e| {
+        e.file = Some(file.clone());
         e
-    })
+    })?;
+    if let Some(t) = &mut app.tls {
+        if Path::new(&t.dir).is_relative() {
+            let base =
+                std::path::absolute(path.parent().unwrap_or(Path::new(""))).unwrap_or_default();
+            t.dir = base.join(&t.dir).to_string_lossy().into_owned();
+        }
+    }
+    Ok(app)
 }
 
 /// Parse and check a description.
@@ -437,6 +478,7 @@ pub fn resolve(raw: &ConfigFile) -> Result<Appliance, ConfigError> {
         );
     }
 
+    let tls = raw.tls.as_ref().map(|t| resolve_tls(&mut p, t));
     let kind = match &raw.pair {
         None => Kind::Single(resolve_single(&mut p, raw, &net)),
         Some(pair) => Kind::Pair(resolve_pair(&mut p, raw, &net, pair)),
@@ -457,8 +499,36 @@ pub fn resolve(raw: &ConfigFile) -> Result<Appliance, ConfigError> {
         log: raw.log.clone(),
         management: net.management.unwrap_or(true),
         cmdline: raw.cmdline.clone(),
+        tls,
         kind,
     })
+}
+
+fn resolve_tls(p: &mut Problems, t: &TlsFile) -> Tls {
+    if t.dir.is_empty() {
+        p.add(
+            "tls.dir",
+            quoted(&t.dir),
+            "a credentials directory (ca-cert.pem, server-cert.pem, server-key.pem)",
+        );
+    }
+    let mode = match t.mode.as_deref() {
+        None | Some("require") => "require",
+        Some("on") => "on",
+        Some(m) => {
+            p.add(
+                "tls.mode",
+                quoted(m),
+                "require (TLS only) or on (plaintext clients served too)",
+            );
+            "require"
+        }
+    };
+    Tls {
+        dir: t.dir.clone(),
+        mode: mode.into(),
+        verify_peer: t.verify_peer.unwrap_or(false),
+    }
 }
 
 fn check_name(p: &mut Problems, name: &str) {
@@ -487,6 +557,8 @@ const OWN_KEYS: &[&str] = &[
     "export",
     "mgmt.port",
     "nbd.port",
+    "nbd.tls",
+    "nbd.tls_verify_peer",
     "pair",
     "exit",
     "bench",
@@ -1046,6 +1118,11 @@ impl Appliance {
             }
         }
         f.network = Some(net);
+        f.tls = self.tls.as_ref().map(|t| TlsFile {
+            dir: t.dir.clone(),
+            mode: Some(t.mode.clone()),
+            verify_peer: Some(t.verify_peer),
+        });
         f
     }
 
@@ -1088,6 +1165,12 @@ impl Appliance {
             }
             .into(),
         );
+        if let Some(t) = &self.tls {
+            w.push(format!("nbd.tls={}", t.mode));
+            if t.verify_peer {
+                w.push("nbd.tls_verify_peer=on".into());
+            }
+        }
         w.extend(self.cmdline.iter().cloned());
         w
     }

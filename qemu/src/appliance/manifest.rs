@@ -169,10 +169,13 @@ pub fn runtime_state(kind: &str) -> BTreeSet<String> {
     }
     // The management channel's key (0600): each build makes a fresh one (and a run one when
     // it is missing); a secret, so never in the manifest, which is meant to be compared.
+    // The boot module (0600): the key's word and the TLS key and certificates; the same.
     out.insert(crate::mgmt::KEY_FILE.into());
+    out.insert(crate::run::BOOT_MODULE.into());
     if kind == "pair" {
         for n in Node::ALL {
             out.insert(format!("{n}/{}", crate::mgmt::KEY_FILE));
+            out.insert(format!("{n}/{}", crate::run::BOOT_MODULE));
         }
         let d = PairDir::new("");
         for p in [

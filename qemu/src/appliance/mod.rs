@@ -15,7 +15,8 @@
 //! | `xl.cfg` | Xen `xl` config of a PVH guest |
 //! | `config.resolved.toml` | the description with every default and generated UUID spelt out |
 //! | `manifest.json` | every other file with its size and SHA-256 ([`manifest`]) |
-//! | `mgmt.key` | with management on: the guest's management key (0600), its boot module |
+//! | `mgmt.key` | with management on: the guest's management key (0600; `tandem mgmt` reads it) |
+//! | `boot.module` | with management on or `[tls]`: the guest's boot module (0600): the key's word and the TLS files |
 //!
 //! A pair description gives `region.bin` (the shared region, header written), `kernel.elf`,
 //! and per node `a/` and `b/` with the node's disks and its `guest.cmdline`, `run.sh`,
@@ -29,11 +30,13 @@
 //! there is no second configuration channel to keep in step. The one exception is the
 //! management key, a secret: anything on a command line or in a domain file is readable by
 //! others, so each guest (each node of a pair) gets a fresh random key file, `mgmt.key`
-//! (0600), that the script, libvirt and xl pass as the guest's boot module by name
-//! (`-initrd`, `<initrd>`, `ramdisk =`). It is made by every build and is not one of the
-//! reproducible outputs: the manifest leaves it out (like the runtime files), and two builds
-//! of one description have different keys. `tandem image run` and `tandem mgmt --state-dir
-//! DIR` use the directory's key.
+//! (0600). So are the TLS key and certificates of `[tls]` (read from `tls.dir` at build
+//! time). Both go into the guest's boot module, `boot.module` (0600), that the script,
+//! libvirt and xl pass by name (`-initrd`, `<initrd>`, `ramdisk =`). `mgmt.key` is where the
+//! key is kept (`tandem mgmt --state-dir DIR` reads it); `boot.module` is made from it and
+//! the credentials by the build, and `tandem image run` boots with it as is. Neither is one
+//! of the reproducible outputs: the manifest leaves them out (like the runtime files), and
+//! two builds of one description have different keys.
 //!
 //! **Reproducible.** The same description and sources give the same bytes: the kernel is
 //! copied, the text files have no timestamps or build-machine paths (the script uses paths
@@ -150,6 +153,13 @@ pub fn build(mut app: Appliance, out: &Path, opts: &BuildOptions) -> anyhow::Res
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
         Err(e) => return Err(e).with_context(|| format!("{}", out.display())),
     };
+    let tls = match &app.tls {
+        Some(t) => Some(
+            crate::tls::ServerFiles::read(Path::new(&t.dir))
+                .map_err(|e| anyhow::anyhow!("tls.dir = {:?}: {e:#}", t.dir))?,
+        ),
+        None => None,
+    };
     let image = crate::image::ensure(opts.image.as_deref())?;
     check_pvh_elf(&image)?;
     for d in app.disks_mut() {
@@ -164,7 +174,7 @@ pub fn build(mut app: Appliance, out: &Path, opts: &BuildOptions) -> anyhow::Res
         }
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    match write_all(&app, out, &image, opts) {
+    match write_all(&app, out, &image, tls.as_ref(), opts) {
         Ok(manifest) => Ok(Built {
             dir: out.to_path_buf(),
             appliance: app,
@@ -193,6 +203,7 @@ fn write_all(
     app: &Appliance,
     out: &Path,
     image: &Path,
+    tls: Option<&crate::tls::ServerFiles>,
     opts: &BuildOptions,
 ) -> anyhow::Result<Manifest> {
     let mut files: Vec<(String, bool)> = Vec::new();
@@ -238,10 +249,7 @@ fn write_all(
     }
 
     for g in render::plans(app)? {
-        if let Some(k) = &g.key {
-            // Fresh for every build and left out of the manifest (see the module docs).
-            crate::mgmt::write_key(&out.join(k), &crate::mgmt::generate_key()?)?;
-        }
+        write_secrets(out, &g, tls)?;
         write(&g.file(CMDLINE), &g.cmdline_text(), &mut files)?;
         write(&g.file(SCRIPT), &render::launch_script(app, &g), &mut files)?;
         make_executable(&out.join(g.file(SCRIPT)))?;
@@ -259,6 +267,26 @@ fn write_all(
     std::fs::write(out.join(MANIFEST), m.to_text())
         .with_context(|| format!("writing {}", out.join(MANIFEST).display()))?;
     Ok(m)
+}
+
+/// A guest's key file (fresh for every build) and its boot module (the key's word and the
+/// TLS files), both 0600 and left out of the manifest (see the module docs).
+fn write_secrets(
+    out: &Path,
+    g: &render::GuestPlan,
+    tls: Option<&crate::tls::ServerFiles>,
+) -> anyhow::Result<()> {
+    let mut words = String::new();
+    if let Some(k) = &g.key {
+        let key = crate::mgmt::generate_key()?;
+        crate::mgmt::write_key(&out.join(k), &key)?;
+        words = crate::mgmt::key_word(&key);
+    }
+    if let Some(m) = &g.module {
+        let text = crate::tls::boot_module_text(&words, tls)?;
+        crate::mgmt::write_private(&out.join(m), text.as_bytes())?;
+    }
+    Ok(())
 }
 
 /// The pair region: sparse, the header on page 0 (as `tandem pair up` makes it, with the

@@ -7,10 +7,11 @@
 //! `tandem pair up` ([`crate::pair::spec::PairConfig::node_command`]) for a pair node, so
 //! the appliance boots with exactly the devices those commands give a guest.
 //!
-//! With management on, each guest also has a key file (`mgmt.key` in its directory, made by
-//! the build, not here): the script passes it with `-initrd`, libvirt with `<initrd>`, xl with
-//! `ramdisk =`, each by name only, so that the key is in none of these files (nor in the
-//! reproducible outputs) and in no QEMU argv. The guest reads it as its first boot module.
+//! With management on or `[tls]`, each guest also has a boot module (`boot.module` in its
+//! directory, 0600, made by the build, not here): the management key's word and the TLS
+//! files. The script passes it with `-initrd`, libvirt with `<initrd>`, xl with `ramdisk =`,
+//! each by name only, so that no secret is in these files (nor in the reproducible outputs)
+//! or in any QEMU argv. The guest reads it as its first boot module.
 //!
 //! Reproducible by construction: no timestamps, no host names, and no path of the build
 //! machine. The script uses paths relative to the appliance directory (it `cd`s there
@@ -27,7 +28,7 @@ use crate::cli::{Cli, Command, RunArgs};
 use crate::mgmt::KEY_FILE;
 use crate::pair::spec::{self, PairConfig, PairSpec};
 use crate::pair::Node;
-use crate::run::{GUEST_MGMT_PORT, GUEST_NBD_PORT};
+use crate::run::{BOOT_MODULE, GUEST_MGMT_PORT, GUEST_NBD_PORT};
 use crate::size::ByteSize;
 use crate::state::StateDir;
 use unikernel::cmdline::ExportSpec;
@@ -69,9 +70,12 @@ pub struct GuestPlan {
     pub region: (String, ByteSize),
     /// The pair node, for a pair.
     pub node: Option<Node>,
-    /// Its management key file, relative (`mgmt.key`, `a/mgmt.key`): its boot module. `None`
-    /// when the description turns management off.
+    /// Its management key file, relative (`mgmt.key`, `a/mgmt.key`), where `tandem mgmt` and
+    /// the build read the key. `None` when the description turns management off.
     pub key: Option<String>,
+    /// Its boot module, relative (`boot.module`, `a/boot.module`): the key's word and the
+    /// TLS files. `None` with neither management nor `[tls]`.
+    pub module: Option<String>,
     /// The QEMU line of its launch script (relative paths, TCG; the script picks the
     /// accelerator when it runs).
     pub qemu: QemuCommand,
@@ -115,6 +119,9 @@ pub fn run_args(
     if let Some(mac) = s.mac {
         argv.extend(["--mac".into(), mac.to_string()]);
     }
+    if has_module(app) {
+        argv.extend(["--boot-module".into(), path(BOOT_MODULE)]);
+    }
     for (k, d) in s.disks.iter().enumerate() {
         let mut spec = path(&d.file_name(k));
         if d.read_only {
@@ -130,6 +137,11 @@ pub fn run_args(
         Command::Run(r) => Ok(r),
         _ => anyhow::bail!("`tandem run` arguments did not parse as run"),
     }
+}
+
+/// Whether the guests have a boot module: management on (its key) or `[tls]`.
+pub fn has_module(app: &Appliance) -> bool {
+    app.management || app.tls.is_some()
 }
 
 /// The pair's configuration as `tandem pair up` resolves it, with the appliance's relative
@@ -165,6 +177,9 @@ pub fn pair_spec(app: &Appliance, dir: &Path) -> anyhow::Result<PairSpec> {
     spec.giveback = p.giveback;
     spec.subnet = p.subnet;
     spec.cmdline = app.common_words();
+    if has_module(app) {
+        spec.boot_modules = Node::ALL.map(|n| Some(PathBuf::from(n.name()).join(BOOT_MODULE)));
+    }
     spec.exports =
         spec::export_words(&[0, 1].map(|n| p.disks[n].iter().map(|d| d.allow).collect()));
     spec.validate().map_err(|e| anyhow::anyhow!(e))?;
@@ -224,20 +239,21 @@ pub fn plans(app: &Appliance) -> anyhow::Result<Vec<GuestPlan>> {
                 region: (NVRAM.into(), s.nvram),
                 node: None,
                 key: app.management.then(|| KEY_FILE.to_string()),
+                module: has_module(app).then(|| BOOT_MODULE.to_string()),
                 qemu,
             }])
         }
         Kind::Pair(p) => {
             let cfg = pair_config(app)?;
-            // `tandem pair up` runs without the channel; the node's own files have its key.
+            // Each node its own key file and boot module (in `cfg.boot_modules`, so that the
+            // QEMU line is `tandem pair up`'s).
             let key = |n: Node| app.management.then(|| format!("{n}/{KEY_FILE}"));
-            let qemu = |n: Node| {
-                let cmd = cfg.node_command(n).name(format!("{}-{n}", app.name));
-                match key(n) {
-                    Some(k) => cmd.initrd(k),
-                    None => cmd,
-                }
+            let module = |n: Node| {
+                cfg.boot_modules[n.index()]
+                    .as_ref()
+                    .map(|m| m.to_string_lossy().into_owned())
             };
+            let qemu = |n: Node| cfg.node_command(n).name(format!("{}-{n}", app.name));
             Ok(Node::ALL
                 .into_iter()
                 .map(|n| GuestPlan {
@@ -261,6 +277,7 @@ pub fn plans(app: &Appliance) -> anyhow::Result<Vec<GuestPlan>> {
                     ),
                     node: Some(n),
                     key: key(n),
+                    module: module(n),
                     qemu: qemu(n),
                 })
                 .collect())
@@ -471,12 +488,13 @@ pub fn libvirt_xml(app: &Appliance, g: &GuestPlan) -> String {
         domain = xml(&g.domain),
         region = xml(&g.region.0),
     );
-    if let Some(k) = &g.key {
+    if let Some(k) = &g.module {
         let _ = writeln!(
             s,
-            "<!-- The management channel's key is the file {k} (0600), the guest's <initrd>: the\n\
-             \x20    guest reads it as more command-line words, so the key is not in this file.\n\
-             \x20    libvirt's dynamic ownership (the default) lets QEMU read it. -->",
+            "<!-- The guest's secrets (management key, TLS key and certificates) are the file {k}\n\
+             \x20    (0600), the guest's <initrd>: the guest reads it as its boot module, so they\n\
+             \x20    are not in this file. libvirt's dynamic ownership (the default) lets QEMU read\n\
+             \x20    it. -->",
             k = xml(k),
         );
     }
@@ -499,7 +517,7 @@ pub fn libvirt_xml(app: &Appliance, g: &GuestPlan) -> String {
     let _ = writeln!(s, "  <os>");
     let _ = writeln!(s, "    <type arch='x86_64' machine='q35'>hvm</type>");
     let _ = writeln!(s, "    <kernel>{}</kernel>", xml(&installed(app, KERNEL)));
-    if let Some(k) = &g.key {
+    if let Some(k) = &g.module {
         let _ = writeln!(s, "    <initrd>{}</initrd>", xml(&installed(app, k)));
     }
     let _ = writeln!(s, "    <cmdline>{}</cmdline>", xml(&g.words.join(" ")));
@@ -601,18 +619,17 @@ pub fn xl_config(app: &Appliance, g: &GuestPlan) -> String {
          # durability=disk there.",
         app.name, app.install_dir
     );
-    if let Some(k) = &g.key {
+    if let Some(k) = &g.module {
         let _ = writeln!(
             s,
-            "# The management channel's key is the file {k} (0600), passed as the PVH boot\n\
-             # module (`ramdisk`): the guest reads it as more command-line words, so the key is\n\
-             # not in this file."
+            "# The guest's secrets (management key, TLS key and certificates) are the file {k}\n\
+             # (0600), passed as the PVH boot module (`ramdisk`), so they are not in this file."
         );
     }
     let _ = writeln!(s, "name = \"{}\"", g.domain);
     let _ = writeln!(s, "type = \"pvh\"");
     let _ = writeln!(s, "kernel = \"{}\"", installed(app, KERNEL));
-    if let Some(k) = &g.key {
+    if let Some(k) = &g.module {
         let _ = writeln!(s, "ramdisk = \"{}\"", installed(app, k));
     }
     let _ = writeln!(s, "extra = \"{}\"", g.words.join(" "));
@@ -770,9 +787,10 @@ mod tests {
             !script.contains("/tmp") && !script.contains("/work"),
             "{script}"
         );
-        // The key file goes by name only: -initrd, <initrd>, ramdisk.
+        // The boot module goes by name only: -initrd, <initrd>, ramdisk.
+        assert_eq!(g.module.as_deref(), Some("boot.module"));
         assert!(
-            script.contains("-initrd mgmt.key") && !script.contains("mgmt.key="),
+            script.contains("-initrd boot.module") && !script.contains("mgmt.key"),
             "{script}"
         );
         assert_eq!(script.matches("mgmt.on_data=on").count(), 1, "{script}");
@@ -782,7 +800,7 @@ mod tests {
              mgmt.on_data=on</cmdline>"
         ));
         assert!(
-            xml.contains("<initrd>/var/lib/tandem/demo/mgmt.key</initrd>"),
+            xml.contains("<initrd>/var/lib/tandem/demo/boot.module</initrd>"),
             "{xml}"
         );
         assert!(xml.contains("/var/lib/tandem/demo/disk1.qcow2"));
@@ -791,7 +809,7 @@ mod tests {
         assert!(xl.contains("type = \"pvh\""));
         assert!(xl.contains("access=ro,target=/var/lib/tandem/demo/disk1.qcow2"));
         assert!(
-            xl.contains("ramdisk = \"/var/lib/tandem/demo/mgmt.key\""),
+            xl.contains("ramdisk = \"/var/lib/tandem/demo/boot.module\""),
             "{xl}"
         );
     }
@@ -805,7 +823,7 @@ mod tests {
         ] {
             let app = super::super::config::parse(text).unwrap();
             for g in plans(&app).unwrap() {
-                assert_eq!(g.key, None);
+                assert_eq!((&g.key, &g.module), (&None, &None));
                 assert!(g.words.contains(&"mgmt.port=0".to_string()));
                 let all = [
                     launch_script(&app, &g),
@@ -838,14 +856,101 @@ mod tests {
         assert!(script.contains("ifname=tapa"), "{script}");
         assert!(script.contains("mem-path=region.bin"), "{script}");
         assert!(libvirt_xml(&app, &p[0]).contains("<shareable/>"));
-        // Each node its own key file, by name only.
+        // Each node its own key file and boot module, by name only.
         for (g, n) in p.iter().zip(["a", "b"]) {
             let key = format!("{n}/mgmt.key");
+            let module = format!("{n}/boot.module");
             assert_eq!(g.key.as_deref(), Some(key.as_str()));
+            assert_eq!(g.module.as_deref(), Some(module.as_str()));
             assert!(g.words.contains(&"mgmt.on_data=on".to_string()));
-            assert!(launch_script(&app, g).contains(&format!("-initrd {key}")));
-            assert!(libvirt_xml(&app, g).contains(&format!("<initrd>/var/lib/tandem/p/{key}")));
-            assert!(xl_config(&app, g).contains(&format!("ramdisk = \"/var/lib/tandem/p/{key}\"")));
+            assert!(launch_script(&app, g).contains(&format!("-initrd {module}")));
+            assert!(libvirt_xml(&app, g).contains(&format!("<initrd>/var/lib/tandem/p/{module}")));
+            assert!(
+                xl_config(&app, g).contains(&format!("ramdisk = \"/var/lib/tandem/p/{module}\""))
+            );
         }
+    }
+
+    #[test]
+    fn tls_rides_in_the_boot_module_and_the_words() {
+        for (text, module) in [
+            (
+                "name = \"t\"\n[network]\nmanagement = false\n[tls]\ndir = \"creds\"\n\
+                 [[disk]]\nsize = \"8M\"\n",
+                vec!["boot.module"],
+            ),
+            (
+                "name = \"t\"\n[tls]\ndir = \"/c\"\nmode = \"on\"\nverify_peer = true\n[pair]\n\
+                 [[pair.a.disk]]\nsize = \"8M\"\n[[pair.b.disk]]\nsize = \"8M\"\n",
+                vec!["a/boot.module", "b/boot.module"],
+            ),
+        ] {
+            let app = super::super::config::parse(text).unwrap();
+            let t = app.tls.as_ref().unwrap();
+            let p = plans(&app).unwrap();
+            assert_eq!(p.len(), module.len());
+            for (g, m) in p.iter().zip(module) {
+                assert_eq!(g.module.as_deref(), Some(m));
+                let word = format!("nbd.tls={}", t.mode);
+                assert!(g.words.contains(&word), "{:?}", g.words);
+                assert_eq!(
+                    g.words.contains(&"nbd.tls_verify_peer=on".to_string()),
+                    t.verify_peer
+                );
+                let script = launch_script(&app, g);
+                assert!(script.contains(&format!("-initrd {m}")), "{script}");
+                assert!(script.contains(&word), "{script}");
+                let xml = libvirt_xml(&app, g);
+                assert!(xml.contains(&format!("<initrd>/var/lib/tandem/t/{m}</initrd>")));
+                assert!(xml.contains(&word));
+                let xl = xl_config(&app, g);
+                assert!(xl.contains(&format!("ramdisk = \"/var/lib/tandem/t/{m}\"")));
+                assert!(xl.contains(&word));
+                for f in [script, xml, xl] {
+                    assert!(!f.contains("BEGIN") && !f.contains("/c/"), "{f}");
+                }
+                // The guest's parser takes the words.
+                let mut issues = Vec::new();
+                unikernel::cmdline::parse(&g.cmdline_text(), |i| issues.push(i.to_string()));
+                assert!(issues.is_empty(), "{issues:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_pair_appliance_runs_what_tandem_pair_up_runs() {
+        let app = super::super::config::parse(
+            "name = \"t\"\n[tls]\ndir = \"/c\"\n[pair]\n\
+             [[pair.a.disk]]\nsize = \"8M\"\n[[pair.b.disk]]\nsize = \"8M\"\n",
+        )
+        .unwrap();
+        let cfg = pair_config(&app).unwrap();
+        for (g, n) in plans(&app).unwrap().iter().zip(Node::ALL) {
+            let want = cfg.node_command(n).name(format!("t-{n}"));
+            assert_eq!(g.qemu.to_string(), want.to_string());
+            assert!(g
+                .qemu
+                .to_string()
+                .contains(&format!("-initrd {n}/boot.module")));
+        }
+        // `tandem pair up --tls`: one module in the pair directory, for both nodes.
+        let mut spec = PairSpec::new("/p");
+        spec.tls = Some("/creds".into());
+        let cfg = spec::resolve(
+            &spec,
+            Path::new("/p"),
+            QEMU.into(),
+            KERNEL.into(),
+            crate::accel::Accel::Tcg,
+            "ip".into(),
+            64 << 20,
+        );
+        for n in Node::ALL {
+            let line = cfg.node_command(n).to_string();
+            assert!(line.contains("-initrd /p/boot.module"), "{line}");
+            assert!(cfg.guest_words(n).contains(&"nbd.tls=require".into()));
+        }
+        let json = serde_json::to_string(&cfg).unwrap();
+        assert!(!json.contains("creds"), "{json}");
     }
 }

@@ -144,6 +144,11 @@ impl Pair {
             ip_tool,
             prepared.size.bytes(),
         );
+        if let Some(tls) = &spec.tls {
+            let files = crate::tls::ServerFiles::read(tls)?;
+            let text = crate::tls::boot_module_text("", Some(&files))?;
+            crate::mgmt::write_private(&paths.boot_module(), text.as_bytes())?;
+        }
         std::fs::write(paths.spec(), serde_json::to_string_pretty(&cfg)? + "\n")
             .with_context(|| format!("writing {}", paths.spec().display()))?;
         // Nothing answers on the socket: what is there is stale.

@@ -50,16 +50,24 @@ pub fn spec_of(a: &PairUpArgs) -> PairSpec {
         exports: super::spec::export_words(
             &[(); 2].map(|_| vec![a.allow.unwrap_or_default(); usize::from(a.disks)]),
         ),
+        tls: a.tls.clone(),
+        tls_mode: a.tls_mode,
+        boot_modules: [None, None],
         boot_timeout: Duration::from_secs(a.boot_timeout),
         verbose: true,
     }
 }
 
 fn up(a: &PairUpArgs) -> anyhow::Result<i32> {
-    let spec = spec_of(a);
+    up_spec(&spec_of(a))
+}
+
+/// `tandem pair up` for `spec` (what [`spec_of`] makes, or an appliance's with its boot
+/// modules).
+pub fn up_spec(spec: &PairSpec) -> anyhow::Result<i32> {
     // Ctrl-C while waiting: tear down what was started instead of leaving a half-up pair.
     ctrlc::set_handler(super::api::interrupt).context("installing the Ctrl-C handler")?;
-    let pair = Pair::up(&spec)?;
+    let pair = Pair::up(spec)?;
     let info = pair.info().clone();
     let dir = pair.dir().display().to_string();
     // The exports follow TANDEM READY once the network is up: give them a moment to show.

@@ -205,6 +205,11 @@ impl PairDir {
         self.root.join("spec.json")
     }
 
+    /// Both nodes' boot module with `tandem pair up --tls` (0600: the TLS key).
+    pub fn boot_module(&self) -> PathBuf {
+        self.root.join("boot.module")
+    }
+
     /// The supervisor's state file.
     pub fn info(&self) -> PathBuf {
         self.root.join("pair.json")

@@ -152,6 +152,16 @@ pub struct PairSpec {
     /// Each node's export words (a, b): its own `export=` and, for what it serves after a
     /// takeover, `pair.peer_export=` (see [`export_words`]); empty: `blk0`, ... open.
     pub exports: [Vec<String>; 2],
+    /// NBD over TLS with the credentials of this directory (QEMU's tls-creds-x509 layout):
+    /// `up` writes them to `DIR/boot.module` (0600), both nodes' boot module, and adds
+    /// `nbd.tls=` to their words. The survivor of a takeover serves its peer's exports under
+    /// the same certificate.
+    pub tls: Option<PathBuf>,
+    /// With `tls`: `nbd.tls=require` or `on`.
+    pub tls_mode: crate::cli::TlsModeArg,
+    /// Each node's boot module used as is (a, b; relative to the pair directory or absolute):
+    /// an appliance's, made by `tandem image build`. Ignored with `tls`.
+    pub boot_modules: [Option<PathBuf>; 2],
     /// How long `up` waits for both guests to print `TANDEM READY`.
     pub boot_timeout: Duration,
     /// Print progress on stderr.
@@ -176,6 +186,9 @@ impl PairSpec {
             tandem: None,
             cmdline: Vec::new(),
             exports: [Vec::new(), Vec::new()],
+            tls: None,
+            tls_mode: crate::cli::TlsModeArg::Require,
+            boot_modules: [None, None],
             boot_timeout: Duration::from_secs(120),
             verbose: false,
         }
@@ -269,6 +282,10 @@ pub struct PairConfig {
     /// Each node's export words (a, b; see [`PairSpec::exports`]).
     #[serde(default)]
     pub exports: [Vec<String>; 2],
+    /// Each node's boot module (a, b), passed with `-initrd`: the TLS files (and an
+    /// appliance's management key). The path only; the secrets stay in the 0600 file.
+    #[serde(default)]
+    pub boot_modules: [Option<PathBuf>; 2],
 }
 
 impl PairConfig {
@@ -334,6 +351,9 @@ impl PairConfig {
         for d in self.node_disks(n) {
             cmd = cmd.disk(Disk::new(d).locking(false));
         }
+        if let Some(m) = &self.boot_modules[n.index()] {
+            cmd = cmd.initrd(m);
+        }
         cmd.nic(Nic::tap(tap(n)).mac(mac(n)))
             .shared_region(SharedRegion::new(
                 paths.region(),
@@ -373,8 +393,24 @@ pub fn resolve(
         fence_timeout_ms: spec.fence_timeout_ms,
         giveback: spec.giveback,
         subnet: spec.subnet.to_string(),
-        cmdline: spec.cmdline.clone(),
+        cmdline: tls_words(spec)
+            .into_iter()
+            .chain(spec.cmdline.iter().cloned())
+            .collect(),
         exports: spec.exports.clone(),
+        boot_modules: if spec.tls.is_some() {
+            [(); 2].map(|_| Some(PairDir::new(dir).boot_module()))
+        } else {
+            spec.boot_modules.clone().map(|m| m.map(|m| dir.join(m)))
+        },
+    }
+}
+
+/// `nbd.tls=MODE` for a spec with `tls`.
+fn tls_words(spec: &PairSpec) -> Vec<String> {
+    match spec.tls {
+        Some(_) => vec![format!("nbd.tls={}", spec.tls_mode.word())],
+        None => Vec::new(),
     }
 }
 
