@@ -137,10 +137,27 @@ fn keys_are_private_and_fresh(one: &Path, two: &Path, rel: &str) -> tandem_qemu:
     keys.swap_remove(0)
 }
 
-/// No file in `dir` but the key files names the key.
+/// The boot module at `path`: private (0600), its words the key's.
+fn module_holds_key(path: &Path, key: &tandem_qemu::mgmt::Key) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", path.display());
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(
+        text.starts_with(&format!("mgmt.key={}\n", key.to_hex())),
+        "{}",
+        path.display()
+    );
+}
+
+/// No file in `dir` but the key files and boot modules names the key.
 fn key_only_in_key_files(dir: &Path, key: &tandem_qemu::mgmt::Key) {
     for f in manifest::walk(dir).unwrap() {
-        if f.ends_with(tandem_qemu::mgmt::KEY_FILE) || f.ends_with(".raw") || f.ends_with(".bin") {
+        if f.ends_with(tandem_qemu::mgmt::KEY_FILE)
+            || f.ends_with(tandem_qemu::run::BOOT_MODULE)
+            || f.ends_with(".raw")
+            || f.ends_with(".bin")
+        {
             continue;
         }
         let bytes = std::fs::read(dir.join(&f)).unwrap();
@@ -327,13 +344,13 @@ fn sample_appliance_builds_validates_rebuilds_and_serves_nbd() {
     );
     // Management on (the sample's default): the channel on the NIC, the key file by name.
     assert!(cmdline.contains("mgmt.on_data=on"), "{cmdline}");
-    assert!(script.contains("-initrd mgmt.key"), "{script}");
+    assert!(script.contains("-initrd boot.module"), "{script}");
     assert!(
-        xml.contains("<initrd>/var/lib/tandem/tandem-demo/mgmt.key</initrd>"),
+        xml.contains("<initrd>/var/lib/tandem/tandem-demo/boot.module</initrd>"),
         "{xml}"
     );
     assert!(
-        xl.contains("ramdisk = \"/var/lib/tandem/tandem-demo/mgmt.key\""),
+        xl.contains("ramdisk = \"/var/lib/tandem/tandem-demo/boot.module\""),
         "{xl}"
     );
     // No path of this machine in the text files.
@@ -392,11 +409,13 @@ fn sample_appliance_builds_validates_rebuilds_and_serves_nbd() {
     let files = manifest::walk(&d1).unwrap();
     assert_eq!(files, manifest::walk(&d3).unwrap());
     let key_file = tandem_qemu::mgmt::KEY_FILE;
+    let module = tandem_qemu::run::BOOT_MODULE;
     assert!(files.iter().any(|f| f == key_file), "{files:?}");
-    for f in files.iter().filter(|f| *f != key_file) {
+    for f in files.iter().filter(|f| *f != key_file && *f != module) {
         assert!(same_bytes(&d1.join(f), &d3.join(f)), "{f} differs");
     }
     let key = keys_are_private_and_fresh(&d1, &d3, key_file);
+    module_holds_key(&d1.join(module), &key);
     key_only_in_key_files(&d1, &key);
 
     // A modified file, a missing one and an extra one are caught, and the command says so.
@@ -444,7 +463,7 @@ fn sample_appliance_builds_validates_rebuilds_and_serves_nbd() {
         String::from_utf8_lossy(&dry.stderr)
     );
     assert!(
-        dry_text.contains(&format!("-initrd {}", d1.join(key_file).display()))
+        dry_text.contains(&format!("-initrd {}", d1.join(module).display()))
             && !dry_text.contains(&key.to_hex()),
         "{dry_text}"
     );
@@ -471,7 +490,7 @@ fn sample_appliance_builds_validates_rebuilds_and_serves_nbd() {
     let argv = std::fs::read(format!("/proc/{}/cmdline", pid.trim())).unwrap();
     let argv = String::from_utf8_lossy(&argv);
     assert!(
-        argv.contains("mgmt.key") && !argv.contains(&key.to_hex()),
+        argv.contains(module) && !argv.contains(&key.to_hex()),
         "{argv}"
     );
     assert!(!console.contains(&key.to_hex()), "{console}");
@@ -728,17 +747,131 @@ fn pair_sample_builds_both_nodes_and_a_region() {
     let files = manifest::walk(&dir).unwrap();
     assert_eq!(files, manifest::walk(&again).unwrap());
     let keys = ["a/mgmt.key", "b/mgmt.key"];
-    for f in files.iter().filter(|f| !keys.contains(&f.as_str())) {
+    let modules = ["a/boot.module", "b/boot.module"];
+    for f in files
+        .iter()
+        .filter(|f| !keys.contains(&f.as_str()) && !modules.contains(&f.as_str()))
+    {
         assert!(same_bytes(&dir.join(f), &again.join(f)), "{f} differs");
     }
     let [ka, kb] = keys.map(|k| keys_are_private_and_fresh(&dir, &again, k));
     assert_ne!(ka, kb, "the nodes share a key");
     for (n, k) in [("a", &ka), ("b", &kb)] {
+        module_holds_key(&dir.join(n).join("boot.module"), k);
         key_only_in_key_files(&dir, k);
         let script = std::fs::read_to_string(dir.join(n).join("run.sh")).unwrap();
         assert!(
-            script.contains(&format!("-initrd {n}/mgmt.key")),
+            script.contains(&format!("-initrd {n}/boot.module")),
             "{script}"
         );
     }
+}
+
+/// `nbdinfo ARGS`, its status and its output (a missing nbdinfo fails naming it).
+fn nbdinfo(args: &[&str]) -> (bool, String) {
+    assert!(
+        has_tool("nbdinfo"),
+        "nbdinfo not installed (package libnbd-bin): run scripts/deps"
+    );
+    let out = Command::new("nbdinfo")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run nbdinfo");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn a_tls_appliance_carries_its_certificate_in_the_boot_module_and_serves_nbds() {
+    let tmp = tandem_qemu::scratch::tempdir().unwrap();
+    let creds = tmp.path().join("creds");
+    tandem_qemu::tls::create(&creds, &[], tandem_qemu::tls::KeyKind::EcdsaP256).unwrap();
+    let desc = tmp.path().join("tls.toml");
+    std::fs::write(
+        &desc,
+        "name = \"tls-demo\"\n[tls]\ndir = \"creds\"\n[nvram]\nsize = \"16M\"\n\
+         [[disk]]\nname = \"data\"\nsize = \"16M\"\n",
+    )
+    .unwrap();
+    let dir = tmp.path().join("app");
+    build_cli(&desc, &dir);
+
+    // The certificate and key only in boot.module (0600), with the key's word; out of the
+    // manifest, the rendered files and the resolved description.
+    let server_key = std::fs::read_to_string(creds.join("server-key.pem")).unwrap();
+    let key = tandem_qemu::mgmt::read_key(&dir.join(tandem_qemu::mgmt::KEY_FILE)).unwrap();
+    let module = dir.join(tandem_qemu::run::BOOT_MODULE);
+    module_holds_key(&module, &key);
+    let text = std::fs::read_to_string(&module).unwrap();
+    assert!(
+        text.contains(&server_key) && text.contains("[tls."),
+        "{text}"
+    );
+    let m = manifest::Manifest::load(&dir).unwrap();
+    assert!(m.files.iter().all(|f| f.path != "boot.module"));
+    for f in manifest::walk(&dir).unwrap() {
+        if f == "boot.module" || f.ends_with(".raw") || f.ends_with(".bin") {
+            continue;
+        }
+        let t = String::from_utf8_lossy(&std::fs::read(dir.join(&f)).unwrap()).into_owned();
+        assert!(!t.contains(server_key.trim()), "{f} holds the TLS key");
+    }
+    let words = std::fs::read_to_string(dir.join("guest.cmdline")).unwrap();
+    assert!(words.contains("nbd.tls=require"), "{words}");
+    for f in ["run.sh", "domain.xml", "xl.cfg"] {
+        let t = std::fs::read_to_string(dir.join(f)).unwrap();
+        assert!(
+            t.contains("boot.module") && t.contains("nbd.tls=require"),
+            "{f}: {t}"
+        );
+    }
+    assert_eq!(check_cli(&dir, false), (Some(0), vec![]));
+
+    // Unreadable credentials: the build names the key.
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "name = \"x\"\n[tls]\ndir = \"nowhere\"\n[[disk]]\nsize = \"8M\"\n",
+    )
+    .unwrap();
+    let out = Command::new(tandem_bin())
+        .args(["image", "build", "--config"])
+        .arg(&bad)
+        .arg("--out")
+        .arg(tmp.path().join("bad"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("tls.dir"), "{err}");
+
+    // Boot it: nbds:// with the CA works, plaintext is refused.
+    let (nbd, mgmt) = (free_port(), free_port());
+    let mut run = Running::start(&dir, nbd, mgmt);
+    run.wait_line("NBD export data", Duration::from_secs(180));
+    let uri = format!(
+        "nbds://127.0.0.1:{nbd}/data?tls-certificates={}",
+        creds.display()
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (ok, out) = loop {
+        let r = nbdinfo(&["--size", &uri]);
+        if r.0 || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(ok, "nbdinfo over TLS: {out}");
+    assert_eq!(out.trim(), (15u64 << 20).to_string());
+    let (ok, out) = nbdinfo(&["--size", &format!("nbd://127.0.0.1:{nbd}/data")]);
+    assert!(
+        !ok,
+        "a plaintext client was served under nbd.tls=require: {out}"
+    );
+    run.stop();
+    assert_eq!(check_cli(&dir, true), (Some(0), vec![]));
 }
