@@ -411,6 +411,56 @@ fn a_survivor_serves_its_peers_exports_with_the_peers_allow_lists() {
     serves(b, "blk1").unwrap_or_else(|e| panic!("B's own blk1 while covering: {e}"));
 }
 
+/// NBD over TLS on the pair (`tandem pair up --tls DIR`): both nodes get the credentials in
+/// their boot module; a client in the pair's network reads A's export over TLS (`nbdinfo
+/// nbds://`) and is refused in clear, and after A dies the survivor serves A's export on A's
+/// address over TLS too, under the same certificate.
+#[test]
+fn the_pair_serves_over_tls_before_and_after_a_takeover() {
+    let tmp = tandem_qemu::scratch::tempdir().expect("temp dir");
+    let creds = tmp.path().join("tls");
+    tandem_qemu::tls::create(
+        &creds,
+        &["10.77.0.10".into(), "10.77.0.11".into()],
+        tandem_qemu::tls::KeyKind::EcdsaP256,
+    )
+    .expect("tandem tls create");
+    let f = up(|s| s.tls = Some(creds.clone()));
+    let pair = &f.pair;
+    let ns = pair.info().ns_pid;
+    let a = pair.ip(Node::A).to_string();
+    // nbdinfo inside the pair's network namespace; (success, stdout + stderr).
+    let nbdinfo = |uri: String| -> (bool, String) {
+        tandem_qemu::in_netns::run(ns, || {
+            let out = std::process::Command::new("nbdinfo")
+                .arg(&uri)
+                .output()
+                .unwrap_or_else(|e| panic!("nbdinfo (package libnbd-bin) not runnable: {e}"));
+            (
+                out.status.success(),
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            )
+        })
+        .unwrap_or_else(|e| panic!("entering the pair's namespace: {e:#}"))
+    };
+    let tls_uri = format!("nbds://{a}:10809/blk0?tls-certificates={}", creds.display());
+    let (ok, text) = nbdinfo(tls_uri.clone());
+    assert!(ok && text.contains("with TLS"), "A over TLS: {text}");
+    let (ok, text) = nbdinfo(format!("nbd://{a}:10809/blk0"));
+    assert!(!ok, "A served a plaintext client: {text}");
+    pair.kill(Node::A, Sig::Kill).expect("kill A");
+    wait_lines(pair, Node::B, "step=serving", 1);
+    let (ok, text) = nbdinfo(tls_uri);
+    assert!(
+        ok && text.contains("with TLS"),
+        "A's export served by B over TLS: {text}"
+    );
+}
+
 /// QEMU's own NBD client with `reconnect-delay` keeps one connection open across a
 /// takeover: it writes through A, A dies, and its next read (after it reconnected to the
 /// same address, now served by B) returns the pattern.
