@@ -292,19 +292,41 @@ fn real_clients_over_tls_1_3_and_1_2() {
     assert_eq!(b.len(), EXPORT_BYTES);
     assert!(b[..1 << 20].iter().all(|&x| x == 0xab), "pattern differs");
 
-    // fio's nbd engine cannot do TLS with our CA: it hands the URI to libnbd's
-    // nbd_connect_uri without nbd_set_uri_allow_local_file, so libnbd refuses the
-    // tls-certificates= parameter ("local file access ... is not allowed"), and without it
-    // libnbd looks in its default places ($HOME/.pki/libnbd, /etc/pki/libnbd for root, the
-    // system trust), which a test must not write. So: fio is refused before it connects, and
-    // the verify job's data path over TLS is covered by qemu-io and nbdcopy above.
-    let out = run_tool(
+    // fio's nbd engine hands its URI to libnbd's nbd_connect_uri, which refuses a
+    // tls-certificates= parameter (local file access); without one, libnbd takes the CA from
+    // its default place, $HOME/.pki/libnbd for a user other than root. So fio runs as nobody
+    // with a HOME holding our CA, and its verify job must pass over TLS.
+    let home = s.dir.path().join("fio-home");
+    let pki = home.join(".pki/libnbd");
+    std::fs::create_dir_all(&pki).unwrap();
+    std::fs::copy(creds.join(tls::CA_CERT), pki.join(tls::CA_CERT)).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // nobody must reach the CA (the server key stays 0600 in its own directory).
+        for d in [
+            s.dir.path(),
+            home.as_path(),
+            home.join(".pki").as_path(),
+            pki.as_path(),
+        ] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+    let uri = format!("--uri=nbds://127.0.0.1:{}/blk0", s.port);
+    let home_env = format!("HOME={}", home.display());
+    let out = tool(
         &s,
-        "fio",
+        "setpriv",
         &[
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "env",
+            &home_env,
+            "fio",
             "--name=verify",
             "--ioengine=nbd",
-            &format!("--uri={}", s.tls_uri(&creds)),
+            &uri,
             "--rw=randwrite",
             "--bs=4k",
             "--size=4M",
@@ -316,15 +338,7 @@ fn real_clients_over_tls_1_3_and_1_2() {
             "--verify_state_save=0",
         ],
     );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success()
-            && err.contains("local file access (tls-certificates) is not allowed"),
-        "fio's nbd engine over TLS: {}\nstdout: {}\nstderr: {err}\n(if it now works, make this a \
-         verify job that must pass)",
-        out.status,
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert!(out.contains("verify"), "fio over TLS: {out}");
 
     // The console never shows the private key (its base64 body, line by line).
     let key = std::fs::read_to_string(creds.join(tls::SERVER_KEY)).unwrap();
