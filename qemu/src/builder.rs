@@ -1004,6 +1004,9 @@ pub struct NbdServerCommand {
     pub aio: Option<Aio>,
     /// Serve read-only (`--read-only`).
     pub read_only: bool,
+    /// Serve over TLS only, with the `tls-creds-x509` credentials in this directory
+    /// (`--object tls-creds-x509,...,endpoint=server --tls-creds`).
+    pub tls_creds: Option<PathBuf>,
 }
 
 impl NbdServerCommand {
@@ -1025,6 +1028,7 @@ impl NbdServerCommand {
             cache_none: false,
             aio: None,
             read_only: false,
+            tls_creds: None,
         }
     }
 
@@ -1040,10 +1044,23 @@ impl NbdServerCommand {
         self
     }
 
+    /// Serve over TLS only with the credentials in `dir` (QEMU's tls-creds-x509 layout).
+    pub fn tls_creds(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.tls_creds = Some(dir.into());
+        self
+    }
+
     /// The argument vector (without the program name).
     pub fn to_args(&self) -> Vec<OsString> {
         let mut a = Args::default();
         a.flag("--format=raw");
+        if let Some(dir) = &self.tls_creds {
+            // QEMU option syntax: a comma in a value is written twice.
+            let dir = dir.to_string_lossy().replace(',', ",,");
+            a.flag("--object");
+            a.flag(format!("tls-creds-x509,id=t0,dir={dir},endpoint=server"));
+            a.flag("--tls-creds=t0");
+        }
         a.flag(format!("--export-name={}", self.export));
         a.flag("--persistent");
         a.flag(format!("--shared={}", self.shared));

@@ -18,6 +18,7 @@ pub mod blk;
 pub mod boot;
 pub mod failover;
 pub mod nbd;
+pub mod nbd_tls;
 pub mod restart;
 
 pub use boot::bench_boot;

@@ -570,6 +570,11 @@ pub struct NbdReport {
 
 /// `tandem bench nbd`: run, print the table, write JSON/SVG; returns the exit status.
 pub fn bench_nbd(args: &BenchNbdArgs) -> anyhow::Result<i32> {
+    if args.tls {
+        return super::run_interruptible("QEMU, qemu-nbd and qemu-img were stopped", |i| {
+            super::nbd_tls::run_and_report(args, i)
+        });
+    }
     super::run_interruptible("QEMU, qemu-nbd and fio were stopped", |interrupted| {
         run_and_report(args, interrupted)
     })
@@ -1142,7 +1147,7 @@ impl Server {
 }
 
 /// Boot the guest and wait for its `TANDEM NBD` line for export `blk0`.
-fn boot_guest(
+pub(super) fn boot_guest(
     cmd: &QemuCommand,
     console_log: &Path,
     timeout: Duration,

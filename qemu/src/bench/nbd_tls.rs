@@ -1,0 +1,865 @@
+//! `tandem bench nbd --tls`: the cost of NBD over TLS, side by side with plaintext, on the
+//! guest and on `qemu-nbd`, in one run.
+//!
+//! fio's nbd engine cannot take `tls-certificates=` in its URI (libnbd refuses local file
+//! access from `nbd_connect_uri`), so this mode uses one client that can for all four
+//! variants ([`Variant`]): `qemu-img bench` (QEMU's nbd block driver, one connection,
+//! `-d QD` requests in flight, sequential from offset 0), with
+//! `--object tls-creds-x509,...,endpoint=client` and `tls-creds=` on the TLS variants.
+//! `qemu-img bench` times the requests only: the TLS handshake (at open) is not counted.
+//!
+//! Throwaway credentials are made in the run's work directory ([`crate::tls::create`],
+//! ECDSA P-256). The guest is booted once with `nbd.tls=on` (TLS offered, plaintext served
+//! too) and the certificates in its boot module; the plaintext and TLS variants connect to
+//! the same guest. `qemu-nbd` (cache=none aio=native) is started twice on its own copy of
+//! the image: plain, then with `--tls-creds` (TLS only). Jobs are `read` and `write` only
+//! (`qemu-img bench` has no random pattern); repeats are interleaved across jobs and
+//! variants. The table shows median IOPS and MB/s per (job, variant) and, per server, the
+//! TLS/plaintext ratio of the median IOPS.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+
+use super::blk::{create_preallocated, ratio, si, Interrupted, RwMode};
+use super::nbd::{free_port, guest_nbd_port, FioJob, NbdTarget, QemuNbd, DEFAULT_JOBS, EXPORT};
+use super::{Align, Bar, BarChart, BarGroup, Progress, Summary, Table};
+use crate::accel;
+use crate::builder::SharedRegion;
+use crate::builder::{Aio, Disk, DiskFormat, Machine, NbdServerCommand, Nic, QemuCommand};
+use crate::cli::BenchNbdArgs;
+use crate::size::ByteSize;
+use crate::vm::Vm;
+
+/// The jobs of `--tls` when `--jobs` is left at its (fio) default.
+pub const TLS_DEFAULT_JOBS: &str = "read:4k:1,write:4k:1,read:1M:4,write:1M:4";
+/// The image size of `--tls` when `--disk-size` is left at its default.
+pub const TLS_DEFAULT_DISK: ByteSize = ByteSize::mib(256);
+/// Bytes each `qemu-img bench` run moves (requests = this / block size, clamped).
+pub const BYTES_PER_RUN: u64 = 8 << 20;
+/// Fewest and most requests per run.
+pub const REQUESTS: (u64, u64) = (32, 2048);
+/// How long one `qemu-img bench` run may take.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
+/// The client, as the table's header names it.
+pub const CLIENT: &str = "qemu-img bench (QEMU nbd driver, same client for all four)";
+
+/// One server with or without TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum Variant {
+    /// The guest, plaintext.
+    #[serde(rename = "guest")]
+    GuestPlain,
+    /// The guest, TLS.
+    #[serde(rename = "guest+tls")]
+    GuestTls,
+    /// qemu-nbd, plaintext.
+    #[serde(rename = "qemu-nbd")]
+    QemuNbdPlain,
+    /// qemu-nbd, TLS.
+    #[serde(rename = "qemu-nbd+tls")]
+    QemuNbdTls,
+}
+
+impl Variant {
+    /// The server.
+    pub fn target(self) -> NbdTarget {
+        match self {
+            Variant::GuestPlain | Variant::GuestTls => NbdTarget::Guest,
+            Variant::QemuNbdPlain | Variant::QemuNbdTls => NbdTarget::QemuNbd,
+        }
+    }
+
+    /// Whether the connection uses TLS.
+    pub fn tls(self) -> bool {
+        matches!(self, Variant::GuestTls | Variant::QemuNbdTls)
+    }
+
+    /// The name in tables and charts.
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::GuestPlain => "guest",
+            Variant::GuestTls => "guest+tls",
+            Variant::QemuNbdPlain => "qemu-nbd",
+            Variant::QemuNbdTls => "qemu-nbd+tls",
+        }
+    }
+
+    /// Plaintext and TLS for `target`.
+    pub fn of(target: NbdTarget) -> [Variant; 2] {
+        match target {
+            NbdTarget::Guest => [Variant::GuestPlain, Variant::GuestTls],
+            NbdTarget::QemuNbd => [Variant::QemuNbdPlain, Variant::QemuNbdTls],
+        }
+    }
+}
+
+/// What `--tls` runs, from the arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPlan {
+    /// Jobs (read/write only), in table order.
+    pub jobs: Vec<FioJob>,
+    /// Variants, in table order (plaintext then TLS for each `--targets` entry).
+    pub variants: Vec<Variant>,
+    /// Runs per job and variant.
+    pub repeats: u32,
+    /// Image size (ignored with `--disk`).
+    pub disk_bytes: u64,
+    /// `qemu-img bench --flush-interval` (from `--fsync`; 0: none).
+    pub flush_interval: u32,
+}
+
+/// The plan of `--tls`: `--jobs` and `--disk-size` left at their defaults become the short
+/// TLS defaults; random jobs are refused (the client reads and writes sequentially).
+pub fn plan(args: &BenchNbdArgs) -> anyhow::Result<TlsPlan> {
+    let fio_default = parse_jobs(DEFAULT_JOBS)?;
+    let mut jobs = if args.jobs == fio_default {
+        parse_jobs(TLS_DEFAULT_JOBS)?
+    } else {
+        args.jobs.clone()
+    };
+    super::blk::dedup_in_order(&mut jobs);
+    if jobs.is_empty() {
+        bail!("--jobs: no job given");
+    }
+    if let Some(j) = jobs
+        .iter()
+        .find(|j| !matches!(j.rw, RwMode::Read | RwMode::Write))
+    {
+        bail!("--tls: job {j}: read and write only (qemu-img bench has no random pattern)");
+    }
+    let mut targets = args.targets.clone();
+    super::blk::dedup_in_order(&mut targets);
+    if targets.is_empty() {
+        bail!("--targets: no target given");
+    }
+    let default_disk: ByteSize = "1G".parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(TlsPlan {
+        jobs,
+        variants: targets.into_iter().flat_map(Variant::of).collect(),
+        repeats: args.repeats,
+        disk_bytes: if args.disk_size == default_disk {
+            TLS_DEFAULT_DISK.bytes()
+        } else {
+            args.disk_size.bytes()
+        },
+        flush_interval: args.fsync,
+    })
+}
+
+fn parse_jobs(list: &str) -> anyhow::Result<Vec<FioJob>> {
+    list.split(',')
+        .map(|j| j.parse().map_err(|e| anyhow::anyhow!("{e}")))
+        .collect()
+}
+
+/// Requests per run for `job`.
+pub fn requests(job: &FioJob) -> u64 {
+    (BYTES_PER_RUN / u64::from(job.bs.0).max(1)).clamp(REQUESTS.0, REQUESTS.1)
+}
+
+/// `qemu-img bench`'s arguments for `job` against 127.0.0.1:`port`, over TLS with the
+/// credentials in `tls` when given.
+pub fn client_args(job: &FioJob, port: u16, tls: Option<&Path>, flush: u32) -> Vec<String> {
+    let mut a = vec!["bench".to_string()];
+    let mut opts = format!("driver=nbd,host=127.0.0.1,port={port},export={EXPORT}");
+    if let Some(dir) = tls {
+        let dir = dir.to_string_lossy().replace(',', ",,");
+        a.push("--object".into());
+        a.push(format!("tls-creds-x509,id=t,dir={dir},endpoint=client"));
+        opts.push_str(",tls-creds=t");
+    }
+    a.extend([
+        format!("-c{}", requests(job)),
+        format!("-d{}", job.qd),
+        format!("-s{}", job.bs.0),
+    ]);
+    if job.rw == RwMode::Write {
+        a.push("-w".into());
+        if flush > 0 {
+            a.push(format!("--flush-interval={flush}"));
+        }
+    }
+    a.push("--image-opts".into());
+    a.push(opts);
+    a
+}
+
+/// The seconds of `qemu-img bench`'s `Run completed in X seconds.` line.
+pub fn parse_seconds(text: &str) -> Option<f64> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("Run completed in "))
+        .filter_map(|r| r.strip_suffix(" seconds."))
+        .filter_map(|s| s.trim().parse().ok())
+        .next()
+}
+
+/// One `qemu-img bench` run.
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsRun {
+    /// Repeat number, from 1.
+    pub repeat: u32,
+    /// Seconds `qemu-img bench` reported.
+    pub seconds: f64,
+    /// Requests over seconds.
+    pub iops: f64,
+    /// MB/s (10^6 bytes).
+    pub mbps: f64,
+}
+
+/// Every run of one job on one variant, and their medians.
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsCell {
+    /// Which.
+    pub variant: Variant,
+    /// IOPS over the repeats.
+    pub iops: Summary,
+    /// MB/s over the repeats.
+    pub mbps: Summary,
+    /// Every run.
+    pub runs: Vec<TlsRun>,
+}
+
+/// One job: a cell per variant and the TLS/plaintext ratio per server.
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsRow {
+    /// The job as `RW:BS:QD`.
+    pub job: String,
+    /// Requests per run.
+    pub requests: u64,
+    /// One per variant, in table order.
+    pub cells: Vec<TlsCell>,
+    /// Median IOPS over TLS / median IOPS plaintext, on the guest.
+    pub guest_tls_over_plain: Option<f64>,
+    /// The same on qemu-nbd.
+    pub qemu_nbd_tls_over_plain: Option<f64>,
+}
+
+impl TlsRow {
+    fn median(&self, v: Variant) -> Option<f64> {
+        self.cells
+            .iter()
+            .find(|c| c.variant == v)
+            .map(|c| c.iops.median)
+    }
+
+    /// Fill in the ratios from the cells.
+    pub fn with_ratios(mut self) -> TlsRow {
+        let r = |plain: Option<f64>, tls: Option<f64>| match (plain, tls) {
+            (Some(p), Some(t)) if p > 0.0 => Some(t / p),
+            _ => None,
+        };
+        self.guest_tls_over_plain = r(
+            self.median(Variant::GuestPlain),
+            self.median(Variant::GuestTls),
+        );
+        self.qemu_nbd_tls_over_plain = r(
+            self.median(Variant::QemuNbdPlain),
+            self.median(Variant::QemuNbdTls),
+        );
+        self
+    }
+}
+
+/// A variant's server and client.
+#[derive(Debug, Clone, Serialize)]
+pub struct VariantInfo {
+    /// Which.
+    pub variant: Variant,
+    /// The server's command line (QEMU's for the guest).
+    pub server: String,
+    /// The client's command line for the first job.
+    pub client: String,
+}
+
+/// The `--json` report of `tandem bench nbd --tls`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsReport {
+    /// The client used for every variant.
+    pub client: String,
+    /// Accelerator of the guest.
+    pub accel: accel::Accel,
+    /// Guest machine.
+    pub machine: Machine,
+    /// Guest RAM.
+    pub mem: String,
+    /// QEMU's version line.
+    pub qemu_version: Option<String>,
+    /// Image size in bytes (each server its own copy).
+    pub image_bytes: u64,
+    /// How the credentials were made.
+    pub credentials: String,
+    /// Runs per job and variant.
+    pub repeats: u32,
+    /// The variants, in table order.
+    pub variants: Vec<VariantInfo>,
+    /// One row per job.
+    pub rows: Vec<TlsRow>,
+    /// Wall time, seconds.
+    pub wall_s: f64,
+}
+
+/// `tandem bench nbd --tls`: run, print the table, write `--json` and `--svg`.
+pub fn run_and_report(args: &BenchNbdArgs, interrupted: &AtomicBool) -> anyhow::Result<TlsReport> {
+    let report = run(args, interrupted)?;
+    print!("{}", table(&report));
+    eprintln!("tandem: bench nbd --tls took {:.0} s", report.wall_s);
+    let chart = chart(&report);
+    super::write_outputs(
+        &report,
+        args.json.as_deref(),
+        args.svg.as_deref().map(|p| (p, &chart)),
+    )?;
+    Ok(report)
+}
+
+/// A started server: the guest or qemu-nbd, its port and command line.
+enum Running {
+    Guest(Box<Vm>),
+    Anchor(QemuNbd),
+}
+
+impl Running {
+    fn stop(&mut self) {
+        match self {
+            Running::Guest(vm) => {
+                vm.stop(crate::run::STOP_GRACE);
+            }
+            Running::Anchor(n) => n.stop(),
+        }
+    }
+}
+
+/// What the run needs found and made before the first server starts.
+struct Setup {
+    qemu: PathBuf,
+    qemu_img: PathBuf,
+    qemu_nbd: Option<PathBuf>,
+    guest: Option<PathBuf>,
+    accel: accel::AccelDecision,
+    creds: PathBuf,
+}
+
+fn setup(args: &BenchNbdArgs, plan: &TlsPlan, dir: &Path) -> anyhow::Result<Setup> {
+    let accel = accel::choose(args.vm.accel)?;
+    let qemu = crate::qemu_bin::ensure_qemu()?;
+    let qemu_img = crate::qemu_bin::find_tool(&qemu, crate::qemu_bin::QEMU_IMG_NAME)
+        .context("qemu-img not found; install it with: apt-get install -y qemu-utils")?;
+    let has = |t| plan.variants.iter().any(|v| v.target() == t);
+    let qemu_nbd = if has(NbdTarget::QemuNbd) {
+        Some(
+            crate::qemu_bin::find_tool(&qemu, "qemu-nbd")
+                .context("qemu-nbd not found; install it with: apt-get install -y qemu-utils")?,
+        )
+    } else {
+        None
+    };
+    let guest = if has(NbdTarget::Guest) {
+        Some(crate::image::ensure(args.vm.image.as_deref())?)
+    } else {
+        None
+    };
+    let creds = dir.join("tls");
+    crate::tls::create(&creds, &[], crate::tls::KeyKind::EcdsaP256)?;
+    Ok(Setup {
+        qemu,
+        qemu_img,
+        qemu_nbd,
+        guest,
+        accel,
+        creds,
+    })
+}
+
+/// The image for `target`: a copy of `--disk` or a fresh preallocated one.
+fn make_image(args: &BenchNbdArgs, plan: &TlsPlan, s: &Setup, path: &Path) -> anyhow::Result<u64> {
+    match &args.disk {
+        Some(src) => {
+            std::fs::copy(src, path)
+                .with_context(|| format!("copying {} to {}", src.display(), path.display()))?;
+        }
+        None => create_preallocated(&s.qemu_img, path, ByteSize(plan.disk_bytes))?,
+    }
+    Ok(std::fs::metadata(path)?.len())
+}
+
+/// Boot the guest with `nbd.tls=on` and the credentials in its boot module.
+fn start_guest(
+    args: &BenchNbdArgs,
+    s: &Setup,
+    dir: &Path,
+    image: &Path,
+    interrupted: &AtomicBool,
+) -> anyhow::Result<(Running, u16, String)> {
+    let port = free_port()?;
+    let guest_port = guest_nbd_port(args.vm.cmdline.as_deref());
+    let files = crate::tls::ServerFiles::read(&s.creds)?;
+    let module = dir.join("boot.module");
+    crate::mgmt::write_private(
+        &module,
+        crate::tls::boot_module_text("", Some(&files))?.as_bytes(),
+    )?;
+    let words = format!(
+        "nbd.tls=on {}",
+        args.vm.cmdline.as_deref().unwrap_or_default()
+    );
+    let mut cmd = QemuCommand::new(&s.qemu)
+        .name("tandem-bench-nbd-tls")
+        .machine(args.machine)
+        .accel(s.accel.accel)
+        .memory(args.vm.mem)
+        .smp(args.vm.smp)
+        .kernel(s.guest.as_ref().expect("guest image found"))
+        .initrd(&module)
+        .qmp_socket(dir.join("qmp.sock"))
+        .no_reboot(true)
+        .disk(
+            Disk::new(image)
+                .with_format(DiskFormat::Raw)
+                .aio(Aio::Native)
+                .cache_direct(true),
+        )
+        .nic(Nic::user().forward(port, guest_port));
+    if args.machine == Machine::Microvm {
+        cmd = cmd.microvm_acpi(false);
+    } else if !args.no_nvram {
+        let nv = crate::state::ensure_nvram(&dir.join("nvram.bin"), args.nvram_size)?;
+        cmd = cmd.shared_region(SharedRegion::new(nv.path, nv.size));
+    }
+    cmd = cmd.cmdline(words.trim_end());
+    let vm = super::nbd::boot_guest(
+        &cmd,
+        &dir.join("guest-console.log"),
+        Duration::from_secs(args.boot_timeout),
+        interrupted,
+    )?;
+    Ok((Running::Guest(Box::new(vm)), port, cmd.to_string()))
+}
+
+/// Start qemu-nbd (cache=none aio=native) on `image`, over TLS when `tls`.
+fn start_anchor(
+    s: &Setup,
+    dir: &Path,
+    image: &Path,
+    tls: bool,
+    interrupted: &AtomicBool,
+) -> anyhow::Result<(Running, u16, String)> {
+    let port = free_port()?;
+    let mut cmd = NbdServerCommand::new(
+        s.qemu_nbd.as_ref().expect("qemu-nbd found"),
+        image,
+        EXPORT,
+        port,
+    )
+    .cache_none(true)
+    .aio(Aio::Native);
+    if tls {
+        cmd = cmd.tls_creds(&s.creds);
+    }
+    let log = dir.join(if tls {
+        "qemu-nbd-tls.log"
+    } else {
+        "qemu-nbd.log"
+    });
+    let server = QemuNbd::start(&cmd, &log, interrupted)?;
+    Ok((Running::Anchor(server), port, cmd.to_string()))
+}
+
+/// Run one `qemu-img bench` to its end; returns its seconds.
+fn run_client(qemu_img: &Path, a: &[String], interrupted: &AtomicBool) -> anyhow::Result<f64> {
+    let mut child = std::process::Command::new(qemu_img)
+        .args(a)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", qemu_img.display()))?;
+    let deadline = Instant::now() + CLIENT_TIMEOUT;
+    while child.try_wait()?.is_none() {
+        if interrupted.load(Ordering::SeqCst) || Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            if interrupted.load(Ordering::SeqCst) {
+                return Err(Interrupted.into());
+            }
+            bail!("qemu-img bench ran past {CLIENT_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    match parse_seconds(&text) {
+        Some(s) if out.status.success() => Ok(s),
+        _ => bail!(
+            "qemu-img {} failed ({}):\n{text}{}",
+            a.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+/// Every run of every job on the variants one server offers; runs[job][variant].
+#[allow(clippy::too_many_arguments)]
+fn measure(
+    plan: &TlsPlan,
+    s: &Setup,
+    variants: &[Variant],
+    port: u16,
+    progress: &mut Progress,
+    interrupted: &AtomicBool,
+) -> anyhow::Result<Vec<Vec<Vec<TlsRun>>>> {
+    let mut runs = vec![vec![Vec::new(); variants.len()]; plan.jobs.len()];
+    for repeat in 1..=plan.repeats {
+        for (j, job) in plan.jobs.iter().enumerate() {
+            for (k, v) in variants.iter().enumerate() {
+                let what = format!("{} {} run {repeat}/{}", v.name(), job.label(), plan.repeats);
+                progress.start(&what);
+                let tls = v.tls().then_some(s.creds.as_path());
+                let a = client_args(job, port, tls, plan.flush_interval);
+                let seconds =
+                    run_client(&s.qemu_img, &a, interrupted).with_context(|| what.clone())?;
+                let n = requests(job) as f64;
+                let iops = if seconds > 0.0 { n / seconds } else { 0.0 };
+                let mbps = iops * f64::from(job.bs.0) / 1e6;
+                progress.finish_one(&what, &format!("{iops:.0} IOPS, {mbps:.1} MB/s"));
+                runs[j][k].push(TlsRun {
+                    repeat,
+                    seconds,
+                    iops,
+                    mbps,
+                });
+            }
+        }
+    }
+    Ok(runs)
+}
+
+/// Run the TLS comparison and return the report (nothing printed on stdout).
+pub fn run(args: &BenchNbdArgs, interrupted: &AtomicBool) -> anyhow::Result<TlsReport> {
+    let started = Instant::now();
+    let plan = plan(args)?;
+    let base = args.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&base).with_context(|| base.display().to_string())?;
+    let scratch = crate::scratch::tempdir_in(&base).with_context(|| base.display().to_string())?;
+    let dir = scratch.path();
+    let s = setup(args, &plan, dir)?;
+    let total = (plan.variants.len() * plan.jobs.len()) as u64 * u64::from(plan.repeats);
+    eprintln!(
+        "tandem: {total} qemu-img bench runs: {} x {} job(s) x {} repeat(s); credentials in {}",
+        plan.variants
+            .iter()
+            .map(|v| v.name())
+            .collect::<Vec<_>>()
+            .join(","),
+        plan.jobs.len(),
+        plan.repeats,
+        s.creds.display()
+    );
+    let mut progress = Progress::new(total);
+    let mut cells: Vec<Vec<TlsCell>> = vec![Vec::new(); plan.jobs.len()];
+    let mut infos = Vec::new();
+    let mut image_bytes = 0;
+    let mut targets: Vec<NbdTarget> = plan.variants.iter().map(|v| v.target()).collect();
+    targets.dedup();
+    for target in targets {
+        let image = dir.join(format!("{target}.raw"));
+        progress.start(&format!("creating the image for {target}"));
+        image_bytes = make_image(args, &plan, &s, &image)?;
+        // The guest serves both variants on one boot (nbd.tls=on); qemu-nbd one each.
+        let groups: Vec<Vec<Variant>> = match target {
+            NbdTarget::Guest => vec![Variant::of(target).to_vec()],
+            NbdTarget::QemuNbd => Variant::of(target).iter().map(|v| vec![*v]).collect(),
+        };
+        for group in groups {
+            progress.start(&format!("starting {}", group[0].name()));
+            let (mut server, port, command) = match target {
+                NbdTarget::Guest => start_guest(args, &s, dir, &image, interrupted)?,
+                NbdTarget::QemuNbd => start_anchor(&s, dir, &image, group[0].tls(), interrupted)?,
+            };
+            let runs = measure(&plan, &s, &group, port, &mut progress, interrupted);
+            server.stop();
+            for (j, per_variant) in runs?.into_iter().enumerate() {
+                for (v, r) in group.iter().zip(per_variant) {
+                    cells[j].push(cell(*v, r));
+                }
+            }
+            for v in &group {
+                let tls = v.tls().then_some(s.creds.as_path());
+                let client = client_args(&plan.jobs[0], port, tls, plan.flush_interval);
+                infos.push(VariantInfo {
+                    variant: *v,
+                    server: command.clone(),
+                    client: format!("{} {}", s.qemu_img.display(), client.join(" ")),
+                });
+            }
+        }
+    }
+    progress.finish();
+    Ok(TlsReport {
+        client: CLIENT.into(),
+        accel: s.accel.accel,
+        machine: args.machine,
+        mem: args.vm.mem.to_string(),
+        qemu_version: crate::qemu_bin::qemu_version(&s.qemu),
+        image_bytes,
+        credentials: "throwaway ECDSA P-256 CA, server and client certificates \
+                      (tandem_qemu::tls::create) in the run's work directory"
+            .into(),
+        repeats: plan.repeats,
+        variants: infos,
+        rows: rows(&plan, cells),
+        wall_s: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+    })
+}
+
+fn cell(variant: Variant, runs: Vec<TlsRun>) -> TlsCell {
+    let col = |f: &dyn Fn(&TlsRun) -> f64| Summary::of(&runs.iter().map(f).collect::<Vec<_>>());
+    TlsCell {
+        variant,
+        iops: col(&|r| r.iops),
+        mbps: col(&|r| r.mbps),
+        runs,
+    }
+}
+
+/// Rows in job order, cells in variant order, ratios filled in.
+pub fn rows(plan: &TlsPlan, cells: Vec<Vec<TlsCell>>) -> Vec<TlsRow> {
+    plan.jobs
+        .iter()
+        .zip(cells)
+        .map(|(job, mut cells)| {
+            cells.sort_by_key(|c| plan.variants.iter().position(|v| *v == c.variant));
+            TlsRow {
+                job: job.to_string(),
+                requests: requests(job),
+                cells,
+                guest_tls_over_plain: None,
+                qemu_nbd_tls_over_plain: None,
+            }
+            .with_ratios()
+        })
+        .collect()
+}
+
+/// The table: one row per job, median IOPS (MB/s) per variant, TLS/plain per server.
+pub fn table(r: &TlsReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "NBD over TLS vs plaintext (client: {}; median of {} run(s); TLS handshake not timed)",
+        r.client, r.repeats
+    );
+    let _ = writeln!(
+        s,
+        "guest: {} {} -m {}, nbd.tls=on (one boot serves both); qemu-nbd: cache=none \
+         aio=native, --tls-creds for +tls; {} bytes per image; {}",
+        r.machine, r.accel, r.mem, r.image_bytes, r.credentials
+    );
+    let variants: Vec<Variant> = r.variants.iter().map(|v| v.variant).collect();
+    let mut cols: Vec<(String, Align)> = vec![("job".into(), Align::Left)];
+    cols.push(("reqs".into(), Align::Right));
+    for v in &variants {
+        cols.push((format!("{} IOPS (MB/s)", v.name()), Align::Right));
+    }
+    cols.push(("guest tls/plain".into(), Align::Right));
+    cols.push(("qemu-nbd tls/plain".into(), Align::Right));
+    let cols: Vec<(&str, Align)> = cols.iter().map(|(n, a)| (n.as_str(), *a)).collect();
+    let mut t = Table::new(&cols);
+    for row in &r.rows {
+        let mut cells = vec![row.job.clone(), row.requests.to_string()];
+        for v in &variants {
+            cells.push(match row.cells.iter().find(|c| c.variant == *v) {
+                Some(c) => format!("{:.0} ({:.1})", c.iops.median, c.mbps.median),
+                None => "-".into(),
+            });
+        }
+        cells.push(ratio(row.guest_tls_over_plain));
+        cells.push(ratio(row.qemu_nbd_tls_over_plain));
+        t.row(cells);
+    }
+    s.push_str(&t.render());
+    if r.accel == accel::Accel::Tcg {
+        s.push_str("TCG: the guest's CPU (and its TLS) is emulated, qemu-nbd's is not\n");
+    }
+    s
+}
+
+/// The bar chart: one group per job, one bar per variant (median IOPS, min–max whiskers).
+pub fn chart(r: &TlsReport) -> BarChart {
+    let variants: Vec<Variant> = r.variants.iter().map(|v| v.variant).collect();
+    let groups = r
+        .rows
+        .iter()
+        .map(|row| BarGroup {
+            label: row.job.clone(),
+            bars: row
+                .cells
+                .iter()
+                .map(|c| Bar {
+                    series: variants.iter().position(|v| *v == c.variant).unwrap_or(0),
+                    value: c.iops.median,
+                    range: (c.runs.len() > 1).then_some((c.iops.min, c.iops.max)),
+                    label: si(c.iops.median),
+                })
+                .collect(),
+        })
+        .collect();
+    BarChart {
+        title: format!(
+            "NBD IOPS, plaintext vs TLS, guest and qemu-nbd ({}, median of {})",
+            r.client, r.repeats
+        ),
+        series: variants.iter().map(|v| v.name().to_string()).collect(),
+        groups,
+        footer: Some(format!(
+            "guest: {} {} -m {}; ratios TLS/plain in the table and JSON",
+            r.machine, r.accel, r.mem
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: BenchNbdArgs,
+    }
+
+    fn args(extra: &[&str]) -> BenchNbdArgs {
+        let mut v = vec!["x"];
+        v.extend_from_slice(extra);
+        Cli::try_parse_from(v).expect("parses").args
+    }
+
+    #[test]
+    fn plan_defaults_and_refusals() {
+        let a = args(&["--tls"]);
+        assert!(a.tls);
+        let p = plan(&a).unwrap();
+        assert_eq!(p.jobs, parse_jobs(TLS_DEFAULT_JOBS).unwrap());
+        assert_eq!(
+            p.variants,
+            [
+                Variant::GuestPlain,
+                Variant::GuestTls,
+                Variant::QemuNbdPlain,
+                Variant::QemuNbdTls
+            ]
+        );
+        assert_eq!(p.disk_bytes, TLS_DEFAULT_DISK.bytes());
+        assert_eq!(p.repeats, 3);
+
+        let p = plan(&args(&[
+            "--tls",
+            "--targets",
+            "qemu-nbd",
+            "--jobs",
+            "write:64k:2",
+            "--disk-size",
+            "64M",
+            "--fsync",
+            "1",
+        ]))
+        .unwrap();
+        assert_eq!(p.variants, [Variant::QemuNbdPlain, Variant::QemuNbdTls]);
+        assert_eq!(p.jobs.len(), 1);
+        assert_eq!(p.disk_bytes, 64 << 20);
+        assert_eq!(p.flush_interval, 1);
+
+        let e = plan(&args(&["--tls", "--jobs", "randread:4k:1"])).unwrap_err();
+        assert!(e.to_string().contains("read and write only"), "{e}");
+        assert!(!args(&[]).tls);
+    }
+
+    #[test]
+    fn client_arguments_and_output() {
+        let job: FioJob = "write:4k:16".parse().unwrap();
+        let a = client_args(&job, 1234, Some(Path::new("/t,d")), 1);
+        assert_eq!(
+            a,
+            [
+                "bench",
+                "--object",
+                "tls-creds-x509,id=t,dir=/t,,d,endpoint=client",
+                "-c2048",
+                "-d16",
+                "-s4096",
+                "-w",
+                "--flush-interval=1",
+                "--image-opts",
+                "driver=nbd,host=127.0.0.1,port=1234,export=blk0,tls-creds=t",
+            ]
+        );
+        let job: FioJob = "read:1M:4".parse().unwrap();
+        let a = client_args(&job, 1, None, 1);
+        assert_eq!(a[1], "-c32");
+        assert!(!a.iter().any(|x| x.contains("tls") || x == "-w"));
+        let out = "Sending 32 read requests, 1048576 bytes each, 4 in parallel\n\
+                   Run completed in 0.125 seconds.\n";
+        assert_eq!(parse_seconds(out), Some(0.125));
+        assert_eq!(parse_seconds("nothing"), None);
+    }
+
+    #[test]
+    fn ratios_table_chart_and_json() {
+        let p = plan(&args(&["--tls", "--jobs", "read:4k:1"])).unwrap();
+        let run = |iops: f64| TlsRun {
+            repeat: 1,
+            seconds: 1.0,
+            iops,
+            mbps: iops * 4096.0 / 1e6,
+        };
+        // Out of order on purpose: rows() sorts cells by the plan's variant order.
+        let cells = vec![vec![
+            cell(Variant::QemuNbdTls, vec![run(800.0)]),
+            cell(Variant::GuestPlain, vec![run(100.0)]),
+            cell(Variant::GuestTls, vec![run(50.0)]),
+            cell(Variant::QemuNbdPlain, vec![run(1000.0)]),
+        ]];
+        let rows = rows(&p, cells);
+        assert_eq!(rows[0].cells[0].variant, Variant::GuestPlain);
+        assert_eq!(rows[0].guest_tls_over_plain, Some(0.5));
+        assert_eq!(rows[0].qemu_nbd_tls_over_plain, Some(0.8));
+        let r = TlsReport {
+            client: CLIENT.into(),
+            accel: accel::Accel::Tcg,
+            machine: Machine::Q35,
+            mem: "64M".into(),
+            qemu_version: None,
+            image_bytes: 1,
+            credentials: "c".into(),
+            repeats: 1,
+            variants: p
+                .variants
+                .iter()
+                .map(|v| VariantInfo {
+                    variant: *v,
+                    server: String::new(),
+                    client: String::new(),
+                })
+                .collect(),
+            rows,
+            wall_s: 1.0,
+        };
+        let t = table(&r);
+        assert!(t.contains("qemu-img bench"), "{t}");
+        assert!(t.contains("guest+tls IOPS"), "{t}");
+        assert!(t.contains("0.50") && t.contains("0.80"), "{t}");
+        let svg = chart(&r).render();
+        assert!(svg.contains("qemu-nbd+tls"));
+        let j = serde_json::to_value(&r).unwrap();
+        assert_eq!(j["rows"][0]["cells"][1]["variant"], "guest+tls");
+        assert_eq!(j["rows"][0]["guest_tls_over_plain"], 0.5);
+        assert_eq!(j["rows"][0]["qemu_nbd_tls_over_plain"], 0.8);
+    }
+}
