@@ -161,7 +161,9 @@ fn dry_run_prints_the_command_line_only() {
         "-machine microvm,acpi=off",
         "-accel tcg -cpu max",
         "-m 32M",
-        "-append exit=ready",
+        // The management channel's word first (the key itself travels as the boot module).
+        "-append mgmt.on_data=on exit=ready",
+        "/mgmt.key",
         "-device virtio-blk-device,drive=disk0",
         "driver=qcow2,read-only=on,file.driver=file,file.filename=/data/b.qcow2",
         "hostfwd=tcp:127.0.0.1:10809-:10809",
@@ -169,6 +171,10 @@ fn dry_run_prints_the_command_line_only() {
     ] {
         assert!(line.contains(expected), "missing {expected:?} in {line}");
     }
+    assert!(
+        !line.contains("mgmt.key="),
+        "a key on the command line: {line}"
+    );
     assert!(
         !tmp.path().join(".tandem").exists(),
         "dry run creates nothing"

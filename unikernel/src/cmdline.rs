@@ -73,7 +73,8 @@
 //!   the ivshmem device; `durability` defaults to `nvlog`). Tuned by `pair.disks=N` (the first
 //!   N disks are this node's own, the next N its peer's; default: half of the disks),
 //!   `pair.peer_ip=A.B.C.D` (the peer's address, taken over on failure), `pair.timeout_ms=N`
-//!   (peer silence that means failure, default 1000) and `pair.giveback=auto|manual`
+//!   (peer silence that means failure, default 1000; a peer not yet seen alive since this
+//!   node started gets at least 10 s to boot) and `pair.giveback=auto|manual`
 //!   (default `auto`: the peer's disks and address go back as soon as it returns).
 //!   `pair.peer_export=NAME:DEVICE[:ro][:allow=NETS]` (repeatable, the `export=` syntax with
 //!   `DEVICE` in this node's numbering, e.g. `blk2`) names what this node serves for its

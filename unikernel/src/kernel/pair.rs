@@ -120,10 +120,17 @@ pub struct Pair {
     takeover: Takeover,
     peer_beat: u64,
     peer_beat_at_us: u64,
+    /// Whether the peer's heartbeat has moved since this node started.
+    peer_seen: bool,
     /// The peer's boot word when we took it over (a new boot means it came back).
     peer_boot_at_takeover: u64,
     beats: u64,
 }
+
+/// How long a node waits for a peer it has not seen alive since it started before taking
+/// it over (at least `pair.timeout_ms`): both nodes start together, and a peer whose QEMU
+/// starts later on a loaded host must not lose its disks while it boots.
+const BOOT_GRACE_MS: u64 = 10_000;
 
 /// Reads the region header through the control-word accessor (the BAR is device memory).
 fn read_header(r: &Region) -> [u8; 80] {
@@ -204,6 +211,7 @@ impl Pair {
             takeover,
             peer_beat: region::get(&Region { base, len }, peer, word::HEARTBEAT),
             peer_beat_at_us: now,
+            peer_seen: false,
             peer_boot_at_takeover: 0,
             beats,
         })
@@ -272,13 +280,21 @@ impl Pair {
         if beat != self.peer_beat {
             self.peer_beat = beat;
             self.peer_beat_at_us = now;
+            self.peer_seen = true;
         }
         let silent_ms = (now - self.peer_beat_at_us) / 1000;
         let request = self.take_request();
 
         match self.takeover {
             Takeover::Idle => {
-                let failed = silent_ms >= self.cfg.timeout_ms;
+                // A peer not seen alive since this node started may still be booting (its
+                // QEMU started later, on a loaded host): it gets the boot grace first.
+                let limit = if self.peer_seen {
+                    self.cfg.timeout_ms
+                } else {
+                    self.cfg.timeout_ms.max(BOOT_GRACE_MS)
+                };
+                let failed = silent_ms >= limit;
                 let asked = request == Request::Takeover;
                 let ours = region::owner(&self.region, peer).0 == me;
                 if (failed || asked) && !ours && self.own_epoch.is_some() {
