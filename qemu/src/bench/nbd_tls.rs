@@ -2,18 +2,21 @@
 //! guest and on `qemu-nbd`, in one run.
 //!
 //! fio's nbd engine cannot take `tls-certificates=` in its URI (libnbd refuses local file
-//! access from `nbd_connect_uri`), so this mode uses one client that can for all four
-//! variants ([`Variant`]): `qemu-img bench` (QEMU's nbd block driver, one connection,
-//! `-d QD` requests in flight, sequential from offset 0), with
-//! `--object tls-creds-x509,...,endpoint=client` and `tls-creds=` on the TLS variants.
-//! `qemu-img bench` times the requests only: the TLS handshake (at open) is not counted.
+//! access from `nbd_connect_uri`), and `qemu-img bench` takes no `--object` (so no
+//! `tls-creds`), so this mode uses one client that can for all four variants
+//! ([`Variant`]): `nbdcopy` (libnbd; one connection, one thread, `--requests=QD` of
+//! `--request-size=BS` in flight, no extents, no sparseness detection), URI
+//! `nbd://127.0.0.1:P/blk0` or `nbds://127.0.0.1:P/blk0?tls-certificates=DIR`. A read job
+//! copies the whole export to `null:`, a write job copies a host file of the export's size
+//! (non-zero bytes, in the page cache) onto it. Each run is timed from nbdcopy's start to
+//! its exit: connection and TLS handshake included (a few ms against whole seconds).
 //!
 //! Throwaway credentials are made in the run's work directory ([`crate::tls::create`],
 //! ECDSA P-256). The guest is booted once with `nbd.tls=on` (TLS offered, plaintext served
 //! too) and the certificates in its boot module; the plaintext and TLS variants connect to
 //! the same guest. `qemu-nbd` (cache=none aio=native) is started twice on its own copy of
 //! the image: plain, then with `--tls-creds` (TLS only). Jobs are `read` and `write` only
-//! (`qemu-img bench` has no random pattern); repeats are interleaved across jobs and
+//! (nbdcopy copies in order); repeats are interleaved across jobs and
 //! variants. The table shows median IOPS and MB/s per (job, variant) and, per server, the
 //! TLS/plaintext ratio of the median IOPS.
 
@@ -38,16 +41,14 @@ use crate::vm::Vm;
 
 /// The jobs of `--tls` when `--jobs` is left at its (fio) default.
 pub const TLS_DEFAULT_JOBS: &str = "read:4k:1,write:4k:1,read:1M:4,write:1M:4";
-/// The image size of `--tls` when `--disk-size` is left at its default.
-pub const TLS_DEFAULT_DISK: ByteSize = ByteSize::mib(256);
-/// Bytes each `qemu-img bench` run moves (requests = this / block size, clamped).
-pub const BYTES_PER_RUN: u64 = 8 << 20;
-/// Fewest and most requests per run.
-pub const REQUESTS: (u64, u64) = (32, 2048);
-/// How long one `qemu-img bench` run may take.
+/// The image size of `--tls` when `--disk-size` is left at its default: every run moves
+/// the whole export, so this is also the bytes per run.
+pub const TLS_DEFAULT_DISK: ByteSize = ByteSize::mib(8);
+/// How long one `nbdcopy` run may take.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
 /// The client, as the table's header names it.
-pub const CLIENT: &str = "qemu-img bench (QEMU nbd driver, same client for all four)";
+pub const CLIENT: &str =
+    "nbdcopy, the same client for all four (1 connection, whole export per run)";
 
 /// One server with or without TLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -110,8 +111,8 @@ pub struct TlsPlan {
     pub repeats: u32,
     /// Image size (ignored with `--disk`).
     pub disk_bytes: u64,
-    /// `qemu-img bench --flush-interval` (from `--fsync`; 0: none).
-    pub flush_interval: u32,
+    /// `nbdcopy --flush` on write jobs (from `--fsync` > 0).
+    pub flush: bool,
 }
 
 /// The plan of `--tls`: `--jobs` and `--disk-size` left at their defaults become the short
@@ -131,7 +132,7 @@ pub fn plan(args: &BenchNbdArgs) -> anyhow::Result<TlsPlan> {
         .iter()
         .find(|j| !matches!(j.rw, RwMode::Read | RwMode::Write))
     {
-        bail!("--tls: job {j}: read and write only (qemu-img bench has no random pattern)");
+        bail!("--tls: job {j}: read and write only (nbdcopy copies in order)");
     }
     let mut targets = args.targets.clone();
     super::blk::dedup_in_order(&mut targets);
@@ -148,7 +149,7 @@ pub fn plan(args: &BenchNbdArgs) -> anyhow::Result<TlsPlan> {
         } else {
             args.disk_size.bytes()
         },
-        flush_interval: args.fsync,
+        flush: args.fsync > 0,
     })
 }
 
@@ -158,45 +159,42 @@ fn parse_jobs(list: &str) -> anyhow::Result<Vec<FioJob>> {
         .collect()
 }
 
-/// Requests per run for `job`.
-pub fn requests(job: &FioJob) -> u64 {
-    (BYTES_PER_RUN / u64::from(job.bs.0).max(1)).clamp(REQUESTS.0, REQUESTS.1)
+/// Requests per run for `job` on an export of `bytes`.
+pub fn requests(job: &FioJob, bytes: u64) -> u64 {
+    bytes.div_ceil(u64::from(job.bs.0).max(1))
 }
 
-/// `qemu-img bench`'s arguments for `job` against 127.0.0.1:`port`, over TLS with the
-/// credentials in `tls` when given.
-pub fn client_args(job: &FioJob, port: u16, tls: Option<&Path>, flush: u32) -> Vec<String> {
-    let mut a = vec!["bench".to_string()];
-    let mut opts = format!("driver=nbd,host=127.0.0.1,port={port},export={EXPORT}");
-    if let Some(dir) = tls {
-        let dir = dir.to_string_lossy().replace(',', ",,");
-        a.push("--object".into());
-        a.push(format!("tls-creds-x509,id=t,dir={dir},endpoint=client"));
-        opts.push_str(",tls-creds=t");
+/// The export's URI on 127.0.0.1:`port`, `nbds://` with the credentials in `tls`.
+pub fn uri(port: u16, tls: Option<&Path>) -> String {
+    match tls {
+        Some(dir) => format!(
+            "nbds://127.0.0.1:{port}/{EXPORT}?tls-certificates={}",
+            dir.display()
+        ),
+        None => format!("nbd://127.0.0.1:{port}/{EXPORT}"),
     }
-    a.extend([
-        format!("-c{}", requests(job)),
-        format!("-d{}", job.qd),
-        format!("-s{}", job.bs.0),
-    ]);
+}
+
+/// `nbdcopy`'s arguments for `job` against `uri`: a read copies the export to `null:`, a
+/// write copies `source` onto it.
+pub fn client_args(job: &FioJob, uri: &str, source: &Path, flush: bool) -> Vec<String> {
+    let mut a = vec![
+        "--connections=1".to_string(),
+        "--threads=1".into(),
+        format!("--requests={}", job.qd),
+        format!("--request-size={}", job.bs.0),
+        "--no-extents".into(),
+        "--sparse=0".into(),
+    ];
     if job.rw == RwMode::Write {
-        a.push("-w".into());
-        if flush > 0 {
-            a.push(format!("--flush-interval={flush}"));
+        if flush {
+            a.push("--flush".into());
         }
+        a.extend([source.display().to_string(), uri.to_string()]);
+    } else {
+        a.extend([uri.to_string(), "null:".into()]);
     }
-    a.push("--image-opts".into());
-    a.push(opts);
     a
-}
-
-/// The seconds of `qemu-img bench`'s `Run completed in X seconds.` line.
-pub fn parse_seconds(text: &str) -> Option<f64> {
-    text.lines()
-        .filter_map(|l| l.trim().strip_prefix("Run completed in "))
-        .filter_map(|r| r.strip_suffix(" seconds."))
-        .filter_map(|s| s.trim().parse().ok())
-        .next()
 }
 
 /// One `qemu-img bench` run.
@@ -204,7 +202,7 @@ pub fn parse_seconds(text: &str) -> Option<f64> {
 pub struct TlsRun {
     /// Repeat number, from 1.
     pub repeat: u32,
-    /// Seconds `qemu-img bench` reported.
+    /// Seconds from nbdcopy's start to its exit.
     pub seconds: f64,
     /// Requests over seconds.
     pub iops: f64,
@@ -339,6 +337,9 @@ impl Running {
 struct Setup {
     qemu: PathBuf,
     qemu_img: PathBuf,
+    nbdcopy: PathBuf,
+    source: PathBuf,
+    image_bytes: u64,
     qemu_nbd: Option<PathBuf>,
     guest: Option<PathBuf>,
     accel: accel::AccelDecision,
@@ -350,6 +351,9 @@ fn setup(args: &BenchNbdArgs, plan: &TlsPlan, dir: &Path) -> anyhow::Result<Setu
     let qemu = crate::qemu_bin::ensure_qemu()?;
     let qemu_img = crate::qemu_bin::find_tool(&qemu, crate::qemu_bin::QEMU_IMG_NAME)
         .context("qemu-img not found; install it with: apt-get install -y qemu-utils")?;
+    let path_var = std::env::var_os("PATH");
+    let nbdcopy = crate::qemu_bin::find_in_path("nbdcopy".as_ref(), path_var.as_deref())
+        .context("nbdcopy not found; install it with: apt-get install -y libnbd-bin")?;
     let has = |t| plan.variants.iter().any(|v| v.target() == t);
     let qemu_nbd = if has(NbdTarget::QemuNbd) {
         Some(
@@ -364,11 +368,25 @@ fn setup(args: &BenchNbdArgs, plan: &TlsPlan, dir: &Path) -> anyhow::Result<Setu
     } else {
         None
     };
+    let image_bytes = match &args.disk {
+        Some(d) => std::fs::metadata(d)
+            .with_context(|| d.display().to_string())?
+            .len(),
+        None => plan.disk_bytes,
+    };
+    // The write jobs' source: half the image (the guest's export is a little smaller than
+    // its disk), non-zero bytes, so no client or server sees zeros to skip.
+    let source = dir.join("source.bin");
+    let pattern: Vec<u8> = (0..image_bytes / 2).map(|i| (i % 251) as u8 + 1).collect();
+    std::fs::write(&source, pattern).with_context(|| source.display().to_string())?;
     let creds = dir.join("tls");
     crate::tls::create(&creds, &[], crate::tls::KeyKind::EcdsaP256)?;
     Ok(Setup {
         qemu,
         qemu_img,
+        nbdcopy,
+        source,
+        image_bytes,
         qemu_nbd,
         guest,
         accel,
@@ -377,7 +395,7 @@ fn setup(args: &BenchNbdArgs, plan: &TlsPlan, dir: &Path) -> anyhow::Result<Setu
 }
 
 /// The image for `target`: a copy of `--disk` or a fresh preallocated one.
-fn make_image(args: &BenchNbdArgs, plan: &TlsPlan, s: &Setup, path: &Path) -> anyhow::Result<u64> {
+fn make_image(args: &BenchNbdArgs, plan: &TlsPlan, s: &Setup, path: &Path) -> anyhow::Result<()> {
     match &args.disk {
         Some(src) => {
             std::fs::copy(src, path)
@@ -385,7 +403,7 @@ fn make_image(args: &BenchNbdArgs, plan: &TlsPlan, s: &Setup, path: &Path) -> an
         }
         None => create_preallocated(&s.qemu_img, path, ByteSize(plan.disk_bytes))?,
     }
-    Ok(std::fs::metadata(path)?.len())
+    Ok(())
 }
 
 /// Boot the guest with `nbd.tls=on` and the credentials in its boot module.
@@ -470,15 +488,34 @@ fn start_anchor(
     Ok((Running::Anchor(server), port, cmd.to_string()))
 }
 
-/// Run one `qemu-img bench` to its end; returns its seconds.
-fn run_client(qemu_img: &Path, a: &[String], interrupted: &AtomicBool) -> anyhow::Result<f64> {
-    let mut child = std::process::Command::new(qemu_img)
+/// The export's size (`nbdinfo --size URI`).
+fn export_size(uri: &str) -> anyhow::Result<u64> {
+    let out = std::process::Command::new("nbdinfo")
+        .args(["--size", uri])
+        .stdin(Stdio::null())
+        .output()
+        .context("running nbdinfo (apt-get install -y libnbd-bin)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    match text.trim().parse() {
+        Ok(n) if out.status.success() => Ok(n),
+        _ => bail!(
+            "nbdinfo --size {uri} failed ({}): {text}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+/// Run one `nbdcopy` to its end; returns its seconds.
+fn run_client(nbdcopy: &Path, a: &[String], interrupted: &AtomicBool) -> anyhow::Result<f64> {
+    let t0 = Instant::now();
+    let mut child = std::process::Command::new(nbdcopy)
         .args(a)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .with_context(|| format!("starting {}", qemu_img.display()))?;
+        .with_context(|| format!("starting {}", nbdcopy.display()))?;
     let deadline = Instant::now() + CLIENT_TIMEOUT;
     while child.try_wait()?.is_none() {
         if interrupted.load(Ordering::SeqCst) || Instant::now() >= deadline {
@@ -487,25 +524,25 @@ fn run_client(qemu_img: &Path, a: &[String], interrupted: &AtomicBool) -> anyhow
             if interrupted.load(Ordering::SeqCst) {
                 return Err(Interrupted.into());
             }
-            bail!("qemu-img bench ran past {CLIENT_TIMEOUT:?}");
+            bail!("nbdcopy ran past {CLIENT_TIMEOUT:?}");
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(1));
     }
+    let seconds = t0.elapsed().as_secs_f64();
     let out = child.wait_with_output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    match parse_seconds(&text) {
-        Some(s) if out.status.success() => Ok(s),
-        _ => bail!(
-            "qemu-img {} failed ({}):\n{text}{}",
+    if !out.status.success() {
+        bail!(
+            "nbdcopy {} failed ({}):\n{}{}",
             a.join(" "),
             out.status,
+            String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
-        ),
+        );
     }
+    Ok(seconds)
 }
 
 /// Every run of every job on the variants one server offers; runs[job][variant].
-#[allow(clippy::too_many_arguments)]
 fn measure(
     plan: &TlsPlan,
     s: &Setup,
@@ -515,16 +552,22 @@ fn measure(
     interrupted: &AtomicBool,
 ) -> anyhow::Result<Vec<Vec<Vec<TlsRun>>>> {
     let mut runs = vec![vec![Vec::new(); variants.len()]; plan.jobs.len()];
+    let export_bytes = export_size(&uri(port, variants[0].tls().then_some(s.creds.as_path())))?;
     for repeat in 1..=plan.repeats {
         for (j, job) in plan.jobs.iter().enumerate() {
             for (k, v) in variants.iter().enumerate() {
                 let what = format!("{} {} run {repeat}/{}", v.name(), job.label(), plan.repeats);
                 progress.start(&what);
-                let tls = v.tls().then_some(s.creds.as_path());
-                let a = client_args(job, port, tls, plan.flush_interval);
+                let uri = uri(port, v.tls().then_some(s.creds.as_path()));
+                let a = client_args(job, &uri, &s.source, plan.flush);
                 let seconds =
-                    run_client(&s.qemu_img, &a, interrupted).with_context(|| what.clone())?;
-                let n = requests(job) as f64;
+                    run_client(&s.nbdcopy, &a, interrupted).with_context(|| what.clone())?;
+                let bytes = if job.rw == RwMode::Write {
+                    s.image_bytes / 2
+                } else {
+                    export_bytes
+                };
+                let n = requests(job, bytes) as f64;
                 let iops = if seconds > 0.0 { n / seconds } else { 0.0 };
                 let mbps = iops * f64::from(job.bs.0) / 1e6;
                 progress.finish_one(&what, &format!("{iops:.0} IOPS, {mbps:.1} MB/s"));
@@ -564,13 +607,12 @@ pub fn run(args: &BenchNbdArgs, interrupted: &AtomicBool) -> anyhow::Result<TlsR
     let mut progress = Progress::new(total);
     let mut cells: Vec<Vec<TlsCell>> = vec![Vec::new(); plan.jobs.len()];
     let mut infos = Vec::new();
-    let mut image_bytes = 0;
     let mut targets: Vec<NbdTarget> = plan.variants.iter().map(|v| v.target()).collect();
     targets.dedup();
     for target in targets {
         let image = dir.join(format!("{target}.raw"));
         progress.start(&format!("creating the image for {target}"));
-        image_bytes = make_image(args, &plan, &s, &image)?;
+        make_image(args, &plan, &s, &image)?;
         // The guest serves both variants on one boot (nbd.tls=on); qemu-nbd one each.
         let groups: Vec<Vec<Variant>> = match target {
             NbdTarget::Guest => vec![Variant::of(target).to_vec()],
@@ -590,12 +632,12 @@ pub fn run(args: &BenchNbdArgs, interrupted: &AtomicBool) -> anyhow::Result<TlsR
                 }
             }
             for v in &group {
-                let tls = v.tls().then_some(s.creds.as_path());
-                let client = client_args(&plan.jobs[0], port, tls, plan.flush_interval);
+                let uri = uri(port, v.tls().then_some(s.creds.as_path()));
+                let client = client_args(&plan.jobs[0], &uri, &s.source, plan.flush);
                 infos.push(VariantInfo {
                     variant: *v,
                     server: command.clone(),
-                    client: format!("{} {}", s.qemu_img.display(), client.join(" ")),
+                    client: format!("{} {}", s.nbdcopy.display(), client.join(" ")),
                 });
             }
         }
@@ -607,13 +649,13 @@ pub fn run(args: &BenchNbdArgs, interrupted: &AtomicBool) -> anyhow::Result<TlsR
         machine: args.machine,
         mem: args.vm.mem.to_string(),
         qemu_version: crate::qemu_bin::qemu_version(&s.qemu),
-        image_bytes,
+        image_bytes: s.image_bytes,
         credentials: "throwaway ECDSA P-256 CA, server and client certificates \
                       (tandem_qemu::tls::create) in the run's work directory"
             .into(),
         repeats: plan.repeats,
         variants: infos,
-        rows: rows(&plan, cells),
+        rows: rows(&plan, s.image_bytes, cells),
         wall_s: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
     })
 }
@@ -629,7 +671,7 @@ fn cell(variant: Variant, runs: Vec<TlsRun>) -> TlsCell {
 }
 
 /// Rows in job order, cells in variant order, ratios filled in.
-pub fn rows(plan: &TlsPlan, cells: Vec<Vec<TlsCell>>) -> Vec<TlsRow> {
+pub fn rows(plan: &TlsPlan, image_bytes: u64, cells: Vec<Vec<TlsCell>>) -> Vec<TlsRow> {
     plan.jobs
         .iter()
         .zip(cells)
@@ -637,7 +679,7 @@ pub fn rows(plan: &TlsPlan, cells: Vec<Vec<TlsCell>>) -> Vec<TlsRow> {
             cells.sort_by_key(|c| plan.variants.iter().position(|v| *v == c.variant));
             TlsRow {
                 job: job.to_string(),
-                requests: requests(job),
+                requests: requests(job, image_bytes),
                 cells,
                 guest_tls_over_plain: None,
                 qemu_nbd_tls_over_plain: None,
@@ -652,7 +694,8 @@ pub fn table(r: &TlsReport) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "NBD over TLS vs plaintext (client: {}; median of {} run(s); TLS handshake not timed)",
+        "NBD over TLS vs plaintext (client: {}; median of {} run(s); each run timed from \
+         start to exit, TLS handshake included)",
         r.client, r.repeats
     );
     let _ = writeln!(
@@ -774,7 +817,7 @@ mod tests {
         assert_eq!(p.variants, [Variant::QemuNbdPlain, Variant::QemuNbdTls]);
         assert_eq!(p.jobs.len(), 1);
         assert_eq!(p.disk_bytes, 64 << 20);
-        assert_eq!(p.flush_interval, 1);
+        assert!(p.flush);
 
         let e = plan(&args(&["--tls", "--jobs", "randread:4k:1"])).unwrap_err();
         assert!(e.to_string().contains("read and write only"), "{e}");
@@ -784,30 +827,31 @@ mod tests {
     #[test]
     fn client_arguments_and_output() {
         let job: FioJob = "write:4k:16".parse().unwrap();
-        let a = client_args(&job, 1234, Some(Path::new("/t,d")), 1);
+        let tls = uri(1234, Some(Path::new("/t/d")));
+        assert_eq!(tls, "nbds://127.0.0.1:1234/blk0?tls-certificates=/t/d");
+        let a = client_args(&job, &tls, Path::new("/s"), true);
         assert_eq!(
             a,
             [
-                "bench",
-                "--object",
-                "tls-creds-x509,id=t,dir=/t,,d,endpoint=client",
-                "-c2048",
-                "-d16",
-                "-s4096",
-                "-w",
-                "--flush-interval=1",
-                "--image-opts",
-                "driver=nbd,host=127.0.0.1,port=1234,export=blk0,tls-creds=t",
+                "--connections=1",
+                "--threads=1",
+                "--requests=16",
+                "--request-size=4096",
+                "--no-extents",
+                "--sparse=0",
+                "--flush",
+                "/s",
+                tls.as_str(),
             ]
         );
         let job: FioJob = "read:1M:4".parse().unwrap();
-        let a = client_args(&job, 1, None, 1);
-        assert_eq!(a[1], "-c32");
-        assert!(!a.iter().any(|x| x.contains("tls") || x == "-w"));
-        let out = "Sending 32 read requests, 1048576 bytes each, 4 in parallel\n\
-                   Run completed in 0.125 seconds.\n";
-        assert_eq!(parse_seconds(out), Some(0.125));
-        assert_eq!(parse_seconds("nothing"), None);
+        let plain = uri(1, None);
+        assert_eq!(plain, "nbd://127.0.0.1:1/blk0");
+        let a = client_args(&job, &plain, Path::new("/s"), true);
+        assert_eq!(a[a.len() - 2..], [plain.clone(), "null:".to_string()]);
+        assert!(!a.iter().any(|x| x == "--flush"));
+        assert_eq!(requests(&job, 8 << 20), 8);
+        assert_eq!(requests(&"read:4k:1".parse().unwrap(), 8 << 20), 2048);
     }
 
     #[test]
@@ -826,7 +870,7 @@ mod tests {
             cell(Variant::GuestTls, vec![run(50.0)]),
             cell(Variant::QemuNbdPlain, vec![run(1000.0)]),
         ]];
-        let rows = rows(&p, cells);
+        let rows = rows(&p, 8 << 20, cells);
         assert_eq!(rows[0].cells[0].variant, Variant::GuestPlain);
         assert_eq!(rows[0].guest_tls_over_plain, Some(0.5));
         assert_eq!(rows[0].qemu_nbd_tls_over_plain, Some(0.8));
@@ -852,7 +896,7 @@ mod tests {
             wall_s: 1.0,
         };
         let t = table(&r);
-        assert!(t.contains("qemu-img bench"), "{t}");
+        assert!(t.contains("nbdcopy, the same client for all four"), "{t}");
         assert!(t.contains("guest+tls IOPS"), "{t}");
         assert!(t.contains("0.50") && t.contains("0.80"), "{t}");
         let svg = chart(&r).render();
