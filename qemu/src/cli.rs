@@ -546,7 +546,7 @@ pub struct BenchNbdArgs {
     /// qemu-nbd over TLS (throwaway credentials in the work dir), all with one client that
     /// can do TLS, nbdcopy (fio's nbd engine cannot), copying the whole export per run.
     /// Sequential read/write jobs only; defaults: --jobs
-    /// read:4k:1,write:4k:1,read:1M:4,write:1M:4 and an 8 MiB image. --fsync N (N > 0)
+    /// read:4k:1,write:4k:1,read:1M:4,write:1M:4 and a 3 MiB image. --fsync N (N > 0)
     /// becomes nbdcopy --flush; --time, --ramp and --span are not used.
     #[arg(long)]
     pub tls: bool,

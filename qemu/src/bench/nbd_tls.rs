@@ -43,7 +43,7 @@ use crate::vm::Vm;
 pub const TLS_DEFAULT_JOBS: &str = "read:4k:1,write:4k:1,read:1M:4,write:1M:4";
 /// The image size of `--tls` when `--disk-size` is left at its default: every run moves
 /// the whole export, so this is also the bytes per run.
-pub const TLS_DEFAULT_DISK: ByteSize = ByteSize::mib(8);
+pub const TLS_DEFAULT_DISK: ByteSize = ByteSize::mib(3);
 /// How long one `nbdcopy` run may take.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
 /// The client, as the table's header names it.
@@ -594,7 +594,7 @@ pub fn run(args: &BenchNbdArgs, interrupted: &AtomicBool) -> anyhow::Result<TlsR
     let s = setup(args, &plan, dir)?;
     let total = (plan.variants.len() * plan.jobs.len()) as u64 * u64::from(plan.repeats);
     eprintln!(
-        "tandem: {total} qemu-img bench runs: {} x {} job(s) x {} repeat(s); credentials in {}",
+        "tandem: {total} nbdcopy runs: {} x {} job(s) x {} repeat(s); credentials in {}",
         plan.variants
             .iter()
             .map(|v| v.name())
