@@ -559,6 +559,18 @@ fn sigterm_completes_requests_in_flight() {
     .unwrap_or_else(|e| panic!("{e}"));
     // The first writes landed (each held 100 ms): the guest keeps its queue of 32 full.
     wait_for_write(&image, mtime(&image), &vm, &daemon);
+    // The stop must find a request in flight: wait until a worker holds one (sleeps in its
+    // 100 ms delay), not just after a batch completed, when the guest may not have refilled
+    // its queue yet (a loaded CI run stopped the daemon in that gap).
+    let t = Instant::now();
+    while !a_request_is_held(daemon.pid()) {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no worker ever held a request\n{}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let t = Instant::now();
     daemon.terminate();
     let status = loop {
@@ -584,6 +596,18 @@ fn sigterm_completes_requests_in_flight() {
     assert!(n > 0, "the stop found requests in flight: {log}");
     assert!(log.contains(" (0 failed, 0 malformed)"), "{log}");
     assert!(log.contains("stopped cleanly"), "{log}");
+}
+
+/// Whether a thread of process `pid` is in `nanosleep`/`clock_nanosleep` right now (a worker
+/// holding a request in its `--debug-io-delay-ms` delay), from `/proc/PID/task/*/syscall`.
+fn a_request_is_held(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|t| {
+        std::fs::read_to_string(t.path().join("syscall"))
+            .is_ok_and(|s| matches!(s.split_whitespace().next(), Some("35" | "230")))
+    })
 }
 
 /// `tandem run --backend vhost-user` starts a daemon per disk and stops it after QEMU.
