@@ -112,3 +112,41 @@ pub fn inventory(vm: &Vm) -> Vec<InventoryEntry> {
 pub fn console(vm: &Vm) -> String {
     vm.context()
 }
+
+/// Runs a client tool (qemu-img, nbdinfo, ...) with a 120 s deadline; returns its output,
+/// success or not. A missing tool fails naming it; a timeout shows `vm`'s console.
+pub fn run_tool(vm: &Vm, program: &str, args: &[&str]) -> std::process::Output {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let mut child = Command::new(program)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program} not runnable ({e}); run scripts/deps"));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{program} {args:?} timed out\nguest:\n{}", console(vm));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs a client tool that must succeed; returns its stdout.
+pub fn tool(vm: &Vm, program: &str, args: &[&str]) -> String {
+    let out = run_tool(vm, program, args);
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}\nstdout: {}\nstderr: {}\nguest:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        console(vm)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

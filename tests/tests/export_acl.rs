@@ -7,8 +7,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tandem_qemu::builder::{Machine, Nic};
 use tandem_qemu::size::ByteSize;
@@ -69,41 +68,6 @@ fn serve() -> Served {
         port,
         _dir: dir,
     }
-}
-
-/// Runs a client tool with a deadline; returns its output (success or not).
-fn run_tool(s: &Served, program: &str, args: &[&str]) -> Output {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{program} not runnable ({e}); run scripts/deps"));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{program} {args:?} timed out\nguest:\n{}", console(&s.vm));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Runs a client tool that must succeed; returns its stdout.
-fn tool(s: &Served, program: &str, args: &[&str]) -> String {
-    let out = run_tool(s, program, args);
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}\nstdout: {}\nstderr: {}\nguest:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        console(&s.vm)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A raw fixed-newstyle client after the greeting and client flags.
@@ -188,13 +152,13 @@ fn denied_clients_see_no_export_and_get_policy() {
     drop(c);
 
     // nbdinfo: the list shows only the admitted exports; the denied one fails.
-    let list = tool(&s, "nbdinfo", &["--list", &s.uri("")]);
+    let list = tool(&s.vm, "nbdinfo", &["--list", &s.uri("")]);
     assert!(
         list.contains("export=\"open\"") && list.contains("export=\"lan\""),
         "{list}"
     );
     assert!(!list.contains("far"), "{list}");
-    let out = run_tool(&s, "nbdinfo", &[&s.uri("far")]);
+    let out = run_tool(&s.vm, "nbdinfo", &[&s.uri("far")]);
     assert!(
         !out.status.success(),
         "nbdinfo on the denied export succeeded:\n{}",
@@ -210,7 +174,7 @@ fn denied_clients_see_no_export_and_get_policy() {
 
     // The open export and the one allowed to 10.0.2.0/24 serve real clients.
     let io = tool(
-        &s,
+        &s.vm,
         "qemu-io",
         &[
             "-f",
@@ -224,7 +188,7 @@ fn denied_clients_see_no_export_and_get_policy() {
     );
     assert!(!io.contains("Pattern verification failed"), "{io}");
     let io = tool(
-        &s,
+        &s.vm,
         "qemu-io",
         &[
             "-f",
@@ -237,6 +201,6 @@ fn denied_clients_see_no_export_and_get_policy() {
         ],
     );
     assert!(!io.contains("Pattern verification failed"), "{io}");
-    let info = tool(&s, "nbdinfo", &[&s.uri("lan")]);
+    let info = tool(&s.vm, "nbdinfo", &[&s.uri("lan")]);
     assert!(info.contains("export=\"lan\""), "{info}");
 }

@@ -9,8 +9,7 @@
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tandem_qemu::builder::{Machine, Nic};
 use tandem_qemu::size::ByteSize;
@@ -128,44 +127,9 @@ fn serve(words: &str) -> Served {
     }
 }
 
-/// Runs a client tool with a deadline; returns its output (success or not).
-fn run_tool(s: &Served, program: &str, args: &[&str]) -> Output {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{program} not runnable ({e}); run scripts/deps"));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{program} {args:?} timed out\nguest:\n{}", console(&s.vm));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Runs a client tool that must succeed; returns its stdout.
-fn tool(s: &Served, program: &str, args: &[&str]) -> String {
-    let out = run_tool(s, program, args);
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}\nstdout: {}\nstderr: {}\nguest:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        console(&s.vm)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Runs a client tool that must fail; returns its stderr.
 fn refused(s: &Served, program: &str, args: &[&str]) -> String {
-    let out = run_tool(s, program, args);
+    let out = run_tool(&s.vm, program, args);
     assert!(
         !out.status.success(),
         "{program} {args:?} succeeded but must be refused\nstdout: {}\nstderr: {}",
@@ -262,11 +226,11 @@ fn real_clients_over_tls_1_3_and_1_2() {
     // and reads it back over TLS 1.2 (1.3 taken out; the guest takes nothing below 1.2).
     let mut args = s.qemu_tls_args(&creds, Some("NORMAL:-VERS-ALL:+VERS-TLS1.3"));
     args.extend(["-c".into(), "write -P 0xab 0 1M".into()]);
-    let out = tool(&s, "qemu-io", &strs(&args));
+    let out = tool(&s.vm, "qemu-io", &strs(&args));
     assert!(out.contains("wrote 1048576/1048576"), "{out}");
     let mut args = s.qemu_tls_args(&creds, Some("NORMAL:-VERS-TLS1.3"));
     args.extend(["-c".into(), "read -P 0xab 0 1M".into()]);
-    let out = tool(&s, "qemu-io", &strs(&args));
+    let out = tool(&s.vm, "qemu-io", &strs(&args));
     assert!(
         out.contains("read 1048576/1048576") && !out.contains("Pattern verification failed"),
         "{out}"
@@ -275,11 +239,11 @@ fn real_clients_over_tls_1_3_and_1_2() {
     // qemu-img info over TLS.
     let mut args = vec!["info".to_string()];
     args.extend(s.qemu_tls_args(&creds, None));
-    let out = tool(&s, "qemu-img", &strs(&args));
+    let out = tool(&s.vm, "qemu-img", &strs(&args));
     assert!(out.contains(&format!("({EXPORT_BYTES} bytes)")), "{out}");
 
     // nbdinfo on the nbds:// URI.
-    let out = tool(&s, "nbdinfo", &[&s.tls_uri(&creds)]);
+    let out = tool(&s.vm, "nbdinfo", &[&s.tls_uri(&creds)]);
     assert!(
         out.contains("export=\"blk0\"") && out.contains(&format!("export-size: {EXPORT_BYTES}")),
         "{out}"
@@ -287,7 +251,11 @@ fn real_clients_over_tls_1_3_and_1_2() {
 
     // nbdcopy from the nbds:// URI to a local file: the pattern is there.
     let back = s.dir.path().join("back.raw");
-    tool(&s, "nbdcopy", &[&s.tls_uri(&creds), back.to_str().unwrap()]);
+    tool(
+        &s.vm,
+        "nbdcopy",
+        &[&s.tls_uri(&creds), back.to_str().unwrap()],
+    );
     let b = std::fs::read(&back).unwrap();
     assert_eq!(b.len(), EXPORT_BYTES);
     assert!(b[..1 << 20].iter().all(|&x| x == 0xab), "pattern differs");
@@ -315,7 +283,7 @@ fn real_clients_over_tls_1_3_and_1_2() {
     let uri = format!("--uri=nbds://127.0.0.1:{}/blk0", s.port);
     let home_env = format!("HOME={}", home.display());
     let out = tool(
-        &s,
+        &s.vm,
         "setpriv",
         &[
             "--reuid=65534",
@@ -366,7 +334,7 @@ fn plaintext_wrong_ca_and_downgrade_are_refused() {
         "nbdinfo's error: {err}"
     );
     // A plaintext list shows no export (nbdinfo --list fails on the refused NBD_OPT_LIST).
-    let out = run_tool(&s, "nbdinfo", &["--list", &s.uri()]);
+    let out = run_tool(&s.vm, "nbdinfo", &["--list", &s.uri()]);
     let listed = String::from_utf8_lossy(&out.stdout);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!listed.contains("blk0"), "plaintext list shows: {listed}");
@@ -421,7 +389,7 @@ fn plaintext_wrong_ca_and_downgrade_are_refused() {
     );
 
     // After all that a good TLS client still works, and the guest did not restart.
-    let out = tool(&s, "nbdinfo", &[&s.tls_uri(&creds)]);
+    let out = tool(&s.vm, "nbdinfo", &[&s.tls_uri(&creds)]);
     assert!(out.contains("export=\"blk0\""), "{out}");
     no_restart(&mut s);
 }
@@ -440,11 +408,11 @@ fn client_certificates_when_verify_peer_is_on() {
     assert!(err.contains("alert"), "nbdinfo's error: {err}");
 
     // The full directory (client-cert.pem and client-key.pem): served.
-    let out = tool(&s, "nbdinfo", &[&s.tls_uri(&creds)]);
+    let out = tool(&s.vm, "nbdinfo", &[&s.tls_uri(&creds)]);
     assert!(out.contains("export=\"blk0\""), "{out}");
     let mut args = vec!["info".to_string()];
     args.extend(s.qemu_tls_args(&creds, None));
-    let out = tool(&s, "qemu-img", &strs(&args));
+    let out = tool(&s.vm, "qemu-img", &strs(&args));
     assert!(out.contains(&format!("({EXPORT_BYTES} bytes)")), "{out}");
 
     let text = s.full_console();
@@ -459,9 +427,9 @@ fn client_certificates_when_verify_peer_is_on() {
 fn tls_on_serves_both() {
     let mut s = serve("nbd.tls=on");
     let creds = s.creds.clone();
-    let out = tool(&s, "nbdinfo", &[&s.uri()]);
+    let out = tool(&s.vm, "nbdinfo", &[&s.uri()]);
     assert!(out.contains("export=\"blk0\""), "{out}");
-    let out = tool(&s, "nbdinfo", &[&s.tls_uri(&creds)]);
+    let out = tool(&s.vm, "nbdinfo", &[&s.tls_uri(&creds)]);
     assert!(out.contains("export=\"blk0\""), "{out}");
     let text = s.full_console();
     assert!(text.contains("nbd: TLS offered"), "{text}");
