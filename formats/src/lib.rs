@@ -1,0 +1,13 @@
+//! Every byte-level contract between the Tandem guest and the host tools, in one place.
+//!
+//! The guest (`unikernel`) writes and reads these formats; the host (`tandem`, the tests, the
+//! fuzz harnesses) writes and reads the same ones. Keeping each in one module, used by both
+//! sides, means the two cannot drift apart: the round-trip tests here check that what one side
+//! writes, the other parses. The crate is `no_std` with `alloc` and depends on nothing of ours,
+//! so the host links it without linking the guest (and its network and TLS stacks).
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+pub mod bench_job;
