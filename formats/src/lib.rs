@@ -10,4 +10,14 @@
 
 extern crate alloc;
 
+pub mod allow_list;
 pub mod bench_job;
+pub mod boot_module;
+pub mod checkpoint;
+pub mod cmdline;
+pub mod disk_label;
+pub mod mgmt_auth;
+pub mod mgmt_status;
+pub mod nbd_wire;
+pub mod nvlog;
+pub mod pair_region;

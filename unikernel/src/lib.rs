@@ -15,16 +15,12 @@ extern crate alloc;
 
 pub mod acpi;
 pub mod bench;
-pub mod boot_module;
-pub mod cmdline;
 pub mod exceptions;
 pub mod exit;
 pub mod ha;
 pub mod histogram;
 pub mod inventory;
 pub mod memmap;
-pub mod mgmt_auth;
-pub mod mgmt_status;
 pub mod nbd;
 pub mod nvlog;
 pub mod restart;
@@ -34,3 +30,6 @@ pub mod tcp_buffers;
 pub mod tls;
 pub mod units;
 pub mod wallclock;
+
+/// The byte-level contracts shared with the host tools, in the formats crate.
+pub use tandem_formats::{boot_module, cmdline, mgmt_auth, mgmt_status};

@@ -351,7 +351,10 @@ impl NbdService {
         );
         let mut server =
             Server::new(exports, disks, pool, MAX_SOCKETS).with_log(log, durability)?;
-        server.set_limits(cfg.nbd_limits(MAX_CLIENTS));
+        server.set_limits(unikernel::nbd::server::Limits::from_config(
+            cfg,
+            MAX_CLIENTS,
+        ));
         server.set_tls(tls);
         if cfg.debug_hold_cp && spec.own {
             warn!("debug.cp=hold: consistency points held; logged writes stay in the log only");

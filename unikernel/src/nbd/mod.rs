@@ -6,12 +6,13 @@
 //! lengths the client announces. Every malformed input has a defined outcome (an error reply
 //! that keeps the connection, or closing this connection only), tested byte by byte.
 
-pub mod acl;
+/// Client allow-lists and the NBD wire constants live in the formats crate (the host writes
+/// the former on the guest command line and speaks the latter in `tandem check`).
+pub use tandem_formats::{allow_list as acl, nbd_wire as wire};
 pub mod handshake;
 pub mod server;
 pub mod tls;
 pub mod transmission;
-pub mod wire;
 
 /// One export as the handshake advertises it.
 #[derive(Debug, Clone, PartialEq, Eq)]

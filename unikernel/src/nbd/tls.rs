@@ -42,31 +42,7 @@ const MAX_PLAIN: usize = 1 << 14;
 /// rustls turns per pump: enough for a whole handshake flight, bounded for fairness.
 const MAX_TURNS: usize = 64;
 
-/// How a server offers TLS (guest key `nbd.tls`), the NBD protocol's three modes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum TlsMode {
-    /// NOTLS: `NBD_OPT_STARTTLS` is answered `NBD_REP_ERR_UNSUP`, as before TLS existed.
-    #[default]
-    Off,
-    /// STARTTLS is accepted, and plaintext clients are served too.
-    On,
-    /// FORCEDTLS: before STARTTLS every option but STARTTLS and ABORT is refused with
-    /// `NBD_REP_ERR_TLS_REQD` (`NBD_OPT_EXPORT_NAME` closes), so no export is listed or
-    /// served in clear.
-    Require,
-}
-
-impl TlsMode {
-    /// `off`, `on` or `require`.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "off" => Some(Self::Off),
-            "on" => Some(Self::On),
-            "require" => Some(Self::Require),
-            _ => None,
-        }
-    }
-}
+pub use tandem_formats::cmdline::TlsMode;
 
 /// What the NBD server serves TLS with ([`super::server::Server::set_tls`]).
 #[derive(Debug, Clone, Default)]

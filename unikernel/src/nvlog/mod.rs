@@ -10,7 +10,8 @@
 //! Layout and formats: see `FORMATS.md` at the repository root. Pure logic over a
 //! `BufferPool` of 4 KiB pages covering the region; host-tested.
 
-pub mod format;
+/// The on-region formats, in the formats crate (shared with the host tools).
+pub use tandem_formats::nvlog as format;
 pub mod log;
 
 #[cfg(test)]

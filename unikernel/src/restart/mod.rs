@@ -6,5 +6,5 @@
 //! newest valid slot and validates it against what it names (device ids at their locations,
 //! disk labels) before configuring from it.
 
-pub mod checkpoint;
-pub mod label;
+/// Formats in the formats crate (the host writes labels on appliance disks).
+pub use tandem_formats::{checkpoint, disk_label as label};

@@ -32,6 +32,18 @@ pub struct Limits {
     pub max_serving: usize,
 }
 
+impl Limits {
+    /// The limits the `nbd.*` keys of `cfg` ask for, with `max_serving` clients at once.
+    pub fn from_config(cfg: &crate::cmdline::Config, max_serving: usize) -> Self {
+        Self {
+            handshake_us: cfg.nbd_handshake_ms * 1000,
+            idle_us: cfg.nbd_idle_ms * 1000,
+            stall_us: cfg.nbd_stall_ms * 1000,
+            max_serving,
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {

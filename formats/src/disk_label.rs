@@ -4,7 +4,7 @@
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use crate::nvlog::format::crc32c;
+use crate::nvlog::crc32c;
 
 pub const LABEL_MAGIC: [u8; 8] = *b"TNDMLABL";
 pub const LABEL_VERSION: u32 = 1;

@@ -84,7 +84,7 @@
 //! - `export=NAME:DEVICE[:ro][:allow=NETS]` — serve `DEVICE` as NBD export `NAME`
 //!   (repeatable; default: every disk under its device name, `blk0`, `blk1`, ...). `allow=`
 //!   serves it only to clients in the networks `NETS`, `A.B.C.D/N` (or `A.B.C.D`) joined by
-//!   `+` (at most 8; [`crate::nbd::acl`]): others do not see it listed and get
+//!   `+` (at most 8; [`crate::allow_list`]): others do not see it listed and get
 //!   `NBD_REP_ERR_POLICY`. Without `allow=` every client is served.
 //! - `bench=DEVICE` — run the block benchmark on `DEVICE` (e.g. `blk0`) instead of serving,
 //!   print one `BENCH {json}` line and power off; tuned by `bench.rw=read|write|randread|
@@ -93,8 +93,8 @@
 
 use core::fmt;
 
-use crate::bench::{JobSpec, Path, Rw};
-use crate::nbd::acl::{AclError, AllowList};
+use crate::allow_list::{AclError, AllowList};
+use crate::bench_job::{JobSpec, Path, Rw};
 
 /// Most `export=` words.
 pub const MAX_EXPORTS: usize = 16;
@@ -288,12 +288,12 @@ pub struct Config {
     /// `net.echo=PORT`.
     pub echo_port: Option<u16>,
     pub nbd_port: u16,
-    /// `nbd.handshake_ms`, `nbd.idle_ms`, `nbd.stall_ms` (see [`Config::nbd_limits`]).
+    /// `nbd.handshake_ms`, `nbd.idle_ms`, `nbd.stall_ms` (see `unikernel::nbd::server::Limits::from_config`).
     pub nbd_handshake_ms: u64,
     pub nbd_idle_ms: u64,
     pub nbd_stall_ms: u64,
     /// `nbd.tls=off|on|require`: NBD over TLS (certificates from the boot module).
-    pub nbd_tls: crate::nbd::tls::TlsMode,
+    pub nbd_tls: TlsMode,
     /// `nbd.tls_verify_peer=on`: clients must present a certificate signed by the CA.
     pub nbd_tls_verify_peer: bool,
     /// `durability=nvlog`.
@@ -312,14 +312,37 @@ pub struct Config {
     mmio_count: usize,
 }
 
-impl Config {
-    /// The NBD server's limits from the `nbd.*` keys, with `max_serving` clients at once.
-    pub fn nbd_limits(&self, max_serving: usize) -> crate::nbd::server::Limits {
-        crate::nbd::server::Limits {
-            handshake_us: self.nbd_handshake_ms * 1000,
-            idle_us: self.nbd_idle_ms * 1000,
-            stall_us: self.nbd_stall_ms * 1000,
-            max_serving,
+/// How a server offers TLS (guest key `nbd.tls`), the NBD protocol's three modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsMode {
+    /// NOTLS: `NBD_OPT_STARTTLS` is answered `NBD_REP_ERR_UNSUP`, as before TLS existed.
+    #[default]
+    Off,
+    /// STARTTLS is accepted, and plaintext clients are served too.
+    On,
+    /// FORCEDTLS: before STARTTLS every option but STARTTLS and ABORT is refused with
+    /// `NBD_REP_ERR_TLS_REQD` (`NBD_OPT_EXPORT_NAME` closes), so no export is listed or
+    /// served in clear.
+    Require,
+}
+
+impl TlsMode {
+    /// `off`, `on` or `require`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "off" => Some(Self::Off),
+            "on" => Some(Self::On),
+            "require" => Some(Self::Require),
+            _ => None,
+        }
+    }
+
+    /// The word [`TlsMode::parse`] reads.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::On => "on",
+            Self::Require => "require",
         }
     }
 }
@@ -354,7 +377,7 @@ impl Default for Config {
             nbd_handshake_ms: 10_000,
             nbd_idle_ms: 0,
             nbd_stall_ms: 30_000,
-            nbd_tls: crate::nbd::tls::TlsMode::Off,
+            nbd_tls: TlsMode::Off,
             nbd_tls_verify_peer: false,
             durability_nvlog: false,
             durability_given: false,
@@ -613,7 +636,7 @@ pub fn parse_parts<'a>(parts: &[&'a str], mut report: impl FnMut(usize, Issue<'a
                 Ok(n) if (100..=600_000).contains(&n) => cfg.nbd_stall_ms = n,
                 _ => report(bad("100..=600000")),
             },
-            "nbd.tls" => match crate::nbd::tls::TlsMode::parse(value) {
+            "nbd.tls" => match TlsMode::parse(value) {
                 Some(m) => cfg.nbd_tls = m,
                 None => report(bad("off|on|require")),
             },
@@ -749,10 +772,10 @@ fn parse_bench(job: &mut JobSpec, key: &str, v: &str) -> Result<(), &'static str
         "bench.rw" => job.rw = Rw::parse(v).ok_or("read|write|randread|randwrite|randrw")?,
         "bench.bs" => {
             job.bs = parse_size(v)
-                .filter(|n| (512..=u64::from(crate::bench::MAX_BS)).contains(n))
+                .filter(|n| (512..=u64::from(crate::bench_job::MAX_BS)).contains(n))
                 .ok_or("a size from 512 to 4M")? as u32
         }
-        "bench.qd" => job.qd = num(u64::from(crate::bench::MAX_QD), "1..=1024")? as u16,
+        "bench.qd" => job.qd = num(u64::from(crate::bench_job::MAX_QD), "1..=1024")? as u16,
         "bench.ops" => job.ops = Some(num(u64::MAX, "a positive count")?),
         "bench.time_ms" => job.time_ms = Some(num(3_600_000, "1..=3600000 ms")?),
         "bench.span_mib" => job.span = Some(num(1 << 30, "a positive MiB count")? << 20),
@@ -1157,13 +1180,13 @@ mod mgmt_key_tests {
         let cfg = parse("mgmt.key=abc mgmt.listen=1.2.3", |_| bad += 1);
         assert_eq!((bad, cfg.mgmt_key, cfg.mgmt_listen), (2, None, None));
         assert_eq!(defaults.mgmt_idle_ms, crate::mgmt_auth::IDLE_TIMEOUT_MS);
-        assert_eq!(defaults.nbd_tls, crate::nbd::tls::TlsMode::Off);
+        assert_eq!(defaults.nbd_tls, TlsMode::Off);
         let mut bad = 0;
         let cfg = parse(
             "nbd.tls=require nbd.tls_verify_peer=on nbd.tls=maybe",
             |_| bad += 1,
         );
-        assert_eq!((bad, cfg.nbd_tls), (1, crate::nbd::tls::TlsMode::Require));
+        assert_eq!((bad, cfg.nbd_tls), (1, TlsMode::Require));
         assert!(cfg.nbd_tls_verify_peer);
         let mut bad = 0;
         let cfg = parse("mgmt.idle_ms=2500 mgmt.idle_ms=5", |_| bad += 1);

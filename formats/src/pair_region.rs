@@ -16,7 +16,7 @@
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use crate::nvlog::format::crc32c;
+use crate::nvlog::crc32c;
 
 pub const MAGIC: [u8; 8] = *b"TNDMPAIR";
 pub const VERSION: u32 = 1;

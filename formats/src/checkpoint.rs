@@ -12,7 +12,7 @@ use alloc::vec::Vec;
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use crate::nvlog::format::crc32c;
+use crate::nvlog::crc32c;
 
 pub const MAGIC: [u8; 8] = *b"TNDMCKPT";
 pub const VERSION: u32 = 2;
