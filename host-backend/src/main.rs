@@ -11,7 +11,9 @@
 //! Guest RAM must be shared (`share=on`): the daemon maps it and moves data between the
 //! guest's buffers and the image itself. The daemon serves one front end at a time and
 //! keeps serving when it goes away; SIGTERM stops it cleanly (exit 0). See the library docs
-//! (`host_backend`) for the design.
+//! (`host_backend`) for the design. No `unsafe` here: it lives in the library's modules.
+
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 

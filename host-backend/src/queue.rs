@@ -488,17 +488,7 @@ impl Queue {
             Op::Flush => f.kind = Kind::Flush,
             Op::GetId { segs } => {
                 f.kind = Kind::GetId;
-                // Answered from memory: the id, zero-padded to the buffer.
-                let mut at = 0usize;
-                for s in &segs {
-                    let bytes: Vec<u8> = (at..at + s.len as usize)
-                        .map(|i| ctx.dev.id.get(i).copied().unwrap_or(0))
-                        .collect();
-                    if ctx.mem.write_slice(&bytes, GuestAddress(s.addr)).is_err() {
-                        f.status = Status::IoErr;
-                    }
-                    at += s.len as usize;
-                }
+                f.status = write_id(ctx, &segs);
                 return self.answer_now(st, ctx, f);
             }
             Op::Discard(ranges) => {
@@ -516,38 +506,22 @@ impl Queue {
             return self.answer_now(st, ctx, f);
         }
         let slot = Self::alloc_slot(st);
-        // The operations to send, each with its index within the request.
-        let ops: Vec<(u32, Io)> = match f.kind {
-            Kind::Read | Kind::Write => {
-                f.rw.as_ref()
-                    .map(|rw| vec![(0, rw_io(rw))])
-                    .unwrap_or_default()
-            }
-            Kind::Flush => vec![(0, Io::Sync)],
-            Kind::GetId => Vec::new(),
-            Kind::Range { zeroes } => f
-                .ranges
-                .iter()
-                .enumerate()
-                .map(|(i, r)| {
-                    let mode = if !zeroes || r.unmap {
-                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
-                    } else {
-                        libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
-                    };
-                    (
-                        i as u32,
-                        Io::Fallocate {
-                            mode,
-                            offset: r.offset,
-                            len: r.len,
-                        },
-                    )
-                })
-                .collect(),
-        };
+        let ops = first_ops(&f);
         // Into the table first: the pointers the engine gets are then owned by the slot.
         st.slots[slot] = Some(f);
+        self.push_ops(st, ctx, head, slot, ops)
+    }
+
+    /// Hand the operations of a new request (`head`, in `slot`) to the engine; true when it
+    /// was answered at once (nothing could be queued).
+    fn push_ops(
+        &self,
+        st: &mut State,
+        ctx: &Ctx,
+        head: u16,
+        slot: usize,
+        ops: Vec<(u32, Io)>,
+    ) -> bool {
         let mut pushed = 0u32;
         let mut failed = false;
         for (sub, io) in ops {
@@ -779,108 +753,155 @@ impl Queue {
             log::warn!("queue {index}: completion for unknown token {slot}:{sub}");
             return false;
         };
-        let fail = |f: &mut InFlight, what: &str| {
-            if f.status == Status::Ok {
-                log::warn!(
-                    "queue {index}: request {}: {what}: {}",
-                    f.head,
-                    std::io::Error::from_raw_os_error((-result).clamp(0, 4095) as i32)
-                );
-            }
-            f.status = Status::IoErr;
+        let op = OpResult {
+            index,
+            slot,
+            sub,
+            result,
         };
-        let mut done_one = true;
-        match f.kind {
-            Kind::Read | Kind::Write => {
-                let Some(rw) = f.rw.as_mut() else {
-                    return true;
-                };
-                let what = if rw.write { "write" } else { "read" };
-                if result < 0 {
-                    fail(f, what);
-                } else if (result as u64) < rw.left {
-                    let n = result as u64;
-                    if n == 0 {
-                        // End of file: the image shrank under us.
-                        log::warn!("queue {index}: request {}: short {what}", f.head);
-                        f.status = Status::IoErr;
-                    } else {
-                        // A short transfer: send the rest.
-                        advance(&mut rw.iov, n as usize);
-                        rw.offset += n;
-                        rw.left -= n;
-                        let io = rw_io(rw);
-                        // SAFETY: as in `start`: the iovecs and buffers belong to this
-                        // request, which stays in its slot until its last completion.
-                        match unsafe { engine.push(token(slot, sub), io) } {
-                            Ok(()) => done_one = false,
-                            Err(_) => f.status = Status::IoErr,
-                        }
-                    }
-                }
-            }
+        let progress = match f.kind {
+            Kind::Read | Kind::Write => op.step_rw(&mut **engine, f),
             Kind::Flush | Kind::GetId => {
                 if result < 0 {
-                    fail(f, "fdatasync");
+                    op.fail(f, "fdatasync");
                 }
+                Progress::Done
             }
-            Kind::Range { zeroes } => {
-                let i = sub as usize;
-                let Some(range) = f.ranges.get(i).copied() else {
-                    // Not a token this request issued; count it and move on.
-                    f.pending = f.pending.saturating_sub(1);
-                    return f.pending == 0;
-                };
-                if let Some(fill) = f.fills.get_mut(i).and_then(Option::as_mut) {
-                    // A zero-fill write finished.
-                    let chunk = fill.iov.iov_len as i64;
-                    if result != chunk {
-                        fail(f, "writing zeros");
-                    } else {
-                        fill.next += chunk as u64;
-                        if fill.next < fill.end {
-                            let io = zero_chunk(fill);
-                            // SAFETY: the iovec is boxed in the request and points into
-                            // the device's zero buffer, which outlives every queue.
-                            match unsafe { engine.push(token(slot, sub), io) } {
-                                Ok(()) => done_one = false,
-                                Err(_) => f.status = Status::IoErr,
-                            }
-                        }
-                    }
-                } else if result < 0 {
-                    let e = -result as i32;
-                    let unsupported = e == libc::EOPNOTSUPP || e == libc::EINVAL;
-                    if !zeroes && unsupported {
-                        // Discard is advisory: a file system that cannot punch holes
-                        // simply keeps the blocks.
-                    } else if zeroes && unsupported {
-                        // No ZERO_RANGE here: write zeros, one chunk at a time.
-                        let mut fill = ZeroFill {
-                            next: range.offset,
-                            end: range.offset + range.len,
-                            iov: Box::new(libc::iovec {
-                                iov_base: zero,
-                                iov_len: 0,
-                            }),
-                        };
-                        let io = zero_chunk(&mut fill);
-                        f.fills[i] = Some(fill);
-                        // SAFETY: as above.
-                        match unsafe { engine.push(token(slot, sub), io) } {
-                            Ok(()) => done_one = false,
-                            Err(_) => f.status = Status::IoErr,
-                        }
-                    } else {
-                        fail(f, if zeroes { "write-zeroes" } else { "discard" });
-                    }
-                }
-            }
-        }
-        if done_one {
-            f.pending = f.pending.saturating_sub(1);
+            Kind::Range { zeroes } => op.step_range(&mut **engine, f, zeroes, zero),
+        };
+        match progress {
+            Progress::Done => f.pending = f.pending.saturating_sub(1),
+            Progress::Resent => {}
+            Progress::Finished => return true,
         }
         f.pending == 0
+    }
+}
+
+/// One completed operation: which request (`slot`) and which of its operations (`sub`) on
+/// queue `index`, and the result (bytes, or a negative errno).
+struct OpResult {
+    index: usize,
+    slot: usize,
+    sub: u32,
+    result: i64,
+}
+
+/// What a completion leaves of its operation.
+enum Progress {
+    /// The operation is over.
+    Done,
+    /// It was sent again for what is left (the rest of a short transfer, the next chunk of
+    /// zeros).
+    Resent,
+    /// The request has nothing more to do, whatever else is pending.
+    Finished,
+}
+
+impl OpResult {
+    /// Fail the request, logging the first error.
+    fn fail(&self, f: &mut InFlight, what: &str) {
+        if f.status == Status::Ok {
+            log::warn!(
+                "queue {}: request {}: {what}: {}",
+                self.index,
+                f.head,
+                std::io::Error::from_raw_os_error((-self.result).clamp(0, 4095) as i32)
+            );
+        }
+        f.status = Status::IoErr;
+    }
+
+    /// Send `io` again under this operation's token.
+    fn resend(&self, engine: &mut dyn Engine, f: &mut InFlight, io: Io) -> Progress {
+        // SAFETY: as in `Queue::push_ops`: the iovecs and buffers `io` points to belong to
+        // this request (its iovec Vec or bounce buffer, guest memory kept mapped by its `mem`
+        // Arc, or its boxed zero-fill iovec into the device's zero buffer, which outlives
+        // every queue), and it stays in its slot until its last completion.
+        match unsafe { engine.push(token(self.slot, self.sub), io) } {
+            Ok(()) => Progress::Resent,
+            Err(_) => {
+                f.status = Status::IoErr;
+                Progress::Done
+            }
+        }
+    }
+
+    /// A read or write completed (in full, in part, or failed).
+    fn step_rw(&self, engine: &mut dyn Engine, f: &mut InFlight) -> Progress {
+        let Some(rw) = f.rw.as_mut() else {
+            return Progress::Finished;
+        };
+        let what = if rw.write { "write" } else { "read" };
+        if self.result < 0 {
+            self.fail(f, what);
+        } else if (self.result as u64) < rw.left {
+            let n = self.result as u64;
+            if n == 0 {
+                // End of file: the image shrank under us.
+                log::warn!("queue {}: request {}: short {what}", self.index, f.head);
+                f.status = Status::IoErr;
+            } else {
+                // A short transfer: send the rest.
+                advance(&mut rw.iov, n as usize);
+                rw.offset += n;
+                rw.left -= n;
+                let io = rw_io(rw);
+                return self.resend(engine, f, io);
+            }
+        }
+        Progress::Done
+    }
+
+    /// A discard or write-zeroes range completed, or one chunk of its zero-fill.
+    fn step_range(
+        &self,
+        engine: &mut dyn Engine,
+        f: &mut InFlight,
+        zeroes: bool,
+        zero: *mut libc::c_void,
+    ) -> Progress {
+        let i = self.sub as usize;
+        let Some(range) = f.ranges.get(i).copied() else {
+            // Not a token this request issued; count it and move on.
+            return Progress::Done;
+        };
+        if let Some(fill) = f.fills.get_mut(i).and_then(Option::as_mut) {
+            // A zero-fill write finished.
+            let chunk = fill.iov.iov_len as i64;
+            if self.result != chunk {
+                self.fail(f, "writing zeros");
+            } else {
+                fill.next += chunk as u64;
+                if fill.next < fill.end {
+                    let io = zero_chunk(fill);
+                    return self.resend(engine, f, io);
+                }
+            }
+        } else if self.result < 0 {
+            let e = -self.result as i32;
+            let unsupported = e == libc::EOPNOTSUPP || e == libc::EINVAL;
+            if !zeroes && unsupported {
+                // Discard is advisory: a file system that cannot punch holes
+                // simply keeps the blocks.
+            } else if zeroes && unsupported {
+                // No ZERO_RANGE here: write zeros, one chunk at a time.
+                let mut fill = ZeroFill {
+                    next: range.offset,
+                    end: range.offset + range.len,
+                    iov: Box::new(libc::iovec {
+                        iov_base: zero,
+                        iov_len: 0,
+                    }),
+                };
+                let io = zero_chunk(&mut fill);
+                f.fills[i] = Some(fill);
+                return self.resend(engine, f, io);
+            } else {
+                self.fail(f, if zeroes { "write-zeroes" } else { "discard" });
+            }
+        }
+        Progress::Done
     }
 }
 
@@ -890,6 +911,55 @@ fn schedstat(tid: i32) -> Option<(u64, u64)> {
     let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
     let mut f = s.split_whitespace().map(|x| x.parse::<u64>().ok());
     Some((f.next()??, f.next()??))
+}
+
+/// Answer a get-id from memory: the id, zero-padded to the guest's buffers.
+fn write_id(ctx: &Ctx, segs: &[Seg]) -> Status {
+    let mut status = Status::Ok;
+    let mut at = 0usize;
+    for s in segs {
+        let bytes: Vec<u8> = (at..at + s.len as usize)
+            .map(|i| ctx.dev.id.get(i).copied().unwrap_or(0))
+            .collect();
+        if ctx.mem.write_slice(&bytes, GuestAddress(s.addr)).is_err() {
+            status = Status::IoErr;
+        }
+        at += s.len as usize;
+    }
+    status
+}
+
+/// The operations a new request sends first, each with its index within the request.
+fn first_ops(f: &InFlight) -> Vec<(u32, Io)> {
+    match f.kind {
+        Kind::Read | Kind::Write => {
+            f.rw.as_ref()
+                .map(|rw| vec![(0, rw_io(rw))])
+                .unwrap_or_default()
+        }
+        Kind::Flush => vec![(0, Io::Sync)],
+        Kind::GetId => Vec::new(),
+        Kind::Range { zeroes } => f
+            .ranges
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let mode = if !zeroes || r.unmap {
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
+                } else {
+                    libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
+                };
+                (
+                    i as u32,
+                    Io::Fallocate {
+                        mode,
+                        offset: r.offset,
+                        len: r.len,
+                    },
+                )
+            })
+            .collect(),
+    }
 }
 
 /// The operation that sends what is left of a read or write.

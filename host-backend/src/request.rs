@@ -410,223 +410,275 @@ pub fn parse<M: GuestMemory + ?Sized>(
     mem: &M,
     lim: &Limits,
 ) -> Result<Request, Rejected> {
-    let fail = |status_at, status, why| Rejected {
-        status_at,
+    // The status byte first: without it nothing can be reported.
+    let status_at = status_byte(descs, mem).map_err(|why| Rejected {
+        status_at: None,
+        status: Status::IoErr,
+        why,
+    })?;
+    let op = parse_op(descs, mem, lim).map_err(|Refusal(status, why)| Rejected {
+        status_at: Some(status_at),
         status,
         why,
-    };
-    let Some(last) = descs.last() else {
-        return Err(fail(None, Status::IoErr, Malformed::Empty));
-    };
-    // The status byte first: without it nothing can be reported.
-    if !last.writable || last.len == 0 {
-        return Err(fail(None, Status::IoErr, Malformed::NoStatus));
-    }
-    let status_addr = last.addr.checked_add(u64::from(last.len) - 1);
-    let status_at = match status_addr {
-        Some(a) if mem.check_range(GuestAddress(a), 1, Permissions::Write) => GuestAddress(a),
-        _ => {
-            return Err(fail(
-                None,
-                Status::IoErr,
-                Malformed::OutOfMemory {
-                    addr: last.addr,
-                    len: u64::from(last.len),
-                },
-            ))
-        }
-    };
-    let err = |why| Err(fail(Some(status_at), Status::IoErr, why));
-    if descs.len() > lim.max_descriptors {
-        return err(Malformed::TooManyDescriptors(descs.len()));
-    }
-
-    // Split into the readable prefix and the writable suffix, each descriptor checked
-    // against guest memory once, zero-length descriptors dropped.
-    let mut readable = Vec::new();
-    let mut writable = Vec::new();
-    for d in descs {
-        let len = u64::from(d.len);
-        if d.addr.checked_add(len).is_none() {
-            return err(Malformed::OutOfMemory { addr: d.addr, len });
-        }
-        if d.writable {
-            if len > 0 {
-                writable.push(Seg {
-                    addr: d.addr,
-                    len: d.len,
-                });
-            }
-        } else if len > 0 {
-            readable.push(Seg {
-                addr: d.addr,
-                len: d.len,
-            });
-        }
-        let perm = if d.writable {
-            Permissions::Write
-        } else {
-            Permissions::Read
-        };
-        if len > 0 && !mem.check_range(GuestAddress(d.addr), d.len as usize, perm) {
-            return err(Malformed::OutOfMemory { addr: d.addr, len });
-        }
-    }
-    // Device-readable descriptors all come before the device-writable ones.
-    if let Some(first_w) = descs.iter().position(|d| d.writable) {
-        if descs[first_w..].iter().any(|d| !d.writable) {
-            return err(Malformed::ReadableAfterWritable);
-        }
-    }
-    let r_len = total(&readable);
-    // The status byte is the last writable byte.
-    let w_len = total(&writable) - 1;
-    let w_data = sub_segments(&writable, 0, w_len);
-
-    if r_len < HEADER_LEN {
-        return err(Malformed::ShortHeader(r_len));
-    }
-    let mut hdr = [0u8; HEADER_LEN as usize];
-    if let Err(why) = read_stream(mem, &readable, 0, &mut hdr) {
-        return err(why);
-    }
-    let kind = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
-    let sector = u64::from_le_bytes([
-        hdr[8], hdr[9], hdr[10], hdr[11], hdr[12], hdr[13], hdr[14], hdr[15],
-    ]);
-    let r_data = sub_segments(&readable, HEADER_LEN, r_len - HEADER_LEN);
-    let r_data_len = r_len - HEADER_LEN;
-
-    let op = match kind {
-        VIRTIO_BLK_T_IN | VIRTIO_BLK_T_OUT => {
-            let write = kind == VIRTIO_BLK_T_OUT;
-            if write && lim.read_only {
-                return err(Malformed::ReadOnly);
-            }
-            // A read carries no readable payload, a write no writable one.
-            let (segs, other) = if write {
-                (r_data, w_len)
-            } else {
-                (w_data, r_data_len)
-            };
-            if other != 0 {
-                return err(Malformed::WrongDirection);
-            }
-            let len = total(&segs);
-            if len == 0 {
-                return err(Malformed::NoData);
-            }
-            if !len.is_multiple_of(SECTOR) {
-                return err(Malformed::Unaligned(len));
-            }
-            if len > lim.max_request_bytes {
-                return err(Malformed::TooLarge(len));
-            }
-            if segs.len() > lim.max_segments {
-                return err(Malformed::TooManySegments(segs.len()));
-            }
-            let offset = match check_range(sector, len, lim) {
-                Ok(o) => o,
-                Err(why) => return err(why),
-            };
-            if write {
-                Op::Write { offset, len, segs }
-            } else {
-                Op::Read { offset, len, segs }
-            }
-        }
-        VIRTIO_BLK_T_FLUSH => Op::Flush,
-        VIRTIO_BLK_T_GET_ID => {
-            if w_data.is_empty() {
-                return err(Malformed::NoData);
-            }
-            Op::GetId {
-                segs: sub_segments(&w_data, 0, ID_BYTES as u64),
-            }
-        }
-        VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
-            let zeroes = kind == VIRTIO_BLK_T_WRITE_ZEROES;
-            if (zeroes && !lim.write_zeroes) || (!zeroes && !lim.discard) {
-                return Err(fail(
-                    Some(status_at),
-                    if lim.read_only {
-                        Status::IoErr
-                    } else {
-                        Status::Unsupp
-                    },
-                    if lim.read_only {
-                        Malformed::ReadOnly
-                    } else {
-                        Malformed::Unsupported(kind)
-                    },
-                ));
-            }
-            if w_len != 0 {
-                return err(Malformed::WrongDirection);
-            }
-            let n = r_data_len / RANGE_SEGMENT_LEN;
-            if r_data_len == 0
-                || !r_data_len.is_multiple_of(RANGE_SEGMENT_LEN)
-                || n > u64::from(lim.max_range_segments)
-            {
-                return err(Malformed::BadRangeSegments(r_data_len));
-            }
-            let mut ranges = Vec::with_capacity(n as usize);
-            for i in 0..n {
-                let mut seg = [0u8; RANGE_SEGMENT_LEN as usize];
-                if let Err(why) =
-                    read_stream(mem, &readable, HEADER_LEN + i * RANGE_SEGMENT_LEN, &mut seg)
-                {
-                    return err(why);
-                }
-                let sector = u64::from_le_bytes([
-                    seg[0], seg[1], seg[2], seg[3], seg[4], seg[5], seg[6], seg[7],
-                ]);
-                let sectors = u32::from_le_bytes([seg[8], seg[9], seg[10], seg[11]]);
-                let flags = u32::from_le_bytes([seg[12], seg[13], seg[14], seg[15]]);
-                let allowed = if zeroes {
-                    VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP
-                } else {
-                    0
-                };
-                if flags & !allowed != 0 {
-                    return Err(fail(
-                        Some(status_at),
-                        Status::Unsupp,
-                        Malformed::BadRangeFlags(flags),
-                    ));
-                }
-                if sectors == 0 || sectors > lim.max_range_sectors {
-                    return err(Malformed::BadRangeSegments(u64::from(sectors) * SECTOR));
-                }
-                let len = u64::from(sectors) * SECTOR;
-                let offset = match check_range(sector, len, lim) {
-                    Ok(o) => o,
-                    Err(why) => return err(why),
-                };
-                ranges.push(Range {
-                    offset,
-                    len,
-                    unmap: flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0,
-                });
-            }
-            if zeroes {
-                Op::WriteZeroes(ranges)
-            } else {
-                Op::Discard(ranges)
-            }
-        }
-        other => {
-            return Err(fail(
-                Some(status_at),
-                Status::Unsupp,
-                Malformed::Unsupported(other),
-            ))
-        }
-    };
+    })?;
     Ok(Request {
         op,
         status: status_at,
+    })
+}
+
+/// Why a chain that has a status byte is refused: the status to report there, and why.
+struct Refusal(Status, Malformed);
+
+impl From<Malformed> for Refusal {
+    fn from(why: Malformed) -> Refusal {
+        Refusal(Status::IoErr, why)
+    }
+}
+
+/// The guest address of the status byte: the last byte of the last descriptor, which must be
+/// writable, non-empty and inside guest memory.
+fn status_byte<M: GuestMemory + ?Sized>(
+    descs: &[Desc],
+    mem: &M,
+) -> Result<GuestAddress, Malformed> {
+    let Some(last) = descs.last() else {
+        return Err(Malformed::Empty);
+    };
+    if !last.writable || last.len == 0 {
+        return Err(Malformed::NoStatus);
+    }
+    match last.addr.checked_add(u64::from(last.len) - 1) {
+        Some(a) if mem.check_range(GuestAddress(a), 1, Permissions::Write) => Ok(GuestAddress(a)),
+        _ => Err(Malformed::OutOfMemory {
+            addr: last.addr,
+            len: u64::from(last.len),
+        }),
+    }
+}
+
+/// The request behind a chain whose status byte is known good.
+fn parse_op<M: GuestMemory + ?Sized>(descs: &[Desc], mem: &M, lim: &Limits) -> Result<Op, Refusal> {
+    if descs.len() > lim.max_descriptors {
+        return Err(Malformed::TooManyDescriptors(descs.len()).into());
+    }
+    let streams = Streams::split(descs, mem)?;
+    let (kind, sector) = streams.header(mem)?;
+    match kind {
+        VIRTIO_BLK_T_IN | VIRTIO_BLK_T_OUT => {
+            Ok(read_write(kind == VIRTIO_BLK_T_OUT, sector, &streams, lim)?)
+        }
+        VIRTIO_BLK_T_FLUSH => Ok(Op::Flush),
+        VIRTIO_BLK_T_GET_ID => {
+            if streams.w_data.is_empty() {
+                return Err(Malformed::NoData.into());
+            }
+            Ok(Op::GetId {
+                segs: sub_segments(&streams.w_data, 0, ID_BYTES as u64),
+            })
+        }
+        VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
+            ranges(kind == VIRTIO_BLK_T_WRITE_ZEROES, &streams, mem, lim)
+        }
+        other => Err(Refusal(Status::Unsupp, Malformed::Unsupported(other))),
+    }
+}
+
+/// A chain as two byte streams: the device-readable prefix and the device-writable suffix.
+struct Streams {
+    /// The readable descriptors (header, then payload or range segments), non-empty ones.
+    readable: Vec<Seg>,
+    /// Readable bytes in all.
+    r_len: u64,
+    /// The writable bytes before the status byte.
+    w_data: Vec<Seg>,
+    /// Their length.
+    w_len: u64,
+}
+
+impl Streams {
+    /// Split into the readable prefix and the writable suffix, each descriptor checked
+    /// against guest memory once, zero-length descriptors dropped.
+    fn split<M: GuestMemory + ?Sized>(descs: &[Desc], mem: &M) -> Result<Streams, Malformed> {
+        let mut readable = Vec::new();
+        let mut writable = Vec::new();
+        for d in descs {
+            let len = u64::from(d.len);
+            if d.addr.checked_add(len).is_none() {
+                return Err(Malformed::OutOfMemory { addr: d.addr, len });
+            }
+            if len > 0 {
+                let seg = Seg {
+                    addr: d.addr,
+                    len: d.len,
+                };
+                if d.writable {
+                    writable.push(seg);
+                } else {
+                    readable.push(seg);
+                }
+            }
+            let perm = if d.writable {
+                Permissions::Write
+            } else {
+                Permissions::Read
+            };
+            if len > 0 && !mem.check_range(GuestAddress(d.addr), d.len as usize, perm) {
+                return Err(Malformed::OutOfMemory { addr: d.addr, len });
+            }
+        }
+        // Device-readable descriptors all come before the device-writable ones.
+        if let Some(first_w) = descs.iter().position(|d| d.writable) {
+            if descs[first_w..].iter().any(|d| !d.writable) {
+                return Err(Malformed::ReadableAfterWritable);
+            }
+        }
+        let r_len = total(&readable);
+        // The status byte is the last writable byte.
+        let w_len = total(&writable) - 1;
+        let w_data = sub_segments(&writable, 0, w_len);
+        Ok(Streams {
+            readable,
+            r_len,
+            w_data,
+            w_len,
+        })
+    }
+
+    /// The header's request type and sector.
+    fn header<M: GuestMemory + ?Sized>(&self, mem: &M) -> Result<(u32, u64), Malformed> {
+        if self.r_len < HEADER_LEN {
+            return Err(Malformed::ShortHeader(self.r_len));
+        }
+        let mut hdr = [0u8; HEADER_LEN as usize];
+        read_stream(mem, &self.readable, 0, &mut hdr)?;
+        let kind = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
+        let sector = u64::from_le_bytes([
+            hdr[8], hdr[9], hdr[10], hdr[11], hdr[12], hdr[13], hdr[14], hdr[15],
+        ]);
+        Ok((kind, sector))
+    }
+
+    /// The readable bytes after the header.
+    fn r_data_len(&self) -> u64 {
+        self.r_len - HEADER_LEN
+    }
+}
+
+/// A read (`write` false) or write of the payload at `sector`.
+fn read_write(write: bool, sector: u64, streams: &Streams, lim: &Limits) -> Result<Op, Malformed> {
+    if write && lim.read_only {
+        return Err(Malformed::ReadOnly);
+    }
+    // A read carries no readable payload, a write no writable one.
+    let (segs, other) = if write {
+        (
+            sub_segments(&streams.readable, HEADER_LEN, streams.r_data_len()),
+            streams.w_len,
+        )
+    } else {
+        (streams.w_data.clone(), streams.r_data_len())
+    };
+    if other != 0 {
+        return Err(Malformed::WrongDirection);
+    }
+    let len = total(&segs);
+    if len == 0 {
+        return Err(Malformed::NoData);
+    }
+    if !len.is_multiple_of(SECTOR) {
+        return Err(Malformed::Unaligned(len));
+    }
+    if len > lim.max_request_bytes {
+        return Err(Malformed::TooLarge(len));
+    }
+    if segs.len() > lim.max_segments {
+        return Err(Malformed::TooManySegments(segs.len()));
+    }
+    let offset = check_range(sector, len, lim)?;
+    Ok(if write {
+        Op::Write { offset, len, segs }
+    } else {
+        Op::Read { offset, len, segs }
+    })
+}
+
+/// A discard, or write-zeroes (`zeroes`), of the 16-byte range segments after the header.
+fn ranges<M: GuestMemory + ?Sized>(
+    zeroes: bool,
+    streams: &Streams,
+    mem: &M,
+    lim: &Limits,
+) -> Result<Op, Refusal> {
+    if (zeroes && !lim.write_zeroes) || (!zeroes && !lim.discard) {
+        return Err(if lim.read_only {
+            Refusal(Status::IoErr, Malformed::ReadOnly)
+        } else {
+            let kind = if zeroes {
+                VIRTIO_BLK_T_WRITE_ZEROES
+            } else {
+                VIRTIO_BLK_T_DISCARD
+            };
+            Refusal(Status::Unsupp, Malformed::Unsupported(kind))
+        });
+    }
+    if streams.w_len != 0 {
+        return Err(Malformed::WrongDirection.into());
+    }
+    let r_data_len = streams.r_data_len();
+    let n = r_data_len / RANGE_SEGMENT_LEN;
+    if r_data_len == 0
+        || !r_data_len.is_multiple_of(RANGE_SEGMENT_LEN)
+        || n > u64::from(lim.max_range_segments)
+    {
+        return Err(Malformed::BadRangeSegments(r_data_len).into());
+    }
+    let mut ranges = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let mut seg = [0u8; RANGE_SEGMENT_LEN as usize];
+        read_stream(
+            mem,
+            &streams.readable,
+            HEADER_LEN + i * RANGE_SEGMENT_LEN,
+            &mut seg,
+        )?;
+        ranges.push(range(zeroes, seg, lim)?);
+    }
+    Ok(if zeroes {
+        Op::WriteZeroes(ranges)
+    } else {
+        Op::Discard(ranges)
+    })
+}
+
+/// One discard/write-zeroes segment `{le64 sector, le32 sectors, le32 flags}`, checked.
+fn range(
+    zeroes: bool,
+    seg: [u8; RANGE_SEGMENT_LEN as usize],
+    lim: &Limits,
+) -> Result<Range, Refusal> {
+    let sector = u64::from_le_bytes([
+        seg[0], seg[1], seg[2], seg[3], seg[4], seg[5], seg[6], seg[7],
+    ]);
+    let sectors = u32::from_le_bytes([seg[8], seg[9], seg[10], seg[11]]);
+    let flags = u32::from_le_bytes([seg[12], seg[13], seg[14], seg[15]]);
+    let allowed = if zeroes {
+        VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP
+    } else {
+        0
+    };
+    if flags & !allowed != 0 {
+        return Err(Refusal(Status::Unsupp, Malformed::BadRangeFlags(flags)));
+    }
+    if sectors == 0 || sectors > lim.max_range_sectors {
+        return Err(Malformed::BadRangeSegments(u64::from(sectors) * SECTOR).into());
+    }
+    let len = u64::from(sectors) * SECTOR;
+    let offset = check_range(sector, len, lim)?;
+    Ok(Range {
+        offset,
+        len,
+        unmap: flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0,
     })
 }
 

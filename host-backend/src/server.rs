@@ -252,110 +252,127 @@ pub fn run(opts: &Options) -> Result<(), String> {
         wake: EventFd::new(EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?,
         conn: Mutex::new(None),
     });
-    {
-        let ctl = Arc::clone(&ctl);
-        let backend = Arc::clone(&backend);
-        std::thread::Builder::new()
-            .name("signals".into())
-            .spawn(move || {
-                let sig = wait_signal(&sigset);
-                log::info!(
-                    "signal {sig}: finishing {} request(s) in flight, then stopping",
-                    backend.in_flight()
-                );
-                {
-                    let _g = ctl.conn.lock().unwrap_or_else(|e| e.into_inner());
-                    backend.stop_taking_requests();
-                    ctl.requested.store(true, Ordering::SeqCst);
-                }
-                let _ = ctl.wake.write(1);
-                std::thread::spawn(move || {
-                    let sig = wait_signal(&sigset);
-                    eprintln!("tandem-backend: second signal {sig}: exiting now");
-                    std::process::exit(130);
-                });
-                if !backend.quiesce(DRAIN_TIMEOUT) {
-                    log::warn!(
-                        "{} request(s) still in flight after {DRAIN_TIMEOUT:?}",
-                        backend.in_flight()
-                    );
-                }
-                let handle = ctl.conn.lock().unwrap_or_else(|e| e.into_inner()).take();
-                if let Some(h) = handle {
-                    h.shutdown();
-                }
-            })
-            .map_err(|e| format!("signal thread: {e}"))?;
-    }
+    spawn_signal_thread(sigset, Arc::clone(&ctl), Arc::clone(&backend))?;
     log::info!("listening on {}", opts.socket.display());
 
     while wait_for_client(&listener, &ctl.wake) {
-        let conn = backend.new_connection();
-        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-        let mut daemon =
-            match VhostUserDaemon::new("tandem-backend".into(), Arc::clone(&backend), mem) {
-                Ok(d) => d,
-                Err(e) => {
-                    backend.end_connection();
-                    log::error!("setting up for a connection: {e}");
-                    std::thread::sleep(Duration::from_millis(100));
-                    continue;
-                }
-            };
-        for (i, h) in daemon.get_epoll_handlers().iter().enumerate() {
-            if let Some(q) = backend.queues.get(i) {
-                if let Err(e) =
-                    h.register_listener(q.event_fd(), EventSet::IN, backend.completion_event_id())
-                {
-                    log::error!("queue {i}: watching completions: {e}");
-                }
-            }
-        }
-        if let Err(e) = daemon.start(&mut listener) {
-            log::warn!("accepting a connection: {e}");
-            drop(daemon);
-            backend.end_connection();
-            continue;
-        }
-        {
-            let mut g = ctl.conn.lock().unwrap_or_else(|e| e.into_inner());
-            *g = daemon.shutdown_handle();
-            if ctl.requested.load(Ordering::SeqCst) {
-                if let Some(h) = g.take() {
-                    h.shutdown();
-                }
-            }
-        }
-        log::info!("front end connected (connection {conn})");
-        let result = daemon.wait();
-        ctl.conn.lock().unwrap_or_else(|e| e.into_inner()).take();
-        match result {
-            Ok(())
-            | Err(vhost_user_backend::Error::HandleRequest(
-                vhost::vhost_user::Error::Disconnected
-                | vhost::vhost_user::Error::PartialMessage
-                | vhost::vhost_user::Error::SocketBroken(_),
-            )) => log::info!("front end disconnected (connection {conn})"),
-            Err(e) => log::warn!("connection {conn} ended: {e}"),
-        }
-        if !backend.quiesce(DRAIN_TIMEOUT) {
-            log::warn!(
-                "{} request(s) of connection {conn} still in flight after {DRAIN_TIMEOUT:?}; \
-                 they will finish without touching the next connection",
-                backend.in_flight()
-            );
-        }
-        // Counters first: the worker threads' CPU time is read while they exist.
-        let stats = backend.take_stats();
-        // Joins the connection's worker threads.
-        drop(daemon);
-        backend.end_connection();
-        log::info!("connection {conn}: {}", stats.summary());
+        serve_connection(&backend, &ctl, &mut listener);
         if ctl.requested.load(Ordering::SeqCst) {
             break;
         }
     }
+    stop(&backend, opts)
+}
 
+/// The thread that takes the stop signals: the first stops the queues taking requests,
+/// drains them and shuts the connection down; a second exits at once.
+fn spawn_signal_thread(
+    sigset: libc::sigset_t,
+    ctl: Arc<Control>,
+    backend: Arc<BlkBackend>,
+) -> Result<(), String> {
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let sig = wait_signal(&sigset);
+            log::info!(
+                "signal {sig}: finishing {} request(s) in flight, then stopping",
+                backend.in_flight()
+            );
+            {
+                let _g = ctl.conn.lock().unwrap_or_else(|e| e.into_inner());
+                backend.stop_taking_requests();
+                ctl.requested.store(true, Ordering::SeqCst);
+            }
+            let _ = ctl.wake.write(1);
+            std::thread::spawn(move || {
+                let sig = wait_signal(&sigset);
+                eprintln!("tandem-backend: second signal {sig}: exiting now");
+                std::process::exit(130);
+            });
+            if !backend.quiesce(DRAIN_TIMEOUT) {
+                log::warn!(
+                    "{} request(s) still in flight after {DRAIN_TIMEOUT:?}",
+                    backend.in_flight()
+                );
+            }
+            let handle = ctl.conn.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(h) = handle {
+                h.shutdown();
+            }
+        })
+        .map(drop)
+        .map_err(|e| format!("signal thread: {e}"))
+}
+
+/// Serve one front end, from accepting its connection until it goes away (or a stop shuts
+/// it down), then drain its requests and join its worker threads.
+fn serve_connection(backend: &Arc<BlkBackend>, ctl: &Control, listener: &mut Listener) {
+    let conn = backend.new_connection();
+    let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+    let mut daemon = match VhostUserDaemon::new("tandem-backend".into(), Arc::clone(backend), mem) {
+        Ok(d) => d,
+        Err(e) => {
+            backend.end_connection();
+            log::error!("setting up for a connection: {e}");
+            std::thread::sleep(Duration::from_millis(100));
+            return;
+        }
+    };
+    for (i, h) in daemon.get_epoll_handlers().iter().enumerate() {
+        if let Some(q) = backend.queues.get(i) {
+            if let Err(e) =
+                h.register_listener(q.event_fd(), EventSet::IN, backend.completion_event_id())
+            {
+                log::error!("queue {i}: watching completions: {e}");
+            }
+        }
+    }
+    if let Err(e) = daemon.start(listener) {
+        log::warn!("accepting a connection: {e}");
+        drop(daemon);
+        backend.end_connection();
+        return;
+    }
+    {
+        let mut g = ctl.conn.lock().unwrap_or_else(|e| e.into_inner());
+        *g = daemon.shutdown_handle();
+        if ctl.requested.load(Ordering::SeqCst) {
+            if let Some(h) = g.take() {
+                h.shutdown();
+            }
+        }
+    }
+    log::info!("front end connected (connection {conn})");
+    let result = daemon.wait();
+    ctl.conn.lock().unwrap_or_else(|e| e.into_inner()).take();
+    match result {
+        Ok(())
+        | Err(vhost_user_backend::Error::HandleRequest(
+            vhost::vhost_user::Error::Disconnected
+            | vhost::vhost_user::Error::PartialMessage
+            | vhost::vhost_user::Error::SocketBroken(_),
+        )) => log::info!("front end disconnected (connection {conn})"),
+        Err(e) => log::warn!("connection {conn} ended: {e}"),
+    }
+    if !backend.quiesce(DRAIN_TIMEOUT) {
+        log::warn!(
+            "{} request(s) of connection {conn} still in flight after {DRAIN_TIMEOUT:?}; \
+             they will finish without touching the next connection",
+            backend.in_flight()
+        );
+    }
+    // Counters first: the worker threads' CPU time is read while they exist.
+    let stats = backend.take_stats();
+    // Joins the connection's worker threads.
+    drop(daemon);
+    backend.end_connection();
+    log::info!("connection {conn}: {}", stats.summary());
+}
+
+/// The clean stop: no new requests, those in flight drained, the image synced, the socket
+/// removed.
+fn stop(backend: &BlkBackend, opts: &Options) -> Result<(), String> {
     backend.stop_taking_requests();
     let drained = backend.quiesce(DRAIN_TIMEOUT);
     let synced = backend.device.disk.sync();
