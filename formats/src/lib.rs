@@ -15,6 +15,7 @@ pub mod bench_job;
 pub mod boot_module;
 pub mod checkpoint;
 pub mod cmdline;
+pub mod console;
 pub mod disk_label;
 pub mod mgmt_auth;
 pub mod mgmt_status;

@@ -677,7 +677,7 @@ pub struct PairUpArgs {
     /// Serve every export only to clients in these networks, A.B.C.D/N joined by `+` (at
     /// most 8), on both nodes and after a takeover too. Default: every client.
     #[arg(long, value_name = "NETS", value_parser = parse_allow)]
-    pub allow: Option<unikernel::nbd::acl::AllowList>,
+    pub allow: Option<tandem_formats::allow_list::AllowList>,
     /// Serve NBD over TLS on both nodes with the credentials in DIR (QEMU's tls-creds-x509
     /// layout); they reach the guests in DIR/boot.module (0600, the pair directory's), never
     /// on a command line.
@@ -777,8 +777,8 @@ impl TlsModeArg {
 }
 
 /// `--allow`: the guest's own parser, so that what the host takes the guest takes.
-fn parse_allow(v: &str) -> Result<unikernel::nbd::acl::AllowList, String> {
-    unikernel::nbd::acl::AllowList::parse(v).map_err(|e| e.to_string())
+fn parse_allow(v: &str) -> Result<tandem_formats::allow_list::AllowList, String> {
+    tandem_formats::allow_list::AllowList::parse(v).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -1,30 +1,20 @@
-//! The guest's serial console: the line contract and a reader that tees it.
+//! The guest's serial console: the host's view of its lines, and a reader that tees it.
 //!
-//! The guest prints on its serial console, which QEMU puts on its stdout. Some lines are a
-//! contract the host relies on (see [`ConsoleEvent::parse`]):
+//! The line contract (which lines the guest prints, and how they are classified) lives in
+//! `tandem_formats::console`, used by the guest to write them; [`ConsoleEvent::parse`] turns
+//! its borrowed classification into owned values. In benchmark mode the `BENCH {json}` line is
+//! read by [`crate::bench::blk`].
 //!
-//! - log lines: `[    0.012345] INFO  message` (seconds since guest entry, level padded to 5);
-//! - inventory lines (inside log lines): `inventory: NAME KIND TRANSPORT LOCATION key=value...`,
-//!   with `-` as the name of a device the guest does not drive;
-//! - exactly one ready line per boot, at the start of the line: `TANDEM READY key=value ...`;
-//! - `PANIC at FILE:LINE:COL: MESSAGE` and `EXCEPTION vector=N (#XX) ...`, at the start of a line;
-//! - in benchmark mode (`bench=DEVICE`), exactly one `BENCH {json}` line at the start of a
-//!   line with the job's result (parsed by [`crate::bench::blk`]).
-//!
-//! [`ConsoleEvent::parse`] is pure. [`ConsoleTee`] is the I/O side: it reads QEMU's stdout
-//! line by line, echoes each line, appends it to `console.log` and hands it on.
+//! [`ConsoleTee`] is the I/O side: it reads QEMU's stdout line by line, echoes each line,
+//! appends it to `console.log` and hands it on.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, Write};
 use std::time::{Duration, Instant};
 
-/// Prefix of the ready line.
-pub const READY_PREFIX: &str = "TANDEM READY";
-/// Prefix of the benchmark result line (followed by one space and a JSON object).
-pub const BENCH_PREFIX: &str = "BENCH ";
-/// Prefix of the line announcing one NBD export: `TANDEM NBD nbd://IP:PORT/EXPORT`.
-pub const NBD_PREFIX: &str = "TANDEM NBD ";
+use tandem_formats::console::{self as contract, Event};
+pub use tandem_formats::console::{BENCH_PREFIX, NBD_PREFIX, READY_PREFIX, RESTART_PREFIX};
 
 /// The ready line's `key=value` words, in a map (the set of keys is the guest's business).
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
@@ -111,6 +101,8 @@ pub enum ConsoleEvent {
         /// The whole line.
         text: String,
     },
+    /// `TANDEM RESTART cause="..." n=N at_us=T`: its `key=value` words.
+    Restart(BTreeMap<String, String>),
     /// An inventory line.
     Inventory(InventoryEntry),
     /// Any other log line.
@@ -122,127 +114,45 @@ pub enum ConsoleEvent {
 impl ConsoleEvent {
     /// Classify one console line (without its line terminator).
     pub fn parse(line: &str) -> ConsoleEvent {
-        let line = strip_noise(line);
-        if let Some(rest) = line.strip_prefix(READY_PREFIX) {
-            if rest.is_empty() || rest.starts_with(char::is_whitespace) {
-                return ConsoleEvent::Ready(ReadyLine {
-                    fields: key_values(rest.split_whitespace()),
-                });
-            }
-        }
-        if let Some(rest) = line.strip_prefix("PANIC ") {
-            return ConsoleEvent::Panic(rest.to_string());
-        }
-        if let Some(rest) = line.strip_prefix(NBD_PREFIX) {
-            let uri = rest.trim().strip_prefix("nbd://").unwrap_or("");
-            if let Some((host, export)) = uri.split_once('/') {
-                if let Some(port) = host.rsplit_once(':').and_then(|(_, p)| p.parse().ok()) {
-                    return ConsoleEvent::Nbd {
-                        export: export.to_string(),
-                        port,
-                    };
-                }
-            }
-        }
-        if let Some(rest) = line.strip_prefix(BENCH_PREFIX) {
-            if rest.trim_start().starts_with('{') {
-                return ConsoleEvent::Bench(rest.trim().to_string());
-            }
-        }
-        if line.starts_with("EXCEPTION ") {
-            let vector = line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("vector="))
-                .and_then(|v| match v.strip_prefix("0x") {
-                    Some(hex) => u8::from_str_radix(hex, 16).ok(),
-                    None => v.parse().ok(),
-                });
-            return ConsoleEvent::Exception {
+        match Event::parse(line) {
+            Event::Ready(rest) => ConsoleEvent::Ready(ReadyLine {
+                fields: key_values(rest),
+            }),
+            Event::Panic(rest) => ConsoleEvent::Panic(rest.to_string()),
+            Event::Bench(json) => ConsoleEvent::Bench(json.to_string()),
+            Event::Nbd(nbd) => ConsoleEvent::Nbd {
+                export: nbd.export.to_string(),
+                port: nbd.port,
+            },
+            Event::Restart(rest) => ConsoleEvent::Restart(key_values(rest)),
+            Event::Exception { vector, text } => ConsoleEvent::Exception {
                 vector,
-                text: line.to_string(),
-            };
-        }
-        if let Some(entry) = parse_inventory(line) {
-            return ConsoleEvent::Inventory(entry);
-        }
-        if let Some(log) = parse_log(line) {
-            return ConsoleEvent::Log(log);
-        }
-        ConsoleEvent::Other
-    }
-}
-
-/// Drop a trailing `\r` and leading terminal escape sequences / NULs that firmware may emit
-/// before the guest's first line.
-fn strip_noise(line: &str) -> &str {
-    let mut s = line.trim_end_matches(['\r', '\n']);
-    loop {
-        let before = s.len();
-        s = s.trim_start_matches(['\0', '\r']);
-        if let Some(rest) = s.strip_prefix('\x1b') {
-            // ESC c | ESC [ params final
-            if let Some(csi) = rest.strip_prefix('[') {
-                let end = csi
-                    .find(|c: char| ('\x40'..='\x7e').contains(&c))
-                    .map_or(csi.len(), |i| i + 1);
-                s = &csi[end..];
-            } else {
-                s = rest.get(1..).unwrap_or("");
-            }
-        }
-        if s.len() == before {
-            return s;
+                text: text.to_string(),
+            },
+            Event::Inventory(i) => ConsoleEvent::Inventory(InventoryEntry {
+                name: i.name.map(str::to_string),
+                kind: i.kind.to_string(),
+                transport: match i.transport {
+                    "mmio" => Transport::Mmio,
+                    _ => Transport::Pci,
+                },
+                location: i.location.to_string(),
+                props: key_values(i.props),
+            }),
+            Event::Log(l) => ConsoleEvent::Log(LogLine {
+                time_us: l.time_us,
+                level: l.level.to_string(),
+                message: l.message.to_string(),
+            }),
+            Event::Other => ConsoleEvent::Other,
         }
     }
 }
 
-fn key_values<'a>(words: impl Iterator<Item = &'a str>) -> BTreeMap<String, String> {
-    words
-        .filter_map(|w| w.split_once('='))
+fn key_values(text: &str) -> BTreeMap<String, String> {
+    contract::key_values(text)
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
-}
-
-fn parse_inventory(line: &str) -> Option<InventoryEntry> {
-    let (_, rest) = line.split_once("inventory: ")?;
-    let mut words = rest.split_whitespace();
-    let name = words.next()?;
-    let kind = words.next()?;
-    let transport = match words.next()? {
-        "pci" => Transport::Pci,
-        "mmio" => Transport::Mmio,
-        _ => return None,
-    };
-    let location = words.next()?;
-    Some(InventoryEntry {
-        name: (name != "-").then(|| name.to_string()),
-        kind: kind.to_string(),
-        transport,
-        location: location.to_string(),
-        props: key_values(words),
-    })
-}
-
-fn parse_log(line: &str) -> Option<LogLine> {
-    let rest = line.strip_prefix('[')?;
-    let (ts, rest) = rest.split_once(']')?;
-    let (secs, micros) = ts.trim().split_once('.')?;
-    let secs: u64 = secs.parse().ok()?;
-    let micros_val: u64 = micros.parse().ok()?;
-    let scale = 10u64.checked_pow(6u32.checked_sub(micros.len() as u32)?)?;
-    let rest = rest.strip_prefix(' ')?;
-    let (level, message) = match rest.split_once(' ') {
-        Some((l, m)) => (l, m.trim_start()),
-        None => (rest, ""),
-    };
-    if !matches!(level, "ERROR" | "WARN" | "INFO" | "DEBUG" | "TRACE") {
-        return None;
-    }
-    Some(LogLine {
-        time_us: secs * 1_000_000 + micros_val * scale,
-        level: level.to_string(),
-        message: message.to_string(),
-    })
 }
 
 /// One line as it arrived from the console.

@@ -2,7 +2,7 @@
 //!
 //! A guest serves its management port (tcp/10810) only when booted with a key
 //! (`mgmt.key=<64 hex>`); every connection starts with a challenge that the client answers
-//! with HMAC-SHA256 under that key (the exchange and its lines: `unikernel::mgmt_auth`).
+//! with HMAC-SHA256 under that key (the exchange and its lines: `tandem_formats::mgmt_auth`).
 //! `tandem run` keeps the key in `<state-dir>/mgmt.key` (0600), an appliance image in its
 //! directory; `tandem mgmt --state-dir DIR status|inject KIND` uses it. Every management
 //! command of `tandem` (`check`, the benchmarks) and of the tests goes through [`command`].
@@ -25,8 +25,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-pub use unikernel::mgmt_auth::Key;
-use unikernel::mgmt_auth::{self as auth, MAX_LINE};
+pub use tandem_formats::mgmt_auth::Key;
+use tandem_formats::mgmt_auth::{self as auth, MAX_LINE};
 
 /// The key file's name in a state directory or an appliance image's directory.
 pub const KEY_FILE: &str = "mgmt.key";

@@ -272,7 +272,7 @@ fn tls_words(args: &RunArgs) -> Option<String> {
 }
 
 /// With `--tls DIR`: writes `<state>/boot.module` (0600, replaced each run) from DIR's
-/// credentials and the management key's word (`unikernel::boot_module`).
+/// credentials and the management key's word (`tandem_formats::boot_module`).
 pub fn ensure_boot_module(args: &RunArgs, state: &StateDir) -> anyhow::Result<()> {
     let Some(dir) = &args.tls else {
         return Ok(());

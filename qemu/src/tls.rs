@@ -77,11 +77,11 @@ impl ServerFiles {
     }
 }
 
-/// A guest boot module's text (`unikernel::boot_module`): `words` (the management key's word,
+/// A guest boot module's text (`tandem_formats::boot_module`): `words` (the management key's word,
 /// or nothing) and, with `files`, the TLS sections. Written 0600 by its callers: it holds
 /// secrets.
 pub fn boot_module_text(words: &str, files: Option<&ServerFiles>) -> anyhow::Result<String> {
-    use unikernel::boot_module::{compose, TLS_CA_CERT, TLS_SERVER_CERT, TLS_SERVER_KEY};
+    use tandem_formats::boot_module::{compose, TLS_CA_CERT, TLS_SERVER_CERT, TLS_SERVER_KEY};
     let sections: Vec<(&str, &str)> = match files {
         Some(f) => vec![
             (TLS_CA_CERT, f.ca_cert.as_str()),

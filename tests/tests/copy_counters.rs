@@ -1,4 +1,4 @@
-//! The guest's copy counters (management port `status`, `unikernel::mgmt_status`) count the
+//! The guest's copy counters (management port `status`, `tandem_formats::mgmt_status`) count the
 //! copies an NBD request really costs: 4 KiB writes and reads through a real guest move the
 //! counters by at least their payload at each of the four places, and by about two copies of
 //! the payload in all (what the code does: frame -> socket buffer -> log page for a write,

@@ -43,7 +43,7 @@ impl Guest {
     fn heap_used(&self) -> u64 {
         let line = tandem_qemu::mgmt::command(self.mgmt, &self.key, "status", SLACK)
             .unwrap_or_else(|e| panic!("management status: {e:#}"));
-        unikernel::mgmt_status::Status::parse(&line)
+        tandem_formats::mgmt_status::Status::parse(&line)
             .unwrap_or_else(|e| panic!("status line {line:?}: {e:?}"))
             .heap_used
     }

@@ -1,5 +1,5 @@
 //! The management channel's authentication (issue 13 §2): a guest booted with a key serves
-//! its management port only to clients that answer its challenge (`unikernel::mgmt_auth`);
+//! its management port only to clients that answer its challenge (`tandem_formats::mgmt_auth`);
 //! `inject` needs `debug.inject=on`; without a key the port is off. The key may come on the
 //! command line (these tests do that on purpose) or, as `tandem` passes it, in the key file
 //! given as the guest's first boot module (`-initrd`): then it is neither in QEMU's argv nor
@@ -9,12 +9,12 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
+use tandem_formats::mgmt_auth as auth;
 use tandem_qemu::builder::{Machine, Nic, QemuCommand};
 use tandem_qemu::mgmt::{self, Key};
 use tandem_qemu::size::ByteSize;
 use tandem_qemu::vm::Vm;
 use tandem_tests::*;
-use unikernel::mgmt_auth as auth;
 
 const REPLY: Duration = Duration::from_secs(30);
 

@@ -1,5 +1,5 @@
 //! NBD over TLS against the real guest: the certificates reach it in its boot module (QEMU
-//! `-initrd`, the text `unikernel::boot_module::compose` writes, as `tandem run --tls DIR`
+//! `-initrd`, the text `tandem_formats::boot_module::compose` writes, as `tandem run --tls DIR`
 //! does), the mode in its words (`nbd.tls=on|require`, `nbd.tls_verify_peer=on`). Real
 //! clients (qemu-io, qemu-img, nbdinfo, nbdcopy, fio) work over TLS 1.3 and 1.2 with a
 //! throwaway CA from `tandem_qemu::tls::create`; plaintext, a wrong CA, a missing client
@@ -11,13 +11,13 @@ use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use tandem_formats::boot_module::{compose, TLS_CA_CERT, TLS_SERVER_CERT, TLS_SERVER_KEY};
+use tandem_formats::nbd_wire::{self as wire, opt, rep};
 use tandem_qemu::builder::{Machine, Nic};
 use tandem_qemu::size::ByteSize;
 use tandem_qemu::tls::{self, KeyKind, ServerFiles};
 use tandem_qemu::vm::Vm;
 use tandem_tests::*;
-use unikernel::boot_module::{compose, TLS_CA_CERT, TLS_SERVER_CERT, TLS_SERVER_KEY};
-use unikernel::nbd::wire::{self, opt, rep};
 
 const DISK: ByteSize = ByteSize::mib(16);
 /// The export: the disk less the 1 MiB the guest keeps for itself (as in nbd_clients.rs).

@@ -15,11 +15,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use tandem_formats::pair_region::{get, word};
 use tandem_qemu::ledger::{self, Ledger, WriterReport, WriterSpec};
 use tandem_qemu::nbd_client::NbdClient;
 use tandem_qemu::pair::{Giveback, Node, Pair, PairSpec, Sig};
 use tandem_qemu::scratch::TempDir;
-use unikernel::ha::region::{get, word};
 
 /// Bound for anything that involves a boot or a takeover (TCG on a loaded 2-CPU host).
 const LONG: Duration = Duration::from_secs(90);
@@ -367,7 +367,7 @@ fn giveback_round_trip_with_data_written_on_both_sides() {
 /// A's blk0 admits the client both times, and B's own blk1 is open throughout.
 #[test]
 fn a_survivor_serves_its_peers_exports_with_the_peers_allow_lists() {
-    use unikernel::nbd::acl::AllowList;
+    use tandem_formats::allow_list::AllowList;
     let host = "10.77.0.1";
     let f = up(|s| {
         s.disks = 2;

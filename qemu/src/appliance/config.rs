@@ -33,11 +33,11 @@ use crate::builder::{DiskFormat, MacAddr, SharedRegion};
 use crate::pair::spec::{check_region_size, Subnet, MAX_DISKS};
 use crate::pair::{Giveback, Node};
 use crate::size::ByteSize;
-use unikernel::nbd::acl::{AllowList, Ipv4Net, MAX_ALLOW};
-use unikernel::restart::label::{Uuid, RESERVED};
+use tandem_formats::allow_list::{AllowList, Ipv4Net, MAX_ALLOW};
+use tandem_formats::disk_label::{Uuid, RESERVED};
 
 /// Most exports (disks) of one appliance: the guest's `export=` limit.
-pub const MAX_EXPORTS: usize = unikernel::cmdline::MAX_EXPORTS;
+pub const MAX_EXPORTS: usize = tandem_formats::cmdline::MAX_EXPORTS;
 /// Longest export name (the label's name field).
 pub const MAX_EXPORT_NAME: usize = 32;
 /// Default guest RAM.

@@ -5,7 +5,7 @@
 //! random UUID and only when the disk is writable. An appliance that ships labelled disks
 //! has known UUIDs (listed in `config.resolved.toml`), serves read-only exports from its very
 //! first boot, and two builds from the same resolved description give the same bytes. The
-//! label is `unikernel::restart::label::Label`, the guest's own type, written at byte 0 of
+//! label is `tandem_formats::disk_label::Label`, the guest's own type, written at byte 0 of
 //! the 1 MiB reserved area; the rest of that area stays zero (the guest finds no checkpoint
 //! there and discovers cold on its first boot).
 //!
@@ -19,7 +19,7 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, Context};
-use unikernel::restart::label::{uuid_from, Label};
+use tandem_formats::disk_label::{uuid_from, Label};
 use zerocopy::IntoBytes;
 
 use super::config::DiskPlan;

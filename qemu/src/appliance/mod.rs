@@ -292,7 +292,7 @@ fn write_secrets(
 /// The pair region: sparse, the header on page 0 (as `tandem pair up` makes it, with the
 /// description's pair id instead of a random one).
 fn write_region(path: &Path, size: u64, pair_id: u64) -> anyhow::Result<()> {
-    let header = unikernel::ha::region::Header::new(size, pair_id)
+    let header = tandem_formats::pair_region::Header::new(size, pair_id)
         .map_err(|e| anyhow::anyhow!("the pair region {}: {e}", path.display()))?;
     let f = OpenOptions::new()
         .write(true)

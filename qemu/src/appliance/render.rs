@@ -31,7 +31,7 @@ use crate::pair::Node;
 use crate::run::{BOOT_MODULE, GUEST_MGMT_PORT, GUEST_NBD_PORT};
 use crate::size::ByteSize;
 use crate::state::StateDir;
-use unikernel::cmdline::ExportSpec;
+use tandem_formats::cmdline::ExportSpec;
 
 /// The kernel's file name in an appliance.
 pub const KERNEL: &str = "kernel.elf";
@@ -195,7 +195,7 @@ pub fn plans(app: &Appliance) -> anyhow::Result<Vec<GuestPlan>> {
                 format!("gw={}", s.gateway.map_or("none".into(), |g| g.to_string())),
             ];
             for (k, d) in s.disks.iter().enumerate() {
-                // The guest's own syntax (`unikernel::cmdline::ExportSpec`).
+                // The guest's own syntax (`tandem_formats::cmdline::ExportSpec`).
                 let e = ExportSpec::new(&d.name, &format!("blk{k}"), d.read_only, d.allow)
                     .ok_or_else(|| anyhow::anyhow!("export name {:?} does not fit", d.name))?;
                 words.push(format!("export={e}"));
@@ -691,7 +691,7 @@ mod tests {
         // The guest's parser reads back what the host wrote.
         let (mut issues, mut n) = (Vec::new(), 0);
         let line = g.cmdline_text();
-        let cfg = unikernel::cmdline::parse(&line, |i| issues.push(i.to_string()));
+        let cfg = tandem_formats::cmdline::parse(&line, |i| issues.push(i.to_string()));
         assert!(issues.is_empty(), "{issues:?}");
         let Kind::Single(s) = &app.kind else { panic!() };
         for (e, d) in cfg.exports().iter().zip(&s.disks) {
@@ -715,12 +715,12 @@ mod tests {
         let p = plans(&app).unwrap();
         let (mut issues, mut cfgs) = (Vec::new(), Vec::new());
         for g in &p {
-            cfgs.push(unikernel::cmdline::parse(&g.cmdline_text(), |i| {
+            cfgs.push(tandem_formats::cmdline::parse(&g.cmdline_text(), |i| {
                 issues.push(i.to_string())
             }));
         }
         assert!(issues.is_empty(), "{issues:?}");
-        let show = |e: &[unikernel::cmdline::ExportSpec]| {
+        let show = |e: &[tandem_formats::cmdline::ExportSpec]| {
             e.iter()
                 .map(|e| format!("{}:{}:{}", e.name(), e.device(), e.allow))
                 .collect::<Vec<_>>()
@@ -911,7 +911,7 @@ mod tests {
                 }
                 // The guest's parser takes the words.
                 let mut issues = Vec::new();
-                unikernel::cmdline::parse(&g.cmdline_text(), |i| issues.push(i.to_string()));
+                tandem_formats::cmdline::parse(&g.cmdline_text(), |i| issues.push(i.to_string()));
                 assert!(issues.is_empty(), "{issues:?}");
             }
         }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::Serialize;
-use unikernel::ha::region::{get, word, State};
+use tandem_formats::pair_region::{get, word, State};
 
 use super::{escape, ms, write_outputs, Align, Progress, Table};
 use crate::ledger::{self, WriterSpec};

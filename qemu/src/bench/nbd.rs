@@ -35,7 +35,7 @@
 //!
 //! **Copies.** Before and after each guest run the bench reads the guest's management port
 //! (`status`, a host port forwarded to guest port 10810; fields in
-//! `unikernel::mgmt_status`): NBD payload bytes served and the bytes the guest's CPU copied
+//! `tandem_formats::mgmt_status`): NBD payload bytes served and the bytes the guest's CPU copied
 //! at the four places of its NBD data path (frame -> socket buffer and socket buffer ->
 //! frame inside smoltcp, counted from the frames' TCP headers; socket buffer -> NBD server
 //! and back, counted at the socket boundary). `copies/req` is copied bytes over payload
@@ -67,7 +67,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::Serialize;
-use unikernel::mgmt_status::{DataPath, Status};
+use tandem_formats::mgmt_status::{DataPath, Status};
 
 use super::blk::{create_preallocated, image_info, ratio, si, ImageInfo, Interrupted, Latency};
 use super::blk::{BlockSize, RwMode};
@@ -315,7 +315,7 @@ fn head(s: &str) -> String {
 }
 
 /// What the guest served and copied during one or more runs (differences of its management
-/// port's counters; see `unikernel::mgmt_status`).
+/// port's counters; see `tandem_formats::mgmt_status`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct GuestCopies {
     /// NBD requests the guest took (fio's ramp and flushes included).

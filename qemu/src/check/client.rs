@@ -23,13 +23,13 @@ use std::time::{Duration, Instant};
 
 use crate::nbd_client::{negotiate, NbdError};
 
-use unikernel::nbd::wire::{be32, be64, REQUEST_MAGIC, SIMPLE_REPLY_MAGIC};
+use tandem_formats::nbd_wire::{be32, be64, REQUEST_MAGIC, SIMPLE_REPLY_MAGIC};
 /// Transmission commands and command flags: the guest's own definitions.
-pub use unikernel::nbd::wire::{cflag, cmd};
+pub use tandem_formats::nbd_wire::{cflag, cmd};
 
 /// Transmission flags (what the export supports), named for this client.
 pub mod tflag {
-    pub use unikernel::nbd::wire::flags::{
+    pub use tandem_formats::nbd_wire::flags::{
         SEND_CACHE as CACHE, SEND_FLUSH as FLUSH, SEND_FUA as FUA, SEND_TRIM as TRIM,
         SEND_WRITE_ZEROES as WRITE_ZEROES,
     };
@@ -297,7 +297,7 @@ impl Waiter<'_> {
 mod tests {
     use super::*;
     use std::net::{Ipv4Addr, TcpListener};
-    use unikernel::nbd::wire::{
+    use tandem_formats::nbd_wire::{
         info, opt, rep, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, IHAVEOPT, NBDMAGIC, REPLY_MAGIC,
     };
 

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use unikernel::ha::region::{self as r, word};
+use tandem_formats::pair_region::{self as r, word};
 
 use super::control::{self, ControlRequest, Sig};
 use super::events::{self, Event};

@@ -31,7 +31,7 @@
 //! and there is no hot-plug in the guest. QEMU's image locking would refuse the second QEMU
 //! that opens a disk writable, so the pair's disks are opened with `file.locking=off`.
 //! Locking is not what keeps two writers apart here: the claims and epochs in the shared
-//! region are ([`unikernel::ha::region`]), and every guest checks it still holds a disk's
+//! region are ([`tandem_formats::pair_region`]), and every guest checks it still holds a disk's
 //! claim before each turn of I/O.
 //!
 //! # The fence agent: the last resort
@@ -79,9 +79,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-/// The region layout shared with the guest (`unikernel::ha::region`): header, control
+/// The region layout shared with the guest (`tandem_formats::pair_region`): header, control
 /// words, the ownership rules. Re-exported for tests and benches.
-pub use unikernel::ha::region as layout;
+pub use tandem_formats::pair_region as layout;
 
 pub use api::Pair;
 pub use control::{ControlRequest, Sig};

@@ -18,7 +18,7 @@ use std::sync::atomic::{fence, AtomicU64, Ordering};
 
 use anyhow::{bail, Context};
 use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
-use unikernel::ha::region::{Header, RegionError, Words, AREAS, PAGE};
+use tandem_formats::pair_region::{Header, RegionError, Words, AREAS, PAGE};
 use zerocopy::IntoBytes;
 
 use crate::size::ByteSize;
@@ -234,7 +234,7 @@ fn random_u64() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use unikernel::ha::region::{self as r, word};
+    use tandem_formats::pair_region::{self as r, word};
 
     #[test]
     fn prepare_creates_keeps_and_refuses() {

@@ -231,11 +231,11 @@ impl PairSpec {
         if let Some(w) = self.exports.iter().flatten().find(|w| {
             w.strip_prefix("export=")
                 .or_else(|| w.strip_prefix("pair.peer_export="))
-                .is_none_or(|v| unikernel::cmdline::ExportSpec::parse(v).is_err())
+                .is_none_or(|v| tandem_formats::cmdline::ExportSpec::parse(v).is_err())
         }) {
             return Err(format!(
                 "'{w}' is not an export word (export=... or pair.peer_export=..., {})",
-                unikernel::cmdline::EXPORT_SYNTAX
+                tandem_formats::cmdline::EXPORT_SYNTAX
             ));
         }
         Ok(())
@@ -245,7 +245,7 @@ impl PairSpec {
 /// `--region-size`: a power of two QEMU can map as a BAR, large enough for the layout.
 pub fn check_region_size(size: ByteSize) -> Result<(), String> {
     SharedRegion::check_size(size)?;
-    unikernel::ha::region::Header::new(size.bytes(), 0)
+    tandem_formats::pair_region::Header::new(size.bytes(), 0)
         .map(|_| ())
         .map_err(|e| format!("region size {size}: {e}"))
 }
@@ -419,8 +419,8 @@ fn tls_words(spec: &PairSpec) -> Vec<String> {
 /// takeover, its peer's disk k (its device `blk{disks+k}`) as `blkK` with the peer's list
 /// (`pair.peer_export=`), so that the peer's clients find the same export, no more open.
 /// Empty when every list is open (the guest's defaults say the same).
-pub fn export_words(allow: &[Vec<unikernel::nbd::acl::AllowList>; 2]) -> [Vec<String>; 2] {
-    use unikernel::cmdline::ExportSpec;
+pub fn export_words(allow: &[Vec<tandem_formats::allow_list::AllowList>; 2]) -> [Vec<String>; 2] {
+    use tandem_formats::cmdline::ExportSpec;
     if allow.iter().flatten().all(|a| a.is_open()) {
         return [Vec::new(), Vec::new()];
     }

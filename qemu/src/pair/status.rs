@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use unikernel::ha::region::{self as r, word, State, Words};
+use tandem_formats::pair_region::{self as r, word, State, Words};
 
 use super::Node;
 

@@ -29,7 +29,7 @@ use anyhow::Context;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::json;
-use unikernel::ha::region::{self as r, word, Request};
+use tandem_formats::pair_region::{self as r, word, Request};
 
 use super::control::{error_reply, ok_reply, ControlRequest, Sig};
 use super::events::{self, EventLog};
@@ -418,7 +418,7 @@ impl Supervisor {
     }
 
     fn region_fence(&self) {
-        use unikernel::ha::region::Words;
+        use tandem_formats::pair_region::Words;
         self.region.fence();
     }
 
