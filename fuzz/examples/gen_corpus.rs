@@ -2,6 +2,8 @@
 //! `tandem_fuzz::seeds` (run from anywhere: `cargo run --manifest-path fuzz/Cargo.toml
 //! --example gen_corpus`).
 
+#![forbid(unsafe_code)]
+
 use std::path::Path;
 
 fn main() {

@@ -136,49 +136,90 @@ fn keep_heap() {
     }
 }
 
+/// What the input's first bytes choose (see the module docs).
+struct Setup {
+    rng: Rng,
+    pool_buffers: usize,
+    structured: bool,
+    name: &'static str,
+    raw: bool,
+    log: Option<Durability>,
+    clients: usize,
+    send_limit: usize,
+    full_every: usize,
+}
+
+impl Setup {
+    fn read(inp: &mut Input) -> Setup {
+        let cfg = inp.u8();
+        let rng = Rng::new(u64::from(inp.u8()));
+        let pool_buffers = 2 + usize::from(inp.u8() % 40);
+        let (send_limit, full_every) = match cfg >> 6 {
+            0 => (usize::MAX, 0),
+            1 => (7000, 0),
+            2 => (1, 0),
+            _ => (4096, 3),
+        };
+        Setup {
+            rng,
+            pool_buffers,
+            structured: cfg & 1 != 0,
+            name: if cfg & 2 != 0 { "ro" } else { "blk0" },
+            raw: cfg & 4 != 0,
+            log: (cfg & 8 != 0).then_some(if cfg & 16 != 0 {
+                Durability::Nvlog
+            } else {
+                Durability::Disk
+            }),
+            clients: if cfg & 32 != 0 { 2 } else { 1 },
+            send_limit,
+            full_every,
+        }
+    }
+}
+
+/// A client's connection: its slot in the server, its stream, and whether the server
+/// closed it.
+type Client = (usize, Pipe, bool);
+
 /// Runs one input; returns the server's counters (the seeds' test checks they reach deep).
 pub fn run_stats(data: &[u8]) -> ServerStats {
     let mut inp = Input::new(data);
-    let cfg = inp.u8();
-    let mut rng = Rng::new(u64::from(inp.u8()));
-    let pool_buffers = 2 + usize::from(inp.u8() % 40);
-    let structured = cfg & 1 != 0;
-    let name = if cfg & 2 != 0 { "ro" } else { "blk0" };
-    let raw = cfg & 4 != 0;
-    let log = (cfg & 8 != 0).then_some(if cfg & 16 != 0 {
-        Durability::Nvlog
-    } else {
-        Durability::Disk
-    });
-    let clients = if cfg & 32 != 0 { 2 } else { 1 };
-    let (send_limit, full_every) = match cfg >> 6 {
-        0 => (usize::MAX, 0),
-        1 => (7000, 0),
-        2 => (1, 0),
-        _ => (4096, 3),
-    };
+    let mut setup = Setup::read(&mut inp);
     let stream = inp.rest();
-    let sent_by_clients = (clients * stream.len()) as u64;
+    let sent_by_clients = (setup.clients * stream.len()) as u64;
 
-    let mut s = build(pool_buffers, log);
+    let mut s = build(setup.pool_buffers, setup.log);
     let baseline = s.pool().available();
-    let mut pipes: Vec<(usize, Pipe, bool)> = (0..clients)
+    let mut pipes: Vec<Client> = (0..setup.clients)
         .map(|slot| {
             s.accept(slot);
             let mut p = Pipe {
-                send_limit,
-                full_every,
+                send_limit: setup.send_limit,
+                full_every: setup.full_every,
                 ..Default::default()
             };
-            if !raw {
-                p.to_server.extend(handshake(name, structured));
+            if !setup.raw {
+                p.to_server.extend(handshake(setup.name, setup.structured));
             }
             (slot, p, false)
         })
         .collect();
+    deliver(&mut s, &mut pipes, stream, &mut setup.rng);
+    leave(&mut s, &pipes);
+    assert_eq!(
+        s.pool().available(),
+        baseline,
+        "pool buffers leaked after every client left"
+    );
+    assert!(s.stats.bytes_written <= sent_by_clients);
+    s.stats
+}
 
-    // Deliver the stream piece by piece (each client sends all of it, cut its own way),
-    // then let the server run dry.
+/// Deliver the stream piece by piece (each client sends all of it, cut its own way), then
+/// let the server run dry.
+fn deliver(s: &mut Server, pipes: &mut [Client], stream: &[u8], rng: &mut Rng) {
+    let clients = pipes.len();
     let mut left: Vec<&[u8]> = vec![stream; clients];
     let mut idle_rounds = 0;
     let mut last = None;
@@ -217,9 +258,11 @@ pub fn run_stats(data: &[u8]) -> ServerStats {
             last = Some(now);
         }
     }
+}
 
-    // Every client goes away; what is in flight completes; nothing is left held.
-    for (slot, _, closed) in &pipes {
+/// Every client goes away; what is in flight completes.
+fn leave(s: &mut Server, pipes: &[Client]) {
+    for (slot, _, closed) in pipes {
         if !closed {
             s.drop_conn(*slot);
         }
@@ -231,11 +274,4 @@ pub fn run_stats(data: &[u8]) -> ServerStats {
         }
     }
     assert_eq!(s.device_requests(), 0, "device requests never completed");
-    assert_eq!(
-        s.pool().available(),
-        baseline,
-        "pool buffers leaked after every client left"
-    );
-    assert!(s.stats.bytes_written <= sent_by_clients);
-    s.stats
 }

@@ -159,65 +159,8 @@ pub fn run(data: &[u8]) {
     let mut inp = Input::new(data);
     let cfg = inp.u8();
     let pages = 16 + usize::from(inp.u8() % 113);
-    let mut region = vec![0u8; pages * PAGE];
-
-    // The base: zeroes, or records written through the API (some retired).
-    let mut written: Vec<(Live, Vec<u8>)> = Vec::new();
-    if cfg & 3 != 0 {
-        let mut pool = pool_over(&region);
-        if let Ok((mut log, _)) = Nvlog::open(&mut pool, REGION, 0x1234) {
-            let n = 1 + inp.u8() % 6;
-            for _ in 0..n {
-                let len = inp.u16();
-                let b = inp.u8();
-                let (disk, offset) = (u64::from(b % 3), u64::from(inp.u16()) * 512);
-                let l = match (b >> 4) % 4 {
-                    2 | 3 => {
-                        let kind = [RecordKind::Zero, RecordKind::Trim][usize::from(b >> 4) % 2];
-                        let length = (u32::from(len) + 1) * 512;
-                        write_range(&mut log, &mut pool, kind, disk, offset, length)
-                            .map(|l| (l, Vec::new()))
-                    }
-                    _ => {
-                        let d = fill(log.next_seq(), 1 + usize::from(len) % (3 * PAGE));
-                        write(&mut log, &mut pool, disk, offset, &d).map(|l| (l, d))
-                    }
-                };
-                // A full log refuses more: what was written stays.
-                let Some(l) = l else { break };
-                written.push(l);
-            }
-            if cfg & 3 == 2 && !written.is_empty() {
-                let upto = written[usize::from(inp.u8()) % written.len()].0.seq;
-                log.retire(&mut pool, upto);
-                written.retain(|(l, _)| l.seq > upto);
-            }
-            region = snapshot(&pool, pages);
-        }
-    }
-
-    // The fuzzer's bytes over it.
-    let mut patched = false;
-    while inp.len() >= 4 {
-        let b = inp.take(3);
-        let at =
-            (usize::from(b[0]) | usize::from(b[1]) << 8 | usize::from(b[2]) << 16) % region.len();
-        let len = usize::from(inp.u8());
-        let bytes = inp.take(len);
-        let n = bytes.len().min(region.len() - at);
-        region[at..at + n].copy_from_slice(&bytes[..n]);
-        patched |= n > 0;
-    }
-    if cfg & 4 != 0 {
-        for at in [0usize, 2048] {
-            if let Ok((mut sb, _)) = Superblock::read_from_prefix(&region[at..]) {
-                sb.seal();
-                let b = sb.as_bytes();
-                region[at..at + b.len()].copy_from_slice(b);
-                patched = true;
-            }
-        }
-    }
+    let (mut region, written) = base(cfg, &mut inp, pages);
+    let patched = patch(cfg, &mut inp, &mut region);
 
     // Open, check, replay, retire.
     let mut pool = pool_over(&region);
@@ -244,8 +187,79 @@ pub fn run(data: &[u8]) {
         log.retire(&mut pool, last.seq);
         assert!(log.live().is_empty());
     }
+    write_and_reopen(log, pool, pages);
+}
 
-    // A new record after replay, found intact by the next open.
+/// The base region of `pages` pages: zeroes, or records written through the API (some
+/// retired, by config bits 0-1); returns it with the records still live and their payloads.
+fn base(cfg: u8, inp: &mut Input, pages: usize) -> (Vec<u8>, Vec<(Live, Vec<u8>)>) {
+    let region = vec![0u8; pages * PAGE];
+    let mut written: Vec<(Live, Vec<u8>)> = Vec::new();
+    if cfg & 3 == 0 {
+        return (region, written);
+    }
+    let mut pool = pool_over(&region);
+    let Ok((mut log, _)) = Nvlog::open(&mut pool, REGION, 0x1234) else {
+        return (region, written);
+    };
+    let n = 1 + inp.u8() % 6;
+    for _ in 0..n {
+        let len = inp.u16();
+        let b = inp.u8();
+        let (disk, offset) = (u64::from(b % 3), u64::from(inp.u16()) * 512);
+        let l = match (b >> 4) % 4 {
+            2 | 3 => {
+                let kind = [RecordKind::Zero, RecordKind::Trim][usize::from(b >> 4) % 2];
+                let length = (u32::from(len) + 1) * 512;
+                write_range(&mut log, &mut pool, kind, disk, offset, length)
+                    .map(|l| (l, Vec::new()))
+            }
+            _ => {
+                let d = fill(log.next_seq(), 1 + usize::from(len) % (3 * PAGE));
+                write(&mut log, &mut pool, disk, offset, &d).map(|l| (l, d))
+            }
+        };
+        // A full log refuses more: what was written stays.
+        let Some(l) = l else { break };
+        written.push(l);
+    }
+    if cfg & 3 == 2 && !written.is_empty() {
+        let upto = written[usize::from(inp.u8()) % written.len()].0.seq;
+        log.retire(&mut pool, upto);
+        written.retain(|(l, _)| l.seq > upto);
+    }
+    (snapshot(&pool, pages), written)
+}
+
+/// The fuzzer's bytes over the region, then (config bit 2) both superblocks re-sealed;
+/// true when anything changed.
+fn patch(cfg: u8, inp: &mut Input, region: &mut [u8]) -> bool {
+    let mut patched = false;
+    while inp.len() >= 4 {
+        let b = inp.take(3);
+        let at =
+            (usize::from(b[0]) | usize::from(b[1]) << 8 | usize::from(b[2]) << 16) % region.len();
+        let len = usize::from(inp.u8());
+        let bytes = inp.take(len);
+        let n = bytes.len().min(region.len() - at);
+        region[at..at + n].copy_from_slice(&bytes[..n]);
+        patched |= n > 0;
+    }
+    if cfg & 4 != 0 {
+        for at in [0usize, 2048] {
+            if let Ok((mut sb, _)) = Superblock::read_from_prefix(&region[at..]) {
+                sb.seal();
+                let b = sb.as_bytes();
+                region[at..at + b.len()].copy_from_slice(b);
+                patched = true;
+            }
+        }
+    }
+    patched
+}
+
+/// A new record after replay, found intact by the next open.
+fn write_and_reopen(mut log: Nvlog, mut pool: BufferPool, pages: usize) {
     let d = fill(log.next_seq(), 1 + (pages * 37) % (2 * PAGE));
     let new = write(&mut log, &mut pool, 9, 4096, &d).expect("room in a log with nothing live");
     let zero = write_range(&mut log, &mut pool, RecordKind::Zero, 9, 0, 8192)
@@ -261,7 +275,7 @@ pub fn run(data: &[u8]) {
     );
     // Open numbers pages on one line from the ring's widest gap: a payload's page is the
     // same modulo the ring, and a record without payload has no page of its own.
-    let key = |l: &unikernel::nvlog::log::Live| (l.seq, l.kind, l.disk_id, l.offset, l.length);
+    let key = |l: &Live| (l.seq, l.kind, l.disk_id, l.offset, l.length);
     let ring = log.data_pages();
     assert_eq!(key(&found[0].0), key(&new), "the new data record changed");
     assert_eq!(

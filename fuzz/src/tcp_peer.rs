@@ -688,127 +688,149 @@ pub fn run_with_rx(data: &[u8], nbd_rx: usize) -> Stats {
         let op = inp.u8();
         let queue = op & 8 != 0;
         match op & 7 {
-            0 | 1 => {
-                let flags = inp.u8();
-                let bases = inp.u8();
-                let seq_off = i16_of(inp.u16());
-                let ack_off = i16_of(inp.u16());
-                let window = inp.u16();
-                let len = (inp.u16() as usize).min(MSS);
-                let options = if flags & 0x40 != 0 {
-                    let n = (inp.u8() as usize).min(40);
-                    inp.take(n)
-                } else {
-                    &[]
-                };
-                let len = len.min(MSS - options.len().div_ceil(4) * 4);
-                let seq = match bases & 3 {
-                    0 => h.snd_nxt.wrapping_add(seq_off as u32),
-                    1 => h
-                        .cisn
-                        .wrapping_add(h.guest_ack.unwrap_or(1) as u32)
-                        .wrapping_add(seq_off as u32),
-                    2 => h.right_edge().wrapping_add(seq_off as u32),
-                    _ => h.snd_nxt.wrapping_add((seq_off * 1024) as u32),
-                };
-                let giss1 = h.giss.unwrap_or(0).wrapping_add(1);
-                let ack = match bases >> 2 & 3 {
-                    0 => h.guest_snd_max.wrapping_add(ack_off as u32),
-                    1 => h.my_ack.wrapping_add(ack_off as u32),
-                    2 => giss1.wrapping_add(ack_off as u32),
-                    _ => h.guest_snd_max.wrapping_add((ack_off * 1024) as u32),
-                };
-                h.send(Seg {
-                    seq,
-                    ack,
-                    ack_flag: flags & 1 != 0,
-                    psh: flags & 2 != 0,
-                    fin: flags & 4 != 0,
-                    rst: flags & 8 != 0,
-                    syn: flags & 16 != 0,
-                    urg: flags & 32 != 0,
-                    window,
-                    options,
-                    len,
-                });
-                if !queue {
-                    h.poll();
-                }
-            }
-            2 => {
-                let n = inp.u8() as usize % 64 + 1;
-                let len = (inp.u16() as usize).clamp(1, MSS);
-                let window = inp.u16();
-                for _ in 0..n {
-                    h.send(Seg {
-                        seq: h.snd_nxt,
-                        ack: h.guest_snd_max,
-                        ack_flag: true,
-                        window,
-                        len,
-                        ..Seg::default()
-                    });
-                }
-                h.poll();
-            }
-            3 => {
-                let what = inp.u8();
-                let n = (inp.u16() as usize).min(256 * 1024);
-                match what % 6 {
-                    0 => h.app_read(n, false),
-                    1 => h.app_write(n),
-                    2 => h.socket().close(),
-                    3 => h.socket().abort(),
-                    4 => h.app_read(n, true),
-                    _ => {
-                        h.app_write(n);
-                        h.socket().close();
-                    }
-                }
-                h.poll();
-            }
-            4 => {
-                let n = inp.u16() as i64;
-                let ms = if queue { n * 1000 } else { n };
-                h.now += Duration::from_millis(ms as u64);
-                h.poll();
-            }
-            5 => {
-                let n = (inp.u16() as usize).min(MAX_FRAME);
-                let frame = inp.take(n);
-                if h.giss.is_some() && frame.windows(2).any(|w| w == PEER_PORT.to_be_bytes()) {
-                    // It might be a segment of the connection: the streams are no longer
-                    // the harness's alone.
-                    h.tainted = true;
-                }
-                h.push_frame(frame.to_vec());
-                if !queue {
-                    h.poll();
-                }
-            }
+            0 | 1 => h.op_segment(&mut inp, queue),
+            2 => h.op_burst(&mut inp),
+            3 => h.op_app(&mut inp),
+            4 => h.op_time(&mut inp, queue),
+            5 => h.op_raw(&mut inp, queue),
             6 => h.poll(),
-            _ => {
-                let off = inp.u8() as i8 as i64;
-                let len = match inp.u8() {
-                    0 => MSS,
-                    n => n as usize,
-                };
-                h.send(Seg {
-                    seq: h.right_edge().wrapping_add(off as u32),
-                    ack: h.guest_snd_max,
-                    ack_flag: true,
-                    window: h.my_win,
-                    len,
-                    ..Seg::default()
-                });
-                if !queue {
-                    h.poll();
-                }
-            }
+            _ => h.op_edge(&mut inp, queue),
         }
     }
     h.poll();
     h.stats
+}
+
+/// The ops of [`run`], one method each; `queue` (op bit 3): no poll after a segment or
+/// frame, seconds instead of milliseconds.
+impl Harness {
+    /// Op 0, 1: one segment, its numbers relative to what the harness tracks.
+    fn op_segment(&mut self, inp: &mut Input, queue: bool) {
+        let flags = inp.u8();
+        let bases = inp.u8();
+        let seq_off = i16_of(inp.u16());
+        let ack_off = i16_of(inp.u16());
+        let window = inp.u16();
+        let len = (inp.u16() as usize).min(MSS);
+        let options = if flags & 0x40 != 0 {
+            let n = (inp.u8() as usize).min(40);
+            inp.take(n)
+        } else {
+            &[]
+        };
+        let len = len.min(MSS - options.len().div_ceil(4) * 4);
+        let seq = match bases & 3 {
+            0 => self.snd_nxt.wrapping_add(seq_off as u32),
+            1 => self
+                .cisn
+                .wrapping_add(self.guest_ack.unwrap_or(1) as u32)
+                .wrapping_add(seq_off as u32),
+            2 => self.right_edge().wrapping_add(seq_off as u32),
+            _ => self.snd_nxt.wrapping_add((seq_off * 1024) as u32),
+        };
+        let giss1 = self.giss.unwrap_or(0).wrapping_add(1);
+        let ack = match bases >> 2 & 3 {
+            0 => self.guest_snd_max.wrapping_add(ack_off as u32),
+            1 => self.my_ack.wrapping_add(ack_off as u32),
+            2 => giss1.wrapping_add(ack_off as u32),
+            _ => self.guest_snd_max.wrapping_add((ack_off * 1024) as u32),
+        };
+        self.send(Seg {
+            seq,
+            ack,
+            ack_flag: flags & 1 != 0,
+            psh: flags & 2 != 0,
+            fin: flags & 4 != 0,
+            rst: flags & 8 != 0,
+            syn: flags & 16 != 0,
+            urg: flags & 32 != 0,
+            window,
+            options,
+            len,
+        });
+        if !queue {
+            self.poll();
+        }
+    }
+
+    /// Op 2: a burst of in-order segments before the guest polls.
+    fn op_burst(&mut self, inp: &mut Input) {
+        let n = inp.u8() as usize % 64 + 1;
+        let len = (inp.u16() as usize).clamp(1, MSS);
+        let window = inp.u16();
+        for _ in 0..n {
+            self.send(Seg {
+                seq: self.snd_nxt,
+                ack: self.guest_snd_max,
+                ack_flag: true,
+                window,
+                len,
+                ..Seg::default()
+            });
+        }
+        self.poll();
+    }
+
+    /// Op 3: what the guest's application does.
+    fn op_app(&mut self, inp: &mut Input) {
+        let what = inp.u8();
+        let n = (inp.u16() as usize).min(256 * 1024);
+        match what % 6 {
+            0 => self.app_read(n, false),
+            1 => self.app_write(n),
+            2 => self.socket().close(),
+            3 => self.socket().abort(),
+            4 => self.app_read(n, true),
+            _ => {
+                self.app_write(n);
+                self.socket().close();
+            }
+        }
+        self.poll();
+    }
+
+    /// Op 4: time passes.
+    fn op_time(&mut self, inp: &mut Input, queue: bool) {
+        let n = inp.u16() as i64;
+        let ms = if queue { n * 1000 } else { n };
+        self.now += Duration::from_millis(ms as u64);
+        self.poll();
+    }
+
+    /// Op 5: an arbitrary frame.
+    fn op_raw(&mut self, inp: &mut Input, queue: bool) {
+        let n = (inp.u16() as usize).min(MAX_FRAME);
+        let frame = inp.take(n);
+        if self.giss.is_some() && frame.windows(2).any(|w| w == PEER_PORT.to_be_bytes()) {
+            // It might be a segment of the connection: the streams are no longer
+            // the harness's alone.
+            self.tainted = true;
+        }
+        self.push_frame(frame.to_vec());
+        if !queue {
+            self.poll();
+        }
+    }
+
+    /// Op 7: data at the edge of the guest's advertised window.
+    fn op_edge(&mut self, inp: &mut Input, queue: bool) {
+        let off = inp.u8() as i8 as i64;
+        let len = match inp.u8() {
+            0 => MSS,
+            n => n as usize,
+        };
+        self.send(Seg {
+            seq: self.right_edge().wrapping_add(off as u32),
+            ack: self.guest_snd_max,
+            ack_flag: true,
+            window: self.my_win,
+            len,
+            ..Seg::default()
+        });
+        if !queue {
+            self.poll();
+        }
+    }
 }
 
 /// Builds inputs (the seeds, tests).

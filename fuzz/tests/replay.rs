@@ -2,6 +2,8 @@
 //! `regressions/<target>/*`) and the generated seeds through every target, without
 //! libFuzzer: a plain `cargo test` in this directory, on any toolchain.
 
+#![forbid(unsafe_code)]
+
 use std::path::Path;
 
 #[test]
