@@ -27,6 +27,8 @@
 //! address (see [`fill_sector`]), so a read tells which write it came from, and a misplaced
 //! or torn sector shows up as garbage.
 
+#![forbid(unsafe_code)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
