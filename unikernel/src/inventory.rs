@@ -1,8 +1,12 @@
-//! The device inventory and the `TANDEM READY` line: the console contract the host parses.
+//! The device inventory: what the guest found on its buses at boot, device by device (where,
+//! what kind, what it learned of it, or why it failed), and whether it drives it.
 //!
-//! Inventory line: `inventory: NAME KIND TRANSPORT LOCATION key=value...`, NAME being `-`
-//! for devices the guest does not drive. Ready line: `TANDEM READY key=value...` at the
-//! start of a line. Both are formatted here, once, so the host's parser and the guest agree.
+//! Each [`Entry`] prints as one inventory line, `inventory: NAME KIND TRANSPORT LOCATION
+//! key=value...`, NAME being `-` for a device the guest does not drive. The line is a console
+//! contract: its prefix and the host's parser live in `tandem_formats::console`. [`count`]
+//! and [`machine_name`] give the disk and NIC counts and the machine type that the kernel's
+//! `TANDEM READY` line reports (that line is written with `tandem_formats::console::Ready`,
+//! not here).
 
 use core::fmt;
 
