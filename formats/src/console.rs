@@ -116,12 +116,15 @@ pub struct Restart<'a> {
 
 impl fmt::Display for Restart<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let cause = self.cause.replace('"', "'");
-        write!(
-            f,
-            "{RESTART_PREFIX}cause=\"{cause}\" n={} at_us={}",
-            self.n, self.at_us
-        )
+        // No allocation: this is printed on the emergency path, whatever state the heap is in.
+        write!(f, "{RESTART_PREFIX}cause=\"")?;
+        for (i, part) in self.cause.split('"').enumerate() {
+            if i > 0 {
+                f.write_str("'")?;
+            }
+            f.write_str(part)?;
+        }
+        write!(f, "\" n={} at_us={}", self.n, self.at_us)
     }
 }
 

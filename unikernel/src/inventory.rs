@@ -110,6 +110,7 @@ impl fmt::Display for Entry {
         let name = self.name.as_deref().unwrap_or("-");
         let loc = &self.location;
         let t = loc.transport();
+        f.write_str(tandem_formats::console::INVENTORY_PREFIX)?;
         match &self.info {
             DeviceInfo::VirtioBlk {
                 capacity_sectors,
@@ -118,24 +119,24 @@ impl fmt::Display for Entry {
                 features,
             } => write!(
                 f,
-                "inventory: {name} virtio-blk {t} {loc} capacity={capacity_sectors} sectors=512B size={} ro={} queue={queue_size} features={}",
+                "{name} virtio-blk {t} {loc} capacity={capacity_sectors} sectors=512B size={} ro={} queue={queue_size} features={}",
                 crate::units::Bytes(capacity_sectors * 512),
                 u8::from(*read_only),
                 if features.is_empty() { "-" } else { features },
             )?,
             DeviceInfo::VirtioNet { mac } => {
-                write!(f, "inventory: {name} virtio-net {t} {loc} mac={}", Mac(*mac))?
+                write!(f, "{name} virtio-net {t} {loc} mac={}", Mac(*mac))?
             }
             DeviceInfo::SharedMemory { bar, size } => write!(
                 f,
-                "inventory: {name} ivshmem {t} {loc} size={} bar2={bar:#x}",
+                "{name} ivshmem {t} {loc} size={} bar2={bar:#x}",
                 crate::units::Bytes(*size)
             )?,
             DeviceInfo::VirtioOther { device_type } => {
-                write!(f, "inventory: {name} virtio-{device_type} {t} {loc} driver=none")?
+                write!(f, "{name} virtio-{device_type} {t} {loc} driver=none")?
             }
             DeviceInfo::Failed { kind, reason } => {
-                write!(f, "inventory: {name} {kind} {t} {loc} error=\"{reason}\"")?
+                write!(f, "{name} {kind} {t} {loc} error=\"{reason}\"")?
             }
             DeviceInfo::Unknown {
                 vendor,
@@ -144,7 +145,7 @@ impl fmt::Display for Entry {
                 subclass,
             } => write!(
                 f,
-                "inventory: {name} unknown {t} {loc} vendor={vendor:04x} device={device:04x} class={class:02x}.{subclass:02x}"
+                "{name} unknown {t} {loc} vendor={vendor:04x} device={device:04x} class={class:02x}.{subclass:02x}"
             )?,
         }
         if let Location::Mmio { irq, .. } = loc {
@@ -237,6 +238,47 @@ mod tests {
             unk.to_string(),
             "inventory: - unknown pci 0000:00:1f.2 vendor=8086 device=2922 class=01.06"
         );
+        // What the guest prints, the host's classifier (tandem_formats::console) reads back.
+        for (e, name, kind, transport, props) in [
+            (
+                &blk,
+                Some("blk0"),
+                "virtio-blk",
+                "pci",
+                "capacity=2097152 sectors=512B size=1GiB ro=0 queue=256 features=indirect,flush",
+            ),
+            (
+                &net,
+                Some("net0"),
+                "virtio-net",
+                "mmio",
+                "mac=52:54:00:12:34:56 irq=12",
+            ),
+            (
+                &unk,
+                None,
+                "unknown",
+                "pci",
+                "vendor=8086 device=2922 class=01.06",
+            ),
+        ] {
+            let line = alloc::format!("[    0.100000] INFO  {e}");
+            let tandem_formats::console::Event::Inventory(i) =
+                tandem_formats::console::Event::parse(&line)
+            else {
+                panic!("{line}")
+            };
+            assert_eq!(
+                (i.name, i.kind, i.transport, i.location, i.props),
+                (
+                    name,
+                    kind,
+                    transport,
+                    e.location.to_string().as_str(),
+                    props
+                )
+            );
+        }
         assert_eq!(count(&[blk.clone(), net, unk, blk]), (2, 1));
     }
 

@@ -38,6 +38,7 @@ use core::sync::atomic::{AtomicBool, Ordering};
 
 use alloc::string::String;
 use log::{info, warn};
+use tandem_formats::console::{ready_key as K, NbdLine, Ready, Restart};
 use unikernel::boot_module::{self, BootModule};
 use unikernel::cmdline::{self, ExitPolicy, PanicPoint};
 use unikernel::exit::GuestExit;
@@ -230,7 +231,12 @@ fn restart_in_place(cause: &str) -> ! {
     let at = time::now_us();
     RESTART_AT.store(at, Ordering::SeqCst);
     console::emergency_line(format_args!(
-        "TANDEM RESTART cause=\"{cause}\" n={n} at_us={at}"
+        "{}",
+        Restart {
+            cause,
+            n,
+            at_us: at
+        }
     ));
     SERVING.store(false, Ordering::SeqCst);
     discovery::quiesce_all();
@@ -317,24 +323,29 @@ fn serve(boot: BootState, mut phases: phases::Phases) -> ! {
     let nvram = devices.registry.of_kind(hpdi::DeviceKind::Memory).count();
     let machine = inventory::machine_name(devices.host_bridge, cfg.mmio_devices().len());
     let st = mem::stats();
+    let ([a, b, c, d], _) = cfg.ip;
+    let ip = format_args!("{a}.{b}.{c}.{d}");
+    let (kernel_bytes, tsc_mhz, boot_us) =
+        (kernel.end - kernel.start, hz / 1_000_000, time::now_us());
     console::line(format_args!(
-        "TANDEM READY machine={machine} disks={disks} nics={nics} nvram={nvram} pci_functions={} \
-         mem_total={} kernel={} heap_total={} heap_used={} dma_total={} dma_used={} \
-         ip={}.{}.{}.{} hypervisor={} tsc_mhz={} boot_us={}",
-        devices.pci_functions,
-        Bytes(ram),
-        Bytes(kernel.end - kernel.start),
-        Bytes(st.heap_total),
-        Bytes(st.heap_used),
-        Bytes(st.dma_total),
-        Bytes(st.dma_used),
-        cfg.ip.0[0],
-        cfg.ip.0[1],
-        cfg.ip.0[2],
-        cfg.ip.0[3],
-        hypervisor(),
-        hz / 1_000_000,
-        time::now_us()
+        "{}",
+        Ready(&[
+            (K::MACHINE, &machine),
+            (K::DISKS, &disks),
+            (K::NICS, &nics),
+            (K::NVRAM, &nvram),
+            (K::PCI_FUNCTIONS, &devices.pci_functions),
+            (K::MEM_TOTAL, &Bytes(ram)),
+            (K::KERNEL, &Bytes(kernel_bytes)),
+            (K::HEAP_TOTAL, &Bytes(st.heap_total)),
+            (K::HEAP_USED, &Bytes(st.heap_used)),
+            (K::DMA_TOTAL, &Bytes(st.dma_total)),
+            (K::DMA_USED, &Bytes(st.dma_used)),
+            (K::IP, &ip),
+            (K::HYPERVISOR, &hypervisor()),
+            (K::TSC_MHZ, &tsc_mhz),
+            (K::BOOT_US, &boot_us),
+        ])
     ));
 
     if cfg.debug_nvram_stamp {
@@ -395,12 +406,9 @@ fn serve(boot: BootState, mut phases: phases::Phases) -> ! {
             storage::NbdService::new(&mut devices, &cfg, &loaded, &mut stack.sockets, spec, tls?)
         }) {
         Ok(nbd) => {
-            let ([a, b, c, d], _) = cfg.ip;
             for e in nbd.exports() {
-                console::line(format_args!(
-                    "TANDEM NBD nbd://{a}.{b}.{c}.{d}:{}/{e}",
-                    cfg.nbd_port
-                ));
+                let (ip, port, export) = (cfg.ip.0, cfg.nbd_port, e);
+                console::line(format_args!("{}", NbdLine { ip, port, export }));
             }
             stack.nbd = Some(nbd);
         }
