@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tandem_formats::pair_region::{get, word};
+use tandem_formats::pair_region::{get, word, State};
 use tandem_qemu::ledger::{self, Ledger, WriterReport, WriterSpec};
 use tandem_qemu::nbd_client::NbdClient;
 use tandem_qemu::pair::{Giveback, Node, Pair, PairSpec, Sig};
@@ -48,6 +48,11 @@ fn nbd_addr(pair: &Pair, n: Node) -> SocketAddr {
 
 fn word_of(pair: &Pair, n: Node, w: u64) -> u64 {
     get(pair.region(), n.index(), w)
+}
+
+/// Node `n`'s state word, as the enum (`None` for a value no state has).
+fn state_of(pair: &Pair, n: Node) -> Option<State> {
+    State::from_word(word_of(pair, n, word::STATE))
 }
 
 /// Waits (bounded) for `cond`, polling every `every`.
@@ -190,7 +195,7 @@ fn sigkill_under_writes_and_during_a_consistency_point_loses_no_acknowledged_wri
         pair.start(Node::A).expect("start A");
         wait_lines(pair, Node::B, "step=released", round + 1);
         wait_for("A serving again", LONG, Duration::from_millis(20), || {
-            word_of(pair, Node::A, word::STATE) == 2
+            state_of(pair, Node::A) == Some(State::Serving)
         });
     }
     for (round, l) in ledgers.iter().enumerate() {
@@ -281,7 +286,7 @@ fn a_hung_node_that_resumes_fences_itself_before_the_survivor_writes() {
         "A is alive (standby)"
     );
     wait_for("A in standby", LONG, Duration::from_millis(20), || {
-        word_of(pair, Node::A, word::STATE) == 5
+        state_of(pair, Node::A) == Some(State::Standby)
     });
     w.wait_acks(50, "acknowledged writes through A's address, served by B");
     let r = w.finish();
@@ -342,14 +347,14 @@ fn giveback_round_trip_with_data_written_on_both_sides() {
     let b2 = run(b, 1 << 20, 100);
     pair.start(Node::A).expect("start A");
     wait_for("A in standby", LONG, Duration::from_millis(20), || {
-        word_of(pair, Node::A, word::STATE) == 5
+        state_of(pair, Node::A) == Some(State::Standby)
     });
     let seq = pair.giveback(Node::B).expect("giveback");
     pair.wait_request(Node::B, seq, LONG)
         .expect("giveback carried out");
     wait_lines(pair, Node::B, "step=released", 1);
     wait_for("A serving again", LONG, Duration::from_millis(20), || {
-        word_of(pair, Node::A, word::STATE) == 2
+        state_of(pair, Node::A) == Some(State::Serving)
     });
     for (l, addr, what) in [
         (&a1, a, "A's data from before the takeover"),
