@@ -310,6 +310,8 @@ pub struct Config {
     pub bench: JobSpec,
     mmio: [MmioDevice; MAX_MMIO_DEVICES],
     mmio_count: usize,
+    /// Whether `pair=` named this node (the other `pair.*` keys need it).
+    pair_named: bool,
 }
 
 /// How a server offers TLS (guest key `nbd.tls`), the NBD protocol's three modes.
@@ -388,6 +390,7 @@ impl Default for Config {
             bench: JobSpec::default(),
             mmio: [MmioDevice::default(); MAX_MMIO_DEVICES],
             mmio_count: 0,
+            pair_named: false,
         }
     }
 }
@@ -524,225 +527,133 @@ pub fn parse<'a>(line: &'a str, mut report: impl FnMut(Issue<'a>)) -> Config {
     parse_parts(&[line], |_, issue| report(issue))
 }
 
+/// Every key of the guest command line (and of the boot module's words): the host writes
+/// these, the guest parses them ([`parse_parts`]).
+pub mod key {
+    pub const LOG: &str = "log";
+    pub const EXIT: &str = "exit";
+    pub const DMA_PCT: &str = "dma_pct";
+    pub const DEBUG_PANIC: &str = "debug.panic";
+    pub const DEBUG_FAULT: &str = "debug.fault";
+    pub const IP: &str = "ip";
+    pub const GW: &str = "gw";
+    pub const DURABILITY: &str = "durability";
+    pub const PAIR: &str = "pair";
+    pub const PAIR_DISKS: &str = "pair.disks";
+    pub const PAIR_PEER_IP: &str = "pair.peer_ip";
+    pub const PAIR_TIMEOUT_MS: &str = "pair.timeout_ms";
+    pub const PAIR_GIVEBACK: &str = "pair.giveback";
+    pub const NVLOG_RAM_MIB: &str = "nvlog.ram_mib";
+    pub const NBD_HANDSHAKE_MS: &str = "nbd.handshake_ms";
+    pub const NBD_IDLE_MS: &str = "nbd.idle_ms";
+    pub const NBD_STALL_MS: &str = "nbd.stall_ms";
+    pub const NBD_TLS: &str = "nbd.tls";
+    pub const NBD_TLS_VERIFY_PEER: &str = "nbd.tls_verify_peer";
+    pub const NBD_PORT: &str = "nbd.port";
+    pub const EXPORT: &str = "export";
+    pub const PAIR_PEER_EXPORT: &str = "pair.peer_export";
+    pub const NET_ECHO: &str = "net.echo";
+    pub const DEBUG_BLKOPS: &str = "debug.blkops";
+    pub const RESTART: &str = "restart";
+    pub const CHECKPOINT: &str = "checkpoint";
+    pub const DEBUG_PANIC_AFTER_REQUESTS: &str = "debug.panic_after_requests";
+    pub const DEBUG_DEVICE_ERROR_AFTER_REQUESTS: &str = "debug.device_error_after_requests";
+    pub const MGMT_PORT: &str = "mgmt.port";
+    pub const MGMT_KEY: &str = "mgmt.key";
+    pub const MGMT_LISTEN: &str = "mgmt.listen";
+    pub const MGMT_ON_DATA: &str = "mgmt.on_data";
+    pub const MGMT_IDLE_MS: &str = "mgmt.idle_ms";
+    pub const DEBUG_INJECT: &str = "debug.inject";
+    pub const WATCHDOG_MS: &str = "watchdog_ms";
+    pub const DEBUG_STALL_AFTER_REQUESTS: &str = "debug.stall_after_requests";
+    pub const DEBUG_CP: &str = "debug.cp";
+    pub const DEBUG_NVRAM: &str = "debug.nvram";
+    pub const VIRTIO_MMIO_DEVICE: &str = "virtio_mmio.device";
+    pub const BENCH: &str = "bench";
+    pub const BENCH_BS: &str = "bench.bs";
+    pub const BENCH_OPS: &str = "bench.ops";
+    pub const BENCH_PATH: &str = "bench.path";
+    pub const BENCH_QD: &str = "bench.qd";
+    pub const BENCH_RW: &str = "bench.rw";
+    pub const BENCH_SEED: &str = "bench.seed";
+    pub const BENCH_SPAN_MIB: &str = "bench.span_mib";
+    pub const BENCH_TIME_MS: &str = "bench.time_ms";
+    pub const BENCH_VERIFY: &str = "bench.verify";
+    /// Every key above.
+    pub const ALL: &[&str] = &[
+        LOG,
+        EXIT,
+        DMA_PCT,
+        DEBUG_PANIC,
+        DEBUG_FAULT,
+        IP,
+        GW,
+        DURABILITY,
+        PAIR,
+        PAIR_DISKS,
+        PAIR_PEER_IP,
+        PAIR_TIMEOUT_MS,
+        PAIR_GIVEBACK,
+        NVLOG_RAM_MIB,
+        NBD_HANDSHAKE_MS,
+        NBD_IDLE_MS,
+        NBD_STALL_MS,
+        NBD_TLS,
+        NBD_TLS_VERIFY_PEER,
+        NBD_PORT,
+        EXPORT,
+        PAIR_PEER_EXPORT,
+        NET_ECHO,
+        DEBUG_BLKOPS,
+        RESTART,
+        CHECKPOINT,
+        DEBUG_PANIC_AFTER_REQUESTS,
+        DEBUG_DEVICE_ERROR_AFTER_REQUESTS,
+        MGMT_PORT,
+        MGMT_KEY,
+        MGMT_LISTEN,
+        MGMT_ON_DATA,
+        MGMT_IDLE_MS,
+        DEBUG_INJECT,
+        WATCHDOG_MS,
+        DEBUG_STALL_AFTER_REQUESTS,
+        DEBUG_CP,
+        DEBUG_NVRAM,
+        VIRTIO_MMIO_DEVICE,
+        BENCH,
+        BENCH_BS,
+        BENCH_OPS,
+        BENCH_PATH,
+        BENCH_QD,
+        BENCH_RW,
+        BENCH_SEED,
+        BENCH_SPAN_MIB,
+        BENCH_TIME_MS,
+        BENCH_VERIFY,
+    ];
+}
+
 /// Parses the words of several parts in order, as one line: a later word overrides an
 /// earlier one. The guest passes its command line, then its first boot module's words
 /// (where the host puts `mgmt.key=`, out of sight of `ps`). `report` gets the index of the
 /// part each problem is in, so that the caller can say where it is.
 pub fn parse_parts<'a>(parts: &[&'a str], mut report: impl FnMut(usize, Issue<'a>)) -> Config {
     let mut cfg = Config::default();
-    let mut pair_named = false;
     let words = parts
         .iter()
         .enumerate()
         .flat_map(|(i, p)| p.split_ascii_whitespace().map(move |w| (i, w)));
     for (part, word) in words {
-        let mut report = |issue| report(part, issue);
-        let Some((key, value)) = word.split_once('=') else {
-            report(Issue::Malformed(word));
-            continue;
-        };
-        if key.is_empty() {
-            report(Issue::Malformed(word));
-            continue;
-        }
-        let bad = |expected| Issue::BadValue {
-            key,
-            value,
-            expected,
-        };
-        match key {
-            "log" => match parse_level(value) {
-                Some(l) => cfg.log = l,
-                None => report(bad("error|warn|info|debug|trace")),
-            },
-            "exit" => match value {
-                "ready" => cfg.exit = ExitPolicy::Ready,
-                "never" => cfg.exit = ExitPolicy::Never,
-                _ => report(bad("ready|never")),
-            },
-            "dma_pct" => match value.parse::<u8>() {
-                Ok(p) if (1..=90).contains(&p) => cfg.dma_pct = p,
-                _ => report(bad("a percentage from 1 to 90")),
-            },
-            "debug.panic" => match value {
-                "boot" => cfg.debug_panic = Some(PanicPoint::Boot),
-                "ready" => cfg.debug_panic = Some(PanicPoint::Ready),
-                _ => report(bad("boot|ready")),
-            },
-            "debug.fault" => match parse_fault(value) {
-                Some(f) => cfg.debug_fault = Some(f),
-                None => report(bad("pagefault|gp|ud|divide|breakpoint")),
-            },
-            "ip" => match value.split_once('/') {
-                Some((a, n)) => match (parse_ipv4(a), n.parse::<u8>()) {
-                    (Some(a), Ok(n)) if n <= 32 => cfg.ip = (a, n),
-                    _ => report(bad("A.B.C.D/N")),
-                },
-                None => match parse_ipv4(value) {
-                    Some(a) => cfg.ip = (a, 24),
-                    None => report(bad("A.B.C.D/N")),
-                },
-            },
-            "gw" => match value {
-                "none" => cfg.gateway = None,
-                _ => match parse_ipv4(value) {
-                    Some(a) => cfg.gateway = Some(a),
-                    None => report(bad("A.B.C.D or none")),
-                },
-            },
-            "durability" => match value {
-                "disk" | "nvlog" => {
-                    cfg.durability_nvlog = value == "nvlog";
-                    cfg.durability_given = true;
-                }
-                _ => report(bad("disk|nvlog")),
-            },
-            "pair" => match value {
-                "a" | "b" => {
-                    pair_mut(&mut cfg).node = u8::from(value == "b");
-                    pair_named = true;
-                }
-                _ => report(bad("a|b")),
-            },
-            "pair.disks" => match value.parse::<u8>() {
-                Ok(n) if (1..=8).contains(&n) => pair_mut(&mut cfg).disks = n,
-                _ => report(bad("1..=8")),
-            },
-            "pair.peer_ip" => match parse_ipv4(value) {
-                Some(a) => pair_mut(&mut cfg).peer_ip = Some(a),
-                None => report(bad("A.B.C.D")),
-            },
-            "pair.timeout_ms" => match value.parse::<u64>() {
-                Ok(n) if (50..=600_000).contains(&n) => pair_mut(&mut cfg).timeout_ms = n,
-                _ => report(bad("50..=600000")),
-            },
-            "pair.giveback" => match value {
-                "auto" | "manual" => pair_mut(&mut cfg).giveback_auto = value == "auto",
-                _ => report(bad("auto|manual")),
-            },
-            "nvlog.ram_mib" => match value.parse::<u32>() {
-                Ok(n) if (1..=1024).contains(&n) => cfg.nvlog_ram_mib = n,
-                _ => report(bad("1..=1024")),
-            },
-            "nbd.handshake_ms" => match value.parse::<u64>() {
-                Ok(n) if (100..=600_000).contains(&n) => cfg.nbd_handshake_ms = n,
-                _ => report(bad("100..=600000")),
-            },
-            "nbd.idle_ms" => match value.parse::<u64>() {
-                Ok(n) if n <= 86_400_000 => cfg.nbd_idle_ms = n,
-                _ => report(bad("0 (off) ..=86400000")),
-            },
-            "nbd.stall_ms" => match value.parse::<u64>() {
-                Ok(n) if (100..=600_000).contains(&n) => cfg.nbd_stall_ms = n,
-                _ => report(bad("100..=600000")),
-            },
-            "nbd.tls" => match TlsMode::parse(value) {
-                Some(m) => cfg.nbd_tls = m,
-                None => report(bad("off|on|require")),
-            },
-            "nbd.tls_verify_peer" => match value {
-                "on" | "off" => cfg.nbd_tls_verify_peer = value == "on",
-                _ => report(bad("on|off")),
-            },
-            "nbd.port" => match value.parse::<u16>() {
-                Ok(p) if p != 0 => cfg.nbd_port = p,
-                _ => report(bad("a TCP port 1..65535")),
-            },
-            "export" => {
-                if let Err(expected) = cfg.exports.push(value) {
-                    report(bad(expected));
+        match word.split_once('=') {
+            Some((key, value)) if !key.is_empty() => {
+                if let Err(issue) = apply(&mut cfg, key, value, word) {
+                    report(part, issue);
                 }
             }
-            "pair.peer_export" => {
-                pair_mut(&mut cfg);
-                if let Err(expected) = cfg.peer_exports.push(value) {
-                    report(bad(expected));
-                }
-            }
-            "net.echo" => match value.parse::<u16>() {
-                Ok(p) if p != 0 => cfg.echo_port = Some(p),
-                _ => report(bad("a TCP port 1..65535")),
-            },
-            "debug.blkops" => {
-                if !cfg.debug_blkops.set_device(value) {
-                    report(bad("a device name such as blk0"));
-                }
-            }
-            "restart" => match value {
-                "on" => cfg.restart_on_error = true,
-                "off" => cfg.restart_on_error = false,
-                _ => report(bad("on|off")),
-            },
-            "checkpoint" => match value {
-                "use" => cfg.checkpoint_ignore = false,
-                "ignore" => cfg.checkpoint_ignore = true,
-                _ => report(bad("use|ignore")),
-            },
-            "debug.panic_after_requests" => match value.parse::<u64>() {
-                Ok(n) if n > 0 => cfg.debug_panic_after_requests = Some(n),
-                _ => report(bad("a positive request count")),
-            },
-            "debug.device_error_after_requests" => match value.parse::<u64>() {
-                Ok(n) if n > 0 => cfg.debug_device_error_after_requests = Some(n),
-                _ => report(bad("a positive request count")),
-            },
-            "mgmt.port" => match value.parse::<u16>() {
-                Ok(p) => cfg.mgmt_port = p,
-                _ => report(bad("a TCP port (0: off)")),
-            },
-            "mgmt.key" => match crate::mgmt_auth::Key::parse(value) {
-                Some(k) => cfg.mgmt_key = Some(k),
-                None => report(bad("64 hex digits")),
-            },
-            "mgmt.listen" => match parse_ipv4(value) {
-                Some(a) => cfg.mgmt_listen = Some(a),
-                None => report(bad("A.B.C.D")),
-            },
-            "mgmt.on_data" => match value {
-                "on" | "off" => cfg.mgmt_on_data = value == "on",
-                _ => report(bad("on|off")),
-            },
-            "mgmt.idle_ms" => match value.parse::<u64>() {
-                Ok(n) if (1000..=86_400_000).contains(&n) => cfg.mgmt_idle_ms = n,
-                _ => report(bad("1000..=86400000")),
-            },
-            "debug.inject" => match value {
-                "on" | "off" => cfg.debug_inject = value == "on",
-                _ => report(bad("on|off")),
-            },
-            "watchdog_ms" => match value.parse::<u64>() {
-                Ok(n) if n <= 600_000 => cfg.watchdog_ms = n,
-                _ => report(bad("0..=600000")),
-            },
-            "debug.stall_after_requests" => match value.parse::<u64>() {
-                Ok(n) if n > 0 => cfg.debug_stall_after_requests = Some(n),
-                _ => report(bad("a positive request count")),
-            },
-            "debug.cp" => match value {
-                "hold" => cfg.debug_hold_cp = true,
-                _ => report(bad("hold")),
-            },
-            "debug.nvram" => match value {
-                "stamp" => cfg.debug_nvram_stamp = true,
-                _ => report(bad("stamp")),
-            },
-            "virtio_mmio.device" => match parse_mmio(value) {
-                Some(_) if cfg.mmio_count == MAX_MMIO_DEVICES => report(Issue::TooMany(word)),
-                Some(d) => {
-                    cfg.mmio[cfg.mmio_count] = d;
-                    cfg.mmio_count += 1;
-                }
-                None => report(bad("SIZE@BASE:IRQ")),
-            },
-            _ if key == "bench" || key.starts_with("bench.") => {
-                if let Err(expected) = parse_bench(&mut cfg.bench, key, value) {
-                    report(bad(expected));
-                }
-            }
-            _ => report(Issue::UnknownKey(key)),
+            _ => report(part, Issue::Malformed(word)),
         }
     }
-    if cfg.pair.is_some() && !pair_named {
+    if cfg.pair.is_some() && !cfg.pair_named {
         report(
             0,
             Issue::Needs {
@@ -756,6 +667,265 @@ pub fn parse_parts<'a>(parts: &[&'a str], mut report: impl FnMut(usize, Issue<'a
     cfg
 }
 
+/// Why one word was not applied (see [`apply`], which turns it into an [`Issue`]).
+enum Problem {
+    /// The value is not what the key takes: what it takes.
+    Bad(&'static str),
+    Unknown,
+    TooMany,
+}
+use Problem::{Bad, TooMany, Unknown};
+
+/// Applies one `key=value` word to `cfg`, by the key's namespace.
+fn apply<'a>(
+    cfg: &mut Config,
+    key: &'a str,
+    value: &'a str,
+    word: &'a str,
+) -> Result<(), Issue<'a>> {
+    let namespace = key.split_once('.').map_or(key, |(ns, _)| ns);
+    let applied = match namespace {
+        "pair" => apply_pair(cfg, key, value),
+        "nbd" => apply_nbd(cfg, key, value),
+        "mgmt" => apply_mgmt(cfg, key, value),
+        "debug" => apply_debug(cfg, key, value),
+        "bench" => parse_bench(&mut cfg.bench, key, value).map_err(Bad),
+        _ => apply_core(cfg, key, value),
+    };
+    applied.map_err(|p| match p {
+        Bad(expected) => Issue::BadValue {
+            key,
+            value,
+            expected,
+        },
+        Unknown => Issue::UnknownKey(key),
+        TooMany => Issue::TooMany(word),
+    })
+}
+
+/// The words without a namespace, and `export`, `nvlog.*`, `net.*`, `virtio_mmio.*`.
+fn apply_core(cfg: &mut Config, key: &str, value: &str) -> Result<(), Problem> {
+    match key {
+        key::LOG => match parse_level(value) {
+            Some(l) => cfg.log = l,
+            None => return Err(Bad("error|warn|info|debug|trace")),
+        },
+        key::EXIT => match value {
+            "ready" => cfg.exit = ExitPolicy::Ready,
+            "never" => cfg.exit = ExitPolicy::Never,
+            _ => return Err(Bad("ready|never")),
+        },
+        key::DMA_PCT => match value.parse::<u8>() {
+            Ok(p) if (1..=90).contains(&p) => cfg.dma_pct = p,
+            _ => return Err(Bad("a percentage from 1 to 90")),
+        },
+        key::IP => match value.split_once('/') {
+            Some((a, n)) => match (parse_ipv4(a), n.parse::<u8>()) {
+                (Some(a), Ok(n)) if n <= 32 => cfg.ip = (a, n),
+                _ => return Err(Bad("A.B.C.D/N")),
+            },
+            None => match parse_ipv4(value) {
+                Some(a) => cfg.ip = (a, 24),
+                None => return Err(Bad("A.B.C.D/N")),
+            },
+        },
+        key::GW => match value {
+            "none" => cfg.gateway = None,
+            _ => match parse_ipv4(value) {
+                Some(a) => cfg.gateway = Some(a),
+                None => return Err(Bad("A.B.C.D or none")),
+            },
+        },
+        key::DURABILITY => match value {
+            "disk" | "nvlog" => {
+                cfg.durability_nvlog = value == "nvlog";
+                cfg.durability_given = true;
+            }
+            _ => return Err(Bad("disk|nvlog")),
+        },
+        key::NVLOG_RAM_MIB => match value.parse::<u32>() {
+            Ok(n) if (1..=1024).contains(&n) => cfg.nvlog_ram_mib = n,
+            _ => return Err(Bad("1..=1024")),
+        },
+        key::EXPORT => {
+            if let Err(expected) = cfg.exports.push(value) {
+                return Err(Bad(expected));
+            }
+        }
+        key::NET_ECHO => match value.parse::<u16>() {
+            Ok(p) if p != 0 => cfg.echo_port = Some(p),
+            _ => return Err(Bad("a TCP port 1..65535")),
+        },
+        key::RESTART => match value {
+            "on" => cfg.restart_on_error = true,
+            "off" => cfg.restart_on_error = false,
+            _ => return Err(Bad("on|off")),
+        },
+        key::CHECKPOINT => match value {
+            "use" => cfg.checkpoint_ignore = false,
+            "ignore" => cfg.checkpoint_ignore = true,
+            _ => return Err(Bad("use|ignore")),
+        },
+        key::WATCHDOG_MS => match value.parse::<u64>() {
+            Ok(n) if n <= 600_000 => cfg.watchdog_ms = n,
+            _ => return Err(Bad("0..=600000")),
+        },
+        key::VIRTIO_MMIO_DEVICE => match parse_mmio(value) {
+            Some(_) if cfg.mmio_count == MAX_MMIO_DEVICES => return Err(TooMany),
+            Some(d) => {
+                cfg.mmio[cfg.mmio_count] = d;
+                cfg.mmio_count += 1;
+            }
+            None => return Err(Bad("SIZE@BASE:IRQ")),
+        },
+        _ => return Err(Unknown),
+    }
+    Ok(())
+}
+
+/// `pair` and `pair.*`: the failover pair.
+fn apply_pair(cfg: &mut Config, key: &str, value: &str) -> Result<(), Problem> {
+    match key {
+        key::PAIR => match value {
+            "a" | "b" => {
+                pair_mut(cfg).node = u8::from(value == "b");
+                cfg.pair_named = true;
+            }
+            _ => return Err(Bad("a|b")),
+        },
+        key::PAIR_DISKS => match value.parse::<u8>() {
+            Ok(n) if (1..=8).contains(&n) => pair_mut(cfg).disks = n,
+            _ => return Err(Bad("1..=8")),
+        },
+        key::PAIR_PEER_IP => match parse_ipv4(value) {
+            Some(a) => pair_mut(cfg).peer_ip = Some(a),
+            None => return Err(Bad("A.B.C.D")),
+        },
+        key::PAIR_TIMEOUT_MS => match value.parse::<u64>() {
+            Ok(n) if (50..=600_000).contains(&n) => pair_mut(cfg).timeout_ms = n,
+            _ => return Err(Bad("50..=600000")),
+        },
+        key::PAIR_GIVEBACK => match value {
+            "auto" | "manual" => pair_mut(cfg).giveback_auto = value == "auto",
+            _ => return Err(Bad("auto|manual")),
+        },
+        key::PAIR_PEER_EXPORT => {
+            pair_mut(cfg);
+            if let Err(expected) = cfg.peer_exports.push(value) {
+                return Err(Bad(expected));
+            }
+        }
+        _ => return Err(Unknown),
+    }
+    Ok(())
+}
+
+/// `nbd.*`: the NBD service.
+fn apply_nbd(cfg: &mut Config, key: &str, value: &str) -> Result<(), Problem> {
+    match key {
+        key::NBD_HANDSHAKE_MS => match value.parse::<u64>() {
+            Ok(n) if (100..=600_000).contains(&n) => cfg.nbd_handshake_ms = n,
+            _ => return Err(Bad("100..=600000")),
+        },
+        key::NBD_IDLE_MS => match value.parse::<u64>() {
+            Ok(n) if n <= 86_400_000 => cfg.nbd_idle_ms = n,
+            _ => return Err(Bad("0 (off) ..=86400000")),
+        },
+        key::NBD_STALL_MS => match value.parse::<u64>() {
+            Ok(n) if (100..=600_000).contains(&n) => cfg.nbd_stall_ms = n,
+            _ => return Err(Bad("100..=600000")),
+        },
+        key::NBD_TLS => match TlsMode::parse(value) {
+            Some(m) => cfg.nbd_tls = m,
+            None => return Err(Bad("off|on|require")),
+        },
+        key::NBD_TLS_VERIFY_PEER => match value {
+            "on" | "off" => cfg.nbd_tls_verify_peer = value == "on",
+            _ => return Err(Bad("on|off")),
+        },
+        key::NBD_PORT => match value.parse::<u16>() {
+            Ok(p) if p != 0 => cfg.nbd_port = p,
+            _ => return Err(Bad("a TCP port 1..65535")),
+        },
+        _ => return Err(Unknown),
+    }
+    Ok(())
+}
+
+/// `mgmt.*`: the management channel.
+fn apply_mgmt(cfg: &mut Config, key: &str, value: &str) -> Result<(), Problem> {
+    match key {
+        key::MGMT_PORT => match value.parse::<u16>() {
+            Ok(p) => cfg.mgmt_port = p,
+            _ => return Err(Bad("a TCP port (0: off)")),
+        },
+        key::MGMT_KEY => match crate::mgmt_auth::Key::parse(value) {
+            Some(k) => cfg.mgmt_key = Some(k),
+            None => return Err(Bad("64 hex digits")),
+        },
+        key::MGMT_LISTEN => match parse_ipv4(value) {
+            Some(a) => cfg.mgmt_listen = Some(a),
+            None => return Err(Bad("A.B.C.D")),
+        },
+        key::MGMT_ON_DATA => match value {
+            "on" | "off" => cfg.mgmt_on_data = value == "on",
+            _ => return Err(Bad("on|off")),
+        },
+        key::MGMT_IDLE_MS => match value.parse::<u64>() {
+            Ok(n) if (1000..=86_400_000).contains(&n) => cfg.mgmt_idle_ms = n,
+            _ => return Err(Bad("1000..=86400000")),
+        },
+        _ => return Err(Unknown),
+    }
+    Ok(())
+}
+
+/// `debug.*`: fault injection and self-tests.
+fn apply_debug(cfg: &mut Config, key: &str, value: &str) -> Result<(), Problem> {
+    match key {
+        key::DEBUG_PANIC => match value {
+            "boot" => cfg.debug_panic = Some(PanicPoint::Boot),
+            "ready" => cfg.debug_panic = Some(PanicPoint::Ready),
+            _ => return Err(Bad("boot|ready")),
+        },
+        key::DEBUG_FAULT => match parse_fault(value) {
+            Some(f) => cfg.debug_fault = Some(f),
+            None => return Err(Bad("pagefault|gp|ud|divide|breakpoint")),
+        },
+        key::DEBUG_BLKOPS => {
+            if !cfg.debug_blkops.set_device(value) {
+                return Err(Bad("a device name such as blk0"));
+            }
+        }
+        key::DEBUG_PANIC_AFTER_REQUESTS => match value.parse::<u64>() {
+            Ok(n) if n > 0 => cfg.debug_panic_after_requests = Some(n),
+            _ => return Err(Bad("a positive request count")),
+        },
+        key::DEBUG_DEVICE_ERROR_AFTER_REQUESTS => match value.parse::<u64>() {
+            Ok(n) if n > 0 => cfg.debug_device_error_after_requests = Some(n),
+            _ => return Err(Bad("a positive request count")),
+        },
+        key::DEBUG_INJECT => match value {
+            "on" | "off" => cfg.debug_inject = value == "on",
+            _ => return Err(Bad("on|off")),
+        },
+        key::DEBUG_STALL_AFTER_REQUESTS => match value.parse::<u64>() {
+            Ok(n) if n > 0 => cfg.debug_stall_after_requests = Some(n),
+            _ => return Err(Bad("a positive request count")),
+        },
+        key::DEBUG_CP => match value {
+            "hold" => cfg.debug_hold_cp = true,
+            _ => return Err(Bad("hold")),
+        },
+        key::DEBUG_NVRAM => match value {
+            "stamp" => cfg.debug_nvram_stamp = true,
+            _ => return Err(Bad("stamp")),
+        },
+        _ => return Err(Unknown),
+    }
+    Ok(())
+}
+
 /// One `bench` / `bench.*` word; on error, what was expected.
 fn parse_bench(job: &mut JobSpec, key: &str, v: &str) -> Result<(), &'static str> {
     let num = |max: u64, what| {
@@ -764,30 +934,30 @@ fn parse_bench(job: &mut JobSpec, key: &str, v: &str) -> Result<(), &'static str
             .ok_or(what)
     };
     match key {
-        "bench" => {
+        key::BENCH => {
             if !job.set_device(v) {
                 return Err("a device name such as blk0");
             }
         }
-        "bench.rw" => job.rw = Rw::parse(v).ok_or("read|write|randread|randwrite|randrw")?,
-        "bench.bs" => {
+        key::BENCH_RW => job.rw = Rw::parse(v).ok_or("read|write|randread|randwrite|randrw")?,
+        key::BENCH_BS => {
             job.bs = parse_size(v)
                 .filter(|n| (512..=u64::from(crate::bench_job::MAX_BS)).contains(n))
                 .ok_or("a size from 512 to 4M")? as u32
         }
-        "bench.qd" => job.qd = num(u64::from(crate::bench_job::MAX_QD), "1..=1024")? as u16,
-        "bench.ops" => job.ops = Some(num(u64::MAX, "a positive count")?),
-        "bench.time_ms" => job.time_ms = Some(num(3_600_000, "1..=3600000 ms")?),
-        "bench.span_mib" => job.span = Some(num(1 << 30, "a positive MiB count")? << 20),
-        "bench.seed" => job.seed = parse_number(v).ok_or("a number")?,
-        "bench.path" => {
+        key::BENCH_QD => job.qd = num(u64::from(crate::bench_job::MAX_QD), "1..=1024")? as u16,
+        key::BENCH_OPS => job.ops = Some(num(u64::MAX, "a positive count")?),
+        key::BENCH_TIME_MS => job.time_ms = Some(num(3_600_000, "1..=3600000 ms")?),
+        key::BENCH_SPAN_MIB => job.span = Some(num(1 << 30, "a positive MiB count")? << 20),
+        key::BENCH_SEED => job.seed = parse_number(v).ok_or("a number")?,
+        key::BENCH_PATH => {
             job.path = match v {
                 "hpdi" => Path::Hpdi,
                 "direct" => Path::Direct,
                 _ => return Err("hpdi|direct"),
             }
         }
-        "bench.verify" => {
+        key::BENCH_VERIFY => {
             job.verify = match v {
                 "1" => true,
                 "0" => false,
@@ -872,6 +1042,24 @@ fn parse_mmio(v: &str) -> Option<MmioDevice> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_listed_key_is_parsed_and_no_other() {
+        for k in key::ALL {
+            let word = alloc::format!("{k}=?");
+            let mut issues = alloc::vec::Vec::new();
+            parse(&word, |i| issues.push(alloc::format!("{i}")));
+            assert!(
+                issues.iter().all(|i| !i.contains("unknown key")),
+                "{k}: {issues:?}"
+            );
+        }
+        let mut unknown = 0;
+        parse("nbd.tsl=on mgmt.kye=1 bench.qdd=1 pairx=a", |i| {
+            unknown += usize::from(matches!(i, Issue::UnknownKey(_) | Issue::BadValue { .. }))
+        });
+        assert_eq!(unknown, 4);
+    }
 
     fn parse_all(line: &str) -> (Config, Vec<String>) {
         let mut issues = Vec::new();
