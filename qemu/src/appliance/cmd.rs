@@ -178,82 +178,97 @@ fn run_image(a: &ImageRunArgs) -> anyhow::Result<i32> {
     }
     match &app.kind {
         Kind::Single(s) => {
-            let mut words = read_words(&dir.join(plans[0].file(super::CMDLINE)))?;
-            if s.ip != USER_NET_IP {
-                eprintln!(
-                    "tandem: note: the appliance's address {}/{} is for its own network; under \
-                     QEMU user networking it runs as {}/{} (what the port forwards reach)",
-                    s.ip.0, s.ip.1, USER_NET_IP.0, USER_NET_IP.1
-                );
-                words.retain(|w| !w.starts_with("ip=") && !w.starts_with("gw="));
-                words.insert(0, "gw=10.0.2.2".into());
-                words.insert(0, format!("ip={}/{}", USER_NET_IP.0, USER_NET_IP.1));
-            }
-            let mut extra = vec!["--state-dir".to_string(), dir.display().to_string()];
-            if let Some(acc) = a.accel {
-                extra.extend(["--accel".into(), accel_name(acc).into()]);
-            }
-            if let Some(t) = a.timeout {
-                extra.extend(["--timeout".into(), t.to_string()]);
-            }
-            if a.dry_run {
-                extra.push("--dry-run".into());
-            }
-            let args = render::run_args(&app, &dir, &words, a.nbd_port, a.mgmt_port, &extra)?;
-            eprintln!(
-                "tandem: appliance {} ({}): state beside it (qmp.sock, console.log)",
-                app.name,
-                dir.display()
-            );
-            crate::run::run(&args)
+            let words = read_words(&dir.join(plans[0].file(super::CMDLINE)))?;
+            run_single(a, &dir, &app, s, words)
         }
-        Kind::Pair(_) => {
-            let spec = render::pair_spec(&app, &dir)?;
-            let mut argv: Vec<String> = vec![
-                "tandem".into(),
-                "pair".into(),
-                "up".into(),
-                "--dir".into(),
-                dir.display().to_string(),
-                "--disks".into(),
-                spec.disks.to_string(),
-                "--disk-size".into(),
-                config::size_text(spec.disk_size),
-                "--region-size".into(),
-                config::size_text(spec.region_size),
-                "--mem".into(),
-                config::size_text(spec.mem),
-                "--timeout-ms".into(),
-                spec.timeout_ms.to_string(),
-                "--fence-timeout-ms".into(),
-                spec.fence_timeout_ms.to_string(),
-                "--giveback".into(),
-                spec.giveback.name().into(),
-                "--subnet".into(),
-                spec.subnet.to_string(),
-                "--image".into(),
-                dir.join(render::KERNEL).display().to_string(),
-                "--boot-timeout".into(),
-                a.boot_timeout.to_string(),
-            ];
-            if !spec.cmdline.is_empty() {
-                argv.extend(["--cmdline".into(), spec.cmdline.join(" ")]);
-            }
-            if let Some(acc) = a.accel {
-                argv.extend(["--accel".into(), accel_name(acc).into()]);
-            }
-            let cli = Cli::try_parse_args(&argv).map_err(|e| anyhow::anyhow!("{e}"))?;
-            match &cli.command {
-                Command::Pair(PairCommand::Up(up)) => {
-                    // The nodes' own boot modules (key, TLS files), as the plans pass them.
-                    let mut s = crate::pair::cmd::spec_of(up);
-                    s.boot_modules = spec.boot_modules;
-                    s.exports = spec.exports;
-                    crate::pair::cmd::up_spec(&s)
-                }
-                _ => bail!("`tandem pair up` arguments did not parse"),
-            }
+        Kind::Pair(_) => run_pair(a, &dir, &app),
+    }
+}
+
+/// Boot a single appliance as `tandem run` does, with the directory as its state directory
+/// and `words` (its baked command line) for the guest, under QEMU user networking.
+fn run_single(
+    a: &ImageRunArgs,
+    dir: &Path,
+    app: &config::Appliance,
+    s: &config::Single,
+    mut words: Vec<String>,
+) -> anyhow::Result<i32> {
+    if s.ip != USER_NET_IP {
+        eprintln!(
+            "tandem: note: the appliance's address {}/{} is for its own network; under \
+             QEMU user networking it runs as {}/{} (what the port forwards reach)",
+            s.ip.0, s.ip.1, USER_NET_IP.0, USER_NET_IP.1
+        );
+        words.retain(|w| !w.starts_with("ip=") && !w.starts_with("gw="));
+        words.insert(0, "gw=10.0.2.2".into());
+        words.insert(0, format!("ip={}/{}", USER_NET_IP.0, USER_NET_IP.1));
+    }
+    let mut extra = vec!["--state-dir".to_string(), dir.display().to_string()];
+    if let Some(acc) = a.accel {
+        extra.extend(["--accel".into(), accel_name(acc).into()]);
+    }
+    if let Some(t) = a.timeout {
+        extra.extend(["--timeout".into(), t.to_string()]);
+    }
+    if a.dry_run {
+        extra.push("--dry-run".into());
+    }
+    let args = render::run_args(app, dir, &words, a.nbd_port, a.mgmt_port, &extra)?;
+    eprintln!(
+        "tandem: appliance {} ({}): state beside it (qmp.sock, console.log)",
+        app.name,
+        dir.display()
+    );
+    crate::run::run(&args)
+}
+
+/// Boot a pair appliance as `tandem pair up` does, with the nodes' own boot modules.
+fn run_pair(a: &ImageRunArgs, dir: &Path, app: &config::Appliance) -> anyhow::Result<i32> {
+    let spec = render::pair_spec(app, dir)?;
+    let mut argv: Vec<String> = vec![
+        "tandem".into(),
+        "pair".into(),
+        "up".into(),
+        "--dir".into(),
+        dir.display().to_string(),
+        "--disks".into(),
+        spec.disks.to_string(),
+        "--disk-size".into(),
+        config::size_text(spec.disk_size),
+        "--region-size".into(),
+        config::size_text(spec.region_size),
+        "--mem".into(),
+        config::size_text(spec.mem),
+        "--timeout-ms".into(),
+        spec.timeout_ms.to_string(),
+        "--fence-timeout-ms".into(),
+        spec.fence_timeout_ms.to_string(),
+        "--giveback".into(),
+        spec.giveback.name().into(),
+        "--subnet".into(),
+        spec.subnet.to_string(),
+        "--image".into(),
+        dir.join(render::KERNEL).display().to_string(),
+        "--boot-timeout".into(),
+        a.boot_timeout.to_string(),
+    ];
+    if !spec.cmdline.is_empty() {
+        argv.extend(["--cmdline".into(), spec.cmdline.join(" ")]);
+    }
+    if let Some(acc) = a.accel {
+        argv.extend(["--accel".into(), accel_name(acc).into()]);
+    }
+    let cli = Cli::try_parse_args(&argv).map_err(|e| anyhow::anyhow!("{e}"))?;
+    match &cli.command {
+        Command::Pair(PairCommand::Up(up)) => {
+            // The nodes' own boot modules (key, TLS files), as the plans pass them.
+            let mut s = crate::pair::cmd::spec_of(up);
+            s.boot_modules = spec.boot_modules;
+            s.exports = spec.exports;
+            crate::pair::cmd::up_spec(&s)
         }
+        _ => bail!("`tandem pair up` arguments did not parse"),
     }
 }
 

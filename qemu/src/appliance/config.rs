@@ -400,83 +400,16 @@ pub fn resolve(raw: &ConfigFile) -> Result<Appliance, ConfigError> {
     let mut p = Problems::default();
 
     check_name(&mut p, &raw.name);
-    let memory = match &raw.memory {
-        None => DEFAULT_MEMORY,
-        Some(s) => match s.parse::<ByteSize>() {
-            Ok(m) if m.bytes() < (16 << 20) || m.bytes() > (64 << 30) => {
-                p.add("memory", quoted(s), "guest RAM is 16M to 64G");
-                DEFAULT_MEMORY
-            }
-            Ok(m) if !m.bytes().is_multiple_of(1 << 20) => {
-                p.add(
-                    "memory",
-                    quoted(s),
-                    "a whole number of MiB (xl counts in MiB)",
-                );
-                DEFAULT_MEMORY
-            }
-            Ok(m) => m,
-            Err(e) => {
-                p.add("memory", quoted(s), e);
-                DEFAULT_MEMORY
-            }
-        },
-    };
+    let memory = resolve_memory(&mut p, raw.memory.as_deref());
     let vcpus = raw.vcpus.unwrap_or(1);
     if !(1..=255).contains(&vcpus) {
         p.add("vcpus", vcpus, "1 to 255");
     }
-    if let Some(d) = &raw.durability {
-        if d != "disk" && d != "nvlog" {
-            p.add("durability", quoted(d), "expected \"disk\" or \"nvlog\"");
-        }
-    }
-    if let Some(l) = &raw.log {
-        if !["error", "warn", "info", "debug", "trace"].contains(&l.as_str()) {
-            p.add(
-                "log",
-                quoted(l),
-                "expected error, warn, info, debug or trace",
-            );
-        }
-    }
-    let install_dir = match &raw.install_dir {
-        None => format!("{DEFAULT_INSTALL_ROOT}/{}", raw.name),
-        Some(d) => {
-            if !d.starts_with('/') || d.len() > 1 && d.ends_with('/') {
-                p.add(
-                    "install_dir",
-                    quoted(d),
-                    "an absolute directory without a trailing '/' (libvirt and xl need absolute paths)",
-                );
-            } else if !d
-                .chars()
-                .all(|c| c.is_ascii_graphic() && !"'\"<>&\\,=".contains(c))
-            {
-                p.add(
-                    "install_dir",
-                    quoted(d),
-                    "only printable ASCII without quotes, '<', '>', '&', '\\', ',' or '='",
-                );
-            }
-            d.clone()
-        }
-    };
+    check_guest_words(&mut p, raw);
+    let install_dir = resolve_install_dir(&mut p, raw);
     check_cmdline(&mut p, &raw.cmdline);
     let net = raw.network.clone().unwrap_or_default();
-    let bridge = net.bridge.clone().unwrap_or_else(|| DEFAULT_BRIDGE.into());
-    if bridge.is_empty()
-        || bridge.len() > 15
-        || !bridge
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-    {
-        p.add(
-            "network.bridge",
-            quoted(&bridge),
-            "a Linux interface name (1 to 15 of A-Z a-z 0-9 . _ -)",
-        );
-    }
+    let bridge = resolve_bridge(&mut p, &net);
 
     let tls = raw.tls.as_ref().map(|t| resolve_tls(&mut p, t));
     let kind = match &raw.pair {
@@ -502,6 +435,93 @@ pub fn resolve(raw: &ConfigFile) -> Result<Appliance, ConfigError> {
         tls,
         kind,
     })
+}
+
+/// `memory`: 16M to 64G in whole MiB, [`DEFAULT_MEMORY`] when absent (or wrong).
+fn resolve_memory(p: &mut Problems, memory: Option<&str>) -> ByteSize {
+    let Some(s) = memory else {
+        return DEFAULT_MEMORY;
+    };
+    match s.parse::<ByteSize>() {
+        Ok(m) if m.bytes() < (16 << 20) || m.bytes() > (64 << 30) => {
+            p.add("memory", quoted(s), "guest RAM is 16M to 64G");
+            DEFAULT_MEMORY
+        }
+        Ok(m) if !m.bytes().is_multiple_of(1 << 20) => {
+            p.add(
+                "memory",
+                quoted(s),
+                "a whole number of MiB (xl counts in MiB)",
+            );
+            DEFAULT_MEMORY
+        }
+        Ok(m) => m,
+        Err(e) => {
+            p.add("memory", quoted(s), e);
+            DEFAULT_MEMORY
+        }
+    }
+}
+
+/// `durability` and `log`: words the guest's command line knows.
+fn check_guest_words(p: &mut Problems, raw: &ConfigFile) {
+    if let Some(d) = &raw.durability {
+        if d != "disk" && d != "nvlog" {
+            p.add("durability", quoted(d), "expected \"disk\" or \"nvlog\"");
+        }
+    }
+    if let Some(l) = &raw.log {
+        if !["error", "warn", "info", "debug", "trace"].contains(&l.as_str()) {
+            p.add(
+                "log",
+                quoted(l),
+                "expected error, warn, info, debug or trace",
+            );
+        }
+    }
+}
+
+/// `install_dir`: an absolute path that libvirt and xl take as it is, by default under
+/// [`DEFAULT_INSTALL_ROOT`].
+fn resolve_install_dir(p: &mut Problems, raw: &ConfigFile) -> String {
+    let Some(d) = &raw.install_dir else {
+        return format!("{DEFAULT_INSTALL_ROOT}/{}", raw.name);
+    };
+    if !d.starts_with('/') || d.len() > 1 && d.ends_with('/') {
+        p.add(
+            "install_dir",
+            quoted(d),
+            "an absolute directory without a trailing '/' (libvirt and xl need absolute paths)",
+        );
+    } else if !d
+        .chars()
+        .all(|c| c.is_ascii_graphic() && !"'\"<>&\\,=".contains(c))
+    {
+        p.add(
+            "install_dir",
+            quoted(d),
+            "only printable ASCII without quotes, '<', '>', '&', '\\', ',' or '='",
+        );
+    }
+    d.clone()
+}
+
+/// `network.bridge`: a Linux interface name, [`DEFAULT_BRIDGE`] when absent.
+fn resolve_bridge(p: &mut Problems, net: &NetworkFile) -> String {
+    let bridge = net.bridge.clone().unwrap_or_else(|| DEFAULT_BRIDGE.into());
+    if bridge.is_empty()
+        || bridge.len() > 15
+        || !bridge
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    {
+        p.add(
+            "network.bridge",
+            quoted(&bridge),
+            "a Linux interface name (1 to 15 of A-Z a-z 0-9 . _ -)",
+        );
+    }
+    bridge
 }
 
 fn resolve_tls(p: &mut Problems, t: &TlsFile) -> Tls {
@@ -641,45 +661,7 @@ fn resolve_single(p: &mut Problems, raw: &ConfigFile, net: &NetworkFile) -> Sing
             (Ipv4Addr::new(10, 0, 2, 15), 24)
         }
     };
-    // Default route: QEMU user networking's when the address is its default, else none.
-    let gw_text = net.gateway.clone().unwrap_or_else(|| {
-        if net.ip.is_none() {
-            "10.0.2.2".into()
-        } else {
-            "none".into()
-        }
-    });
-    let gateway = if gw_text == "none" {
-        None
-    } else {
-        match gw_text.parse::<Ipv4Addr>() {
-            Ok(g) => {
-                let mask = u32::MAX << (32 - ip.1);
-                if u32::from(g) & mask != u32::from(ip.0) & mask {
-                    p.add(
-                        "network.gateway",
-                        quoted(&gw_text),
-                        format!("not on the appliance's network {}/{}", ip.0, ip.1),
-                    );
-                } else if g == ip.0 {
-                    p.add(
-                        "network.gateway",
-                        quoted(&gw_text),
-                        "that is the appliance's own address",
-                    );
-                }
-                Some(g)
-            }
-            Err(_) => {
-                p.add(
-                    "network.gateway",
-                    quoted(&gw_text),
-                    "expected A.B.C.D or \"none\"",
-                );
-                None
-            }
-        }
-    };
+    let gateway = resolve_gateway(p, net, ip);
     let mac = net.mac.as_ref().and_then(|m| match m.parse::<MacAddr>() {
         Ok(mac) if mac.0[0] & 1 != 0 => {
             p.add(
@@ -711,6 +693,60 @@ fn resolve_single(p: &mut Problems, raw: &ConfigFile, net: &NetworkFile) -> Sing
             }
         },
     };
+    Single {
+        ip,
+        gateway,
+        mac,
+        nvram,
+        disks: resolve_single_disks(p, raw),
+    }
+}
+
+/// `network.gateway` on the network of `ip`. Default route: QEMU user networking's when the
+/// address is its default, else none.
+fn resolve_gateway(p: &mut Problems, net: &NetworkFile, ip: (Ipv4Addr, u8)) -> Option<Ipv4Addr> {
+    let gw_text = net.gateway.clone().unwrap_or_else(|| {
+        if net.ip.is_none() {
+            "10.0.2.2".into()
+        } else {
+            "none".into()
+        }
+    });
+    if gw_text == "none" {
+        return None;
+    }
+    match gw_text.parse::<Ipv4Addr>() {
+        Ok(g) => {
+            let mask = u32::MAX << (32 - ip.1);
+            if u32::from(g) & mask != u32::from(ip.0) & mask {
+                p.add(
+                    "network.gateway",
+                    quoted(&gw_text),
+                    format!("not on the appliance's network {}/{}", ip.0, ip.1),
+                );
+            } else if g == ip.0 {
+                p.add(
+                    "network.gateway",
+                    quoted(&gw_text),
+                    "that is the appliance's own address",
+                );
+            }
+            Some(g)
+        }
+        Err(_) => {
+            p.add(
+                "network.gateway",
+                quoted(&gw_text),
+                "expected A.B.C.D or \"none\"",
+            );
+            None
+        }
+    }
+}
+
+/// A single appliance's `[[disk]]`s: 1 to [`MAX_EXPORTS`], distinct export names, the first
+/// writable.
+fn resolve_single_disks(p: &mut Problems, raw: &ConfigFile) -> Vec<DiskPlan> {
     if raw.disk.is_empty() {
         p.key(
             "disk",
@@ -753,13 +789,7 @@ fn resolve_single(p: &mut Problems, raw: &ConfigFile, net: &NetworkFile) -> Sing
             );
         }
     }
-    Single {
-        ip,
-        gateway,
-        mac,
-        nvram,
-        disks,
-    }
+    disks
 }
 
 fn check_export_name(name: &str) -> Result<(), String> {
@@ -914,31 +944,7 @@ pub fn parse_uuid(s: &str) -> Result<[u8; 16], String> {
 }
 
 fn resolve_pair(p: &mut Problems, raw: &ConfigFile, net: &NetworkFile, pair: &PairFile) -> Pair {
-    for (key, set) in [
-        ("network.ip", net.ip.is_some()),
-        ("network.gateway", net.gateway.is_some()),
-        ("network.mac", net.mac.is_some()),
-    ] {
-        if set {
-            p.key(
-                key,
-                "a pair's addresses come from pair.subnet (node a .10, node b .11, no \
-                 gateway) and its MACs are fixed, as `tandem pair up` runs it",
-            );
-        }
-    }
-    if raw.nvram.is_some() {
-        p.key(
-            "nvram",
-            "a pair's NVRAM is its shared region: set pair.region_size",
-        );
-    }
-    if !raw.disk.is_empty() {
-        p.key(
-            "disk",
-            "in a pair, disks belong to a node: [[pair.a.disk]] and [[pair.b.disk]]",
-        );
-    }
+    reject_single_keys(p, raw, net);
     let subnet_text = pair
         .subnet
         .clone()
@@ -994,6 +1000,49 @@ fn resolve_pair(p: &mut Problems, raw: &ConfigFile, net: &NetworkFile, pair: &Pa
                 None
             }
         });
+    Pair {
+        subnet,
+        region_size,
+        timeout_ms,
+        fence_timeout_ms,
+        giveback,
+        id,
+        disks: resolve_pair_disks(p, pair),
+    }
+}
+
+/// The keys of a single appliance that a pair sets otherwise.
+fn reject_single_keys(p: &mut Problems, raw: &ConfigFile, net: &NetworkFile) {
+    for (key, set) in [
+        ("network.ip", net.ip.is_some()),
+        ("network.gateway", net.gateway.is_some()),
+        ("network.mac", net.mac.is_some()),
+    ] {
+        if set {
+            p.key(
+                key,
+                "a pair's addresses come from pair.subnet (node a .10, node b .11, no \
+                 gateway) and its MACs are fixed, as `tandem pair up` runs it",
+            );
+        }
+    }
+    if raw.nvram.is_some() {
+        p.key(
+            "nvram",
+            "a pair's NVRAM is its shared region: set pair.region_size",
+        );
+    }
+    if !raw.disk.is_empty() {
+        p.key(
+            "disk",
+            "in a pair, disks belong to a node: [[pair.a.disk]] and [[pair.b.disk]]",
+        );
+    }
+}
+
+/// Each node's `[[pair.N.disk]]`s: both nodes present, 1 to [`MAX_DISKS`] each, as many on
+/// one as on the other.
+fn resolve_pair_disks(p: &mut Problems, pair: &PairFile) -> [Vec<DiskPlan>; 2] {
     let mut disks: [Vec<DiskPlan>; 2] = [Vec::new(), Vec::new()];
     for n in Node::ALL {
         let node = match n {
@@ -1037,15 +1086,7 @@ fn resolve_pair(p: &mut Problems, raw: &ConfigFile, net: &NetworkFile, pair: &Pa
             ),
         );
     }
-    Pair {
-        subnet,
-        region_size,
-        timeout_ms,
-        fence_timeout_ms,
-        giveback,
-        id,
-        disks,
-    }
+    disks
 }
 
 /// A size as this file spells it: a unit when exact, else bytes with `B`.

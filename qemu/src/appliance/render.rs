@@ -317,57 +317,7 @@ fn dq(s: &str) -> String {
 
 /// The launch script (`run.sh`).
 pub fn launch_script(app: &Appliance, g: &GuestPlan) -> String {
-    let mut args: Vec<String> = Vec::new();
-    let raw: Vec<String> = g
-        .qemu
-        .to_args()
-        .into_iter()
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
-    let mut i = 0;
-    while i < raw.len() {
-        let a = &raw[i];
-        let next = raw.get(i + 1);
-        match (a.as_str(), next.map(String::as_str)) {
-            ("-accel", Some(_)) => {
-                args.push("-accel \"$ACCEL\"".into());
-                i += 2;
-                continue;
-            }
-            ("-cpu", Some(_)) => {
-                args.push("-cpu \"$CPU\"".into());
-                i += 2;
-                continue;
-            }
-            _ => {}
-        }
-        let word = |w: &str| {
-            let fwd = w
-                .replace(
-                    &format!("127.0.0.1:{GUEST_NBD_PORT}-:"),
-                    "127.0.0.1:${NBD_PORT}-:",
-                )
-                .replace(
-                    &format!("127.0.0.1:{GUEST_MGMT_PORT}-:"),
-                    "127.0.0.1:${MGMT_PORT}-:",
-                );
-            if fwd != w {
-                dq(&fwd)
-            } else {
-                shell_quote(std::ffi::OsStr::new(w))
-            }
-        };
-        match next {
-            Some(v) if a.starts_with('-') && !v.starts_with('-') => {
-                args.push(format!("{} {}", word(a), word(v)));
-                i += 2;
-            }
-            _ => {
-                args.push(word(a));
-                i += 1;
-            }
-        }
-    }
+    let args = script_qemu_args(g);
     let mut s = String::new();
     let cd = if g.dir.is_empty() {
         "cd \"$(dirname \"$0\")\""
@@ -441,6 +391,64 @@ pub fn launch_script(app: &Appliance, g: &GuestPlan) -> String {
     }
     let _ = writeln!(s, "    \"$@\"");
     s
+}
+
+/// QEMU's arguments as the launch script passes them, an option with its value on one line:
+/// the accelerator and CPU from the script's variables, the forwarded ports from
+/// `${NBD_PORT}` and `${MGMT_PORT}`.
+fn script_qemu_args(g: &GuestPlan) -> Vec<String> {
+    let mut args: Vec<String> = Vec::new();
+    let raw: Vec<String> = g
+        .qemu
+        .to_args()
+        .into_iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let mut i = 0;
+    while i < raw.len() {
+        let a = &raw[i];
+        let next = raw.get(i + 1);
+        match (a.as_str(), next.map(String::as_str)) {
+            ("-accel", Some(_)) => {
+                args.push("-accel \"$ACCEL\"".into());
+                i += 2;
+                continue;
+            }
+            ("-cpu", Some(_)) => {
+                args.push("-cpu \"$CPU\"".into());
+                i += 2;
+                continue;
+            }
+            _ => {}
+        }
+        let word = |w: &str| {
+            let fwd = w
+                .replace(
+                    &format!("127.0.0.1:{GUEST_NBD_PORT}-:"),
+                    "127.0.0.1:${NBD_PORT}-:",
+                )
+                .replace(
+                    &format!("127.0.0.1:{GUEST_MGMT_PORT}-:"),
+                    "127.0.0.1:${MGMT_PORT}-:",
+                );
+            if fwd != w {
+                dq(&fwd)
+            } else {
+                shell_quote(std::ffi::OsStr::new(w))
+            }
+        };
+        match next {
+            Some(v) if a.starts_with('-') && !v.starts_with('-') => {
+                args.push(format!("{} {}", word(a), word(v)));
+                i += 2;
+            }
+            _ => {
+                args.push(word(a));
+                i += 1;
+            }
+        }
+    }
+    args
 }
 
 /// XML text escaping (attribute and element content).
@@ -529,6 +537,26 @@ pub fn libvirt_xml(app: &Appliance, g: &GuestPlan) -> String {
     let _ = writeln!(s, "  <on_reboot>restart</on_reboot>");
     let _ = writeln!(s, "  <on_crash>destroy</on_crash>");
     let _ = writeln!(s, "  <devices>");
+    let nic_slot = xml_disks_and_nic(&mut s, app, g);
+    let _ = writeln!(s, "    <controller type='usb' model='none'/>");
+    let _ = writeln!(
+        s,
+        "    <serial type='pty'>\n      <target port='0'/>\n    </serial>"
+    );
+    let _ = writeln!(
+        s,
+        "    <console type='pty'>\n      <target type='serial' port='0'/>\n    </console>"
+    );
+    let _ = writeln!(s, "    <memballoon model='none'/>");
+    let _ = writeln!(s, "  </devices>");
+    xml_qemu_commandline(&mut s, app, g, nic_slot);
+    let _ = writeln!(s, "</domain>");
+    s
+}
+
+/// The domain's disks (PCI slots from [`FIRST_SLOT`]) and its NIC on the bridge (the slot
+/// after them), returned.
+fn xml_disks_and_nic(s: &mut String, app: &Appliance, g: &GuestPlan) -> usize {
     for (k, d) in g.disks.iter().enumerate() {
         let _ = writeln!(s, "    <disk type='file' device='disk'>");
         let _ = writeln!(
@@ -561,17 +589,12 @@ pub fn libvirt_xml(app: &Appliance, g: &GuestPlan) -> String {
     let _ = writeln!(s, "      <rom enabled='no'/>");
     let _ = writeln!(s, "      {}", pci_address(nic_slot));
     let _ = writeln!(s, "    </interface>");
-    let _ = writeln!(s, "    <controller type='usb' model='none'/>");
-    let _ = writeln!(
-        s,
-        "    <serial type='pty'>\n      <target port='0'/>\n    </serial>"
-    );
-    let _ = writeln!(
-        s,
-        "    <console type='pty'>\n      <target type='serial' port='0'/>\n    </console>"
-    );
-    let _ = writeln!(s, "    <memballoon model='none'/>");
-    let _ = writeln!(s, "  </devices>");
+    nic_slot
+}
+
+/// What libvirt has no element for, as QEMU arguments: the NVRAM region's ivshmem-plain
+/// device (in the slot after the NIC) and the isa-debug-exit port.
+fn xml_qemu_commandline(s: &mut String, app: &Appliance, g: &GuestPlan, nic_slot: usize) {
     let _ = writeln!(s, "  <qemu:commandline>");
     let region = format!(
         "memory-backend-file,id=nvram0,share=on,mem-path={},size={}",
@@ -593,8 +616,6 @@ pub fn libvirt_xml(app: &Appliance, g: &GuestPlan) -> String {
         let _ = writeln!(s, "    <qemu:arg value='{}'/>", xml(v));
     }
     let _ = writeln!(s, "  </qemu:commandline>");
-    let _ = writeln!(s, "</domain>");
-    s
 }
 
 fn vd_name(k: usize) -> String {
