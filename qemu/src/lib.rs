@@ -36,6 +36,7 @@
 //! the real guest image, so the tests and the command start QEMU the same way.
 
 #![warn(missing_docs)]
+#![deny(unsafe_code)] // but where a module says why: vhost_backend, pair::{api, region, supervisor}
 
 pub mod accel;
 pub mod appliance;
@@ -59,5 +60,6 @@ pub mod scratch;
 pub mod size;
 pub mod state;
 pub mod tls;
+#[allow(unsafe_code)] // pre_exec of the back end (parent-death signal)
 pub mod vhost_backend;
 pub mod vm;

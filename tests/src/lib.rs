@@ -5,6 +5,7 @@
 //! lines from the same typed builder `tandem` uses, each in its own temporary state
 //! directory. They wait on observable conditions (a console line, QEMU's exit) with bounded
 //! timeouts and kill QEMU when a deadline passes; nothing sleeps and hopes.
+#![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

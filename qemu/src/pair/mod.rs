@@ -65,14 +65,17 @@
 //! | `supervisor.lock`, `up.lock` | held by the running supervisor, and by a `pair up` under way |
 //! | `a/console.log`, `a/qemu.log`, `a/qmp.sock` | node A's guest console (from each `up`), QEMU's stderr, QMP |
 
+#[allow(unsafe_code)] // pre_exec (setsid) of the supervisor
 pub mod api;
 pub mod cmd;
 pub mod control;
 pub mod events;
 pub mod netns;
+#[allow(unsafe_code)] // mmap of the shared region file
 pub mod region;
 pub mod spec;
 pub mod status;
+#[allow(unsafe_code)] // pre_exec of the supervised processes
 pub mod supervisor;
 
 use std::fmt;
