@@ -24,12 +24,24 @@ use frontend_drivers::virtio_blk::{BlkInfo, Features};
 use frontend_drivers::virtio_net::NetInfo;
 
 use crate::dma::FrameRegion;
+use crate::mmio::{self, Reg};
 use crate::virtio_hal::TandemHal;
 
 /// `ivshmem-plain` (and `ivshmem-doorbell`): Red Hat vendor id, device 0x1110.
 const IVSHMEM: (u16, u16) = (0x1af4, 0x1110);
 
 pub type Transport_ = SomeTransport<'static>;
+
+/// A shared-memory window: an ivshmem BAR, registered as a memory device by `name`.
+#[derive(Debug, Clone)]
+pub struct Nvram {
+    pub name: String,
+    /// Physical address and bytes.
+    pub addr: u64,
+    pub len: usize,
+    /// The window's words as registers (the pair's control words are read this way).
+    pub regs: mmio::Block,
+}
 
 /// What discovery found and initialised.
 #[derive(Default)]
@@ -41,8 +53,8 @@ pub struct Devices {
     pub transports: Vec<(alloc::string::String, &'static str)>,
     /// NICs (HPDI devices), handed whole to the network stack rather than the registry.
     pub nics: Vec<(alloc::string::String, Box<dyn hpdi::Device>, NetInfo)>,
-    /// Shared-memory windows by device name: (name, physical address, bytes).
-    pub nvram: Vec<(alloc::string::String, u64, usize)>,
+    /// Shared-memory windows (ivshmem BARs), in discovery order.
+    pub nvram: Vec<Nvram>,
     /// What the checkpoint records, by device name, in discovery order.
     pub records: Vec<(alloc::string::String, DeviceRecord)>,
     /// Disk labels already read and checked (a checkpoint start), by device name.
@@ -132,10 +144,18 @@ impl Devices {
         root.set_command(df, cmd | Command::MEMORY_SPACE);
         // SAFETY: BAR 2 of this ivshmem function, just mapped; only this device uses it.
         let window = unsafe { FrameRegion::device_window(addr, size as usize) };
+        // SAFETY: the same BAR: shared memory (RAM on the host), where any aligned load or
+        // store is harmless to the device; what the words mean is the users' protocol.
+        let regs = unsafe { mmio::Block::new(addr, size) };
         let region = MemRegion::new(Box::new(window), 64);
         let name = self.registry.add(Box::new(region));
         self.transports.push((name.clone(), location.transport()));
-        self.nvram.push((name.clone(), addr, size as usize));
+        self.nvram.push(Nvram {
+            name: name.clone(),
+            addr,
+            len: size as usize,
+            regs,
+        });
         let mut r = record(checkpoint::kind::NVRAM, location, IVSHMEM);
         r.base = addr;
         r.size = size;
@@ -179,7 +199,8 @@ enum Stop {
     /// A virtio device reset: write 0 to the 32-bit status register (virtio-mmio) or the
     /// 8-bit `device_status` of the common configuration (virtio-pci). The device stops
     /// using its queues and QEMU completes in-flight requests before the write returns.
-    VirtioStatus { addr: u64, wide: bool },
+    MmioStatus(Reg<u32>),
+    PciStatus(Reg<u8>),
     /// Bus mastering off (a PCI function whose virtio configuration was not found). Costly
     /// to undo under QEMU (it rebuilds the memory map), hence only the fallback.
     BusMaster { ecam: u64, df: (u8, u8, u8) },
@@ -205,15 +226,8 @@ pub fn quiesce_all() {
     for stop in &q.0[..q.1] {
         match *stop {
             Stop::None => {}
-            // SAFETY: a status register of a device discovery mapped (identity map entries
-            // survive the restart); writing 0 resets the device.
-            Stop::VirtioStatus { addr, wide: true } => unsafe {
-                (addr as *mut u32).write_volatile(0)
-            },
-            // SAFETY: as above, the 8-bit `device_status` of a virtio-pci common config.
-            Stop::VirtioStatus { addr, wide: false } => unsafe {
-                (addr as *mut u8).write_volatile(0)
-            },
+            Stop::MmioStatus(status) => status.write(0),
+            Stop::PciStatus(status) => status.write(0),
             Stop::BusMaster { ecam, df } => {
                 let region = EcamRegion {
                     base: ecam,
@@ -231,6 +245,17 @@ pub fn quiesce_all() {
         }
     }
 }
+
+/// How to stop a virtio-mmio device: its status register.
+fn mmio_status(dev: &MmioDevice) -> Stop {
+    // SAFETY: the 32-bit status register (offset 0x70) of a virtio-mmio window the VMM named
+    // on the command line, mapped before this is called (identity map entries survive a
+    // restart); writing 0 resets the device, which is what the restart path wants of it.
+    Stop::MmioStatus(unsafe { Reg::new(dev.base + VIRTIO_MMIO_STATUS) })
+}
+
+/// Offset of the status register in a virtio-mmio window.
+const VIRTIO_MMIO_STATUS: u64 = 0x70;
 
 /// Offset of `device_status` in the virtio-pci common configuration.
 const COMMON_DEVICE_STATUS: u64 = 20;
@@ -368,10 +393,7 @@ impl Devices {
             return None;
         }
         let header = NonNull::new(dev.base as *mut VirtIOHeader)?;
-        remember(Stop::VirtioStatus {
-            addr: dev.base + 0x70,
-            wide: true,
-        });
+        remember(mmio_status(dev));
         // SAFETY: the window is mapped (above) and named by the VMM on our command line as a
         // virtio-mmio device of `size` bytes; nothing else uses it.
         match unsafe { MmioTransport::new(header, dev.size as usize) } {
@@ -400,10 +422,10 @@ fn stop_for(root: &crate::pci::Root, segment: u16, df: DeviceFunction) -> Stop {
         bus_end: 255,
     };
     match crate::pci::virtio_common_cfg(&region, df) {
-        Some(cfg) => Stop::VirtioStatus {
-            addr: cfg + COMMON_DEVICE_STATUS,
-            wide: false,
-        },
+        // SAFETY: the 8-bit `device_status` of this function's virtio common configuration,
+        // in a BAR its transport mapped (identity map entries survive a restart); writing 0
+        // resets the device, which is what the restart path wants of it.
+        Some(cfg) => Stop::PciStatus(unsafe { Reg::new(cfg + COMMON_DEVICE_STATUS) }),
         None => Stop::BusMaster {
             ecam,
             df: (df.bus, df.device, df.function),
@@ -637,10 +659,7 @@ pub fn boot_disk(acpi: Option<&AcpiInfo>, mmio: &[MmioDevice]) -> Option<BootDis
             continue;
         };
         if t.device_type() == DeviceType::Block {
-            remember(Stop::VirtioStatus {
-                addr: dev.base + 0x70,
-                wide: true,
-            });
+            remember(mmio_status(dev));
             let (d, info) =
                 frontend_drivers::virtio_blk::open::<TandemHal, _>(SomeTransport::from(t)).ok()?;
             let location = Location::Mmio {

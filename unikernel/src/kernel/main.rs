@@ -1,34 +1,58 @@
 //! The Tandem guest kernel: entered through PVH, it sets up the CPU, memory and clock,
 //! discovers its devices, prints an inventory and `TANDEM READY`, and serves.
 //!
-//! Hardware-facing code lives in this binary's modules (`arch`, `console`, `mem`, `pci`,
-//! `virtio_hal`, `discovery`); the logic they feed is in the `unikernel` library, which
-//! unit-tests on the host.
+//! This binary is the hardware glue; the logic it feeds is in the `unikernel` library, which
+//! unit-tests on the host: among others the pair protocol (`unikernel::ha::protocol`), the
+//! start-up decision between the checkpoint and a cold start (`unikernel::restart::startup`)
+//! and the restart policy (`unikernel::restart::policy`).
+//!
+//! `unsafe` is denied here (`deny(unsafe_code)`) except in the modules that must touch
+//! hardware or raw memory, each allowed on its `mod` line below:
+//! - `arch`: the PVH entry, CPU tables, port I/O, MSRs, interrupts, paging, entropy,
+//!   deliberate exceptions, and the C symbols `core` expects;
+//! - `mmio`: typed register access (only construction is unsafe; users hold no raw
+//!   volatile access);
+//! - `dma`: DMA frame regions and device windows as byte slices;
+//! - `mem`: the heap and frame allocators, and reads of physical memory;
+//! - `pci`: ECAM configuration space;
+//! - `virtio_hal`: the `virtio_drivers::Hal` (DMA memory and MMIO windows for the drivers);
+//! - `discovery`: constructs virtio-mmio transports, register blocks (`mmio`) and windows
+//!   (`dma`) at the addresses devices are found at;
+//! - `storage`: the write log's window in an ivshmem BAR (`dma::FrameRegion::device_window`).
 #![no_std]
 #![no_main]
+#![deny(unsafe_code)]
 
 extern crate alloc;
 
+#[allow(unsafe_code)]
 mod arch;
 mod bench_mode;
 mod checkpoints;
 mod console;
+#[allow(unsafe_code)]
 mod discovery;
+#[allow(unsafe_code)]
 mod dma;
 mod exit;
-mod fault;
 mod labels;
+#[allow(unsafe_code)]
 mod mem;
 mod mgmt;
+#[allow(unsafe_code)]
+mod mmio;
 mod net;
 mod pair;
 mod pair_service;
+#[allow(unsafe_code)]
 mod pci;
 mod phases;
 mod probes;
+#[allow(unsafe_code)]
 mod storage;
 mod time;
 mod tls_setup;
+#[allow(unsafe_code)]
 mod virtio_hal;
 mod watchdog;
 
@@ -358,7 +382,7 @@ fn serve(boot: BootState, mut phases: phases::Phases) -> ! {
         .debug_fault
         .filter(|_| cfg.debug_panic_after_requests.is_none())
     {
-        fault::raise(f);
+        arch::fault::raise(f);
     }
     if cfg.bench.device().is_some() {
         bench_mode::run(&mut devices, &cfg.bench);
@@ -501,7 +525,7 @@ fn serve(boot: BootState, mut phases: phases::Phases) -> ! {
         };
         match stack.poll_mgmt(&mgmt_status) {
             Some(mgmt::Injection::Panic) => panic!("mgmt: injected panic"),
-            Some(mgmt::Injection::Fault(f)) => fault::raise(f),
+            Some(mgmt::Injection::Fault(f)) => arch::fault::raise(f),
             Some(mgmt::Injection::Stall) => {
                 warn!("mgmt: injected stall: the service loop stops here");
                 loop {
@@ -544,7 +568,7 @@ fn serve(boot: BootState, mut phases: phases::Phases) -> ! {
         if let Some(n) = inject_after {
             if stack.nbd.as_ref().is_some_and(|s| s.requests() >= n) {
                 match cfg.debug_fault {
-                    Some(f) => fault::raise(f),
+                    Some(f) => arch::fault::raise(f),
                     None => panic!("debug.panic_after_requests={n}: injected error"),
                 }
             }

@@ -15,34 +15,25 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use log::{info, warn};
 use unikernel::cmdline::Config;
 
-use crate::discovery::Devices;
+use unikernel::ha::protocol::Covering;
+
+use crate::discovery::{Devices, Nvram};
 use crate::net::NetStack;
-use crate::pair::{Action, Pair};
+use crate::pair::{Action, Pair, Region};
 use crate::storage::{LogPlace, NbdService, ServiceSpec};
 
-/// The region and node, for the restart path (which acknowledges a fence after quiescing):
-/// base, length, node + 1 (0: not in a pair).
-static REGION_BASE: AtomicU64 = AtomicU64::new(0);
-static REGION_LEN: AtomicU64 = AtomicU64::new(0);
-static NODE: AtomicU64 = AtomicU64::new(0);
+/// The region and this node, for the restart path (which acknowledges a fence after
+/// quiescing); `None` while not in a pair.
+static REGION: spin::Mutex<Option<(Region, usize)>> = spin::Mutex::new(None);
 /// A fence to acknowledge once the devices are quiesced (0: none).
 static ACK_PENDING: AtomicU64 = AtomicU64::new(0);
-
-/// Name of the region device in the registry (kept out of every service's way).
-struct Shared {
-    name: String,
-    addr: u64,
-    len: u64,
-}
 
 /// Joins the pair through the first shared-memory device.
 pub fn join(devices: &mut Devices, cfg: &Config, mac: [u8; 6]) -> Result<Pair, String> {
     let pc = cfg.pair.ok_or("not in a pair")?;
     let shared = shared(devices)?;
-    let p = Pair::join(pc, shared.addr, shared.len, cfg.ip.0, mac)?;
-    REGION_BASE.store(shared.addr, Ordering::SeqCst);
-    REGION_LEN.store(shared.len, Ordering::SeqCst);
-    NODE.store(p.me as u64 + 1, Ordering::SeqCst);
+    let p = Pair::join(pc, shared.regs, cfg.ip.0, mac)?;
+    *REGION.lock() = Some((*p.region(), p.me));
     info!(
         "pair: node {} of pair {:#x}, region {} ({} bytes), own log at {:#x}+{:#x}",
         p.name(),
@@ -55,17 +46,14 @@ pub fn join(devices: &mut Devices, cfg: &Config, mac: [u8; 6]) -> Result<Pair, S
     Ok(p)
 }
 
-fn shared(devices: &Devices) -> Result<Shared, String> {
-    let (name, addr, len) = devices
+/// The region: the first shared-memory window (its device is kept out of every service's
+/// way).
+fn shared(devices: &Devices) -> Result<Nvram, String> {
+    let s = devices
         .nvram
         .first()
-        .cloned()
         .ok_or("no shared region (ivshmem device) found")?;
-    Ok(Shared {
-        name,
-        addr,
-        len: len as u64,
-    })
+    Ok(s.clone())
 }
 
 /// Disks per node: `pair.disks`, or half of the disks found.
@@ -132,16 +120,14 @@ pub fn own_spec(p: &Pair, devices: &mut Devices, cfg: &Config) -> ServiceSpec {
 /// Called on the restart path once every device is quiesced: a pending fence is obeyed now.
 pub fn acknowledge_pending_fence() {
     let epoch = ACK_PENDING.swap(0, Ordering::SeqCst);
-    let node = NODE.load(Ordering::SeqCst);
-    if epoch == 0 || node == 0 {
+    // Never held while the restart path runs (only `join` takes it, for one store); were
+    // it held, the fence stays unacknowledged and the peer waits for the host instead.
+    let Some(Some((region, node))) = REGION.try_lock().map(|r| *r) else {
         return;
+    };
+    if epoch != 0 {
+        crate::pair::acknowledge_fence(&region, node, epoch);
     }
-    Pair::acknowledge_fence(
-        REGION_BASE.load(Ordering::SeqCst),
-        REGION_LEN.load(Ordering::SeqCst),
-        (node - 1) as usize,
-        epoch,
-    );
 }
 
 /// Gratuitous ARPs still to send: (guest time, address).
@@ -192,7 +178,7 @@ pub fn turn(
         .is_some_and(|s| s.log_state().is_none_or(|l| !l.3));
     // A giveback hands the disks back flushed: the covering service's log drained to them.
     let idle = stack.peer_nbd.as_ref().is_none_or(|s| s.drained());
-    match p.poll(replayed, idle) {
+    match p.poll(Covering { replayed, idle }) {
         Action::None => {}
         Action::Fenced { epoch } => {
             crate::console::line(format_args!(
@@ -206,9 +192,11 @@ pub fn turn(
         Action::Reclaim => return Some("reclaim"),
         Action::StartCovering => {
             let peer = 1 - p.me;
-            let Some(ip) = cfg.pair.and_then(|c| c.peer_ip).or_else(|| {
-                unikernel::ha::region::announcement(&region_words(), peer).map(|a| a.2)
-            }) else {
+            let Some(ip) = cfg
+                .pair
+                .and_then(|c| c.peer_ip)
+                .or_else(|| unikernel::ha::region::announcement(p.region(), peer).map(|a| a.2))
+            else {
                 warn!("pair: the peer's address is unknown; cannot cover it");
                 return None;
             };
@@ -262,12 +250,4 @@ pub fn turn(
         }
     }
     None
-}
-
-/// The region's control words (after [`join`]).
-fn region_words() -> crate::pair::Region {
-    crate::pair::Region::new(
-        REGION_BASE.load(Ordering::SeqCst),
-        REGION_LEN.load(Ordering::SeqCst),
-    )
 }

@@ -185,10 +185,10 @@ impl ServiceSpec {
                 .collect();
         }
         let log = match devices.nvram.first() {
-            Some((name, addr, len)) => LogPlace::Window {
-                name: name.clone(),
-                addr: *addr,
-                len: *len,
+            Some(n) => LogPlace::Window {
+                name: n.name.clone(),
+                addr: n.addr,
+                len: n.len,
             },
             None => LogPlace::Ram,
         };

@@ -7,6 +7,7 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::arch::cpu::rdtsc;
+use crate::mmio;
 
 static HEARTBEAT: AtomicU64 = AtomicU64::new(0);
 /// Heartbeat value and TSC when it last changed.
@@ -14,7 +15,8 @@ static SEEN: AtomicU64 = AtomicU64::new(u64::MAX);
 static SEEN_TSC: AtomicU64 = AtomicU64::new(0);
 /// Timeout in TSC cycles (0: off).
 static TIMEOUT_CYCLES: AtomicU64 = AtomicU64::new(0);
-static LAPIC: AtomicU64 = AtomicU64::new(0);
+/// The local APIC's registers, once found.
+static LAPIC: spin::Once<mmio::Block> = spin::Once::new();
 /// LAPIC timer counts per millisecond (0 until calibrated).
 static TIMER_PER_MS: AtomicU64 = AtomicU64::new(0);
 
@@ -29,25 +31,23 @@ const TIMER_DIVIDE: u64 = 0x3e0;
 /// an idle guest adds to the first request after a pause.
 const TICK_US: u64 = 1_000;
 
-fn reg(offset: u64) -> *mut u32 {
-    (LAPIC.load(Ordering::Relaxed) + offset) as *mut u32
-}
-
 fn write(offset: u64, v: u32) {
-    // SAFETY: the local APIC's register page (identity-mapped below 4 GiB), found from
-    // IA32_APIC_BASE in `start`.
-    unsafe { reg(offset).write_volatile(v) }
+    if let Some(lapic) = LAPIC.get() {
+        lapic.write::<u32>(offset, v);
+    }
 }
 
 fn read(offset: u64) -> u32 {
-    // SAFETY: as in `write`.
-    unsafe { reg(offset).read_volatile() }
+    LAPIC
+        .get()
+        .and_then(|lapic| lapic.read::<u32>(offset))
+        .unwrap_or(0)
 }
 
 /// The service loop is alive.
 /// Whether the tick is running (an idle loop may then halt until it).
 pub fn ticking() -> bool {
-    TIMEOUT_CYCLES.load(Ordering::Relaxed) != 0 && LAPIC.load(Ordering::Relaxed) != 0
+    TIMEOUT_CYCLES.load(Ordering::Relaxed) != 0 && LAPIC.is_completed()
 }
 
 pub fn beat() {
@@ -59,17 +59,15 @@ pub fn start(timeout_ms: u64) {
     if timeout_ms == 0 {
         return;
     }
-    // SAFETY: reading IA32_APIC_BASE (MSR 0x1b) has no side effects.
-    let base = unsafe {
-        let (lo, hi): (u32, u32);
-        core::arch::asm!("rdmsr", in("ecx") 0x1bu32, out("eax") lo, out("edx") hi, options(nomem, nostack));
-        (u64::from(hi) << 32 | u64::from(lo)) & 0xf_ffff_f000
-    };
-    if base == 0 || base >= crate::arch::paging::BOOT_MAPPED {
-        log::warn!("watchdog: no usable local APIC ({base:#x}); off");
-        return;
+    match crate::arch::cpu::local_apic() {
+        Ok(lapic) => {
+            LAPIC.call_once(|| lapic);
+        }
+        Err(base) => {
+            log::warn!("watchdog: no usable local APIC ({base:#x}); off");
+            return;
+        }
     }
-    LAPIC.store(base, Ordering::Relaxed);
     write(SVR, 0x100 | u32::from(crate::arch::idt::SPURIOUS_VECTOR));
     write(TIMER_DIVIDE, 0b1011); // divide by 1
                                  // Calibrate the timer against the TSC over 1 ms.
@@ -100,18 +98,14 @@ pub fn start(timeout_ms: u64) {
         "watchdog: {timeout_ms} ms, tick {} ms",
         TICK_US / 1000
     );
-    // SAFETY: every vector that can fire now has a gate on an IST stack.
-    unsafe { core::arch::asm!("sti", options(nomem, nostack)) };
+    crate::arch::cpu::enable_interrupts();
 }
 
 /// Stops the tick (before a restart re-arms it).
 pub fn stop() {
-    // SAFETY: masking interrupts has no memory effects.
-    unsafe { core::arch::asm!("cli", options(nomem, nostack)) };
+    crate::arch::cpu::disable_interrupts();
     TIMEOUT_CYCLES.store(0, Ordering::Relaxed);
-    if LAPIC.load(Ordering::Relaxed) != 0 {
-        write(TIMER_INIT, 0);
-    }
+    write(TIMER_INIT, 0);
 }
 
 /// Called from the timer interrupt.

@@ -86,3 +86,39 @@ pub fn hypervisor_signature() -> Option<[u8; 12]> {
     sig[8..12].copy_from_slice(&d.to_le_bytes());
     Some(sig)
 }
+
+/// Reads a model-specific register.
+fn rdmsr(msr: u32) -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: RDMSR of the architectural registers read here (IA32_APIC_BASE) has no side
+    // effects; we run at ring 0.
+    unsafe {
+        asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack));
+    }
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+/// The local APIC's register page, from IA32_APIC_BASE, if it lies in the memory the boot
+/// stub identity-maps; else the base found.
+pub fn local_apic() -> Result<crate::mmio::Block, u64> {
+    let base = rdmsr(0x1b) & 0xf_ffff_f000;
+    if base == 0 || base >= super::paging::BOOT_MAPPED {
+        return Err(base);
+    }
+    // SAFETY: the local APIC's 4 KiB register page as the CPU reports it, identity-mapped
+    // below 4 GiB by the boot stub; its registers are 32-bit and read or written whole.
+    Ok(unsafe { crate::mmio::Block::new(base, 4096) })
+}
+
+/// Lets interrupts in (the watchdog's tick, while serving).
+pub fn enable_interrupts() {
+    // SAFETY: `kmain` installs the IDT before anything runs that could call this: every
+    // vector that can fire has a gate on an IST stack.
+    unsafe { asm!("sti", options(nomem, nostack)) };
+}
+
+/// Keeps interrupts out.
+pub fn disable_interrupts() {
+    // SAFETY: masking interrupts has no memory effects.
+    unsafe { asm!("cli", options(nomem, nostack)) };
+}
