@@ -1,10 +1,16 @@
 //! The Tandem guest's host-testable logic.
 //!
-//! The guest kernel (`src/main.rs` and its `arch`/driver modules) is the thin layer that
-//! touches hardware. Everything that can be expressed as plain data in, data out lives here
-//! so it builds with `std` and unit-tests on the host: the PVH start-info and memory-map
-//! parsing, the split of RAM between heap and DMA frames, the ACPI tables we read, the guest
-//! command line, and the console lines other tools parse (inventory, `TANDEM READY`).
+//! The guest kernel binary (`src/kernel/`, root `src/kernel/main.rs`, with its `arch` and
+//! driver glue) is the thin layer that touches hardware. Everything that can be expressed as
+//! plain data in, data out lives here so it builds with `std` and unit-tests on the host: the
+//! PVH start-info and memory-map parsing, the split of RAM between heap and DMA frames, the
+//! ACPI tables we read, the device inventory, the NBD server and its NVLOG, the pair protocol,
+//! the start-up and restart decisions, TLS, and the in-guest block benchmark.
+//!
+//! The byte-level contracts shared with the host tools (formats, console lines, command-line
+//! keys, bench words) live in the `tandem-formats` crate; they are re-exported here at the
+//! paths the guest code uses (`cmdline`, `boot_module`, `mgmt_auth`, `mgmt_status`,
+//! `ha::region`, `restart::{label, checkpoint}`, `nvlog::format`, `nbd::{wire, acl}`).
 //!
 //! Nothing in this crate allocates before the heap exists: the parsers used during early
 //! boot work on borrowed bytes and fixed-size arrays.
