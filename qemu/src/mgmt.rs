@@ -119,9 +119,10 @@ pub fn load_or_create_key(dir: &Path) -> anyhow::Result<Key> {
 /// The guest command-line words that turn the channel on with `key` on the data NIC (for a
 /// host-only network such as QEMU user networking), and allow `inject` when `inject`.
 pub fn cmdline_words(key: &Key, inject: bool) -> String {
-    let mut w = format!("mgmt.key={} mgmt.on_data=on", key.to_hex());
+    use tandem_formats::cmdline::key as k;
+    let mut w = format!("{}={} {}=on", k::MGMT_KEY, key.to_hex(), k::MGMT_ON_DATA);
     if inject {
-        w.push_str(" debug.inject=on");
+        w.push_str(&format!(" {}=on", k::DEBUG_INJECT));
     }
     w
 }
@@ -210,6 +211,19 @@ pub fn cli(args: &crate::cli::MgmtArgs) -> anyhow::Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_guest_parses_the_management_words() {
+        let key = Key([7; 32]);
+        let words = cmdline_words(&key, true);
+        let mut issues = Vec::new();
+        let cfg = tandem_formats::cmdline::parse(&words, |i| issues.push(i.to_string()));
+        assert!(issues.is_empty(), "{issues:?}");
+        assert_eq!(
+            (cfg.mgmt_key, cfg.mgmt_on_data, cfg.debug_inject),
+            (Some(key), true, true)
+        );
+    }
 
     #[test]
     fn key_files_are_private_and_read_back() {

@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
+use tandem_formats::cmdline::key;
 
 use serde::{Deserialize, Serialize};
 
@@ -311,13 +312,13 @@ impl PairConfig {
     pub fn guest_words(&self, n: Node) -> Vec<String> {
         let net = self.subnet();
         let mut words = vec![
-            format!("ip={}/{}", net.node_ip(n), net.prefix),
-            "gw=none".to_string(),
-            format!("pair={}", n.name()),
-            format!("pair.disks={}", self.disks),
-            format!("pair.peer_ip={}", net.node_ip(n.peer())),
-            format!("pair.timeout_ms={}", self.timeout_ms),
-            format!("pair.giveback={}", self.giveback.name()),
+            format!("{}={}/{}", key::IP, net.node_ip(n), net.prefix),
+            format!("{}=none", key::GW),
+            format!("{}={}", key::PAIR, n.name()),
+            format!("{}={}", key::PAIR_DISKS, self.disks),
+            format!("{}={}", key::PAIR_PEER_IP, net.node_ip(n.peer())),
+            format!("{}={}", key::PAIR_TIMEOUT_MS, self.timeout_ms),
+            format!("{}={}", key::PAIR_GIVEBACK, self.giveback.name()),
         ];
         words.extend(self.exports[n.index()].iter().cloned());
         words.extend(self.cmdline.iter().cloned());
@@ -450,6 +451,23 @@ pub fn export_words(allow: &[Vec<tandem_formats::allow_list::AllowList>; 2]) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_guest_parses_every_word_the_pair_writes() {
+        let cfg = config();
+        for n in [Node::A, Node::B] {
+            let line = cfg.guest_words(n).join(" ");
+            let mut issues = Vec::new();
+            let parsed = tandem_formats::cmdline::parse(&line, |i| issues.push(i.to_string()));
+            assert!(issues.is_empty(), "{line}: {issues:?}");
+            let pair = parsed.pair.expect("pair config");
+            assert_eq!(
+                (pair.node, pair.disks, pair.timeout_ms),
+                (n.index() as u8, 2, 300)
+            );
+            assert!(!pair.giveback_auto);
+        }
+    }
 
     fn config() -> PairConfig {
         let mut spec = PairSpec::new("/p");
