@@ -399,6 +399,44 @@ pub fn mgmt_command(
     crate::mgmt::command(addr, key, line, timeout)
 }
 
+/// The crash kinds `--crashes` asks for, each once (`none` adds none).
+fn crash_kinds(choices: &[CrashChoice]) -> Vec<CrashKind> {
+    let mut crash_kinds = Vec::new();
+    for c in choices {
+        let k = match c {
+            CrashChoice::Panic => CrashKind::Panic,
+            CrashChoice::Reset => CrashKind::Reset,
+            CrashChoice::Kill => CrashKind::Kill,
+            CrashChoice::None => continue,
+        };
+        if !crash_kinds.contains(&k) {
+            crash_kinds.push(k);
+        }
+    }
+    crash_kinds
+}
+
+/// A progress bar on a terminal: operations out of `--ops` (2000 when neither `--ops` nor
+/// `--seconds` is given), a spinner for a run of `--seconds` alone.
+fn progress_bar(args: &CheckArgs) -> Option<indicatif::ProgressBar> {
+    std::io::stderr().is_terminal().then(|| {
+        let pb = match args.ops {
+            Some(n) => indicatif::ProgressBar::new(n),
+            None if args.seconds.is_none() => indicatif::ProgressBar::new(2000),
+            None => indicatif::ProgressBar::new_spinner(),
+        };
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{bar:30}] {pos}/{len} ops {elapsed_precise} {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        pb.enable_steady_tick(Duration::from_millis(200));
+        pb
+    })
+}
+
 /// A running guest.
 struct Guest {
     vm: Vm,
@@ -512,35 +550,9 @@ impl<'a> Checker<'a> {
         if args.no_nvram && args.durability == CheckDurability::Nvlog {
             bail!("--no-nvram: the log lives in guest RAM, so only --durability disk applies");
         }
-        let mut crash_kinds = Vec::new();
-        for c in &args.crashes {
-            let k = match c {
-                CrashChoice::Panic => CrashKind::Panic,
-                CrashChoice::Reset => CrashKind::Reset,
-                CrashChoice::Kill => CrashKind::Kill,
-                CrashChoice::None => continue,
-            };
-            if !crash_kinds.contains(&k) {
-                crash_kinds.push(k);
-            }
-        }
+        let crash_kinds = crash_kinds(&args.crashes);
         let (events_tx, events) = channel();
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let pb = match args.ops {
-                Some(n) => indicatif::ProgressBar::new(n),
-                None if args.seconds.is_none() => indicatif::ProgressBar::new(2000),
-                None => indicatif::ProgressBar::new_spinner(),
-            };
-            pb.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{spinner} [{bar:30}] {pos}/{len} ops {elapsed_precise} {msg}",
-                )
-                .expect("valid template")
-                .progress_chars("=> "),
-            );
-            pb.enable_steady_tick(Duration::from_millis(200));
-            pb
-        });
+        let bar = progress_bar(args);
         eprintln!(
             "tandem: check seed={seed} durability={} {} disk(s) of {}, nvram {}, {} connection(s) per export, depth {}, crashes {:?}; q35 {}",
             args.durability.word(),

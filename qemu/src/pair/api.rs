@@ -72,27 +72,7 @@ impl Pair {
             .with_context(|| {
                 format!("another `tandem pair up` is under way in {}", dir.display())
             })?;
-        if control::is_up(&dir) {
-            bail!(
-                "a pair is already up in {0}; take it down first with `tandem pair down --dir {0}`",
-                dir.display()
-            );
-        }
-        if super::try_lock(&paths.supervisor_lock())?.is_none() {
-            bail!(
-                "a supervisor still runs for {} but does not answer on its control socket; \
-                 stop it (its pid is in {} and {}) and try again",
-                dir.display(),
-                paths.info().display(),
-                paths.supervisor_log().display()
-            );
-        }
-        if let Some(pid) = mapping_process(&paths.region()) {
-            bail!(
-                "process {pid} still maps {} (a QEMU of an earlier pair?); stop it first",
-                paths.region().display()
-            );
-        }
+        check_nothing_left(&dir, &paths)?;
         netns::preflight().map_err(|e| anyhow!(e))?;
         let ip_tool = spec::find_tool("ip").ok_or_else(|| {
             anyhow!("`ip` (iproute2) not found; install it with: apt-get install -y iproute2")
@@ -107,43 +87,8 @@ impl Pair {
             }
         };
 
-        for n in Node::ALL {
-            for k in 0..spec.disks {
-                let disk = crate::state::ensure_nvram(&paths.disk(n, k), spec.disk_size)?;
-                if disk.created {
-                    say(format!(
-                        "created disk {} ({}, sparse)",
-                        disk.path.display(),
-                        disk.size
-                    ));
-                }
-            }
-        }
-        let prepared = region::prepare(&paths.region(), spec.region_size)?;
-        if prepared.created {
-            say(format!(
-                "created the pair region {} ({}, pair id {:016x})",
-                paths.region().display(),
-                prepared.size,
-                prepared.header.pair_id
-            ));
-        } else {
-            say(format!(
-                "keeping the pair region {} ({}, pair id {:016x}: its logs and claims stay)",
-                paths.region().display(),
-                prepared.size,
-                prepared.header.pair_id
-            ));
-        }
-        let cfg = spec::resolve(
-            spec,
-            &dir,
-            qemu,
-            image,
-            accel.accel,
-            ip_tool,
-            prepared.size.bytes(),
-        );
+        let region_size = prepare_disks_and_region(spec, &paths, &say)?;
+        let cfg = spec::resolve(spec, &dir, qemu, image, accel.accel, ip_tool, region_size);
         if let Some(tls) = &spec.tls {
             let files = crate::tls::ServerFiles::read(tls)?;
             let text = crate::tls::boot_module_text("", Some(&files))?;
@@ -155,28 +100,7 @@ impl Pair {
         let _ = std::fs::remove_file(paths.control());
         let _ = std::fs::remove_file(paths.info());
 
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(paths.supervisor_log())
-            .with_context(|| format!("opening {}", paths.supervisor_log().display()))?;
-        let mut command = Command::new(&tandem);
-        command
-            .args(["pair", "supervise", "--dir"])
-            .arg(&dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        // SAFETY: setsid is async-signal-safe; it is the only call between fork and exec.
-        unsafe {
-            command.pre_exec(|| {
-                nix::unistd::setsid()?;
-                Ok(())
-            });
-        }
-        let mut child = command
-            .spawn()
-            .with_context(|| format!("cannot start {}", tandem.display()))?;
+        let mut child = spawn_supervisor(&tandem, &dir, &paths)?;
         say(format!(
             "supervisor pid {} started ({} accel, {}); waiting for both guests",
             child.id(),
@@ -540,6 +464,98 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 /// a Ctrl-C handler).
 pub fn interrupt() {
     INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Before a pair comes up in `dir`: no pair is up there, no supervisor of an earlier one
+/// still runs, and no process still maps its region.
+fn check_nothing_left(dir: &Path, paths: &PairDir) -> anyhow::Result<()> {
+    if control::is_up(dir) {
+        bail!(
+            "a pair is already up in {0}; take it down first with `tandem pair down --dir {0}`",
+            dir.display()
+        );
+    }
+    if super::try_lock(&paths.supervisor_lock())?.is_none() {
+        bail!(
+            "a supervisor still runs for {} but does not answer on its control socket; \
+             stop it (its pid is in {} and {}) and try again",
+            dir.display(),
+            paths.info().display(),
+            paths.supervisor_log().display()
+        );
+    }
+    if let Some(pid) = mapping_process(&paths.region()) {
+        bail!(
+            "process {pid} still maps {} (a QEMU of an earlier pair?); stop it first",
+            paths.region().display()
+        );
+    }
+    Ok(())
+}
+
+/// Each node's disks (sparse, kept when they exist) and the pair region (kept with its logs
+/// and claims when it exists); returns the region's size in bytes.
+fn prepare_disks_and_region(
+    spec: &PairSpec,
+    paths: &PairDir,
+    say: &dyn Fn(String),
+) -> anyhow::Result<u64> {
+    for n in Node::ALL {
+        for k in 0..spec.disks {
+            let disk = crate::state::ensure_nvram(&paths.disk(n, k), spec.disk_size)?;
+            if disk.created {
+                say(format!(
+                    "created disk {} ({}, sparse)",
+                    disk.path.display(),
+                    disk.size
+                ));
+            }
+        }
+    }
+    let prepared = region::prepare(&paths.region(), spec.region_size)?;
+    if prepared.created {
+        say(format!(
+            "created the pair region {} ({}, pair id {:016x})",
+            paths.region().display(),
+            prepared.size,
+            prepared.header.pair_id
+        ));
+    } else {
+        say(format!(
+            "keeping the pair region {} ({}, pair id {:016x}: its logs and claims stay)",
+            paths.region().display(),
+            prepared.size,
+            prepared.header.pair_id
+        ));
+    }
+    Ok(prepared.size.bytes())
+}
+
+/// Start `tandem pair supervise --dir DIR` in a session of its own, its output appended to
+/// the supervisor log.
+fn spawn_supervisor(tandem: &Path, dir: &Path, paths: &PairDir) -> anyhow::Result<Child> {
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(paths.supervisor_log())
+        .with_context(|| format!("opening {}", paths.supervisor_log().display()))?;
+    let mut command = Command::new(tandem);
+    command
+        .args(["pair", "supervise", "--dir"])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe; it is the only call between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            nix::unistd::setsid()?;
+            Ok(())
+        });
+    }
+    command
+        .spawn()
+        .with_context(|| format!("cannot start {}", tandem.display()))
 }
 
 /// Wait for the supervisor to publish its `pair.json` and both guests to print
