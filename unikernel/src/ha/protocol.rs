@@ -34,18 +34,26 @@ pub enum Action {
     None,
     /// This node lost its own disks to its peer: stop everything and restart in place; the
     /// restart acknowledges `epoch` ([`acknowledge_fence`]) once the devices are quiesced.
-    Fenced { epoch: u64 },
+    Fenced {
+        epoch: u64,
+    },
     /// Our disks were given back: restart in place to serve them again.
     Reclaim,
     /// The peer is silenced: start serving its exports from its log (replay starts).
     StartCovering,
     /// The peer's log is replayed: take its address.
-    TakeAddress { ip: [u8; 4] },
+    TakeAddress {
+        ip: [u8; 4],
+    },
     /// Give the peer's disks back: shut the covering service down and drop the address;
     /// the next turns report whether its I/O is done (`covering_idle`).
-    Release { ip: [u8; 4] },
+    Release {
+        ip: [u8; 4],
+    },
     /// The claim on the peer's disks was lost: drop the covering service at once.
-    DropCovering { ip: [u8; 4] },
+    DropCovering {
+        ip: [u8; 4],
+    },
 }
 
 /// Why a takeover started.
@@ -72,7 +80,11 @@ pub enum Step {
     /// Claimed the peer's disks.
     Claim { epoch: u64, why: Why },
     /// The peer is silenced: its disks and log may be touched.
-    Silenced { epoch: u64, via: Via, waited_ms: u64 },
+    Silenced {
+        epoch: u64,
+        via: Via,
+        waited_ms: u64,
+    },
     /// The peer's log is replayed.
     Replayed,
     /// Serving the peer's exports on its address.
@@ -162,13 +174,22 @@ pub enum Event {
 pub enum Takeover {
     Idle,
     /// Claimed the peer's disks; waiting for the peer's ack or the host's death notice.
-    Claimed { epoch: u64, since_us: u64 },
+    Claimed {
+        epoch: u64,
+        since_us: u64,
+    },
     /// Covering service started; its replay runs.
-    Replaying { epoch: u64 },
+    Replaying {
+        epoch: u64,
+    },
     /// Serving the peer's exports on its address.
-    Covering { epoch: u64 },
+    Covering {
+        epoch: u64,
+    },
     /// Giving back: waiting for the covering service's I/O to finish.
-    Releasing { epoch: u64 },
+    Releasing {
+        epoch: u64,
+    },
 }
 
 /// How this node sees the covering service (the one serving the peer's disks) this turn.

@@ -1,4 +1,6 @@
-//! Loading and saving the configuration checkpoint on the first disk's reserved area.
+//! Loading and saving the configuration checkpoint on the first disk's reserved area, and
+//! the start-up that uses it: configure the devices from it, or discover them cold (the
+//! decision and its reasons are `unikernel::restart::startup`).
 
 use alloc::boxed::Box;
 use alloc::string::String;
@@ -6,7 +8,10 @@ use alloc::vec::Vec;
 
 use hpdi::{BufferPool, Device, Request, Segment, SgList};
 use log::{info, warn};
+use unikernel::acpi::AcpiInfo;
+use unikernel::cmdline::Config;
 use unikernel::restart::checkpoint::{self, Checkpoint, MAX_IMAGE, SLOT_OFFSETS};
+use unikernel::restart::startup::{self, Cold, Found, Start};
 
 use crate::dma::FrameRegion;
 use crate::labels::sync_io;
@@ -18,6 +23,60 @@ pub struct Loaded {
     pub newest: Option<(usize, u64)>,
     /// The checkpoint the guest was configured from, if it was.
     pub used: Option<Checkpoint>,
+}
+
+/// Configures this start's devices: from the checkpoint on the boot disk (the first disk,
+/// found without a scan) when there is one that still describes the machine, else by a
+/// cold discovery.
+pub fn configure(
+    cfg: &Config,
+    acpi: Option<&AcpiInfo>,
+    phases: &mut crate::phases::Phases,
+) -> (crate::discovery::Devices, Loaded) {
+    let mmio = cfg.mmio_devices();
+    let mut boot_disk = crate::discovery::boot_disk(acpi, mmio);
+    let found = boot_disk.as_mut().map(|b| {
+        let (newest, refused) = load(b.dev.as_mut());
+        Found { newest, refused }
+    });
+    phases.mark("checkpoint_load");
+    if let Some(f) = &found {
+        report(&f.refused);
+    }
+    let mut loaded = Loaded {
+        newest: found.as_ref().and_then(Found::newest_generation),
+        used: None,
+    };
+    let cold = match startup::decide(found, cfg.checkpoint_ignore) {
+        Start::Checkpoint { slot, checkpoint } => {
+            match crate::discovery::from_checkpoint(acpi, mmio, &checkpoint, boot_disk) {
+                Ok(d) => {
+                    info!(
+                        "checkpoint: generation {} from slot {slot}: {} devices configured without a scan",
+                        checkpoint.generation,
+                        d.records.len()
+                    );
+                    loaded.used = Some(checkpoint);
+                    return (d, loaded);
+                }
+                Err(why) => Cold::Changed {
+                    generation: checkpoint.generation,
+                    why,
+                },
+            }
+        }
+        Start::Cold(cold) => {
+            // Closed (which resets it) before discovery opens it again.
+            drop(boot_disk);
+            cold
+        }
+    };
+    if cold.is_warning() {
+        warn!("checkpoint: {cold}; discovering cold");
+    } else if cold.is_logged() {
+        info!("checkpoint: {cold}; discovering cold");
+    }
+    (crate::discovery::discover(acpi, mmio), loaded)
 }
 
 /// A disk after its label was read: (export name, device, read-only, raw device, label).

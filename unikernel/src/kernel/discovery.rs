@@ -15,6 +15,7 @@ use unikernel::acpi::{AcpiInfo, EcamRegion};
 use unikernel::cmdline::MmioDevice;
 use unikernel::inventory::{DeviceInfo, Entry, Location};
 use unikernel::restart::checkpoint::{self, Checkpoint, DeviceRecord};
+use unikernel::restart::startup::{self, Changed};
 use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
 use virtio_drivers::transport::pci::bus::{Command, DeviceFunction, DeviceFunctionInfo};
 use virtio_drivers::transport::pci::{virtio_device_type, PciTransport};
@@ -203,7 +204,10 @@ enum Stop {
     PciStatus(Reg<u8>),
     /// Bus mastering off (a PCI function whose virtio configuration was not found). Costly
     /// to undo under QEMU (it rebuilds the memory map), hence only the fallback.
-    BusMaster { ecam: u64, df: (u8, u8, u8) },
+    BusMaster {
+        ecam: u64,
+        df: (u8, u8, u8),
+    },
 }
 
 /// Devices to stop before a restart in place. Fixed-size: it must outlive the heap.
@@ -468,7 +472,7 @@ pub fn from_checkpoint(
     mmio: &[MmioDevice],
     cp: &Checkpoint,
     mut boot: Option<BootDisk>,
-) -> Result<Devices, String> {
+) -> Result<Devices, Changed> {
     let regions = ecam_regions(acpi);
     let mut devs = Devices::default();
     // Not adopted below, the boot disk is closed (which resets it) before anything else can
@@ -490,10 +494,10 @@ pub fn from_checkpoint(
     for (i, r) in cp.devices.iter().enumerate() {
         if r.transport == checkpoint::transport::PCI {
             let Some(region) = regions.iter().find(|g| g.segment == r.segment) else {
-                return Err(format!(
-                    "device {i}: PCI segment {} has no ECAM window now",
-                    r.segment
-                ));
+                return Err(Changed::NoEcam {
+                    device: i,
+                    segment: r.segment,
+                });
             };
             let mut root = crate::pci::root(region);
             let df = DeviceFunction {
@@ -502,15 +506,14 @@ pub fn from_checkpoint(
                 function: r.func,
             };
             crate::pci::preload_bar_masks(df, &r.bar_masks);
-            let Some(info) = crate::pci::function_info(region, df) else {
-                return Err(format!("device {i}: nothing at {df} any more"));
+            let info = crate::pci::function_info(region, df);
+            startup::check_pci_ids(i, df, r, info.as_ref().map(|f| (f.vendor_id, f.device_id)))?;
+            let Some(info) = info else {
+                return Err(Changed::Gone {
+                    device: i,
+                    at: format!("{df}"),
+                });
             };
-            if (info.vendor_id, info.device_id) != (r.vendor, r.device) {
-                return Err(format!(
-                    "device {i} at {df}: expected {:04x}:{:04x}, found {:04x}:{:04x}",
-                    r.vendor, r.device, info.vendor_id, info.device_id
-                ));
-            }
             devs.pci_functions += 1;
             let location = Location::Pci {
                 segment: r.segment,
@@ -534,23 +537,15 @@ pub fn from_checkpoint(
             devs.add_blk(b.location, b.dev, &b.info, (0, r.device));
         } else {
             let Some(dev) = mmio.iter().find(|d| d.base == r.base) else {
-                return Err(format!(
-                    "device {i}: no virtio-mmio window at {:#x} on the command line",
-                    r.base
-                ));
+                return Err(Changed::NoMmioWindow {
+                    device: i,
+                    base: r.base,
+                });
             };
-            match devs.attach_mmio(dev) {
-                Some(id) if id == u32::from(r.device) => {}
-                found => {
-                    return Err(format!(
-                        "device {i} at {:#x}: expected virtio id {}, found {found:?}",
-                        r.base, r.device
-                    ))
-                }
-            }
+            startup::check_mmio_id(i, r, devs.attach_mmio(dev))?;
         }
         if devs.records.len() != i + 1 {
-            return Err(format!("device {i}: did not initialise as before"));
+            return Err(Changed::NotAsBefore { device: i });
         }
     }
     check_labels(&mut devs, cp)?;
@@ -559,7 +554,7 @@ pub fn from_checkpoint(
 
 /// A disk must still be the one the checkpoint names: its label decides. The labels are
 /// read together, and kept for the storage service, which then need not read them again.
-fn check_labels(devs: &mut Devices, cp: &Checkpoint) -> Result<(), String> {
+fn check_labels(devs: &mut Devices, cp: &Checkpoint) -> Result<(), Changed> {
     let mut names = Vec::new();
     let mut disks: Vec<&mut dyn hpdi::Device> = Vec::new();
     for (name, dev) in devs.registry.of_kind_mut(hpdi::DeviceKind::Block) {
@@ -576,33 +571,10 @@ fn check_labels(devs: &mut Devices, cp: &Checkpoint) -> Result<(), String> {
             .find(|(_, (n, _))| *n == name)
             .map(|(ir, _)| ir)
         else {
-            return Err(format!("{name}: not in the checkpoint"));
+            return Err(Changed::NotInCheckpoint { name });
         };
-        if r.label == [0; 16] {
-            // Not served by this node when the checkpoint was saved (a pair node's view of
-            // its peer's disks): nothing of ours to check.
-            continue;
-        }
-        match read {
-            Ok(Ok(label)) if label.uuid != r.label => {
-                return Err(format!(
-                    "device {i} ({name}): a different disk (label {})",
-                    unikernel::restart::label::Uuid(label.uuid)
-                ))
-            }
-            Ok(Ok(label)) if label.capacity != r.capacity => {
-                return Err(format!(
-                    "device {i} ({name}): resized ({} -> {} bytes)",
-                    r.capacity, label.capacity
-                ))
-            }
-            Ok(Ok(label)) => devs.labels.push((name, label)),
-            Ok(Err(e)) => {
-                return Err(format!(
-                    "device {i} ({name}): its label is gone or unreadable ({e:?})"
-                ))
-            }
-            Err(e) => return Err(format!("device {i} ({name}): {e}")),
+        if let Some(label) = startup::check_label(i, &name, r, read)? {
+            devs.labels.push((name, label));
         }
     }
     Ok(())

@@ -48,6 +48,7 @@ mod pair_service;
 mod pci;
 mod phases;
 mod probes;
+mod service;
 #[allow(unsafe_code)]
 mod storage;
 mod time;
@@ -58,14 +59,14 @@ mod watchdog;
 
 use core::ops::Range;
 use core::panic::PanicInfo;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
-use alloc::string::String;
 use log::{info, warn};
-use tandem_formats::console::{ready_key as K, NbdLine, Ready, Restart};
+use tandem_formats::console::{ready_key as K, Ready, Restart};
 use unikernel::boot_module::{self, BootModule};
 use unikernel::cmdline::{self, ExitPolicy, PanicPoint};
 use unikernel::exit::GuestExit;
+use unikernel::restart::policy::{self, Cause, Life, Verdict};
 use unikernel::start_info::{self, HvmStartInfo};
 use unikernel::units::Bytes;
 use unikernel::{acpi, inventory, memmap};
@@ -82,9 +83,50 @@ pub extern "C" fn kmain(start_info_paddr: u64) -> ! {
     arch::gdt::init();
     arch::idt::init();
     arch::cpu::mask_pics();
-    let (hz, source) = time::calibrate();
+    let hz = calibrate_clock(start_info_paddr);
     let mut phases = phases::Phases::new();
     phases.record("clock", time::now_us());
+
+    let si = read_start_info(start_info_paddr);
+    let (cfg, module, words_at) = read_words(&si);
+    if cfg.debug_panic == Some(PanicPoint::Boot) {
+        panic!("debug.panic=boot requested on the command line");
+    }
+    let memmap_bytes = Phys::slice(si.memmap_paddr, si.memmap_bytes())
+        .unwrap_or_else(|| panic!("memory map at {:#x} is not addressable", si.memmap_paddr));
+    let ram = ram_in(memmap_bytes);
+
+    // ACPI is read before the heap exists: firmware tables may sit in RAM the map calls free.
+    phases.mark("start_info");
+    let acpi = read_acpi(&si);
+
+    let kernel = mem::kernel_range();
+    let [cmdline_at, modlist_at, module_at] = words_at;
+    let taken = [
+        kernel.clone(),
+        start_info_paddr..start_info_paddr + core::mem::size_of::<HvmStartInfo>() as u64,
+        si.memmap_paddr..si.memmap_paddr + si.memmap_bytes() as u64,
+        cmdline_at,
+        modlist_at,
+        module_at,
+    ];
+    let split = split_memory(memmap_bytes, &taken, &cfg, ram, &kernel, &mut phases);
+    let boot = BootState {
+        cfg,
+        module,
+        acpi,
+        split,
+        ram,
+        kernel,
+        hz,
+    };
+    *BOOT.lock() = Some(boot.clone());
+    serve(boot, phases)
+}
+
+/// Calibrates the TSC and says hello; returns the TSC's frequency.
+fn calibrate_clock(start_info_paddr: u64) -> u64 {
+    let (hz, source) = time::calibrate();
     info!(
         "Tandem unikernel {} booting (PVH entry, start_info at {start_info_paddr:#x})",
         env!("CARGO_PKG_VERSION")
@@ -94,16 +136,11 @@ pub extern "C" fn kmain(start_info_paddr: u64) -> ! {
         hz / 1_000_000,
         hz / 1000 % 1000
     );
+    hz
+}
 
-    let si = read_start_info(start_info_paddr);
-    let (cfg, module, words_at) = read_words(&si);
-    if cfg.debug_panic == Some(PanicPoint::Boot) {
-        panic!("debug.panic=boot requested on the command line");
-    }
-
-    let memmap_bytes = Phys::slice(si.memmap_paddr, si.memmap_bytes())
-        .unwrap_or_else(|| panic!("memory map at {:#x} is not addressable", si.memmap_paddr));
-    let entries = || start_info::memmap_entries(memmap_bytes).map(|e| (e.addr, e.size, e.kind));
+/// Logs the loader's memory map (debug) and returns the bytes of RAM it lists.
+fn ram_in(memmap_bytes: &[u8]) -> u64 {
     let mut ram = 0;
     for e in start_info::memmap_entries(memmap_bytes) {
         log::debug!(
@@ -116,10 +153,12 @@ pub extern "C" fn kmain(start_info_paddr: u64) -> ! {
             ram += e.size;
         }
     }
+    ram
+}
 
-    // ACPI is read before the heap exists: firmware tables may sit in RAM the map calls free.
-    phases.mark("start_info");
-    let acpi = match acpi::discover(&Phys, si.rsdp_paddr) {
+/// The ACPI tables the guest reads (the PCI ECAM windows), if the firmware has them.
+fn read_acpi(si: &HvmStartInfo) -> Option<acpi::AcpiInfo> {
+    match acpi::discover(&Phys, si.rsdp_paddr) {
         Ok(a) => {
             info!(
                 "acpi: RSDP {:#x} rev {} oem \"{}\", {} ECAM window(s)",
@@ -134,19 +173,21 @@ pub extern "C" fn kmain(start_info_paddr: u64) -> ! {
             info!("acpi: {e}; PCI not scanned");
             None
         }
-    };
+    }
+}
 
-    let kernel = mem::kernel_range();
-    let [cmdline_at, modlist_at, module_at] = words_at;
-    let taken = [
-        kernel.clone(),
-        start_info_paddr..start_info_paddr + core::mem::size_of::<HvmStartInfo>() as u64,
-        si.memmap_paddr..si.memmap_paddr + si.memmap_bytes() as u64,
-        cmdline_at,
-        modlist_at,
-        module_at,
-    ];
-    let usable = memmap::usable_ram(entries(), &taken);
+/// Splits the usable RAM (the map's RAM less what is `taken`) between heap and DMA frames,
+/// and starts the allocators on it.
+fn split_memory(
+    memmap_bytes: &[u8],
+    taken: &[Range<u64>],
+    cfg: &cmdline::Config,
+    ram: u64,
+    kernel: &Range<u64>,
+    phases: &mut phases::Phases,
+) -> memmap::Split {
+    let entries = start_info::memmap_entries(memmap_bytes).map(|e| (e.addr, e.size, e.kind));
+    let usable = memmap::usable_ram(entries, taken);
     if usable.dropped_bytes() > 0 {
         warn!(
             "memory: {} of RAM in too many fragments, not used",
@@ -165,18 +206,7 @@ pub extern "C" fn kmain(start_info_paddr: u64) -> ! {
         Bytes(split.dma.total()),
         cfg.dma_pct
     );
-
-    let boot = BootState {
-        cfg,
-        module,
-        acpi,
-        split,
-        ram,
-        kernel,
-        hz,
-    };
-    *BOOT.lock() = Some(boot.clone());
-    serve(boot, phases)
+    split
 }
 
 /// What the first start learnt that a restart in place reuses (clock, ACPI, memory map,
@@ -194,22 +224,39 @@ struct BootState {
 }
 
 static BOOT: spin::Mutex<Option<BootState>> = spin::Mutex::new(None);
-/// Set while the storage service runs: an error then restarts the guest in place.
+/// Set while the storage service runs with `restart_on_error`: an error then restarts the
+/// guest in place (`unikernel::restart::policy`).
 static SERVING: AtomicBool = AtomicBool::new(false);
-static RESTARTS: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+static RESTARTS: AtomicU32 = AtomicU32::new(0);
+
+/// Which life this is (restarts so far).
+fn life() -> Life {
+    Life {
+        restarts: RESTARTS.load(Ordering::SeqCst),
+    }
+}
+
 /// The level of per-device start-up lines: `Info` on the first start, `Debug` on a restart,
 /// which repeats them unchanged; under emulation every console byte costs a VM exit, and a
 /// restart with 8 disks spent ~13 ms printing them.
 pub fn detail_level() -> log::Level {
-    if RESTARTS.load(Ordering::SeqCst) == 0 {
+    if life().verbose_start() {
         log::Level::Info
     } else {
         log::Level::Debug
     }
 }
 
-/// Restarts allowed before an error is fatal (a restart loop would hide the problem).
-const MAX_RESTARTS: u32 = 8;
+/// What `cause` does now, by the restart policy; counts the restart as the policy says.
+fn judge(cause: Cause) -> Verdict {
+    let armed = SERVING.load(Ordering::SeqCst);
+    let restarts = if policy::counts(cause, armed) {
+        RESTARTS.fetch_add(1, Ordering::SeqCst)
+    } else {
+        RESTARTS.load(Ordering::SeqCst)
+    };
+    policy::verdict(cause, armed, restarts)
+}
 
 /// Entered on a fresh stack after an error while serving: reset memory, re-initialise from
 /// the checkpoint, serve again.
@@ -229,31 +276,32 @@ pub extern "C" fn kmain_restart() -> ! {
 
 /// When the error that caused the restart in place was seen, and when the devices were
 /// quiesced after it (guest microseconds).
-static RESTART_AT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
-static QUIESCED_AT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
-
-/// Stops devices from touching memory, then restarts in place. Never returns.
-static REQUESTS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
-
-fn stack_requests() -> u64 {
-    REQUESTS.load(Ordering::Relaxed)
-}
+static RESTART_AT: AtomicU64 = AtomicU64::new(0);
+static QUIESCED_AT: AtomicU64 = AtomicU64::new(0);
 
 /// The watchdog saw the service loop stall.
 pub fn on_watchdog() {
     console::emergency_line(format_args!("WATCHDOG: the service loop stalled"));
-    if SERVING.load(Ordering::SeqCst) && RESTARTS.fetch_add(1, Ordering::SeqCst) < MAX_RESTARTS {
-        restart_in_place("watchdog");
+    if judge(Cause::Watchdog) == Verdict::Restart {
+        restart_in_place(Cause::Watchdog);
     }
     console::emergency_line(format_args!("guest stopping (watchdog, failure exit)"));
     exit::fail()
 }
 
-fn restart_in_place(cause: &str) -> ! {
+/// The pair protocol asks for a restart in place (`Cause::Fenced`, `Cause::Reclaim`).
+fn restart_for_pair(cause: Cause) -> ! {
+    judge(cause);
+    restart_in_place(cause)
+}
+
+/// Stops devices from touching memory, then restarts in place. Never returns.
+fn restart_in_place(cause: Cause) -> ! {
     watchdog::stop();
     let n = RESTARTS.load(Ordering::SeqCst);
     let at = time::now_us();
     RESTART_AT.store(at, Ordering::SeqCst);
+    let cause = cause.name();
     console::emergency_line(format_args!(
         "{}",
         Restart {
@@ -270,6 +318,8 @@ fn restart_in_place(cause: &str) -> ! {
     arch::boot::restart_on_boot_stack()
 }
 
+/// One life of the guest: devices (from the checkpoint or cold), `TANDEM READY`, the
+/// debug hooks that act at ready, then the services and their loop.
 fn serve(boot: BootState, mut phases: phases::Phases) -> ! {
     let BootState {
         cfg,
@@ -287,59 +337,28 @@ fn serve(boot: BootState, mut phases: phases::Phases) -> ! {
         );
     }
     phases.mark("memory");
-    let mut loaded = checkpoints::Loaded::default();
-    let mut boot_disk = discovery::boot_disk(acpi.as_ref(), cfg.mmio_devices());
-    let found = boot_disk
-        .as_mut()
-        .map(|b| checkpoints::load(b.dev.as_mut()));
-    phases.mark("checkpoint_load");
-    let mut devices = match found {
-        Some((Some((slot, cp)), errs)) if cfg.checkpoint_ignore => {
-            checkpoints::report(&errs);
-            loaded.newest = Some((slot, cp.generation));
-            info!(
-                "checkpoint: generation {} ignored (checkpoint=ignore); discovering cold",
-                cp.generation
-            );
-            // Closed (which resets it) before discovery opens it again.
-            drop(boot_disk);
-            discovery::discover(acpi.as_ref(), cfg.mmio_devices())
-        }
-        Some((Some((slot, cp)), errs)) => {
-            checkpoints::report(&errs);
-            loaded.newest = Some((slot, cp.generation));
-            match discovery::from_checkpoint(acpi.as_ref(), cfg.mmio_devices(), &cp, boot_disk) {
-                Ok(d) => {
-                    info!(
-                        "checkpoint: generation {} from slot {slot}: {} devices configured without a scan",
-                        cp.generation,
-                        d.records.len()
-                    );
-                    loaded.used = Some(cp);
-                    d
-                }
-                Err(reason) => {
-                    warn!(
-                        "checkpoint: generation {} not used: {reason}; discovering cold",
-                        cp.generation
-                    );
-                    discovery::discover(acpi.as_ref(), cfg.mmio_devices())
-                }
-            }
-        }
-        Some((None, errs)) => {
-            checkpoints::report(&errs);
-            info!("checkpoint: none found; discovering cold");
-            drop(boot_disk);
-            discovery::discover(acpi.as_ref(), cfg.mmio_devices())
-        }
-        None => {
-            drop(boot_disk);
-            discovery::discover(acpi.as_ref(), cfg.mmio_devices())
-        }
-    };
+    let (mut devices, loaded) = checkpoints::configure(&cfg, acpi.as_ref(), &mut phases);
     phases.record("pci_scan", devices.scan_us);
     phases.mark("discovery");
+    announce_ready(&devices, &cfg, ram, &kernel, hz);
+    at_ready(&mut devices, &cfg);
+    service::run(service::Start {
+        devices,
+        cfg,
+        module,
+        loaded,
+        phases,
+    })
+}
+
+/// The inventory and the `TANDEM READY` line.
+fn announce_ready(
+    devices: &discovery::Devices,
+    cfg: &cmdline::Config,
+    ram: u64,
+    kernel: &Range<u64>,
+    hz: u64,
+) {
     for entry in &devices.inventory {
         log::log!(detail_level(), "{entry}");
     }
@@ -371,12 +390,16 @@ fn serve(boot: BootState, mut phases: phases::Phases) -> ! {
             (K::BOOT_US, &boot_us),
         ])
     ));
+}
 
+/// What the command line asks for once the guest is ready, before it serves: probes,
+/// injected faults, the guest benchmark, a panic or a power-off.
+fn at_ready(devices: &mut discovery::Devices, cfg: &cmdline::Config) {
     if cfg.debug_nvram_stamp {
-        probes::stamp(&mut devices);
+        probes::stamp(devices);
     }
     if let Some(name) = cfg.debug_blkops.device() {
-        probes::blkops(&mut devices, name);
+        probes::blkops(devices, name);
     }
     if let Some(f) = cfg
         .debug_fault
@@ -385,7 +408,7 @@ fn serve(boot: BootState, mut phases: phases::Phases) -> ! {
         arch::fault::raise(f);
     }
     if cfg.bench.device().is_some() {
-        bench_mode::run(&mut devices, &cfg.bench);
+        bench_mode::run(devices, &cfg.bench);
     }
     if cfg.debug_panic == Some(PanicPoint::Ready) {
         panic!("debug.panic=ready requested on the command line");
@@ -394,216 +417,6 @@ fn serve(boot: BootState, mut phases: phases::Phases) -> ! {
         info!("exit=ready: powering off");
         exit::exit(GuestExit::Clean);
     }
-    let Some((name, dev, info)) = devices.nics.pop() else {
-        warn!("no NIC: nothing to serve on, idle");
-        arch::cpu::halt_forever()
-    };
-    phases.mark("ready");
-    let mut pair = match cfg.pair {
-        Some(_) => {
-            match pair_service::join(&mut devices, &cfg, info.mac) {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    warn!("pair: {e}; not serving (a pair node without its region could not be fenced)");
-                    arch::cpu::halt_forever()
-                }
-            }
-        }
-        None => None,
-    };
-    let mut stack = match net::NetStack::new(dev, &info, &cfg) {
-        Ok(s) => s,
-        Err(e) => panic!("{name}: {e}"),
-    };
-    phases.mark("network");
-    let spec = match pair.as_ref() {
-        Some(p) => {
-            Some(pair_service::own_spec(p, &mut devices, &cfg)).filter(|_| p.own_epoch.is_some())
-        }
-        None => Some(storage::ServiceSpec::single(&devices, &cfg)),
-    };
-    stack.tls = tls_setup::settings(&cfg, &module);
-    let tls = stack.tls.clone();
-    match spec
-        .ok_or_else(|| String::from("standby: the peer holds this node's disks"))
-        .and_then(|spec| {
-            storage::NbdService::new(&mut devices, &cfg, &loaded, &mut stack.sockets, spec, tls?)
-        }) {
-        Ok(nbd) => {
-            for e in nbd.exports() {
-                let (ip, port, export) = (cfg.ip.0, cfg.nbd_port, e);
-                console::line(format_args!("{}", NbdLine { ip, port, export }));
-            }
-            stack.nbd = Some(nbd);
-        }
-        Err(e) => warn!("nbd: not serving: {e}"),
-    }
-    let mgmt_addr = cfg.mgmt_listen.or(cfg.mgmt_on_data.then_some(cfg.ip.0));
-    match (&cfg.mgmt_key, mgmt_addr) {
-        _ if cfg.mgmt_port == 0 => {}
-        (None, _) => info!("mgmt: off (no mgmt.key)"),
-        (Some(_), None) => {
-            info!("mgmt: off (no mgmt.listen=ADDRESS; mgmt.on_data=on for the data NIC)")
-        }
-        (Some(_), Some(addr)) if cfg.mgmt_listen.is_some() && addr != cfg.ip.0 => {
-            let [a, b, c, d] = addr;
-            warn!("mgmt: off: the guest has no address {a}.{b}.{c}.{d} (mgmt.listen)")
-        }
-        (Some(key), Some(addr)) => {
-            stack.mgmt = Some(mgmt::Mgmt::new(
-                &mut stack.sockets,
-                mgmt::Settings {
-                    port: cfg.mgmt_port,
-                    addr,
-                    key: key.clone(),
-                    inject: cfg.debug_inject,
-                    idle_ms: cfg.mgmt_idle_ms,
-                },
-            ));
-            let [a, b, c, d] = addr;
-            info!(
-                "mgmt: control channel on tcp/{} at {a}.{b}.{c}.{d}, authenticated (status{})",
-                cfg.mgmt_port,
-                if cfg.debug_inject {
-                    ", inject KIND"
-                } else {
-                    "; inject off"
-                }
-            );
-        }
-    }
-    phases.mark("storage");
-    phases.summary();
-    if let Some(p) = pair.as_ref() {
-        p.publish(if p.own_epoch.is_some() {
-            unikernel::ha::region::State::Serving
-        } else {
-            unikernel::ha::region::State::Standby
-        });
-    }
-    let mut announcer = pair_service::Announcer::new();
-    if pair.as_ref().is_some_and(|p| p.own_epoch.is_some()) {
-        // Our address may have pointed at the peer while it covered for us.
-        announcer.schedule(cfg.ip.0);
-    }
-    let mut heap_peak = 0u64;
-    let mut next_status = time::now_us() + STATUS_EVERY_US;
-    SERVING.store(cfg.restart_on_error, Ordering::SeqCst);
-    watchdog::start(cfg.watchdog_ms);
-    let stall_after = cfg
-        .debug_stall_after_requests
-        .filter(|_| RESTARTS.load(Ordering::SeqCst) == 0);
-    let first_life = RESTARTS.load(Ordering::SeqCst) == 0;
-    let inject_after = cfg.debug_panic_after_requests.filter(|_| first_life);
-    let mut device_error_after = cfg.debug_device_error_after_requests.filter(|_| first_life);
-    let life_started = phases.started_at();
-    let mut active_at = time::now_us();
-    let mut first_served = false;
-    for turn in 0u64.. {
-        watchdog::beat();
-        if let Some(p) = pair.as_mut() {
-            if let Some(why) = pair_service::turn(p, &mut stack, &mut devices, &cfg, &mut announcer)
-            {
-                RESTARTS.fetch_add(1, Ordering::SeqCst);
-                restart_in_place(why);
-            }
-        }
-        if stack.poll() {
-            active_at = time::now_us();
-        } else if watchdog::ticking() && time::now_us() - active_at > IDLE_BEFORE_HALT_US {
-            arch::cpu::wait_for_interrupt();
-        }
-        if let Some(n) = stack.nbd.as_ref() {
-            REQUESTS.store(n.requests(), Ordering::Relaxed);
-        }
-        let data_path = stack.data_path();
-        let mgmt_status = || unikernel::mgmt_status::Status {
-            restarts: u64::from(RESTARTS.load(Ordering::SeqCst)),
-            requests: stack_requests(),
-            heap_used: mem::stats().heap_used,
-            data: data_path,
-        };
-        match stack.poll_mgmt(&mgmt_status) {
-            Some(mgmt::Injection::Panic) => panic!("mgmt: injected panic"),
-            Some(mgmt::Injection::Fault(f)) => arch::fault::raise(f),
-            Some(mgmt::Injection::Stall) => {
-                warn!("mgmt: injected stall: the service loop stops here");
-                loop {
-                    core::hint::spin_loop();
-                }
-            }
-            Some(mgmt::Injection::DeviceError) => {
-                frontend_drivers::virtio_blk::INJECT_QUEUE_ERROR.store(true, Ordering::SeqCst)
-            }
-            None => {}
-        }
-        if let Some(n) = stall_after {
-            if stack.nbd.as_ref().is_some_and(|s| s.requests() >= n) {
-                warn!("debug.stall_after_requests={n}: the service loop stops here");
-                loop {
-                    core::hint::spin_loop();
-                }
-            }
-        }
-        if !first_served && stack.nbd.as_ref().is_some_and(|s| s.requests() > 0) {
-            first_served = true;
-            let now = time::now_us();
-            console::line(format_args!(
-                "TANDEM SERVED first_request_us={now} since_start_us={} restarts={}",
-                now - life_started,
-                RESTARTS.load(Ordering::SeqCst)
-            ));
-        }
-        if let Some(n) = device_error_after {
-            if stack.nbd.as_ref().is_some_and(|s| s.requests() >= n) {
-                warn!("debug.device_error_after_requests={n}: the next disk completion fails");
-                frontend_drivers::virtio_blk::INJECT_QUEUE_ERROR.store(true, Ordering::SeqCst);
-                device_error_after = None;
-            }
-        }
-        if stack.nbd.as_ref().is_some_and(|s| s.device_failures() > 0) {
-            // A device whose queue failed cannot be trusted with more I/O: re-initialise it.
-            panic!("fatal device error: a disk's queue failed");
-        }
-        if let Some(n) = inject_after {
-            if stack.nbd.as_ref().is_some_and(|s| s.requests() >= n) {
-                match cfg.debug_fault {
-                    Some(f) => arch::fault::raise(f),
-                    None => panic!("debug.panic_after_requests={n}: injected error"),
-                }
-            }
-        }
-        if turn % 256 == 0 {
-            heap_peak = heap_peak.max(mem::stats().heap_used);
-            if time::now_us() >= next_status {
-                next_status += STATUS_EVERY_US;
-                status(&stack, heap_peak);
-            }
-        }
-    }
-    unreachable!()
-}
-
-/// An idle service loop halts until the next 1 ms tick once nothing has happened for this
-/// long: an idle guest stops burning a host CPU (a pair runs two guests), while a client
-/// keeping it busy never meets the halt.
-const IDLE_BEFORE_HALT_US: u64 = 2_000;
-
-/// How often the serving guest prints a status line.
-const STATUS_EVERY_US: u64 = 10_000_000;
-
-fn status(stack: &net::NetStack, heap_peak: u64) {
-    let st = mem::stats();
-    let log = stack.nbd.as_ref().and_then(|n| n.log_state());
-    let (records, live, free, cps) = log.map_or((0, 0, 0, 0), |(s, live, free, _)| {
-        (s.records, live, free, s.consistency_points)
-    });
-    info!(
-        "status: heap_used={} heap_peak={} dma_used={} nvlog_records={records} nvlog_live={live} nvlog_free_pages={free} consistency_points={cps}",
-        Bytes(st.heap_used),
-        Bytes(heap_peak),
-        Bytes(st.dma_used)
-    );
 }
 
 fn read_start_info(paddr: u64) -> HvmStartInfo {
@@ -729,8 +542,8 @@ fn panic(info: &PanicInfo) -> ! {
         )),
         None => console::emergency_line(format_args!("PANIC at <unknown>: {}", info.message())),
     }
-    if SERVING.load(Ordering::SeqCst) && RESTARTS.fetch_add(1, Ordering::SeqCst) < MAX_RESTARTS {
-        restart_in_place("panic");
+    if judge(Cause::Panic) == Verdict::Restart {
+        restart_in_place(Cause::Panic);
     }
     console::emergency_line(format_args!(
         "guest stopping after {} us (failure exit)",

@@ -68,7 +68,12 @@ impl core::ops::Deref for Pair {
 impl Pair {
     /// Joins the pair over the region mapped as `regs`. Claims this node's disks unless the
     /// peer holds them; resumes covering the peer if a previous life held its disks.
-    pub fn join(cfg: PairConfig, regs: mmio::Block, ip: [u8; 4], mac: [u8; 6]) -> Result<Self, String> {
+    pub fn join(
+        cfg: PairConfig,
+        regs: mmio::Block,
+        ip: [u8; 4],
+        mac: [u8; 6],
+    ) -> Result<Self, String> {
         let region = Region::new(regs);
         let at = Joining {
             window: regs.size(),
@@ -104,7 +109,9 @@ impl Pair {
     pub fn poll(&mut self, covering: Covering) -> Action {
         let (me, peer) = (self.name(), self.peer_name());
         self.protocol
-            .poll(&self.region, now_us(), covering, &mut |e| report(me, peer, e))
+            .poll(&self.region, now_us(), covering, &mut |e| {
+                report(me, peer, e)
+            })
     }
 
     /// The covering service is up and serving on the peer's address.

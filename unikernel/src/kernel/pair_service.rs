@@ -16,6 +16,7 @@ use log::{info, warn};
 use unikernel::cmdline::Config;
 
 use unikernel::ha::protocol::Covering;
+use unikernel::restart::policy::Cause;
 
 use crate::discovery::{Devices, Nvram};
 use crate::net::NetStack;
@@ -157,14 +158,15 @@ impl Announcer {
     }
 }
 
-/// One turn of the pair: the protocol, then what it asks for.
+/// One turn of the pair: the protocol, then what it asks for; a restart in place when the
+/// node was fenced or its disks came back.
 pub fn turn(
     p: &mut Pair,
     stack: &mut NetStack,
     devices: &mut Devices,
     cfg: &Config,
     announcer: &mut Announcer,
-) -> Option<&'static str> {
+) -> Option<Cause> {
     announcer.run(stack);
     let (cp, left) = [stack.nbd.as_ref(), stack.peer_nbd.as_ref()]
         .into_iter()
@@ -187,9 +189,9 @@ pub fn turn(
                 crate::time::now_us()
             ));
             ACK_PENDING.store(epoch, Ordering::SeqCst);
-            return Some("fenced");
+            return Some(Cause::Fenced);
         }
-        Action::Reclaim => return Some("reclaim"),
+        Action::Reclaim => return Some(Cause::Reclaim),
         Action::StartCovering => {
             let peer = 1 - p.me;
             let Some(ip) = cfg
