@@ -13,6 +13,7 @@
 
 use alloc::string::String;
 use alloc::vec;
+use core::ops::ControlFlow;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use smoltcp::iface::{SocketHandle, SocketSet};
@@ -177,55 +178,8 @@ impl Slot {
         status: &dyn Fn() -> Status,
     ) -> Option<Injection> {
         let s = sockets.get_mut::<tcp::Socket>(self.handle);
-        if !s.is_open() {
-            self.len = 0;
-            self.phase = Phase::Fresh;
-            let _ = s.listen(shared.at);
+        if !self.follow_connection(s, shared) || !self.advance(s) {
             return None;
-        }
-        if matches!(s.state(), tcp::State::FinWait2 | tcp::State::TimeWait) {
-            // We closed first (a refusal) and the client acknowledged our reply and FIN:
-            // listen again now, not once the client closes too or after TIME-WAIT, so that
-            // refused clients cannot hold the slots.
-            s.abort();
-            return None;
-        }
-        if s.state() == tcp::State::CloseWait && s.send_queue() == 0 {
-            // The client is done: close our side too, so the slot listens again.
-            s.close();
-            self.phase = Phase::Closing;
-            return None;
-        }
-        match self.phase {
-            Phase::Fresh if s.may_send() => {
-                let nonce = fresh_nonce();
-                send_line(s, &auth::challenge_line(&nonce));
-                self.phase = Phase::Challenged {
-                    nonce,
-                    deadline_us: crate::time::now_us() + auth::AUTH_TIMEOUT_MS * 1000,
-                };
-            }
-            Phase::Fresh => return None,
-            Phase::Challenged { deadline_us, .. } if crate::time::now_us() > deadline_us => {
-                self.refuse(s, auth::REFUSE_TIMEOUT);
-                return None;
-            }
-            Phase::Authenticated { idle_deadline_us }
-                if !s.can_recv() && crate::time::now_us() > idle_deadline_us =>
-            {
-                self.refuse(s, auth::REFUSE_IDLE);
-                return None;
-            }
-            Phase::Closing => {
-                // Drop whatever else the client sends.
-                while s.can_recv() {
-                    if s.recv(|b| (b.len(), b.len())).unwrap_or(0) == 0 {
-                        break;
-                    }
-                }
-                return None;
-            }
-            _ => {}
         }
         let mut byte = [0u8; 1];
         while s.can_recv() {
@@ -244,32 +198,107 @@ impl Slot {
             let mut text = String::new();
             text.push_str(core::str::from_utf8(&self.line[..self.len]).unwrap_or(""));
             self.len = 0;
-            let idle_deadline_us = crate::time::now_us().saturating_add(shared.idle_us);
-            match self.phase {
-                Phase::Challenged { nonce, .. } => {
-                    match auth::check_auth(&shared.key, &nonce, &text) {
-                        AuthCheck::Accepted => {
-                            send_line(s, AuthCheck::Accepted.reply());
-                            self.phase = Phase::Authenticated { idle_deadline_us };
-                        }
-                        refused => {
-                            self.refuse(s, refused.reply());
-                            return None;
-                        }
-                    }
-                }
-                Phase::Authenticated { .. } => {
-                    self.phase = Phase::Authenticated { idle_deadline_us };
-                    let (reply, inject) = command(&text, shared.inject, status);
-                    send_line(s, &reply);
-                    if inject.is_some() {
-                        return inject;
-                    }
-                }
-                Phase::Fresh | Phase::Closing => return None,
+            if let ControlFlow::Break(inject) = self.on_line(s, shared, status, &text) {
+                return inject;
             }
         }
         None
+    }
+
+    /// Follows the connection's TCP state (a closed slot listens again, a finished one
+    /// closes); false when that is all for this turn.
+    fn follow_connection(&mut self, s: &mut tcp::Socket, shared: &Shared) -> bool {
+        if !s.is_open() {
+            self.len = 0;
+            self.phase = Phase::Fresh;
+            let _ = s.listen(shared.at);
+            return false;
+        }
+        if matches!(s.state(), tcp::State::FinWait2 | tcp::State::TimeWait) {
+            // We closed first (a refusal) and the client acknowledged our reply and FIN:
+            // listen again now, not once the client closes too or after TIME-WAIT, so that
+            // refused clients cannot hold the slots.
+            s.abort();
+            return false;
+        }
+        if s.state() == tcp::State::CloseWait && s.send_queue() == 0 {
+            // The client is done: close our side too, so the slot listens again.
+            s.close();
+            self.phase = Phase::Closing;
+            return false;
+        }
+        true
+    }
+
+    /// Moves the phase on by time: the challenge goes out, a deadline passes, a closing
+    /// connection's input is dropped; false when nothing is to be read this turn.
+    fn advance(&mut self, s: &mut tcp::Socket) -> bool {
+        match self.phase {
+            Phase::Fresh if s.may_send() => {
+                let nonce = fresh_nonce();
+                send_line(s, &auth::challenge_line(&nonce));
+                self.phase = Phase::Challenged {
+                    nonce,
+                    deadline_us: crate::time::now_us() + auth::AUTH_TIMEOUT_MS * 1000,
+                };
+            }
+            Phase::Fresh => return false,
+            Phase::Challenged { deadline_us, .. } if crate::time::now_us() > deadline_us => {
+                self.refuse(s, auth::REFUSE_TIMEOUT);
+                return false;
+            }
+            Phase::Authenticated { idle_deadline_us }
+                if !s.can_recv() && crate::time::now_us() > idle_deadline_us =>
+            {
+                self.refuse(s, auth::REFUSE_IDLE);
+                return false;
+            }
+            Phase::Closing => {
+                // Drop whatever else the client sends.
+                while s.can_recv() {
+                    if s.recv(|b| (b.len(), b.len())).unwrap_or(0) == 0 {
+                        break;
+                    }
+                }
+                return false;
+            }
+            _ => {}
+        }
+        true
+    }
+
+    /// Answers one line: the `auth` reply to the challenge, then commands. Breaks with
+    /// the injection a command asks for, or with none when the connection is refused.
+    fn on_line(
+        &mut self,
+        s: &mut tcp::Socket,
+        shared: &Shared,
+        status: &dyn Fn() -> Status,
+        text: &str,
+    ) -> ControlFlow<Option<Injection>> {
+        let idle_deadline_us = crate::time::now_us().saturating_add(shared.idle_us);
+        match self.phase {
+            Phase::Challenged { nonce, .. } => match auth::check_auth(&shared.key, &nonce, text) {
+                AuthCheck::Accepted => {
+                    send_line(s, AuthCheck::Accepted.reply());
+                    self.phase = Phase::Authenticated { idle_deadline_us };
+                }
+                refused => {
+                    self.refuse(s, refused.reply());
+                    return ControlFlow::Break(None);
+                }
+            },
+            Phase::Authenticated { .. } => {
+                self.phase = Phase::Authenticated { idle_deadline_us };
+                let (reply, inject) = command(text, shared.inject, status);
+                send_line(s, &reply);
+                if inject.is_some() {
+                    return ControlFlow::Break(inject);
+                }
+            }
+            Phase::Fresh | Phase::Closing => return ControlFlow::Break(None),
+        }
+        ControlFlow::Continue(())
     }
 }
 

@@ -213,134 +213,26 @@ impl NbdService {
         spec: ServiceSpec,
         tls: TlsSettings,
     ) -> Result<Self, String> {
-        let wanted = spec.exports.clone();
         let mem = FrameRegion::alloc(POOL_BUFFERS * CHUNK)
             .ok_or("no DMA memory for the NBD buffer pool")?;
         let mut pool = BufferPool::new(Box::new(mem), CHUNK).map_err(|e| alloc::format!("{e}"))?;
         // Labels first (every disk), then the checkpoint (it names the labels), then the
         // exports over the data areas.
         let t_labels = crate::time::now_us();
-        let mut taken = Vec::new();
-        for (name, device, ro) in wanted {
-            match devices.registry.take(&device) {
-                Some(raw) => taken.push((name, device, ro, raw)),
-                None => warn!("nbd: export {name}: no block device {device}"),
-            }
-        }
-        // Labels the checkpoint check read already; the others, all at once.
-        let known = |device: &str| {
-            devices
-                .labels
-                .iter()
-                .find(|(n, _)| n == device)
-                .map(|(_, l)| *l)
-        };
-        let mut unread: Vec<&mut dyn hpdi::Device> = taken
-            .iter_mut()
-            .filter(|t| known(&t.1).is_none())
-            .map(|t| t.3.as_mut() as &mut dyn hpdi::Device)
-            .collect();
-        let mut reads = crate::labels::read_labels(&mut unread).into_iter();
-        drop(unread);
-        let mut labelled = Vec::new();
-        for (name, device, ro, mut raw) in taken {
-            let found = match known(&device) {
-                Some(l) => Ok(Ok(l)),
-                None => reads.next().unwrap_or(Err("not read".into())),
-            };
-            match crate::labels::ensure_label(raw.as_mut(), &mut pool, &name, ro, found) {
-                Ok(label) => labelled.push((name, device, ro, raw, label)),
-                Err(e) => warn!("nbd: export {name} ({device}): {e}"),
-            }
-        }
+        let mut labelled = labelled_disks(devices, &spec.exports, &mut pool);
         let t_ckpt = crate::time::now_us();
         if spec.own {
             crate::checkpoints::after_labels(devices, cfg, loaded, &mut labelled);
         }
         let t_exports = crate::time::now_us();
-        let mut exports = Vec::new();
-        let mut disks = Vec::new();
-        let mut device_names = Vec::new();
-        for (name, device, ro, raw, label) in labelled {
-            let dev = match crate::labels::data_area(raw, &label) {
-                Ok(d) => d,
-                Err(e) => {
-                    warn!("nbd: export {name} ({device}): {e}");
-                    continue;
-                }
-            };
-            let caps = dev.capabilities();
-            let transport = devices
-                .transports
-                .iter()
-                .find(|(n, _)| *n == device)
-                .map_or("?", |(_, t)| *t);
-            let allow = spec
-                .allow
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map_or(AllowList::OPEN, |(_, a)| *a);
-            let info = ExportInfo {
-                description: alloc::format!(
-                    "tandem {device} (virtio-blk {transport}, {}, label {})",
-                    Bytes(caps.capacity),
-                    unikernel::restart::label::Uuid(label.uuid)
-                ),
-                name,
-                size: caps.capacity,
-                read_only: ro || caps.read_only,
-                can_trim: caps.ops.contains(hpdi::Op::Discard),
-                can_write_zeroes: caps.ops.contains(hpdi::Op::WriteZeroes),
-                min_block: caps.block_size,
-                preferred_block: 4096,
-                max_payload: 32 << 20,
-                disk_id: unikernel::nvlog::format::disk_id_bytes(&label.uuid, label.data_size),
-                allow,
-            };
-            log::log!(
-                crate::detail_level(),
-                "nbd: export {} = {device} ({}{}{}{})",
-                info.name,
-                Bytes(info.size),
-                if info.read_only { ", read-only" } else { "" },
-                if info.allow.is_open() { "" } else { ", allow " },
-                info.allow
-            );
-            exports.push(info);
-            // As deep as the device's own queue: the server retries when it is full, and a
-            // deeper ring only costs start-up time (its slots hold whole requests).
-            let depth = usize::from(caps.queue_depth)
-                .next_power_of_two()
-                .clamp(64, 1024);
-            disks.push(Disk {
-                dev,
-                queue: QueuePair::new(depth).map_err(|e| alloc::format!("{e}"))?,
-            });
-            device_names.push(device);
-        }
+        let (exports, disks, device_names) = open_exports(devices, &spec, labelled)?;
         if exports.is_empty() {
             return Err("no disk to export".into());
         }
         let t_log = crate::time::now_us();
         let (log, durability) = open_log(devices, &spec, cfg.nvlog_ram_mib, &mut pool)?;
         let t_sockets = crate::time::now_us();
-        let mut handles = vec![None; MAX_SOCKETS];
-        top_up(
-            &mut handles,
-            sockets,
-            SPARE_LISTENERS,
-            listen_endpoint(spec.listen, cfg.nbd_port),
-        );
-        match spec.listen {
-            Some([a, b, c, d]) => info!(
-                "nbd: listening on {a}.{b}.{c}.{d}:{} for up to {MAX_CLIENTS} clients",
-                cfg.nbd_port
-            ),
-            None => info!(
-                "nbd: listening on tcp/{} for up to {MAX_CLIENTS} clients",
-                cfg.nbd_port
-            ),
-        }
+        let handles = listen(sockets, spec.listen, cfg.nbd_port);
         log::debug!(
             "storage phases (us): labels={} checkpoint={} exports={} nvlog={} sockets={}",
             t_ckpt - t_labels,
@@ -518,6 +410,159 @@ impl NbdService {
         let s = sockets.get_mut::<tcp::Socket>(h);
         s.abort();
     }
+}
+
+/// The exported disks taken out of the registry, each with its label: the one the
+/// checkpoint check read already, or read now (all at once) and written if the disk has
+/// none yet. A disk that cannot be labelled is left out (with a warning).
+fn labelled_disks(
+    devices: &mut Devices,
+    wanted: &Exports,
+    pool: &mut BufferPool,
+) -> Vec<crate::checkpoints::Labelled> {
+    let mut taken = Vec::new();
+    for (name, device, ro) in wanted.iter().cloned() {
+        match devices.registry.take(&device) {
+            Some(raw) => taken.push((name, device, ro, raw)),
+            None => warn!("nbd: export {name}: no block device {device}"),
+        }
+    }
+    // Labels the checkpoint check read already; the others, all at once.
+    let known = |device: &str| {
+        devices
+            .labels
+            .iter()
+            .find(|(n, _)| n == device)
+            .map(|(_, l)| *l)
+    };
+    let mut unread: Vec<&mut dyn hpdi::Device> = taken
+        .iter_mut()
+        .filter(|t| known(&t.1).is_none())
+        .map(|t| t.3.as_mut() as &mut dyn hpdi::Device)
+        .collect();
+    let mut reads = crate::labels::read_labels(&mut unread).into_iter();
+    drop(unread);
+    let mut labelled = Vec::new();
+    for (name, device, ro, mut raw) in taken {
+        let found = match known(&device) {
+            Some(l) => Ok(Ok(l)),
+            None => reads.next().unwrap_or(Err("not read".into())),
+        };
+        match crate::labels::ensure_label(raw.as_mut(), pool, &name, ro, found) {
+            Ok(label) => labelled.push((name, device, ro, raw, label)),
+            Err(e) => warn!("nbd: export {name} ({device}): {e}"),
+        }
+    }
+    labelled
+}
+
+/// What the server serves: each export's description, its disk (the data area past the
+/// label, with its queue), and the registry name of the device behind it.
+type Opened = (Vec<ExportInfo>, Vec<Disk>, Vec<String>);
+
+/// Opens the data area of every labelled disk as an export.
+fn open_exports(
+    devices: &Devices,
+    spec: &ServiceSpec,
+    labelled: Vec<crate::checkpoints::Labelled>,
+) -> Result<Opened, String> {
+    let mut exports = Vec::new();
+    let mut disks = Vec::new();
+    let mut device_names = Vec::new();
+    for (name, device, ro, raw, label) in labelled {
+        let dev = match crate::labels::data_area(raw, &label) {
+            Ok(d) => d,
+            Err(e) => {
+                warn!("nbd: export {name} ({device}): {e}");
+                continue;
+            }
+        };
+        let caps = dev.capabilities();
+        let info = export_info(devices, spec, name, &device, ro, caps, &label);
+        // As deep as the device's own queue: the server retries when it is full, and a
+        // deeper ring only costs start-up time (its slots hold whole requests).
+        let depth = usize::from(caps.queue_depth)
+            .next_power_of_two()
+            .clamp(64, 1024);
+        exports.push(info);
+        disks.push(Disk {
+            dev,
+            queue: QueuePair::new(depth).map_err(|e| alloc::format!("{e}"))?,
+        });
+        device_names.push(device);
+    }
+    Ok((exports, disks, device_names))
+}
+
+/// How export `name` (on `device`, labelled `label`) presents itself to clients.
+fn export_info(
+    devices: &Devices,
+    spec: &ServiceSpec,
+    name: String,
+    device: &str,
+    ro: bool,
+    caps: hpdi::Capabilities,
+    label: &unikernel::restart::label::Label,
+) -> ExportInfo {
+    let transport = devices
+        .transports
+        .iter()
+        .find(|(n, _)| *n == device)
+        .map_or("?", |(_, t)| *t);
+    let allow = spec
+        .allow
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or(AllowList::OPEN, |(_, a)| *a);
+    let info = ExportInfo {
+        description: alloc::format!(
+            "tandem {device} (virtio-blk {transport}, {}, label {})",
+            Bytes(caps.capacity),
+            unikernel::restart::label::Uuid(label.uuid)
+        ),
+        name,
+        size: caps.capacity,
+        read_only: ro || caps.read_only,
+        can_trim: caps.ops.contains(hpdi::Op::Discard),
+        can_write_zeroes: caps.ops.contains(hpdi::Op::WriteZeroes),
+        min_block: caps.block_size,
+        preferred_block: 4096,
+        max_payload: 32 << 20,
+        disk_id: unikernel::nvlog::format::disk_id_bytes(&label.uuid, label.data_size),
+        allow,
+    };
+    log::log!(
+        crate::detail_level(),
+        "nbd: export {} = {device} ({}{}{}{})",
+        info.name,
+        Bytes(info.size),
+        if info.read_only { ", read-only" } else { "" },
+        if info.allow.is_open() { "" } else { ", allow " },
+        info.allow
+    );
+    info
+}
+
+/// The listening sockets a new service starts with (the rest are made as clients come).
+fn listen(
+    sockets: &mut SocketSet<'static>,
+    at: Option<[u8; 4]>,
+    port: u16,
+) -> Vec<Option<SocketHandle>> {
+    let mut handles = vec![None; MAX_SOCKETS];
+    top_up(
+        &mut handles,
+        sockets,
+        SPARE_LISTENERS,
+        listen_endpoint(at, port),
+    );
+    match at {
+        Some([a, b, c, d]) => {
+            info!("nbd: listening on {a}.{b}.{c}.{d}:{port} for up to {MAX_CLIENTS} clients")
+        }
+        None => info!("nbd: listening on tcp/{port} for up to {MAX_CLIENTS} clients"),
+    }
+    handles
 }
 
 /// The write log, where the service spec puts it: a shared-memory window (persistent) or

@@ -80,6 +80,33 @@ fn page_id(region: u8, index: u64) -> BufId {
     BufId::new(region, index as u32)
 }
 
+/// The newest valid superblock copy in page 0 of `region` (of `pages` pages) and which copy
+/// it is; `None` when neither is valid (a new log).
+fn newest_superblock(
+    pool: &BufferPool,
+    region: u8,
+    pages: u64,
+) -> Result<Option<(usize, Superblock)>, NvlogError> {
+    let page0 = pool
+        .buf(page_id(region, 0))
+        .map_err(|_| NvlogError::BadRegion)?;
+    let copies = [0usize, 2048].map(|at| {
+        Superblock::read_from_prefix(&page0[at..])
+            .ok()
+            .map(|(s, _)| s)
+    });
+    Ok(copies
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| {
+            // A sequence number near the end of the range is corruption (no log lives
+            // that long), and would overflow the next one.
+            c.filter(|s| s.valid() && u64::from(s.pages) == pages && s.retired_seq < MAX_SEQ)
+                .map(|s| (i, s))
+        })
+        .max_by_key(|(_, s)| s.retired_seq))
+}
+
 impl Nvlog {
     /// Opens the log in pool region `region` (4 KiB pages), recovering or formatting it.
     pub fn open(
@@ -113,25 +140,7 @@ impl Nvlog {
             live: VecDeque::new(),
             reservations: BTreeMap::new(),
         };
-        let page0 = pool
-            .buf(page_id(region, 0))
-            .map_err(|_| NvlogError::BadRegion)?;
-        let copies = [0usize, 2048].map(|at| {
-            Superblock::read_from_prefix(&page0[at..])
-                .ok()
-                .map(|(s, _)| s)
-        });
-        let best = copies
-            .iter()
-            .enumerate()
-            .filter_map(|(i, c)| {
-                // A sequence number near the end of the range is corruption (no log lives
-                // that long), and would overflow the next one.
-                c.filter(|s| s.valid() && u64::from(s.pages) == pages && s.retired_seq < MAX_SEQ)
-                    .map(|s| (i, s))
-            })
-            .max_by_key(|(_, s)| s.retired_seq);
-        let Some((copy, sb)) = best else {
+        let Some((copy, sb)) = newest_superblock(pool, region, pages)? else {
             log.write_superblock(pool);
             log.write_superblock(pool);
             return Ok((
@@ -150,37 +159,7 @@ impl Nvlog {
         log.next_seq = sb.retired_seq + 1;
         log.tail_slot = u64::from(sb.tail_slot) % log.slots;
         log.head_slot = log.tail_slot;
-        let mut torn = None;
-        for _ in 0..log.slots {
-            let h = log.header_at(pool, log.head_slot);
-            if h.magic != RECORD_MAGIC || h.log_id != log.log_id || h.seq != log.next_seq {
-                break;
-            }
-            let kind = RecordKind::from_flags(h.flags);
-            let sane = kind.is_some()
-                && h.length > 0
-                && h.length <= MAX_RECORD
-                && u64::from(h.page) < log.data_pages
-                && u64::from(h.pages()) <= log.data_pages;
-            let (Some(kind), true) = (kind, sane) else {
-                torn = Some(h.seq);
-                break;
-            };
-            if log.record_crc(pool, &h) != h.crc {
-                torn = Some(h.seq);
-                break;
-            }
-            log.live.push_back(Live {
-                seq: h.seq,
-                kind,
-                disk_id: h.disk_id,
-                offset: h.offset,
-                length: h.length,
-                page: u64::from(h.page),
-            });
-            log.head_slot += 1;
-            log.next_seq += 1;
-        }
+        let torn = log.recover(pool);
         log.place_found();
         let report = OpenReport {
             formatted: false,
@@ -189,6 +168,44 @@ impl Nvlog {
             retired_seq: log.retired_seq,
         };
         Ok((log, report))
+    }
+
+    /// Walks the records from the tail while each is the next in sequence and intact, and
+    /// keeps them as live (to replay); returns the sequence number of a torn record that
+    /// ended the walk (a bad checksum or impossible fields), if one did.
+    fn recover(&mut self, pool: &BufferPool) -> Option<u64> {
+        let mut torn = None;
+        for _ in 0..self.slots {
+            let h = self.header_at(pool, self.head_slot);
+            if h.magic != RECORD_MAGIC || h.log_id != self.log_id || h.seq != self.next_seq {
+                break;
+            }
+            let kind = RecordKind::from_flags(h.flags);
+            let sane = kind.is_some()
+                && h.length > 0
+                && h.length <= MAX_RECORD
+                && u64::from(h.page) < self.data_pages
+                && u64::from(h.pages()) <= self.data_pages;
+            let (Some(kind), true) = (kind, sane) else {
+                torn = Some(h.seq);
+                break;
+            };
+            if self.record_crc(pool, &h) != h.crc {
+                torn = Some(h.seq);
+                break;
+            }
+            self.live.push_back(Live {
+                seq: h.seq,
+                kind,
+                disk_id: h.disk_id,
+                offset: h.offset,
+                length: h.length,
+                page: u64::from(h.page),
+            });
+            self.head_slot += 1;
+            self.next_seq += 1;
+        }
+        torn
     }
 
     /// Gives the records found at open positions on one line (the ring unrolled after its
