@@ -1,5 +1,5 @@
 //! `checkpoint`: the configuration checkpoint's slot decoder
-//! (`unikernel::restart::checkpoint::Checkpoint::decode`), the choice between two slots
+//! (`tandem_formats::checkpoint::Checkpoint::decode`), the choice between two slots
 //! (`newest`), and the validation of a decoded checkpoint against hardware (`validate`,
 //! with a probe whose answers the fuzzer picks).
 //!
@@ -11,10 +11,10 @@
 //! encodes back to a slot that decodes to the same checkpoint; `newest` picks the valid slot
 //! with the higher generation and gives a reason for each slot it refused.
 
-use unikernel::nvlog::format::crc32c;
-use unikernel::restart::checkpoint::{
+use tandem_formats::checkpoint::{
     newest, validate, Checkpoint, DeviceRecord, Header, NetRecord, Probe, MAX_DEVICES, MAX_EXPORTS,
 };
+use tandem_formats::nvlog::crc32c;
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::{Input, Rng};

@@ -1,4 +1,4 @@
-//! `label`: the disk-label decoder (`unikernel::restart::label::Label::parse`) on the first
+//! `label`: the disk-label decoder (`tandem_formats::disk_label::Label::parse`) on the first
 //! bytes of a disk, and what the guest builds from a label it accepts: the export's data
 //! area (`frontend_drivers::partition::Partition` over a disk of the label's capacity, as
 //! `kernel/labels.rs` does), its name, UUID text and write-log disk id.
@@ -12,8 +12,8 @@
 
 use frontend_drivers::partition::Partition;
 use hpdi::{BufferPool, Capabilities, Completion, Device, DeviceKind, Error, Op, OpSet, Request};
-use unikernel::nvlog::format::{crc32c, disk_id_bytes};
-use unikernel::restart::label::{Label, Uuid, LABEL_MAGIC, LABEL_VERSION, RESERVED};
+use tandem_formats::disk_label::{Label, Uuid, LABEL_MAGIC, LABEL_VERSION, RESERVED};
+use tandem_formats::nvlog::{crc32c, disk_id_bytes};
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::Input;

@@ -19,9 +19,9 @@
 //!   `require`, before it, every reply is `NBD_REP_ERR_TLS_REQD` or answers STARTTLS or
 //!   ABORT, and transmission never starts.
 
+use tandem_formats::nbd_wire as wire;
 use unikernel::nbd::handshake::{greeting, Handshake, Step, MAX_OPTIONS, MAX_OPTION_DATA};
 use unikernel::nbd::tls::TlsMode;
-use unikernel::nbd::wire;
 use unikernel::nbd::ExportInfo;
 
 use crate::{Input, Rng};
@@ -39,7 +39,7 @@ pub fn exports(n: usize) -> Vec<ExportInfo> {
         min_block: 512,
         preferred_block: 4096,
         max_payload: 32 << 20,
-        disk_id: unikernel::nvlog::format::disk_id(name, size),
+        disk_id: tandem_formats::nvlog::disk_id(name, size),
         allow: Default::default(),
     };
     [

@@ -10,9 +10,9 @@
 //! writes only to a writable export, reads or writes at most the payload limit, and a FLUSH
 //! covers nothing; a refused write still says how many payload bytes follow.
 
+use tandem_formats::nbd_wire::{self as wire, cmd};
 use unikernel::nbd::handshake::Negotiated;
 use unikernel::nbd::transmission::{parse_header, Command, Parsed, REQUEST_LEN};
-use unikernel::nbd::wire::{self, cmd};
 use unikernel::nbd::ExportInfo;
 
 use crate::Input;

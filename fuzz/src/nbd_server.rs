@@ -17,8 +17,8 @@ use std::collections::VecDeque;
 
 use frontend_drivers::ramdisk::RamDisk;
 use hpdi::{BufferPool, DmaMemory, HostMemory, QueuePair};
+use tandem_formats::nbd_wire::{self as wire, opt};
 use unikernel::nbd::server::{ConnState, Disk, Durability, Server, ServerStats, Stream, CHUNK};
-use unikernel::nbd::wire::{self, opt};
 use unikernel::nvlog::log::Nvlog;
 
 use crate::nbd_handshake::exports;

@@ -21,9 +21,9 @@ use std::sync::OnceLock;
 
 use frontend_drivers::ramdisk::RamDisk;
 use hpdi::{BufferPool, QueuePair};
+use tandem_formats::nbd_wire as wire;
 use unikernel::nbd::server::{ConnState, Disk, Server, Stream, CHUNK};
 use unikernel::nbd::tls::{Session, TlsMode, TlsSettings, MAX_IN, MAX_RECORD, OUT_SOFT};
-use unikernel::nbd::wire;
 use unikernel::tls::{Pem, TlsConfig};
 
 use crate::nbd_handshake::exports;

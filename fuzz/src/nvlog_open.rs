@@ -20,7 +20,7 @@
 //! written and is found, intact, by the next open.
 
 use hpdi::{BufId, BufferPool, DmaMemory, HostMemory};
-use unikernel::nvlog::format::{RecordKind, Superblock, PAGE};
+use tandem_formats::nvlog::{RecordKind, Superblock, PAGE};
 use unikernel::nvlog::log::{Live, Nvlog, MAX_RECORD};
 use zerocopy::{FromBytes, IntoBytes};
 

@@ -1,5 +1,5 @@
 //! `pair_region`: the failover pair's shared region as a node reads it: the header decoder
-//! (`unikernel::ha::region::Header::parse`) against the window the region came in, and the
+//! (`tandem_formats::pair_region::Header::parse`) against the window the region came in, and the
 //! control words the peer and the host write (ownership, claims, fencing, announcements,
 //! states, requests), all from the fuzzer.
 //!
@@ -13,11 +13,11 @@
 
 use std::cell::RefCell;
 
-use unikernel::ha::region::{
+use tandem_formats::nvlog::crc32c;
+use tandem_formats::pair_region::{
     announce, announcement, claim, get, holds, next_epoch, owner, peer_silenced, word, Header,
     Request, State, Words, AREAS, CONTROL, NODES, PAGE,
 };
-use unikernel::nvlog::format::crc32c;
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::Input;

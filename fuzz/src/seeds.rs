@@ -4,14 +4,14 @@
 //! when it runs locally (`scripts/fuzz` keeps those out of the repository).
 
 use hpdi::{BufId, BufferPool, DmaMemory, HostMemory};
-use unikernel::ha::region::{announce, set, word, Header as PairHeader, State, Words, AREAS};
-use unikernel::nbd::wire::{self, cflag, cmd, opt};
-use unikernel::nvlog::format::PAGE;
-use unikernel::nvlog::log::Nvlog;
-use unikernel::restart::checkpoint::{
+use tandem_formats::checkpoint::{
     kind, transport, Checkpoint, DeviceRecord, ExportRecord, NetRecord,
 };
-use unikernel::restart::label::{uuid_from, Label};
+use tandem_formats::disk_label::{uuid_from, Label};
+use tandem_formats::nbd_wire::{self as wire, cflag, cmd, opt};
+use tandem_formats::nvlog::PAGE;
+use tandem_formats::pair_region::{announce, set, word, Header as PairHeader, State, Words, AREAS};
+use unikernel::nvlog::log::Nvlog;
 use zerocopy::IntoBytes;
 
 use crate::nbd_server::handshake;
