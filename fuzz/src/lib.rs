@@ -15,6 +15,7 @@
 #![deny(unsafe_code)]
 
 pub mod checkpoint;
+pub mod guest_lines;
 pub mod label;
 pub mod nbd_handshake;
 pub mod nbd_request;
@@ -38,6 +39,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("nvlog_open", nvlog_open::run),
     ("checkpoint", checkpoint::run),
     ("label", label::run),
+    ("guest_lines", guest_lines::run),
     ("pair_region", pair_region::run),
     ("tcp_peer", tcp_peer::run),
 ];
