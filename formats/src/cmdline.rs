@@ -667,6 +667,11 @@ pub fn parse_parts<'a>(parts: &[&'a str], mut report: impl FnMut(usize, Issue<'a
     cfg
 }
 
+/// One `key=value` word, as the host writes it (`key` from [`key`]).
+pub fn word(key: &str, value: impl fmt::Display) -> alloc::string::String {
+    alloc::format!("{key}={value}")
+}
+
 /// Why one word was not applied (see [`apply`], which turns it into an [`Issue`]).
 enum Problem {
     /// The value is not what the key takes: what it takes.

@@ -2,6 +2,7 @@
 //! [`crate::appliance`]).
 
 use std::path::{Path, PathBuf};
+use tandem_formats::cmdline::{key, word};
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
@@ -200,9 +201,12 @@ fn run_single(
              QEMU user networking it runs as {}/{} (what the port forwards reach)",
             s.ip.0, s.ip.1, USER_NET_IP.0, USER_NET_IP.1
         );
-        words.retain(|w| !w.starts_with("ip=") && !w.starts_with("gw="));
-        words.insert(0, "gw=10.0.2.2".into());
-        words.insert(0, format!("ip={}/{}", USER_NET_IP.0, USER_NET_IP.1));
+        words.retain(|w| ![key::IP, key::GW].contains(&w.split('=').next().unwrap_or("")));
+        words.insert(0, word(key::GW, "10.0.2.2"));
+        words.insert(
+            0,
+            word(key::IP, format_args!("{}/{}", USER_NET_IP.0, USER_NET_IP.1)),
+        );
     }
     let mut extra = vec!["--state-dir".to_string(), dir.display().to_string()];
     if let Some(acc) = a.accel {

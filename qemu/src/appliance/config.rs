@@ -26,6 +26,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::Path;
+use tandem_formats::cmdline::{key, word};
 
 use serde::{Deserialize, Serialize};
 
@@ -1193,23 +1194,20 @@ impl Appliance {
     pub fn common_words(&self) -> Vec<String> {
         let mut w = Vec::new();
         if let Some(d) = &self.durability {
-            w.push(format!("durability={d}"));
+            w.push(word(key::DURABILITY, d));
         }
         if let Some(l) = &self.log {
-            w.push(format!("log={l}"));
+            w.push(word(key::LOG, l));
         }
-        w.push(
-            if self.management {
-                "mgmt.on_data=on"
-            } else {
-                "mgmt.port=0"
-            }
-            .into(),
-        );
+        w.push(if self.management {
+            word(key::MGMT_ON_DATA, "on")
+        } else {
+            word(key::MGMT_PORT, 0)
+        });
         if let Some(t) = &self.tls {
-            w.push(format!("nbd.tls={}", t.mode));
+            w.push(word(key::NBD_TLS, &t.mode));
             if t.verify_peer {
-                w.push("nbd.tls_verify_peer=on".into());
+                w.push(word(key::NBD_TLS_VERIFY_PEER, "on"));
             }
         }
         w.extend(self.cmdline.iter().cloned());

@@ -20,6 +20,7 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use tandem_formats::cmdline::{key, word};
 
 use super::config::{Appliance, Kind};
 use crate::accel::{self, AccelChoice};
@@ -191,14 +192,14 @@ pub fn plans(app: &Appliance) -> anyhow::Result<Vec<GuestPlan>> {
     match &app.kind {
         Kind::Single(s) => {
             let mut words = vec![
-                format!("ip={}/{}", s.ip.0, s.ip.1),
-                format!("gw={}", s.gateway.map_or("none".into(), |g| g.to_string())),
+                word(key::IP, format_args!("{}/{}", s.ip.0, s.ip.1)),
+                word(key::GW, s.gateway.map_or("none".into(), |g| g.to_string())),
             ];
             for (k, d) in s.disks.iter().enumerate() {
                 // The guest's own syntax (`tandem_formats::cmdline::ExportSpec`).
                 let e = ExportSpec::new(&d.name, &format!("blk{k}"), d.read_only, d.allow)
                     .ok_or_else(|| anyhow::anyhow!("export name {:?} does not fit", d.name))?;
-                words.push(format!("export={e}"));
+                words.push(word(key::EXPORT, e));
             }
             words.extend(app.common_words());
             let args = run_args(

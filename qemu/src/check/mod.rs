@@ -33,6 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
+use tandem_formats::cmdline::{key, word};
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, ValueEnum};
@@ -621,8 +622,8 @@ impl<'a> Checker<'a> {
         let mgmt_port = crate::bench::nbd::free_port()?;
         let mgmt_key = crate::mgmt::generate_key()?;
         let mut words = format!(
-            "durability={} {}",
-            self.args.durability.word(),
+            "{} {}",
+            word(key::DURABILITY, self.args.durability.word()),
             crate::mgmt::cmdline_words(&mgmt_key, true)
         );
         if let Some(extra) = &self.args.vm.cmdline {

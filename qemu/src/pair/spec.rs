@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
-use tandem_formats::cmdline::key;
+use tandem_formats::cmdline::{key, word};
 
 use serde::{Deserialize, Serialize};
 
@@ -221,17 +221,17 @@ impl PairSpec {
             ));
         }
         if let Some(w) = self.cmdline.iter().find(|w| {
-            ["ip=", "gw=", "pair=", "pair."]
-                .iter()
-                .any(|k| w.starts_with(k))
+            let k = w.split('=').next().unwrap_or("");
+            [key::IP, key::GW, key::PAIR].contains(&k) || k.starts_with("pair.")
         }) {
             return Err(format!(
                 "guest word '{w}' is set by `tandem pair` itself (use the pair's options)"
             ));
         }
         if let Some(w) = self.exports.iter().flatten().find(|w| {
-            w.strip_prefix("export=")
-                .or_else(|| w.strip_prefix("pair.peer_export="))
+            w.split_once('=')
+                .filter(|(k, _)| [key::EXPORT, key::PAIR_PEER_EXPORT].contains(k))
+                .map(|(_, v)| v)
                 .is_none_or(|v| tandem_formats::cmdline::ExportSpec::parse(v).is_err())
         }) {
             return Err(format!(
@@ -410,7 +410,7 @@ pub fn resolve(
 /// `nbd.tls=MODE` for a spec with `tls`.
 fn tls_words(spec: &PairSpec) -> Vec<String> {
     match spec.tls {
-        Some(_) => vec![format!("nbd.tls={}", spec.tls_mode.word())],
+        Some(_) => vec![word(key::NBD_TLS, spec.tls_mode.word())],
         None => Vec::new(),
     }
 }
