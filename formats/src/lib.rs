@@ -12,6 +12,7 @@ extern crate alloc;
 
 pub mod allow_list;
 pub mod bench_job;
+pub mod bench_result;
 pub mod boot_module;
 pub mod checkpoint;
 pub mod cmdline;

@@ -677,13 +677,27 @@ impl QemuCommand {
         self.cmdline.join(" ")
     }
 
-    /// The argument vector (without the program name).
+    /// The argument vector (without the program name): the machine and accelerator, the
+    /// fixed plumbing, the kernel, then the devices (disks, vhost-user-blk, NICs, shared
+    /// regions) and the control sockets.
     pub fn to_args(&self) -> Vec<OsString> {
         let mut a = Args::default();
         if let Some(name) = &self.name {
             a.pair("-name", name);
         }
+        self.machine_args(&mut a);
+        self.plumbing_args(&mut a);
+        self.kernel_args(&mut a);
+        self.disk_args(&mut a);
+        self.vhost_user_args(&mut a);
+        self.nic_args(&mut a);
+        self.shared_region_args(&mut a);
+        self.control_args(&mut a);
+        a.0
+    }
 
+    /// `-machine` (and its memory backend), `-accel`, `-cpu`.
+    fn machine_args(&self, a: &mut Args) {
         let mut machine = self.machine.name().to_string();
         if let (Machine::Microvm, Some(acpi)) = (self.machine, self.microvm_acpi) {
             machine.push_str(if acpi { ",acpi=on" } else { ",acpi=off" });
@@ -716,6 +730,10 @@ impl QemuCommand {
                 a.pair("-cpu", "max");
             }
         }
+    }
+
+    /// Memory and vCPUs, then what every guest gets: serial on stdio, `isa-debug-exit`.
+    fn plumbing_args(&self, a: &mut Args) {
         a.pair("-m", self.memory.to_string());
         a.pair("-smp", self.smp.to_string());
         a.flag("-nodefaults");
@@ -733,6 +751,10 @@ impl QemuCommand {
         if self.start_paused {
             a.flag("-S");
         }
+    }
+
+    /// `-kernel`, `-append`, `-initrd`.
+    fn kernel_args(&self, a: &mut Args) {
         if let Some(kernel) = &self.kernel {
             a.pair("-kernel", kernel.as_os_str());
             if !self.cmdline.is_empty() {
@@ -742,7 +764,10 @@ impl QemuCommand {
                 a.pair("-initrd", initrd.as_os_str());
             }
         }
+    }
 
+    /// One `-blockdev` and one virtio-blk `-device` per disk.
+    fn disk_args(&self, a: &mut Args) {
         for (i, disk) in self.disks.iter().enumerate() {
             let node = format!("disk{i}");
             let ro = if disk.read_only { "on" } else { "off" };
@@ -778,7 +803,10 @@ impl QemuCommand {
                 format!("{},drive={node}", self.machine.blk_device()),
             );
         }
+    }
 
+    /// One socket `-chardev` and one vhost-user-blk `-device` per back end.
+    fn vhost_user_args(&self, a: &mut Args) {
         for (i, dev) in self.vhost_user_blks.iter().enumerate() {
             let id = format!("vub{i}");
             let mut chardev = OsString::from(format!("socket,id={id},path="));
@@ -790,7 +818,10 @@ impl QemuCommand {
             }
             a.pair("-device", device);
         }
+    }
 
+    /// One `-netdev` (user with forwards, or tap) and one NIC `-device` per NIC.
+    fn nic_args(&self, a: &mut Args) {
         for (i, nic) in self.nics.iter().enumerate() {
             let id = format!("net{i}");
             let netdev = match &nic.tap {
@@ -819,7 +850,10 @@ impl QemuCommand {
             }
             a.pair("-device", device);
         }
+    }
 
+    /// q35: one `ivshmem-plain` over a shared file per region.
+    fn shared_region_args(&self, a: &mut Args) {
         // After the NICs, so that adding a region moves no other device's PCI address.
         if self.machine == Machine::Q35 {
             for (i, region) in self.shared_regions.iter().enumerate() {
@@ -832,7 +866,10 @@ impl QemuCommand {
                 a.pair("-device", format!("ivshmem-plain,memdev={id}"));
             }
         }
+    }
 
+    /// `-qmp`, `-pidfile`, and the extra options.
+    fn control_args(&self, a: &mut Args) {
         if let Some(sock) = &self.qmp_socket {
             let mut v = OsString::from("unix:");
             v.push(escape_commas(sock.as_os_str()));
@@ -848,7 +885,6 @@ impl QemuCommand {
                 a.0.push(v.clone());
             }
         }
-        a.0
     }
 
     /// A `std::process::Command` for this line (program and arguments only; the caller

@@ -1,5 +1,7 @@
 //! The `tandem` command line (clap derive). The commands themselves live in [`crate::run`],
-//! [`crate::bench`] and [`crate::qmp_cmd`].
+//! [`crate::bench`], [`crate::qmp_cmd`] and the modules each command names. The bench
+//! commands' arguments become the benches' typed plans here (`BenchBlkArgs::plan` and so on):
+//! this module depends on [`crate::bench`], never the other way round.
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -7,9 +9,13 @@ use std::str::FromStr;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::accel::AccelChoice;
-use crate::bench::blk::{Backend, BlockSize, PathChoice, RwMode};
-use crate::bench::nbd::{FioJob, NbdTarget};
-use crate::bench::restart::FaultKind;
+use crate::bench::blk::{Backend, BlkPlan, PathChoice};
+use crate::bench::boot::BootPlan;
+use crate::bench::failover::FailoverPlan;
+use crate::bench::job::{BlockSize, RwMode};
+use crate::bench::nbd::{FioJob, NbdPlan, NbdTarget};
+use crate::bench::restart::{FaultKind, RestartPlan};
+use crate::bench::{Outputs, VmPlan};
 use crate::builder::{Disk, MacAddr, Machine};
 use crate::pair::{Giveback, Node, Sig, Subnet};
 use crate::size::ByteSize;
@@ -112,6 +118,27 @@ pub struct VmArgs {
     /// (built with `cargo build --release -p unikernel` when missing).
     #[arg(long, value_name = "PATH")]
     pub image: Option<PathBuf>,
+}
+
+impl VmArgs {
+    /// The benches' guest options.
+    pub fn plan(&self) -> VmPlan {
+        VmPlan {
+            accel: self.accel,
+            mem: self.mem,
+            smp: self.smp,
+            cmdline: self.cmdline.clone(),
+            image: self.image.clone(),
+        }
+    }
+}
+
+/// `--json` and `--svg`.
+fn outputs(json: &Option<PathBuf>, svg: &Option<PathBuf>) -> Outputs {
+    Outputs {
+        json: json.clone(),
+        svg: svg.clone(),
+    }
 }
 
 /// `tandem run`.
@@ -349,7 +376,7 @@ pub enum BenchCommand {
     /// client reconnect, first request served on A's address (median, p90, max). Every
     /// acknowledged write is read back through A's address after each takeover; a lost one
     /// fails the bench. Needs root (the pair's network namespace).
-    Failover(crate::bench::failover::BenchFailoverArgs),
+    Failover(BenchFailoverArgs),
 }
 
 /// Which machines to bench.
@@ -398,6 +425,20 @@ pub struct BenchBootArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub vm: VmArgs,
+}
+
+impl BenchBootArgs {
+    /// The bench's plan.
+    pub fn plan(&self) -> BootPlan {
+        BootPlan {
+            machines: self.machine.list(),
+            runs: self.runs,
+            outputs: outputs(&self.json, &self.svg),
+            state_dir: self.state_dir.clone(),
+            boot_timeout: self.boot_timeout,
+            vm: self.vm.plan(),
+        }
+    }
 }
 
 /// `tandem bench blk`.
@@ -466,6 +507,31 @@ pub struct BenchBlkArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub vm: VmArgs,
+}
+
+impl BenchBlkArgs {
+    /// The bench's plan.
+    pub fn plan(&self) -> BlkPlan {
+        BlkPlan {
+            backends: self.backends.clone(),
+            machine: self.machine,
+            rw: self.rw.clone(),
+            bs: self.bs.clone(),
+            qd: self.qd.clone(),
+            ops: self.ops,
+            time_ms: self.time_ms,
+            repeats: self.repeats,
+            path: self.path,
+            span: self.span,
+            verify: self.verify,
+            disk: self.disk.clone(),
+            disk_size: self.disk_size,
+            work_dir: self.work_dir.clone(),
+            run_timeout: self.run_timeout,
+            outputs: outputs(&self.json, &self.svg),
+            vm: self.vm.plan(),
+        }
+    }
 }
 
 /// `tandem bench nbd`.
@@ -555,6 +621,31 @@ pub struct BenchNbdArgs {
     pub vm: VmArgs,
 }
 
+impl BenchNbdArgs {
+    /// The bench's plan.
+    pub fn plan(&self) -> NbdPlan {
+        NbdPlan {
+            targets: self.targets.clone(),
+            jobs: self.jobs.clone(),
+            time: self.time,
+            ramp: self.ramp,
+            repeats: self.repeats,
+            span: self.span,
+            fsync: self.fsync,
+            disk: self.disk.clone(),
+            disk_size: self.disk_size,
+            machine: self.machine,
+            nvram_size: self.nvram_size,
+            no_nvram: self.no_nvram,
+            work_dir: self.work_dir.clone(),
+            boot_timeout: self.boot_timeout,
+            outputs: outputs(&self.json, &self.svg),
+            tls: self.tls,
+            vm: self.vm.plan(),
+        }
+    }
+}
+
 /// `tandem bench restart`.
 #[derive(Debug, Clone, Args)]
 pub struct BenchRestartArgs {
@@ -584,6 +675,71 @@ pub struct BenchRestartArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub vm: VmArgs,
+}
+
+impl BenchRestartArgs {
+    /// The bench's plan.
+    pub fn plan(&self) -> RestartPlan {
+        RestartPlan {
+            disks: self.disks.clone(),
+            runs: self.runs,
+            kind: self.kind,
+            work_dir: self.work_dir.clone(),
+            boot_timeout: self.boot_timeout,
+            outputs: outputs(&self.json, &self.svg),
+            vm: self.vm.plan(),
+        }
+    }
+}
+
+/// `tandem bench failover`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchFailoverArgs {
+    /// Kill trials.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub trials: u32,
+    /// Peer silence (ms) after which B declares A failed (`pair.timeout_ms`).
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(50..=60_000))]
+    pub timeout_ms: u64,
+    /// Blocks (4 KiB) the writer cycles through.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub slots: u64,
+    /// The writer's per-request timeout (ms): how soon it gives up on a request to the dead
+    /// node and reconnects. A Linux TCP connection otherwise notices the new owner of the
+    /// address only at its next retransmission (up to seconds later).
+    #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub client_timeout_ms: u64,
+    /// Acknowledged writes before each kill.
+    #[arg(long, default_value_t = 100)]
+    pub writes_before: u64,
+    /// Directory for the pair (removed afterwards). Default: the system temp dir.
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Write every trial as JSON here.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Write the timeline chart (SVG) here.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+    /// Seconds any one step may take before the bench fails.
+    #[arg(long, default_value_t = 90)]
+    pub step_timeout: u64,
+}
+
+impl BenchFailoverArgs {
+    /// The bench's plan.
+    pub fn plan(&self) -> FailoverPlan {
+        FailoverPlan {
+            trials: self.trials,
+            timeout_ms: self.timeout_ms,
+            slots: self.slots,
+            client_timeout_ms: self.client_timeout_ms,
+            writes_before: self.writes_before,
+            work_dir: self.work_dir.clone(),
+            outputs: outputs(&self.json, &self.svg),
+            step_timeout: self.step_timeout,
+        }
+    }
 }
 
 /// The default pair directory.
@@ -884,7 +1040,7 @@ mod tests {
             b.backends,
             [Backend::VhostUser, Backend::IoUring, Backend::Threads]
         );
-        assert_eq!(b.rw, [RwMode::Randread, RwMode::Write, RwMode::Randrw]);
+        assert_eq!(b.rw, [RwMode::RANDREAD, RwMode::WRITE, RwMode::RANDRW]);
         assert_eq!(b.bs, [BlockSize(4096), BlockSize(1 << 20)]);
         assert_eq!(b.qd, [1, 8]);
         assert_eq!(b.ops, Some(2000));
@@ -1126,7 +1282,7 @@ mod tests {
             panic!()
         };
         assert!(b.backends.is_empty());
-        assert_eq!(b.rw, [RwMode::Randread]);
+        assert_eq!(b.rw, [RwMode::RANDREAD]);
         assert_eq!(b.bs, [BlockSize(4096)]);
         assert_eq!(b.qd, [1, 8, 32, 128]);
         assert_eq!((b.ops, b.time_ms, b.repeats), (None, None, 3));

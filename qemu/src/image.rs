@@ -11,7 +11,6 @@
 //! Concurrent builders (parallel tests, two terminals) serialise on a lock file and re-check.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// Environment variable naming the guest image.
 pub const ENV_IMAGE: &str = "TANDEM_IMAGE";
@@ -155,50 +154,30 @@ pub fn ensure(flag: Option<&Path>) -> Result<PathBuf, ImageError> {
 }
 
 /// Build the guest image in `workspace` unless it exists, holding a lock so that concurrent
-/// callers build it once.
+/// callers build it once ([`crate::cargo_build`]).
 pub fn build_guest(workspace: &Path) -> Result<(), ImageError> {
+    use crate::cargo_build::{cargo_build, BuildError, CargoBuild};
     let image = default_image_path(workspace);
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    if crate::qemu_bin::find_in_path(&cargo, std::env::var_os("PATH").as_deref()).is_none() {
-        return Err(ImageError::NoCargo(image));
-    }
-    let target = workspace.join("target");
-    std::fs::create_dir_all(&target).map_err(|e| ImageError::BuildFailed(e.to_string()))?;
-    let lock_path = target.join(".tandem-guest-build.lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| ImageError::BuildFailed(format!("{}: {e}", lock_path.display())))?;
-    lock.lock()
-        .map_err(|e| ImageError::BuildFailed(format!("lock {}: {e}", lock_path.display())))?;
-    if image.is_file() {
-        return Ok(());
-    }
-    eprintln!(
-        "tandem: guest image {} is missing; building it: {BUILD_COMMAND} (in {})",
-        image.display(),
-        workspace.display()
-    );
-    let status = Command::new(&cargo)
-        .args(["build", "--release", "-p", "unikernel"])
-        .current_dir(workspace)
-        .env_remove("CARGO_TARGET_DIR")
-        .env_remove("CARGO_BUILD_TARGET_DIR")
-        .stdout(std::process::Stdio::inherit())
-        .stderr(std::process::Stdio::inherit())
-        .status()
-        .map_err(|e| ImageError::BuildFailed(e.to_string()))?;
-    if !status.success() {
-        return Err(ImageError::BuildFailed(format!(
-            "cargo exited with {status}"
-        )));
-    }
-    if !image.is_file() {
-        return Err(ImageError::NotProduced(image));
-    }
-    Ok(())
+    let build = CargoBuild {
+        args: ["build", "--release", "-p", "unikernel"]
+            .map(Into::into)
+            .to_vec(),
+        lock: ".tandem-guest-build.lock",
+        artifact: image.clone(),
+        skip_if_present: true,
+    };
+    let announce = || {
+        eprintln!(
+            "tandem: guest image {} is missing; building it: {BUILD_COMMAND} (in {})",
+            image.display(),
+            workspace.display()
+        )
+    };
+    cargo_build(workspace, &build, announce).map_err(|e| match e {
+        BuildError::NoCargo => ImageError::NoCargo(image.clone()),
+        BuildError::Io(e) | BuildError::Failed(e) => ImageError::BuildFailed(e),
+        BuildError::NotProduced(p) => ImageError::NotProduced(p),
+    })
 }
 
 #[cfg(test)]

@@ -9,15 +9,7 @@ fn main() {
         Command::Run(args) => tandem_qemu::run::run(args),
         Command::Qmp(args) => tandem_qemu::qmp_cmd::qmp(args),
         Command::Mgmt(args) => tandem_qemu::mgmt::cli(args),
-        Command::Bench(BenchCommand::Boot(args)) => tandem_qemu::bench::bench_boot(args),
-        Command::Bench(BenchCommand::Blk(args)) => tandem_qemu::bench::blk::bench_blk(args),
-        Command::Bench(BenchCommand::Nbd(args)) => tandem_qemu::bench::nbd::bench_nbd(args),
-        Command::Bench(BenchCommand::Restart(args)) => {
-            tandem_qemu::bench::restart::bench_restart(args)
-        }
-        Command::Bench(BenchCommand::Failover(args)) => {
-            tandem_qemu::bench::failover::bench_failover(args)
-        }
+        Command::Bench(cmd) => bench(cmd),
         Command::Pair(cmd) => tandem_qemu::pair::cmd::run(cmd),
         Command::Image(cmd) => tandem_qemu::appliance::cmd::run(cmd),
         Command::Check(args) => tandem_qemu::check::check(args),
@@ -31,5 +23,17 @@ fn main() {
             eprintln!("tandem: error: {e:#}");
             std::process::exit(1);
         }
+    }
+}
+
+/// `tandem bench ...`: each bench runs the plan its arguments make.
+fn bench(cmd: &BenchCommand) -> anyhow::Result<i32> {
+    use tandem_qemu::bench;
+    match cmd {
+        BenchCommand::Boot(args) => bench::bench_boot(&args.plan()),
+        BenchCommand::Blk(args) => bench::blk::bench_blk(&args.plan()),
+        BenchCommand::Nbd(args) => bench::nbd::bench_nbd(&args.plan()),
+        BenchCommand::Restart(args) => bench::restart::bench_restart(&args.plan()),
+        BenchCommand::Failover(args) => bench::failover::bench_failover(&args.plan()),
     }
 }

@@ -297,78 +297,17 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
         std::path::absolute(&args.state_dir)
             .with_context(|| args.state_dir.display().to_string())?,
     );
-
     if args.dry_run {
-        let loc = crate::image::locate(args.vm.image.as_deref())?;
-        if !loc.path.is_file() {
-            eprintln!(
-                "tandem: note: guest image {} does not exist yet",
-                loc.path.display()
-            );
-        }
-        let nvram = nvram_region(args, &state, false)?;
-        let cmd = build_command(args, &qemu, &loc.path, &accel, &state, nvram.as_ref());
-        for note in cmd.notes() {
-            eprintln!("tandem: note: {note}");
-        }
-        if args.backend == DiskBackend::VhostUser {
-            let program = crate::vhost_backend::locate().unwrap_or_else(|| {
-                crate::image::workspace_root().map_or_else(
-                    || crate::vhost_backend::BINARY.into(),
-                    |ws| crate::vhost_backend::default_path(&ws),
-                )
-            });
-            for c in backend_commands(args, &state, &program)? {
-                println!("{c} &");
-            }
-        }
-        eprintln!("tandem: accelerator {accel}");
-        println!("{cmd}");
-        return Ok(0);
+        return dry_run(args, &qemu, &accel, &state);
     }
 
     let image = crate::image::ensure(args.vm.image.as_deref())?;
     let lock = state.lock()?;
-    if args.nbd_port != 0 {
-        check_port_free(args.nbd_port)?;
-    }
-    if args.disk.is_empty() {
-        let (path, created) = state.ensure_default_disk(args.disk_size)?;
-        if created {
-            eprintln!(
-                "tandem: created sparse data disk {} ({})",
-                path.display(),
-                args.disk_size
-            );
-        }
-    } else {
-        for d in &args.disk {
-            if !d.0.path.exists() {
-                bail!("disk {} does not exist", d.0.path.display());
-            }
-        }
-    }
-    ensure_mgmt_key(args, &state)?;
-    ensure_boot_module(args, &state)?;
+    prepare_state(args, &state)?;
     let nvram = nvram_region(args, &state, true)?;
     // --backend vhost-user: one tandem-backend per disk, up before QEMU connects, stopped
     // after QEMU exits (dropped after `vm` below).
-    let mut daemons: Vec<BackendDaemon> = Vec::new();
-    if args.backend == DiskBackend::VhostUser {
-        let program = crate::vhost_backend::ensure()?;
-        for (i, c) in backend_commands(args, &state, &program)?.iter().enumerate() {
-            let log = state.root().join(format!("tandem-backend{i}.log"));
-            let d = BackendDaemon::start(c, &log)?;
-            eprintln!(
-                "tandem: tandem-backend pid {} serves {} on {} (log {})",
-                d.pid(),
-                c.image.display(),
-                c.socket.display(),
-                log.display()
-            );
-            daemons.push(d);
-        }
-    }
+    let daemons = start_backends(args, &state)?;
     let cmd = build_command(args, &qemu, &image, &accel, &state, nvram.as_ref());
     for note in cmd.notes() {
         eprintln!("tandem: note: {note}");
@@ -398,17 +337,155 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
             console_log: Some(state.console_log()),
         },
     )?;
+    let shown = Shown {
+        args,
+        accel: &accel,
+        state: &state,
+        nvram: nvram.as_ref(),
+    };
+    let exit = match follow(&mut vm, &shown, &interrupts) {
+        Followed::Exited(exit) => exit,
+        Followed::Stopped(code) => {
+            drop(lock);
+            return Ok(code);
+        }
+    };
+    let code = exit.tandem_exit_code();
+    report_exit(&vm, exit);
+    stop_backends(daemons, &state);
+    drop(lock);
+    Ok(code)
+}
+
+/// `--dry-run`: print the command lines (QEMU's, and the back ends' with `--backend
+/// vhost-user`) and exit 0.
+fn dry_run(
+    args: &RunArgs,
+    qemu: &Path,
+    accel: &AccelDecision,
+    state: &StateDir,
+) -> anyhow::Result<i32> {
+    let loc = crate::image::locate(args.vm.image.as_deref())?;
+    if !loc.path.is_file() {
+        eprintln!(
+            "tandem: note: guest image {} does not exist yet",
+            loc.path.display()
+        );
+    }
+    let nvram = nvram_region(args, state, false)?;
+    let cmd = build_command(args, qemu, &loc.path, accel, state, nvram.as_ref());
+    for note in cmd.notes() {
+        eprintln!("tandem: note: {note}");
+    }
+    if args.backend == DiskBackend::VhostUser {
+        let program = crate::vhost_backend::locate().unwrap_or_else(|| {
+            crate::image::workspace_root().map_or_else(
+                || crate::vhost_backend::BINARY.into(),
+                |ws| crate::vhost_backend::default_path(&ws),
+            )
+        });
+        for c in backend_commands(args, state, &program)? {
+            println!("{c} &");
+        }
+    }
+    eprintln!("tandem: accelerator {accel}");
+    println!("{cmd}");
+    Ok(0)
+}
+
+/// Under the state lock: the NBD port is free, the data disks exist (the default one made),
+/// the management key and the boot module are written.
+fn prepare_state(args: &RunArgs, state: &StateDir) -> anyhow::Result<()> {
+    if args.nbd_port != 0 {
+        check_port_free(args.nbd_port)?;
+    }
+    if args.disk.is_empty() {
+        let (path, created) = state.ensure_default_disk(args.disk_size)?;
+        if created {
+            eprintln!(
+                "tandem: created sparse data disk {} ({})",
+                path.display(),
+                args.disk_size
+            );
+        }
+    } else {
+        for d in &args.disk {
+            if !d.0.path.exists() {
+                bail!("disk {} does not exist", d.0.path.display());
+            }
+        }
+    }
+    ensure_mgmt_key(args, state)?;
+    ensure_boot_module(args, state)
+}
+
+/// With `--backend vhost-user`: one running tandem-backend per data disk.
+fn start_backends(args: &RunArgs, state: &StateDir) -> anyhow::Result<Vec<BackendDaemon>> {
+    let mut daemons = Vec::new();
+    if args.backend != DiskBackend::VhostUser {
+        return Ok(daemons);
+    }
+    let program = crate::vhost_backend::ensure()?;
+    for (i, c) in backend_commands(args, state, &program)?.iter().enumerate() {
+        let log = state.root().join(format!("tandem-backend{i}.log"));
+        let d = c.start(&log)?;
+        eprintln!(
+            "tandem: tandem-backend pid {} serves {} on {} (log {})",
+            d.pid(),
+            c.image.display(),
+            c.socket.display(),
+            log.display()
+        );
+        daemons.push(d);
+    }
+    Ok(daemons)
+}
+
+/// QEMU has exited: now the back ends (SIGTERM: they finish, sync and exit 0).
+fn stop_backends(mut daemons: Vec<BackendDaemon>, state: &StateDir) {
+    for (i, mut d) in daemons.drain(..).enumerate() {
+        match d.stop() {
+            Some(s) if s.success() => {}
+            other => eprintln!(
+                "tandem: tandem-backend for disk {i} did not stop cleanly ({other:?}); see {}",
+                state
+                    .root()
+                    .join(format!("tandem-backend{i}.log"))
+                    .display()
+            ),
+        }
+    }
+}
+
+/// What the console loop says about the run.
+struct Shown<'a> {
+    args: &'a RunArgs,
+    accel: &'a AccelDecision,
+    state: &'a StateDir,
+    nvram: Option<&'a SharedRegion>,
+}
+
+/// How following the console ended.
+enum Followed {
+    /// QEMU exited by itself.
+    Exited(GuestExit),
+    /// Ctrl-C or `--timeout` stopped it; the exit status to return.
+    Stopped(i32),
+}
+
+/// Follow the console until QEMU exits, Ctrl-C or `--timeout`; the banner on the ready
+/// line, the NBD URI on each export line.
+fn follow(vm: &mut Vm, shown: &Shown, interrupts: &AtomicUsize) -> Followed {
+    let args = shown.args;
     let deadline = args
         .timeout
         .map(|s| Instant::now() + Duration::from_secs(s));
-
-    let exit = loop {
+    loop {
         if interrupts.load(Ordering::SeqCst) > 0 {
             eprintln!("tandem: interrupted; asking QEMU to quit");
             let exit = vm.stop(STOP_GRACE);
             eprintln!("tandem: QEMU stopped ({exit})");
-            drop(lock);
-            return Ok(EXIT_INTERRUPTED);
+            return Followed::Stopped(EXIT_INTERRUPTED);
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             eprintln!(
@@ -416,14 +493,13 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
                 args.timeout.unwrap_or(0)
             );
             vm.stop(STOP_GRACE);
-            drop(lock);
-            return Ok(EXIT_TIMEOUT);
+            return Followed::Stopped(EXIT_TIMEOUT);
         }
         match vm.poll(Duration::from_millis(100)) {
             Poll::Line(line) => match &line.event {
                 ConsoleEvent::Ready(ready) => {
-                    print_banner(args, &accel, &state, nvram.as_ref(), line.at);
-                    if nvram.is_some() && ready.get("nvram") == Some("0") {
+                    print_banner(args, shown.accel, shown.state, shown.nvram, line.at);
+                    if shown.nvram.is_some() && ready.get("nvram") == Some("0") {
                         eprintln!(
                             "tandem: warning: the guest reports nvram=0: it did not find the \
                              NVRAM region QEMU was given"
@@ -440,12 +516,14 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
                 }
                 _ => {}
             },
-            Poll::Exited(exit) => break exit,
+            Poll::Exited(exit) => return Followed::Exited(exit),
             Poll::Idle => {}
         }
-    };
+    }
+}
 
-    let code = exit.tandem_exit_code();
+/// Say how the guest ended (its PANIC or EXCEPTION lines when it failed).
+fn report_exit(vm: &Vm, exit: GuestExit) {
     match exit {
         GuestExit::Clean => {}
         GuestExit::Failed => {
@@ -469,21 +547,6 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
         }
         GuestExit::Signal(_) => eprintln!("tandem: {exit}"),
     }
-    // QEMU has exited: now the back ends (SIGTERM: they finish, sync and exit 0).
-    for (i, mut d) in daemons.drain(..).enumerate() {
-        match d.stop() {
-            Some(s) if s.success() => {}
-            other => eprintln!(
-                "tandem: tandem-backend for disk {i} did not stop cleanly ({other:?}); see {}",
-                state
-                    .root()
-                    .join(format!("tandem-backend{i}.log"))
-                    .display()
-            ),
-        }
-    }
-    drop(lock);
-    Ok(code)
 }
 
 fn print_banner(

@@ -6,22 +6,22 @@
 //! when that is missing and cargo is there it is built with [`BUILD_COMMAND`] (host-backend
 //! is a workspace of its own, see the root `Cargo.toml`), serialised on a lock file.
 //!
-//! A [`BackendDaemon`] runs in its own process group with its output in a log file; it is
-//! told to stop (SIGTERM: it finishes the requests in flight, syncs the image and exits 0)
-//! when dropped, after QEMU, and it gets SIGTERM from the kernel if the thread that started
-//! it dies first (`PR_SET_PDEATHSIG`), so a killed `tandem` leaves no daemon behind.
+//! A running daemon ([`BackendCommand::start`]) is a [`crate::supervise::Daemon`]: its own
+//! process group, its output in a log file, ready once its socket exists; it is told to stop
+//! (SIGTERM: it finishes the requests in flight, syncs the image and exits 0) when dropped,
+//! after QEMU, and it gets SIGTERM from the kernel if the thread that started it dies first
+//! (`PR_SET_PDEATHSIG`), so a killed `tandem` leaves no daemon behind.
 
 use std::ffi::OsString;
 use std::fmt;
-use std::os::unix::fs::FileTypeExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 
 use crate::builder::shell_quote;
+use crate::supervise::{Daemon, DaemonSpec, Ready};
 
 /// The binary's name.
 pub const BINARY: &str = "tandem-backend";
@@ -77,46 +77,39 @@ pub fn ensure() -> anyhow::Result<PathBuf> {
 }
 
 /// Run [`BUILD_COMMAND`] in `workspace` (cargo does nothing when the binary is up to date),
-/// holding a lock so that concurrent callers build once.
+/// holding a lock so that concurrent callers build once ([`crate::cargo_build`]).
 pub fn build(workspace: &Path) -> anyhow::Result<()> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    if crate::qemu_bin::find_in_path(&cargo, std::env::var_os("PATH").as_deref()).is_none() {
-        bail!("{BINARY} is missing and cargo is not available; build it with: {BUILD_COMMAND}");
-    }
+    use crate::cargo_build::{cargo_build, BuildError, CargoBuild};
     let target = workspace.join("target");
-    std::fs::create_dir_all(&target).with_context(|| target.display().to_string())?;
-    let lock_path = target.join(".tandem-backend-build.lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| lock_path.display().to_string())?;
-    lock.lock()
-        .with_context(|| format!("lock {}", lock_path.display()))?;
-    let status = Command::new(&cargo)
-        .args(["build", "--release", "--quiet", "--manifest-path"])
-        .arg(workspace.join("host-backend").join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&target)
-        .current_dir(workspace)
-        .env_remove("CARGO_TARGET_DIR")
-        .env_remove("CARGO_BUILD_TARGET_DIR")
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
-        .status()
-        .with_context(|| format!("running {BUILD_COMMAND}"))?;
-    if !status.success() {
-        bail!("building {BINARY} failed ({status}); run `{BUILD_COMMAND}` to see why");
-    }
-    let path = default_path(workspace);
-    if !path.is_file() {
-        bail!(
-            "`{BUILD_COMMAND}` succeeded but {} does not exist",
-            path.display()
-        );
-    }
-    Ok(())
+    let build = CargoBuild {
+        args: vec![
+            "build".into(),
+            "--release".into(),
+            "--quiet".into(),
+            "--manifest-path".into(),
+            workspace.join("host-backend").join("Cargo.toml").into(),
+            "--target-dir".into(),
+            target.into(),
+        ],
+        lock: ".tandem-backend-build.lock",
+        artifact: default_path(workspace),
+        skip_if_present: false,
+    };
+    cargo_build(workspace, &build, || {}).map_err(|e| match e {
+        BuildError::NoCargo => anyhow::anyhow!(
+            "{BINARY} is missing and cargo is not available; build it with: {BUILD_COMMAND}"
+        ),
+        BuildError::Io(e) => anyhow::anyhow!("building {BINARY}: {e}"),
+        BuildError::Failed(status) => {
+            anyhow::anyhow!("building {BINARY} failed ({status}); run `{BUILD_COMMAND}` to see why")
+        }
+        BuildError::NotProduced(p) => {
+            anyhow::anyhow!(
+                "`{BUILD_COMMAND}` succeeded but {} does not exist",
+                p.display()
+            )
+        }
+    })
 }
 
 /// The host I/O engine (`--engine`).
@@ -245,133 +238,34 @@ impl fmt::Display for BackendCommand {
     }
 }
 
-/// A running `tandem-backend`, stopped with SIGTERM (then SIGKILL) when dropped.
-pub struct BackendDaemon {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
-    exit: Option<ExitStatus>,
-}
+/// A running `tandem-backend` ([`crate::supervise::Daemon`]): SIGTERM makes it finish the
+/// requests in flight, sync the image and exit 0.
+pub type BackendDaemon = Daemon;
 
-impl BackendDaemon {
-    /// Start it and wait (bounded) until its socket exists; its output goes to `log`.
-    pub fn start(cmd: &BackendCommand, log: &Path) -> anyhow::Result<BackendDaemon> {
-        if cmd.socket.as_os_str().len() > crate::state::MAX_SOCKET_PATH {
+impl BackendCommand {
+    /// Start the daemon and wait (bounded) until its socket exists; its output goes to `log`.
+    /// It gets [`STOP_TIMEOUT`] to stop, and SIGTERM if the starting thread dies first.
+    pub fn start(&self, log: &Path) -> anyhow::Result<BackendDaemon> {
+        if self.socket.as_os_str().len() > crate::state::MAX_SOCKET_PATH {
             bail!(
                 "socket path {} is longer than {} bytes",
-                cmd.socket.display(),
+                self.socket.display(),
                 crate::state::MAX_SOCKET_PATH
             );
         }
-        let _ = std::fs::remove_file(&cmd.socket);
-        let out = std::fs::File::create(log).with_context(|| log.display().to_string())?;
-        let err = out.try_clone()?;
-        let mut command = Command::new(&cmd.program);
-        command
-            .args(cmd.to_args())
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            // Own process group: a terminal's Ctrl-C reaches tandem, which stops QEMU first
-            // and the daemon after it.
-            .process_group(0);
-        // SAFETY: the closure runs in the child between fork and exec and only calls
-        // prctl(2), which is async-signal-safe.
-        unsafe {
-            command.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
-                    .map_err(std::io::Error::from)
-            });
-        }
-        let child = command.spawn().with_context(|| format!("starting {cmd}"))?;
-        let mut daemon = BackendDaemon {
-            child,
-            socket: cmd.socket.clone(),
-            log: log.to_path_buf(),
-            exit: None,
-        };
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            let is_socket = std::fs::symlink_metadata(&cmd.socket)
-                .map(|m| m.file_type().is_socket())
-                .unwrap_or(false);
-            if is_socket {
-                return Ok(daemon);
-            }
-            if let Ok(Some(status)) = daemon.child.try_wait() {
-                daemon.exit = Some(status);
-                bail!(
-                    "{BINARY} exited ({status}) before creating {}:\n{}\ncommand: {cmd}",
-                    cmd.socket.display(),
-                    daemon.log_text()
-                );
-            }
-            if Instant::now() >= deadline {
-                daemon.stop();
-                bail!(
-                    "{BINARY} did not create {} within {START_TIMEOUT:?}:\n{}\ncommand: {cmd}",
-                    cmd.socket.display(),
-                    daemon.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Its pid.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Its socket.
-    pub fn socket(&self) -> &Path {
-        &self.socket
-    }
-
-    /// What it printed so far.
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Its exit status, if it has exited.
-    pub fn try_exit(&mut self) -> Option<ExitStatus> {
-        if self.exit.is_none() {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                self.exit = Some(s);
-            }
-        }
-        self.exit
-    }
-
-    /// Send SIGTERM and return at once (it finishes what is in flight and exits 0).
-    pub fn terminate(&mut self) {
-        if self.try_exit().is_none() {
-            let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        }
-    }
-
-    /// Stop it: SIGTERM, up to [`STOP_TIMEOUT`], then SIGKILL. Returns how it exited.
-    pub fn stop(&mut self) -> Option<ExitStatus> {
-        if self.try_exit().is_none() {
-            self.terminate();
-            let deadline = Instant::now() + STOP_TIMEOUT;
-            while Instant::now() < deadline && self.try_exit().is_none() {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if self.try_exit().is_none() {
-                let _ = self.child.kill();
-                self.exit = self.child.wait().ok();
-            }
-        }
-        let _ = std::fs::remove_file(&self.socket);
-        self.exit
-    }
-}
-
-impl Drop for BackendDaemon {
-    fn drop(&mut self) {
-        self.stop();
+        let mut command = Command::new(&self.program);
+        command.args(self.to_args());
+        let mut spec = DaemonSpec::new(
+            BINARY,
+            command,
+            self,
+            log,
+            Ready::Socket(self.socket.clone()),
+        );
+        spec.start_timeout = START_TIMEOUT;
+        spec.stop_timeout = STOP_TIMEOUT;
+        spec.die_with_parent = true;
+        Daemon::start(spec, None)
     }
 }
 

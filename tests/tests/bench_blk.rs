@@ -53,7 +53,8 @@ fn threads_and_vhost_user_randread() {
         "--svg",
         svg_path.to_str().unwrap(),
     ]);
-    let report = run_and_report(&args, &AtomicBool::new(false)).unwrap_or_else(|e| panic!("{e:#}"));
+    let report =
+        run_and_report(&args.plan(), &AtomicBool::new(false)).unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(report.rows.len(), 4);
 
     let text = std::fs::read_to_string(&json_path).unwrap();
@@ -112,7 +113,7 @@ fn threads_and_vhost_user_randread() {
 /// and reports QEMU's own reason when it cannot.
 #[test]
 fn aio_probe_reports_why() {
-    use tandem_qemu::bench::blk::probe_aio;
+    use tandem_qemu::bench::probe::probe_aio;
     use tandem_qemu::builder::Aio;
     let dir = tandem_qemu::scratch::tempdir().unwrap();
     let disk = sparse_disk(dir.path(), "p.raw", tandem_qemu::size::ByteSize::mib(1));

@@ -47,7 +47,8 @@ fn guest_and_qemu_nbd_random_read_and_write() {
         "--svg",
         svg_path.to_str().unwrap(),
     ]);
-    let report = run_and_report(&args, &AtomicBool::new(false)).unwrap_or_else(|e| panic!("{e:#}"));
+    let report =
+        run_and_report(&args.plan(), &AtomicBool::new(false)).unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(report.rows.len(), 4);
 
     let text = std::fs::read_to_string(&json_path).unwrap();

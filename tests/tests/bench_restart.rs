@@ -40,7 +40,7 @@ fn restart_from_the_checkpoint_is_faster_than_cold_discovery() {
         "--json",
         json_path.to_str().unwrap(),
     ]);
-    run_and_report(&args, &AtomicBool::new(false)).unwrap_or_else(|e| panic!("{e:#}"));
+    run_and_report(&args.plan(), &AtomicBool::new(false)).unwrap_or_else(|e| panic!("{e:#}"));
 
     let text = std::fs::read_to_string(&json_path).unwrap();
     let j: Value = serde_json::from_str(&text).unwrap();

@@ -93,7 +93,8 @@ fn start_backend(
         image,
         dir.join("vu.sock"),
     ));
-    BackendDaemon::start(&cmd, &dir.join("backend.log")).unwrap_or_else(|e| panic!("{e:#}"))
+    cmd.start(&dir.join("backend.log"))
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// The guest with its only disk on the daemon's socket.

@@ -8,13 +8,13 @@
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
-use core::fmt::Write;
 
 use hpdi::{BufId, BufferPool, Completion, Device, Error, Op, QueuePair, Request, Segment, SgList};
 
 use crate::histogram::Histogram;
 
 pub use tandem_formats::bench_job::{JobSpec, Path, Rw, MAX_BS, MAX_NAME, MAX_QD};
+use tandem_formats::bench_result::{BenchLine, Latency};
 
 #[derive(Debug, Clone)]
 pub struct BenchResult {
@@ -175,6 +175,18 @@ pub fn run(
     result
 }
 
+/// The job's running state: what it issued, what it wrote (for verification), and what it
+/// measured.
+struct Progress {
+    rng: Rng,
+    seq: u64,
+    issued: u64,
+    busy: usize,
+    /// One bit per block written and completed (verification only).
+    written: Vec<u64>,
+    result: BenchResult,
+}
+
 fn run_slots(
     dev: &mut dyn Device,
     pool: &mut BufferPool,
@@ -184,99 +196,133 @@ fn run_slots(
     blocks: u64,
 ) -> Result<BenchResult, BenchError> {
     let bs = u64::from(spec.bs);
-    let qd = slots.len();
-    let depth = qd.next_power_of_two();
     let mut drv = Driver {
         queue: match spec.path {
-            Path::Hpdi => {
-                Some(QueuePair::new(depth).map_err(|e| BenchError::Setup(alloc::format!("{e}")))?)
-            }
+            Path::Hpdi => Some(
+                QueuePair::new(slots.len().next_power_of_two())
+                    .map_err(|e| BenchError::Setup(alloc::format!("{e}")))?,
+            ),
             Path::Direct => None,
         },
         dev,
     };
     let verify = spec.verify && spec.rw.writes();
-    let mut written = if verify {
-        vec![0u64; blocks.div_ceil(64) as usize]
-    } else {
-        Vec::new()
-    };
-    let mut rng = Rng(spec.seed | 1);
-    let mut seq = 0u64;
-    let mut result = BenchResult {
-        ops: 0,
-        seconds: 0.0,
-        bytes: 0,
-        errors: 0,
-        first_error: None,
-        lat: Histogram::default(),
-        verified: None,
-        mismatches: 0,
-        stats: Default::default(),
+    let mut p = Progress {
+        rng: Rng(spec.seed | 1),
+        seq: 0,
+        issued: 0,
+        busy: 0,
+        written: if verify {
+            vec![0u64; blocks.div_ceil(64) as usize]
+        } else {
+            Vec::new()
+        },
+        result: BenchResult {
+            ops: 0,
+            seconds: 0.0,
+            bytes: 0,
+            errors: 0,
+            first_error: None,
+            lat: Histogram::default(),
+            verified: None,
+            mismatches: 0,
+            stats: Default::default(),
+        },
     };
     let limit = spec.ops_limit();
     let deadline_ns = spec.time_ms.map(|ms| ms.saturating_mul(1_000_000));
-    let mut issued = 0u64;
-    let mut done = Vec::with_capacity(qd);
+    let mut done = Vec::with_capacity(slots.len());
     let t0 = now_ns();
-    let mut busy = 0usize;
     loop {
         let expired = deadline_ns.is_some_and(|d| now_ns() - t0 >= d);
-        // Fill every free slot.
         if !expired {
-            for (i, s) in slots.iter_mut().enumerate() {
-                if s.busy || issued >= limit {
-                    continue;
-                }
-                let block = if spec.rw.random() {
-                    rng.next() % blocks
-                } else {
-                    let b = seq % blocks;
-                    seq += 1;
-                    b
-                };
-                let write = match spec.rw {
-                    Rw::Write | Rw::RandWrite => true,
-                    Rw::RandRw => rng.next() & 1 == 1,
-                    _ => false,
-                };
-                s.offset = block * bs;
-                s.op = if write { Op::Write } else { Op::Read };
-                if write && (verify || issued < qd as u64) {
-                    let b = pool
-                        .buf_mut(s.buf)
-                        .map_err(|e| BenchError::Setup(alloc::format!("{e}")))?;
-                    fill(&mut b[..bs as usize], s.offset, spec.seed);
-                }
-                let sg = SgList::one(Segment::whole(s.buf, bs as usize));
-                let req = if write {
-                    Request::write(s.offset, sg, i as u64)
-                } else {
-                    Request::read(s.offset, sg, i as u64)
-                };
-                s.started = now_ns();
-                match drv.submit(pool, req) {
-                    Ok(()) => {
-                        s.busy = true;
-                        busy += 1;
-                        issued += 1;
-                    }
-                    Err(Error::RingFull) => break,
-                    Err(e) => {
-                        result.errors += 1;
-                        result.first_error.get_or_insert(e);
-                        issued += 1;
-                    }
-                }
-            }
+            p.fill(&mut drv, pool, spec, now_ns, slots, blocks, limit)?;
         }
-        if busy == 0 && (expired || issued >= limit) {
+        if p.busy == 0 && (expired || p.issued >= limit) {
             break;
         }
         done.clear();
         drv.progress(pool, &mut done);
-        let now = now_ns();
-        for c in &done {
+        p.reap(&done, slots, now_ns(), bs, verify);
+    }
+    let mut result = p.result;
+    result.seconds = (now_ns() - t0) as f64 / 1e9;
+    result.stats = drv.dev.stats();
+    if verify {
+        let (checked, bad) = verify_pass(&mut drv, pool, slots, &p.written, bs, spec.seed)?;
+        result.mismatches = bad;
+        result.verified = Some(bad == 0 && checked > 0);
+    }
+    Ok(result)
+}
+
+impl Progress {
+    /// Fills every free slot with the job's next request, up to `limit` issued.
+    #[allow(clippy::too_many_arguments)]
+    fn fill(
+        &mut self,
+        drv: &mut Driver<'_>,
+        pool: &mut BufferPool,
+        spec: &JobSpec,
+        now_ns: &dyn Fn() -> u64,
+        slots: &mut [Slot],
+        blocks: u64,
+        limit: u64,
+    ) -> Result<(), BenchError> {
+        let bs = u64::from(spec.bs);
+        let verify = spec.verify && spec.rw.writes();
+        let qd = slots.len() as u64;
+        for (i, s) in slots.iter_mut().enumerate() {
+            if s.busy || self.issued >= limit {
+                continue;
+            }
+            let block = if spec.rw.random() {
+                self.rng.next() % blocks
+            } else {
+                let b = self.seq % blocks;
+                self.seq += 1;
+                b
+            };
+            let write = match spec.rw {
+                Rw::Write | Rw::RandWrite => true,
+                Rw::RandRw => self.rng.next() & 1 == 1,
+                _ => false,
+            };
+            s.offset = block * bs;
+            s.op = if write { Op::Write } else { Op::Read };
+            if write && (verify || self.issued < qd) {
+                let b = pool
+                    .buf_mut(s.buf)
+                    .map_err(|e| BenchError::Setup(alloc::format!("{e}")))?;
+                fill(&mut b[..bs as usize], s.offset, spec.seed);
+            }
+            let sg = SgList::one(Segment::whole(s.buf, bs as usize));
+            let req = if write {
+                Request::write(s.offset, sg, i as u64)
+            } else {
+                Request::read(s.offset, sg, i as u64)
+            };
+            s.started = now_ns();
+            match drv.submit(pool, req) {
+                Ok(()) => {
+                    s.busy = true;
+                    self.busy += 1;
+                    self.issued += 1;
+                }
+                Err(Error::RingFull) => break,
+                Err(e) => {
+                    self.result.errors += 1;
+                    self.result.first_error.get_or_insert(e);
+                    self.issued += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Accounts for the completions in `done` (at time `now`).
+    fn reap(&mut self, done: &[Completion], slots: &mut [Slot], now: u64, bs: u64, verify: bool) {
+        for c in done {
             let Some(s) = slots.get_mut(c.tag as usize) else {
                 continue;
             };
@@ -284,7 +330,8 @@ fn run_slots(
                 continue;
             }
             s.busy = false;
-            busy -= 1;
+            self.busy -= 1;
+            let result = &mut self.result;
             result.lat.record(now.saturating_sub(s.started));
             match c.result {
                 Ok(_) => {
@@ -292,7 +339,7 @@ fn run_slots(
                     result.bytes += bs;
                     if verify && s.op == Op::Write {
                         let b = s.offset / bs;
-                        written[(b / 64) as usize] |= 1 << (b % 64);
+                        self.written[(b / 64) as usize] |= 1 << (b % 64);
                     }
                 }
                 Err(e) => {
@@ -302,14 +349,6 @@ fn run_slots(
             }
         }
     }
-    result.seconds = (now_ns() - t0) as f64 / 1e9;
-    result.stats = drv.dev.stats();
-    if verify {
-        let (checked, bad) = verify_pass(&mut drv, pool, slots, &written, bs, spec.seed)?;
-        result.mismatches = bad;
-        result.verified = Some(bad == 0 && checked > 0);
-    }
-    Ok(result)
 }
 
 /// Reads back every block the job wrote and checks its stamps; returns (checked, mismatched).
@@ -371,66 +410,35 @@ fn verify_pass(
     }
 }
 
-/// The `BENCH {...}` JSON line.
+/// The `BENCH {...}` JSON object of a job that ran (the contract is
+/// [`tandem_formats::bench_result`]).
 pub fn json(spec: &JobSpec, transport: &str, r: &BenchResult) -> String {
-    let mut s = String::new();
-    let secs = if r.seconds > 0.0 {
-        r.seconds
-    } else {
-        f64::MIN_POSITIVE
-    };
     let us = |ns: u64| ns / 1000;
-    let _ = write!(
-        s,
-        "{{\"device\":\"{}\",\"transport\":\"{transport}\",\"rw\":\"{}\",\"bs\":{},\"qd\":{},\
-         \"ops\":{},\"seconds\":{:.6},\"iops\":{:.1},\"mbps\":{:.2},\
-         \"lat_us\":{{\"p50\":{},\"p99\":{},\"p999\":{},\"max\":{}}},\"verified\":{},\
-         \"verify_mismatches\":{},\"errors\":{},\"first_error\":{},\"max_in_flight\":{},\
-         \"bytes_moved\":{},\"path\":\"{}\"}}",
-        spec.device().unwrap_or("?"),
-        spec.rw.name(),
-        spec.bs,
-        spec.qd,
-        r.ops,
-        r.seconds,
-        r.ops as f64 / secs,
-        r.bytes as f64 / secs / 1e6,
-        us(r.lat.quantile(0.5)),
-        us(r.lat.quantile(0.99)),
-        us(r.lat.quantile(0.999)),
-        us(r.lat.max()),
-        match r.verified {
-            None => "null",
-            Some(true) => "true",
-            Some(false) => "false",
+    BenchLine {
+        job: spec,
+        transport,
+        ops: r.ops,
+        seconds: r.seconds,
+        bytes: r.bytes,
+        lat_us: Latency {
+            p50: us(r.lat.quantile(0.5)),
+            p99: us(r.lat.quantile(0.99)),
+            p999: us(r.lat.quantile(0.999)),
+            max: us(r.lat.max()),
         },
-        r.mismatches,
-        r.errors,
-        match r.first_error {
-            Some(e) => alloc::format!("\"{e}\""),
-            None => "null".into(),
-        },
-        r.stats.max_in_flight,
-        r.stats.bytes_moved,
-        spec.path.name(),
-    );
-    s
+        verified: r.verified,
+        mismatches: r.mismatches,
+        errors: r.errors,
+        first_error: r.first_error.as_ref().map(|e| alloc::format!("{e}")),
+        max_in_flight: u64::from(r.stats.max_in_flight),
+        bytes_moved: r.stats.bytes_moved,
+    }
+    .json()
 }
 
-/// The `BENCH {...}` line for a job that could not run.
+/// The `BENCH {...}` JSON object of a job that could not run.
 pub fn error_json(spec: &JobSpec, message: &str) -> String {
-    let mut s = String::new();
-    let _ = write!(
-        s,
-        "{{\"error\":\"{}\",\"device\":\"{}\",\"rw\":\"{}\",\"bs\":{},\"qd\":{},\"path\":\"{}\"}}",
-        message.replace('"', "'"),
-        spec.device().unwrap_or("?"),
-        spec.rw.name(),
-        spec.bs,
-        spec.qd,
-        spec.path.name()
-    );
-    s
+    tandem_formats::bench_result::error_json(spec, message)
 }
 
 #[cfg(test)]

@@ -4,23 +4,41 @@
 //! with the same devices `tandem run` gives it (one sparse data disk, one NIC), and measures
 //! wall time from QEMU spawn to the `TANDEM READY` line on the console and to QEMU's exit.
 //! Results: a table (median/min/max per machine and the microvm/q35 ratio), optional JSON,
-//! and an optional SVG bar chart, all through the helpers in [`crate::bench`]. Timings taken
-//! under TCG compare only with other TCG timings from the same host.
+//! and an optional SVG bar chart ([`super::render::boot`]). Timings taken under TCG compare
+//! only with other TCG timings from the same host.
 
-use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde::Serialize;
+use tandem_formats::cmdline::{key, word};
 
-use super::{ms, Align, Bar, BarChart, BarGroup, Progress, Summary, Table};
+use super::orchestrate::{Progress, Summary, VmPlan};
+use super::render::{ms, Outputs};
 use crate::accel;
 use crate::builder::{Disk, Machine, Nic, QemuCommand};
-use crate::cli::BenchBootArgs;
 use crate::console::ConsoleEvent;
 use crate::exit::GuestExit;
 use crate::state::{StateDir, DEFAULT_DISK_SIZE};
 use crate::vm::{SpawnOptions, Vm};
+
+/// What `tandem bench boot` runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootPlan {
+    /// The machines, in order.
+    pub machines: Vec<Machine>,
+    /// Boots per machine.
+    pub runs: u32,
+    /// `--json` and `--svg`.
+    pub outputs: Outputs,
+    /// State directory for the bench's disks and console logs (one subdirectory per machine).
+    pub state_dir: PathBuf,
+    /// Seconds one boot may take.
+    pub boot_timeout: u64,
+    /// Guest and QEMU options.
+    pub vm: VmPlan,
+}
 
 /// Results for one machine.
 #[derive(Debug, Clone, Serialize)]
@@ -39,7 +57,7 @@ pub struct MachineResult {
     pub exit: Summary,
 }
 
-/// The whole report.
+/// The whole report (the `--json` file; [`super::render::boot`] renders it).
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
     /// Accelerator used.
@@ -62,66 +80,27 @@ pub struct BenchReport {
     pub ratio_microvm_over_q35: Option<f64>,
 }
 
-/// Run the bench; returns the exit status.
-pub fn bench_boot(args: &BenchBootArgs) -> anyhow::Result<i32> {
-    let accel = accel::choose(args.vm.accel)?;
+/// Run the bench, print the table, write JSON/SVG; returns the exit status.
+pub fn bench_boot(plan: &BootPlan) -> anyhow::Result<i32> {
+    let report = run(plan)?;
+    super::render::publish(&report, &plan.outputs)?;
+    Ok(0)
+}
+
+/// Run the bench and return the report (nothing printed on stdout).
+pub fn run(plan: &BootPlan) -> anyhow::Result<BenchReport> {
+    let accel = accel::choose(plan.vm.accel)?;
     let qemu = crate::qemu_bin::ensure_qemu()?;
-    let image = crate::image::ensure(args.vm.image.as_deref())?;
+    let image = crate::image::ensure(plan.vm.image.as_deref())?;
     let image_bytes = std::fs::metadata(&image)
         .with_context(|| image.display().to_string())?
         .len();
-    let machines = args.machine.list();
-    let total = u64::from(args.runs) * machines.len() as u64;
+    let total = u64::from(plan.runs) * plan.machines.len() as u64;
     let mut progress = Progress::new(total);
-    let timeout = Duration::from_secs(args.boot_timeout);
-
     let mut results = Vec::new();
-    for machine in machines {
-        let state = StateDir::new(args.state_dir.join(machine.name()));
-        let _lock = state.lock()?;
-        state.ensure_default_disk(DEFAULT_DISK_SIZE)?;
-        let mut cmd = QemuCommand::new(&qemu)
-            .name("tandem-bench")
-            .machine(machine)
-            .accel(accel.accel)
-            .memory(args.vm.mem)
-            .smp(args.vm.smp)
-            .kernel(&image)
-            .disk(Disk::new(state.disk0()))
-            .nic(Nic::user())
-            .qmp_socket(state.qmp_socket())
-            .no_reboot(true);
-        if machine == Machine::Microvm {
-            // The guest finds virtio-mmio devices on its command line, which QEMU fills
-            // only with ACPI off (see `tandem run --help`).
-            cmd = cmd.microvm_acpi(false);
-        }
-        if let Some(words) = &args.vm.cmdline {
-            cmd = cmd.cmdline(words);
-        }
-        cmd = cmd.cmdline("exit=ready");
-
-        let mut ready_ms = Vec::new();
-        let mut exit_ms = Vec::new();
-        let mut guest_boot_us = Vec::new();
-        for run in 1..=args.runs {
-            let what = format!("{machine} run {run}/{}", args.runs);
-            progress.start(&what);
-            let (ready, exit, boot_us) =
-                boot_once(&cmd, &state, timeout).with_context(|| what.clone())?;
-            ready_ms.push(ms(ready));
-            exit_ms.push(ms(exit));
-            guest_boot_us.extend(boot_us);
-            progress.finish_one(&what, &format!("ready after {:.1} ms", ms(ready)));
-        }
-        results.push(MachineResult {
-            machine,
-            ready: Summary::of(&ready_ms),
-            exit: Summary::of(&exit_ms),
-            ready_ms,
-            exit_ms,
-            guest_boot_us,
-        });
+    for &machine in &plan.machines {
+        let cmd = QemuCommand::new(&qemu).accel(accel.accel).kernel(&image);
+        results.push(boot_machine(plan, machine, cmd, &mut progress)?);
     }
     progress.finish();
 
@@ -135,31 +114,76 @@ pub fn bench_boot(args: &BenchBootArgs) -> anyhow::Result<i32> {
         (Some(mv), Some(q)) if q > 0.0 => Some(mv / q),
         _ => None,
     };
-    let report = BenchReport {
+    Ok(BenchReport {
         accel: accel.accel,
         accel_reason: accel.reason.clone(),
         qemu_version: crate::qemu_bin::qemu_version(&qemu),
         image: image.display().to_string(),
         image_bytes,
-        mem: args.vm.mem.to_string(),
-        runs: args.runs,
+        mem: plan.vm.mem.to_string(),
+        runs: plan.runs,
         machines: results,
         ratio_microvm_over_q35: ratio,
-    };
-    print!("{}", table(&report));
-    let chart = chart(&report);
-    super::write_outputs(
-        &report,
-        args.json.as_deref(),
-        args.svg.as_deref().map(|p| (p, &chart)),
-    )?;
-    Ok(0)
+    })
+}
+
+/// Every boot on one machine, with the devices `tandem run` gives the guest; `base` has
+/// QEMU, the accelerator and the kernel.
+fn boot_machine(
+    plan: &BootPlan,
+    machine: Machine,
+    base: QemuCommand,
+    progress: &mut Progress,
+) -> anyhow::Result<MachineResult> {
+    let state = StateDir::new(plan.state_dir.join(machine.name()));
+    let _lock = state.lock()?;
+    state.ensure_default_disk(DEFAULT_DISK_SIZE)?;
+    let mut cmd = base
+        .name("tandem-bench")
+        .machine(machine)
+        .memory(plan.vm.mem)
+        .smp(plan.vm.smp)
+        .disk(Disk::new(state.disk0()))
+        .nic(Nic::user())
+        .qmp_socket(state.qmp_socket())
+        .no_reboot(true);
+    if machine == Machine::Microvm {
+        // The guest finds virtio-mmio devices on its command line, which QEMU fills
+        // only with ACPI off (see `tandem run --help`).
+        cmd = cmd.microvm_acpi(false);
+    }
+    if let Some(words) = &plan.vm.cmdline {
+        cmd = cmd.cmdline(words);
+    }
+    cmd = cmd.cmdline(&word(key::EXIT, "ready"));
+    let timeout = Duration::from_secs(plan.boot_timeout);
+    let mut ready_ms = Vec::new();
+    let mut exit_ms = Vec::new();
+    let mut guest_boot_us = Vec::new();
+    for run in 1..=plan.runs {
+        let what = format!("{machine} run {run}/{}", plan.runs);
+        progress.start(&what);
+        let (ready, exit, boot_us) =
+            boot_once(&cmd, &state.console_log(), timeout).with_context(|| what.clone())?;
+        ready_ms.push(ms(ready));
+        exit_ms.push(ms(exit));
+        guest_boot_us.extend(boot_us);
+        progress.finish_one(&what, &format!("ready after {:.1} ms", ms(ready)));
+    }
+    Ok(MachineResult {
+        machine,
+        ready: Summary::of(&ready_ms),
+        exit: Summary::of(&exit_ms),
+        ready_ms,
+        exit_ms,
+        guest_boot_us,
+    })
 }
 
 /// One boot: (spawn → ready, spawn → exit, guest boot_us).
 fn boot_once(
     cmd: &QemuCommand,
-    state: &StateDir,
+    console_log: &Path,
     timeout: Duration,
 ) -> anyhow::Result<(Duration, Duration, Option<u64>)> {
     let mut vm = Vm::spawn(
@@ -167,7 +191,7 @@ fn boot_once(
         SpawnOptions {
             echo_console: false,
             echo_stderr: false,
-            console_log: Some(state.console_log()),
+            console_log: Some(console_log.to_path_buf()),
         },
     )?;
     let line = vm.wait_for_line("the TANDEM READY line", timeout, |l| {
@@ -188,86 +212,10 @@ fn boot_once(
     Ok((line.at, exit_at, boot_us))
 }
 
-/// The text table.
-pub fn table(r: &BenchReport) -> String {
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "boot to TANDEM READY ({}, {} runs each, -m {}, image {} bytes = {:.1} KiB)",
-        r.accel,
-        r.runs,
-        r.mem,
-        r.image_bytes,
-        r.image_bytes as f64 / 1024.0
-    );
-    let mut t = Table::new(&[
-        ("machine", Align::Left),
-        ("ready median", Align::Right),
-        ("min", Align::Right),
-        ("max", Align::Right),
-        ("exit median", Align::Right),
-        ("guest boot_us", Align::Right),
-    ]);
-    for m in &r.machines {
-        let guest = if m.guest_boot_us.is_empty() {
-            "-".to_string()
-        } else {
-            let v: Vec<f64> = m.guest_boot_us.iter().map(|&u| u as f64).collect();
-            format!("{:.0}", Summary::of(&v).median)
-        };
-        t.row(vec![
-            m.machine.name().to_string(),
-            format!("{:.1} ms", m.ready.median),
-            format!("{:.1} ms", m.ready.min),
-            format!("{:.1} ms", m.ready.max),
-            format!("{:.1} ms", m.exit.median),
-            guest,
-        ]);
-    }
-    s.push_str(&t.render());
-    if let Some(ratio) = r.ratio_microvm_over_q35 {
-        let _ = writeln!(s, "microvm/q35 (median ready): {ratio:.2}");
-    }
-    s
-}
-
-/// A horizontal bar chart of median ready time with min–max whiskers.
-pub fn chart(r: &BenchReport) -> BarChart {
-    let series: Vec<String> = r.machines.iter().map(|m| m.machine.to_string()).collect();
-    BarChart {
-        title: format!(
-            "Boot to TANDEM READY ({}, median of {} runs; whiskers min–max)",
-            r.accel, r.runs
-        ),
-        groups: r
-            .machines
-            .iter()
-            .enumerate()
-            .map(|(i, m)| BarGroup {
-                label: m.machine.to_string(),
-                bars: vec![Bar {
-                    series: i,
-                    value: m.ready.median,
-                    range: Some((m.ready.min, m.ready.max)),
-                    label: format!("{:.1} ms", m.ready.median),
-                }],
-            })
-            .collect(),
-        series,
-        footer: r
-            .ratio_microvm_over_q35
-            .map(|ratio| format!("microvm/q35 = {ratio:.2}")),
-    }
-}
-
-/// The chart as an SVG document.
-pub fn svg(r: &BenchReport) -> String {
-    chart(r).render()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::render::boot as render;
 
     fn report() -> BenchReport {
         let mk = |machine, ready: Vec<f64>| MachineResult {
@@ -297,11 +245,11 @@ mod tests {
     #[test]
     fn table_and_svg_render() {
         let r = report();
-        let t = table(&r);
+        let t = render::table(&r);
         assert!(t.contains("q35"), "{t}");
         assert!(t.contains("200.0 ms"), "{t}");
         assert!(t.contains("microvm/q35 (median ready): 0.25"), "{t}");
-        let svg = svg(&r);
+        let svg = render::svg(&r);
         assert!(svg.starts_with("<svg "));
         assert!(svg.trim_end().ends_with("</svg>"));
         assert_eq!(svg.matches("<rect x=").count(), 2);

@@ -15,49 +15,39 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::Serialize;
 use tandem_formats::pair_region::{get, word, State};
 
-use super::{escape, ms, write_outputs, Align, Progress, Table};
+use super::orchestrate::{Progress, Summary};
+use super::render::{ms, Outputs};
 use crate::ledger::{self, WriterSpec};
 use crate::nbd_client::NbdClient;
 use crate::pair::{Giveback, Node, Pair, PairSpec, Sig};
 use crate::size::ByteSize;
+use crate::supervise::wait_until as wait;
 
-/// `tandem bench failover` options.
-#[derive(Debug, Clone, clap::Args)]
-pub struct BenchFailoverArgs {
+/// What `tandem bench failover` runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailoverPlan {
     /// Kill trials.
-    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub trials: u32,
     /// Peer silence (ms) after which B declares A failed (`pair.timeout_ms`).
-    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(50..=60_000))]
     pub timeout_ms: u64,
     /// Blocks (4 KiB) the writer cycles through.
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub slots: u64,
-    /// The writer's per-request timeout (ms): how soon it gives up on a request to the dead
-    /// node and reconnects. A Linux TCP connection otherwise notices the new owner of the
-    /// address only at its next retransmission (up to seconds later).
-    #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    /// The writer's per-request timeout (ms).
     pub client_timeout_ms: u64,
     /// Acknowledged writes before each kill.
-    #[arg(long, default_value_t = 100)]
     pub writes_before: u64,
-    /// Directory for the pair (removed afterwards). Default: the system temp dir.
-    #[arg(long, value_name = "DIR")]
+    /// Directory for the pair (default: the system temp dir).
     pub work_dir: Option<PathBuf>,
-    /// Write every trial as JSON here.
-    #[arg(long, value_name = "FILE")]
-    pub json: Option<PathBuf>,
-    /// Write the timeline chart (SVG) here.
-    #[arg(long, value_name = "FILE")]
-    pub svg: Option<PathBuf>,
-    /// Seconds any one step may take before the bench fails.
-    #[arg(long, default_value_t = 90)]
+    /// `--json` (every trial) and `--svg` (the timeline).
+    pub outputs: Outputs,
+    /// Seconds any one step may take.
     pub step_timeout: u64,
 }
 
@@ -97,7 +87,7 @@ pub struct Phase {
     pub max_ms: f64,
 }
 
-/// The whole run (what `--json` writes).
+/// The whole run (what `--json` writes; [`super::render::failover`] renders it).
 #[derive(Debug, Clone, Serialize)]
 pub struct FailoverReport {
     /// Every trial.
@@ -117,16 +107,11 @@ pub struct FailoverReport {
 }
 
 /// Runs the bench (the `tandem bench failover` command).
-pub fn bench_failover(args: &BenchFailoverArgs) -> anyhow::Result<i32> {
+pub fn bench_failover(plan: &FailoverPlan) -> anyhow::Result<i32> {
     super::run_interruptible("the pair was taken down", |stop| {
         let began = Instant::now();
-        let report = run(args, stop, began)?;
-        println!("{}", table(&report));
-        write_outputs(&report, args.json.as_deref(), None)?;
-        if let Some(p) = &args.svg {
-            std::fs::write(p, timeline(&report)).with_context(|| p.display().to_string())?;
-            eprintln!("tandem: wrote {}", p.display());
-        }
+        let report = run(plan, stop, began)?;
+        super::render::publish(&report, &plan.outputs)?;
         eprintln!("tandem: bench failover took {:.0} s", report.wall_s);
         if report.lost_writes > 0 {
             bail!("{} acknowledged write(s) were lost", report.lost_writes);
@@ -144,7 +129,8 @@ struct Marks {
     serving: AtomicU64,
 }
 
-fn percentile(v: &[f64], p: f64) -> f64 {
+/// Nearest-rank percentile `p` of `v` (NaN when empty).
+pub fn percentile(v: &[f64], p: f64) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     if s.is_empty() {
@@ -154,108 +140,121 @@ fn percentile(v: &[f64], p: f64) -> f64 {
     s[i.min(s.len() - 1)]
 }
 
-fn wait(
-    what: &str,
-    timeout: Duration,
-    stop: &AtomicBool,
-    mut cond: impl FnMut() -> bool,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        if stop.load(Ordering::SeqCst) {
-            return Err(super::blk::Interrupted.into());
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    Ok(())
+/// The pair and what every trial needs of it.
+struct Bench<'a> {
+    plan: &'a FailoverPlan,
+    pair: Pair,
+    /// A's address (port 10809).
+    a: SocketAddr,
+    /// The pair's network namespace (a process in it).
+    ns: u32,
+    step: Duration,
+    stop: &'a AtomicBool,
 }
 
-fn run(
-    args: &BenchFailoverArgs,
-    stop: &AtomicBool,
-    began: Instant,
-) -> anyhow::Result<FailoverReport> {
-    let scratch = match &args.work_dir {
+fn run(plan: &FailoverPlan, stop: &AtomicBool, began: Instant) -> anyhow::Result<FailoverReport> {
+    let scratch = match &plan.work_dir {
         Some(d) => crate::scratch::tempdir_in(d)?,
         None => crate::scratch::tempdir()?,
     };
     let mut spec = PairSpec::new(scratch.path().join("pair"));
-    spec.timeout_ms = args.timeout_ms;
+    spec.timeout_ms = plan.timeout_ms;
     spec.giveback = Giveback::Auto;
     spec.disk_size = ByteSize::mib(64);
     spec.verbose = true;
-    let step = Duration::from_secs(args.step_timeout);
     eprintln!("tandem: starting a pair in {}", scratch.path().display());
-    let mut pair = Pair::up(&spec)?;
+    let pair = Pair::up(&spec)?;
     let a: SocketAddr = format!("{}:10809", pair.ip(Node::A)).parse()?;
     let ns = pair.info().ns_pid;
-    let mut progress = Progress::new(u64::from(args.trials));
+    let mut bench = Bench {
+        plan,
+        pair,
+        a,
+        ns,
+        step: Duration::from_secs(plan.step_timeout),
+        stop,
+    };
+    let mut progress = Progress::new(u64::from(plan.trials));
     let mut trials = Vec::new();
-    let block = u64::from(ledger::BLOCK);
-    let span = args.slots * block;
-    for t in 0..args.trials {
+    for t in 0..plan.trials {
         progress.start(&format!("trial {}", t + 1));
-        let released_before = pair.console_lines(Node::B, "step=released").len();
-        // Each trial writes its own span of the export (wrapping), so trials never judge
-        // each other's blocks.
-        let base = (u64::from(t) * span) % (48 << 20);
+        let trial = bench.trial(t)?;
+        progress.finish_one(
+            &format!("trial {}", t + 1),
+            &format!(
+                "served again after {:.0} ms (claim {:.0}, silenced {:.0}, covering {:.0}); {} acked, {} lost",
+                trial.first_ack_ms,
+                trial.claim_ms,
+                trial.silenced_ms,
+                trial.serving_ms,
+                trial.acked_writes,
+                trial.lost_writes
+            ),
+        );
+        trials.push(trial);
+    }
+    progress.finish();
+    bench.pair.down()?;
+    Ok(FailoverReport {
+        acked_writes: trials.iter().map(|t| t.acked_writes).sum(),
+        lost_writes: trials.iter().map(|t| t.lost_writes).sum(),
+        phases: phases(&trials),
+        trials,
+        timeout_ms: plan.timeout_ms,
+        fence_timeout_ms: spec.fence_timeout_ms,
+        wall_s: began.elapsed().as_secs_f64(),
+    })
+}
+
+/// The phase summaries over all trials.
+fn phases(trials: &[Trial]) -> Vec<Phase> {
+    let series = |f: &dyn Fn(&Trial) -> f64| trials.iter().map(f).collect::<Vec<f64>>();
+    let phase = |name, v: Vec<f64>| Phase {
+        name,
+        median_ms: Summary::of(&v).median,
+        p90_ms: percentile(&v, 90.0),
+        max_ms: v.iter().copied().fold(f64::NAN, f64::max),
+    };
+    vec![
+        phase("detect (kill -> claim)", series(&|t| t.claim_ms)),
+        phase(
+            "fence (claim -> peer silenced)",
+            series(&|t| t.silenced_ms - t.claim_ms),
+        ),
+        phase(
+            "replay + address (-> serving)",
+            series(&|t| t.serving_ms - t.silenced_ms),
+        ),
+        phase(
+            "client reconnect (-> first ack)",
+            series(&|t| t.first_ack_ms - t.serving_ms),
+        ),
+        phase(
+            "total: kill -> first request served",
+            series(&|t| t.first_ack_ms),
+        ),
+    ]
+}
+
+impl Bench<'_> {
+    /// One trial (`t` from 0): writes to A, the kill under the sampler, the first write
+    /// served again, the read-back, then A back with its disks.
+    fn trial(&mut self, t: u32) -> anyhow::Result<Trial> {
+        let (step, stop) = (self.step, self.stop);
+        let released_before = self.pair.console_lines(Node::B, "step=released").len();
         let acked = Arc::new(AtomicU64::new(0));
         let writer_stop = Arc::new(AtomicBool::new(false));
         let origin = Instant::now();
-        let wspec = WriterSpec {
-            addr: a,
-            export: "blk0".into(),
-            base,
-            slots: args.slots as usize,
-            io_timeout: Duration::from_millis(args.client_timeout_ms),
-            connect_timeout: Duration::from_millis(50),
-            reconnect_for: step,
-            acked: acked.clone(),
-            origin,
-        };
-        let ws = writer_stop.clone();
-        let writer = std::thread::spawn(move || {
-            crate::in_netns::run(ns, || ledger::run_writer(&wspec, &ws))
-        });
+        let writer = self.start_writer(t, &acked, &writer_stop, origin);
         wait("writes to A", step, stop, || {
-            acked.load(Ordering::SeqCst) >= args.writes_before
+            acked.load(Ordering::SeqCst) >= self.plan.writes_before
         })?;
         // The sampler, then the kill.
         let marks = Arc::new(Marks::default());
         let sampling = Arc::new(AtomicBool::new(true));
-        let claim_before = get(pair.region(), 1, word::CLAIM[0]);
         let kill_at = Instant::now();
-        let sampler = {
-            let (m, on) = (marks.clone(), sampling.clone());
-            let region = crate::pair::RegionMap::open(&pair.paths().region(), false)?;
-            std::thread::spawn(move || {
-                let us = || kill_at.elapsed().as_micros() as u64;
-                while on.load(Ordering::SeqCst) {
-                    let claim = get(&region, 1, word::CLAIM[0]);
-                    if claim > claim_before && m.claim.load(Ordering::SeqCst) == 0 {
-                        m.claim.store(us().max(1), Ordering::SeqCst);
-                    }
-                    if claim > claim_before && m.silenced.load(Ordering::SeqCst) == 0 {
-                        let ack = get(&region, 0, word::FENCE_ACK) >= claim;
-                        if ack || get(&region, 0, word::DEAD) >= claim {
-                            m.via_ack.store(ack, Ordering::SeqCst);
-                            m.silenced.store(us().max(1), Ordering::SeqCst);
-                        }
-                    }
-                    if m.silenced.load(Ordering::SeqCst) != 0
-                        && m.serving.load(Ordering::SeqCst) == 0
-                        && get(&region, 1, word::STATE) == State::Covering as u64
-                    {
-                        m.serving.store(us().max(1), Ordering::SeqCst);
-                    }
-                    std::thread::sleep(Duration::from_micros(100));
-                }
-            })
-        };
-        pair.kill(Node::A, Sig::Kill)?;
+        let sampler = self.start_sampler(&marks, &sampling, kill_at)?;
+        self.pair.kill(Node::A, Sig::Kill)?;
         let after = acked.load(Ordering::SeqCst);
         wait(
             "the first write served on A's address after the kill",
@@ -279,13 +278,7 @@ fn run(
             .find(|o| o.to_ms >= kill_ms)
             .map(|o| o.to_ms - kill_ms)
             .context("no outage around the kill in the writer's record")?;
-        // Read everything back through A's address (B serves it now).
-        let lost = crate::in_netns::run(ns, || -> anyhow::Result<usize> {
-            let mut c = NbdClient::connect(a, "blk0", Duration::from_secs(10))?;
-            let bad = report.ledger.verify(&mut c)?;
-            c.disconnect();
-            Ok(bad.len())
-        })??;
+        let lost = self.read_back(&report.ledger)?;
         let m = |v: &AtomicU64| v.load(Ordering::SeqCst) as f64 / 1000.0;
         let trial = Trial {
             trial: t + 1,
@@ -303,162 +296,100 @@ fn run(
             lost_writes: lost,
             unanswered_writes: report.ledger.unanswered_writes,
         };
-        // A comes back; B gives its disks back.
-        pair.start(Node::A)?;
+        self.give_back(released_before)?;
+        Ok(trial)
+    }
+
+    /// The ledger writer on A's address, inside the pair's namespace. Each trial writes its
+    /// own span of the export (wrapping), so trials never judge each other's blocks.
+    fn start_writer(
+        &self,
+        t: u32,
+        acked: &Arc<AtomicU64>,
+        writer_stop: &Arc<AtomicBool>,
+        origin: Instant,
+    ) -> JoinHandle<anyhow::Result<ledger::WriterReport>> {
+        let span = self.plan.slots * u64::from(ledger::BLOCK);
+        let wspec = WriterSpec {
+            addr: self.a,
+            export: "blk0".into(),
+            base: (u64::from(t) * span) % (48 << 20),
+            slots: self.plan.slots as usize,
+            io_timeout: Duration::from_millis(self.plan.client_timeout_ms),
+            connect_timeout: Duration::from_millis(50),
+            reconnect_for: self.step,
+            acked: acked.clone(),
+            origin,
+        };
+        let (ws, ns) = (writer_stop.clone(), self.ns);
+        std::thread::spawn(move || crate::in_netns::run(ns, || ledger::run_writer(&wspec, &ws)))
+    }
+
+    /// A thread reading the shared region every 100 µs and marking, from `kill_at`, B's
+    /// claim, A silenced and B covering.
+    fn start_sampler(
+        &self,
+        marks: &Arc<Marks>,
+        sampling: &Arc<AtomicBool>,
+        kill_at: Instant,
+    ) -> anyhow::Result<JoinHandle<()>> {
+        let claim_before = get(self.pair.region(), 1, word::CLAIM[0]);
+        let (m, on) = (marks.clone(), sampling.clone());
+        let region = crate::pair::RegionMap::open(&self.pair.paths().region(), false)?;
+        Ok(std::thread::spawn(move || {
+            let us = || kill_at.elapsed().as_micros() as u64;
+            while on.load(Ordering::SeqCst) {
+                let claim = get(&region, 1, word::CLAIM[0]);
+                if claim > claim_before && m.claim.load(Ordering::SeqCst) == 0 {
+                    m.claim.store(us().max(1), Ordering::SeqCst);
+                }
+                if claim > claim_before && m.silenced.load(Ordering::SeqCst) == 0 {
+                    let ack = get(&region, 0, word::FENCE_ACK) >= claim;
+                    if ack || get(&region, 0, word::DEAD) >= claim {
+                        m.via_ack.store(ack, Ordering::SeqCst);
+                        m.silenced.store(us().max(1), Ordering::SeqCst);
+                    }
+                }
+                if m.silenced.load(Ordering::SeqCst) != 0
+                    && m.serving.load(Ordering::SeqCst) == 0
+                    && get(&region, 1, word::STATE) == State::Covering as u64
+                {
+                    m.serving.store(us().max(1), Ordering::SeqCst);
+                }
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        }))
+    }
+
+    /// Read everything the writer acknowledged back through A's address (B serves it
+    /// now); returns how many blocks did not read back.
+    fn read_back(&self, ledger: &ledger::Ledger) -> anyhow::Result<usize> {
+        let a = self.a;
+        crate::in_netns::run(self.ns, || -> anyhow::Result<usize> {
+            let mut c = NbdClient::connect(a, "blk0", Duration::from_secs(10))?;
+            let bad = ledger.verify(&mut c)?;
+            c.disconnect();
+            Ok(bad.len())
+        })?
+    }
+
+    /// A comes back; B gives its disks back.
+    fn give_back(&mut self, released_before: usize) -> anyhow::Result<()> {
+        let (step, stop) = (self.step, self.stop);
+        self.pair.start(Node::A)?;
         wait("B to give A's disks back", step, stop, || {
-            pair.console_lines(Node::B, "step=released").len() > released_before
+            self.pair.console_lines(Node::B, "step=released").len() > released_before
         })?;
         wait("A serving again", step, stop, || {
-            get(pair.region(), 0, word::STATE) == State::Serving as u64
-        })?;
-        progress.finish_one(
-            &format!("trial {}", t + 1),
-            &format!(
-                "served again after {:.0} ms (claim {:.0}, silenced {:.0}, covering {:.0}); {} acked, {} lost",
-                trial.first_ack_ms,
-                trial.claim_ms,
-                trial.silenced_ms,
-                trial.serving_ms,
-                trial.acked_writes,
-                trial.lost_writes
-            ),
-        );
-        trials.push(trial);
+            get(self.pair.region(), 0, word::STATE) == State::Serving as u64
+        })
     }
-    progress.finish();
-    let fence_timeout_ms = spec.fence_timeout_ms;
-    pair.down()?;
-    let series = |f: &dyn Fn(&Trial) -> f64| trials.iter().map(f).collect::<Vec<f64>>();
-    let phase = |name, v: Vec<f64>| Phase {
-        name,
-        median_ms: super::Summary::of(&v).median,
-        p90_ms: percentile(&v, 90.0),
-        max_ms: v.iter().copied().fold(f64::NAN, f64::max),
-    };
-    let phases = vec![
-        phase("detect (kill -> claim)", series(&|t| t.claim_ms)),
-        phase(
-            "fence (claim -> peer silenced)",
-            series(&|t| t.silenced_ms - t.claim_ms),
-        ),
-        phase(
-            "replay + address (-> serving)",
-            series(&|t| t.serving_ms - t.silenced_ms),
-        ),
-        phase(
-            "client reconnect (-> first ack)",
-            series(&|t| t.first_ack_ms - t.serving_ms),
-        ),
-        phase(
-            "total: kill -> first request served",
-            series(&|t| t.first_ack_ms),
-        ),
-    ];
-    Ok(FailoverReport {
-        acked_writes: trials.iter().map(|t| t.acked_writes).sum(),
-        lost_writes: trials.iter().map(|t| t.lost_writes).sum(),
-        trials,
-        phases,
-        timeout_ms: args.timeout_ms,
-        fence_timeout_ms,
-        wall_s: began.elapsed().as_secs_f64(),
-    })
-}
-
-/// The results table.
-pub fn table(r: &FailoverReport) -> String {
-    let mut t = Table::new(&[
-        ("phase", Align::Left),
-        ("median ms", Align::Right),
-        ("p90 ms", Align::Right),
-        ("max ms", Align::Right),
-    ]);
-    for p in &r.phases {
-        t.row(vec![
-            p.name.to_string(),
-            format!("{:.1}", p.median_ms),
-            format!("{:.1}", p.p90_ms),
-            format!("{:.1}", p.max_ms),
-        ]);
-    }
-    format!(
-        "Failover benchmark: {} trial(s), SIGKILL of node A's QEMU under a write load; \
-         pair.timeout_ms={}, fence timeout {} ms; host clock, from the kill\n{}\
-         acknowledged writes: {}; lost: {} (target 0)",
-        r.trials.len(),
-        r.timeout_ms,
-        r.fence_timeout_ms,
-        t.render(),
-        r.acked_writes,
-        r.lost_writes
-    )
-}
-
-/// A timeline chart (SVG): one row per trial, segments detect / fence / replay + address /
-/// reconnect, from the kill.
-pub fn timeline(r: &FailoverReport) -> String {
-    const W: f64 = 760.0;
-    const LEFT: f64 = 70.0;
-    const ROW: f64 = 18.0;
-    const TOP: f64 = 50.0;
-    let colors = ["#4e79a7", "#e15759", "#59a14f", "#f28e2b"];
-    let names = ["detect", "fence", "replay + address", "reconnect"];
-    let max = r.trials.iter().map(|t| t.first_ack_ms).fold(1.0, f64::max);
-    let scale = (W - LEFT - 20.0) / max;
-    let h = TOP + ROW * r.trials.len() as f64 + 50.0;
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n\
-         <text x=\"10\" y=\"18\" font-size=\"14\">{}</text>\n",
-        escape(&format!(
-            "Failover timeline: kill of node A -> first request served on A's address ({} trials, {} lost writes)",
-            r.trials.len(),
-            r.lost_writes
-        ))
-    );
-    for (i, name) in names.iter().enumerate() {
-        let x = LEFT + i as f64 * 150.0;
-        s += &format!(
-            "<rect x=\"{x}\" y=\"28\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{}\" y=\"37\">{name}</text>\n",
-            colors[i],
-            x + 14.0
-        );
-    }
-    for (row, t) in r.trials.iter().enumerate() {
-        let y = TOP + row as f64 * ROW;
-        s += &format!(
-            "<text x=\"10\" y=\"{}\">trial {}</text>\n",
-            y + 12.0,
-            t.trial
-        );
-        let bounds = [0.0, t.claim_ms, t.silenced_ms, t.serving_ms, t.first_ack_ms];
-        for k in 0..4 {
-            let (a, b) = (bounds[k], bounds[k + 1].max(bounds[k]));
-            s += &format!(
-                "<rect x=\"{:.1}\" y=\"{y}\" width=\"{:.1}\" height=\"{}\" fill=\"{}\"/>\n",
-                LEFT + a * scale,
-                (b - a) * scale,
-                ROW - 4.0,
-                colors[k]
-            );
-        }
-        s += &format!(
-            "<text x=\"{:.1}\" y=\"{}\">{:.0} ms</text>\n",
-            LEFT + t.first_ack_ms * scale + 4.0,
-            y + 12.0,
-            t.first_ack_ms
-        );
-    }
-    let axis_y = TOP + ROW * r.trials.len() as f64 + 14.0;
-    s += &format!(
-        "<text x=\"{LEFT}\" y=\"{axis_y}\">0 ms</text><text x=\"{}\" y=\"{axis_y}\" text-anchor=\"end\">{max:.0} ms</text>\n</svg>\n",
-        W - 20.0
-    );
-    s
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::render::failover as render;
 
     #[test]
     fn percentiles_table_and_timeline() {
@@ -490,9 +421,9 @@ mod tests {
             lost_writes: 0,
             wall_s: 1.0,
         };
-        let t = table(&r);
+        let t = render::table(&r);
         assert!(t.contains("345.0") && t.contains("lost: 0"), "{t}");
-        let svg = timeline(&r);
+        let svg = render::timeline(&r);
         assert!(svg.starts_with("<svg") && svg.contains("trial 1") && svg.contains("345 ms"));
     }
 }

@@ -55,40 +55,42 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::fmt::Write as _;
 use std::fs::File;
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::Serialize;
 use tandem_formats::mgmt_status::{DataPath, Status};
 
-use super::blk::{create_preallocated, image_info, ratio, si, ImageInfo, Interrupted, Latency};
-use super::blk::{BlockSize, RwMode};
-use super::{Align, Bar, BarChart, BarGroup, Progress, Summary, Table};
+pub use super::job::{BlockSize, Latency, RwMode};
+pub use super::orchestrate::Interrupted;
+use super::orchestrate::{
+    boot_until_export, check_interrupted, check_raw_disk, check_socket_path, dedup_in_order,
+    scratch_dir, Progress, Summary, VmPlan,
+};
+use super::probe::{create_preallocated, fio_version, fio_with_nbd, guest_nvlog, image_info};
+pub use super::probe::{free_port, guest_mgmt_port, guest_nbd_port, guest_status, ImageInfo};
+use super::probe::{tool, Tool};
+use super::render::Outputs;
 use crate::accel;
 use crate::builder::{
     Aio, Disk, DiskFormat, Machine, NbdServerCommand, Nic, QemuCommand, SharedRegion,
 };
-use crate::cli::BenchNbdArgs;
-use crate::console::ConsoleEvent;
-use crate::run::{GUEST_MGMT_PORT, GUEST_NBD_PORT, STOP_GRACE};
-use crate::state::MAX_SOCKET_PATH;
-use crate::vm::{Poll, SpawnOptions, Vm};
+use crate::run::STOP_GRACE;
+use crate::size::ByteSize;
+use crate::supervise::{Daemon, DaemonSpec, Ready};
+use crate::vm::{Poll, Vm};
 
 /// The default `--jobs`.
 pub const DEFAULT_JOBS: &str =
     "randread:4k:1,randread:4k:16,randwrite:4k:1,randwrite:4k:16,read:1M:4,write:1M:4";
 /// The export every target serves (the guest names its first disk's export so).
 pub const EXPORT: &str = "blk0";
-/// How long `qemu-nbd` may take to listen.
-pub const SERVER_START_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long fio may run beyond its ramp and runtime (connect, setup, exit) before it is
 /// killed.
 pub const FIO_SLACK: Duration = Duration::from_secs(60);
@@ -98,8 +100,69 @@ pub const CACHE_MODE: &str = "none (O_DIRECT) with aio=native on both targets";
 pub const ANCHOR_DURABILITY: &str = "qemu-nbd --cache=none: a WRITE is acknowledged once its \
      O_DIRECT write to the image returned (on the host disk, possibly in its volatile cache; \
      not flushed); FLUSH runs fdatasync on the image";
-/// How long one management-port query may take.
-pub const MGMT_TIMEOUT: Duration = Duration::from_secs(5);
+/// What `tandem bench nbd` runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NbdPlan {
+    /// Targets, in table order.
+    pub targets: Vec<NbdTarget>,
+    /// fio jobs, in table order.
+    pub jobs: Vec<FioJob>,
+    /// Seconds each job runs.
+    pub time: u32,
+    /// Seconds of warm-up before each job's measurement.
+    pub ramp: u32,
+    /// Runs per target and job.
+    pub repeats: u32,
+    /// Bytes of the export the jobs touch from offset 0.
+    pub span: Option<ByteSize>,
+    /// An NBD FLUSH after every this many writes (0: none).
+    pub fsync: u32,
+    /// Raw image to start from (copied once per target).
+    pub disk: Option<PathBuf>,
+    /// Size of the default image.
+    pub disk_size: ByteSize,
+    /// Machine type of the guest.
+    pub machine: Machine,
+    /// Size of the guest's NVRAM region.
+    pub nvram_size: ByteSize,
+    /// Boot the guest without an NVRAM region.
+    pub no_nvram: bool,
+    /// Where the scratch directory goes.
+    pub work_dir: Option<PathBuf>,
+    /// Seconds the guest may take to boot and announce its export.
+    pub boot_timeout: u64,
+    /// `--json` and `--svg`.
+    pub outputs: Outputs,
+    /// Measure the cost of TLS instead ([`super::nbd_tls`]).
+    pub tls: bool,
+    /// Guest and QEMU options.
+    pub vm: VmPlan,
+}
+
+impl NbdPlan {
+    fn check(&self) -> anyhow::Result<()> {
+        if self.jobs.is_empty() {
+            bail!("--jobs: no job given");
+        }
+        if self.targets.is_empty() {
+            bail!("--targets: no target given");
+        }
+        if let Some(disk) = &self.disk {
+            check_raw_disk(disk, "both targets serve it as raw")?;
+        }
+        Ok(())
+    }
+
+    /// The per-run parameters.
+    pub fn params(&self) -> RunParams {
+        RunParams {
+            time_s: self.time,
+            ramp_s: self.ramp,
+            span_bytes: self.span.map(|s| s.bytes()),
+            fsync: self.fsync,
+        }
+    }
+}
 
 /// An NBD server under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum, Serialize)]
@@ -378,24 +441,10 @@ impl GuestCopies {
     }
 }
 
-/// The guest's `status` through its management port at `127.0.0.1:port`.
-pub fn guest_status(port: u16, key: &crate::mgmt::Key) -> anyhow::Result<Status> {
-    let addr = (Ipv4Addr::LOCALHOST, port).into();
-    let line = crate::mgmt::command(addr, key, "status", MGMT_TIMEOUT)
-        .with_context(|| format!("reading the guest's status from {addr}"))?;
-    Status::parse(&line).map_err(|e| anyhow::anyhow!("{e}: {:?}", line.trim()))
-}
-
 /// When the guest acknowledges a write and what FLUSH/FUA wait for, from its command-line
 /// words and whether it has an NVRAM device: (short label, full sentence).
 pub fn guest_durability(cmdline: Option<&str>, nvram: bool) -> (String, String) {
-    let nvlog = cmdline
-        .into_iter()
-        .flat_map(str::split_whitespace)
-        .filter_map(|w| w.strip_prefix("durability="))
-        .next_back()
-        == Some("nvlog");
-    match (nvlog, nvram) {
+    match (guest_nvlog(cmdline), nvram) {
         (true, true) => (
             "NVRAM log".into(),
             "guest durability=nvlog: WRITE, FUA and FLUSH return once the data is in the \
@@ -495,7 +544,8 @@ impl NbdRow {
         }
     }
 
-    fn fio_job(&self) -> FioJob {
+    /// The row's job.
+    pub fn fio_job(&self) -> FioJob {
         FioJob {
             rw: self.rw,
             bs: self.bs,
@@ -527,7 +577,8 @@ pub struct TargetInfo {
     pub start_s: f64,
 }
 
-/// The whole `tandem bench nbd` report (the `--json` file).
+/// The whole `tandem bench nbd` report (the `--json` file; [`super::render::nbd`] renders
+/// it).
 #[derive(Debug, Clone, Serialize)]
 pub struct NbdReport {
     /// Accelerator of the guest.
@@ -569,163 +620,156 @@ pub struct NbdReport {
 }
 
 /// `tandem bench nbd`: run, print the table, write JSON/SVG; returns the exit status.
-pub fn bench_nbd(args: &BenchNbdArgs) -> anyhow::Result<i32> {
-    if args.tls {
+pub fn bench_nbd(plan: &NbdPlan) -> anyhow::Result<i32> {
+    if plan.tls {
         return super::run_interruptible("QEMU, qemu-nbd and qemu-img were stopped", |i| {
-            super::nbd_tls::run_and_report(args, i)
+            super::nbd_tls::run_and_report(plan, i)
         });
     }
     super::run_interruptible("QEMU, qemu-nbd and fio were stopped", |interrupted| {
-        run_and_report(args, interrupted)
+        run_and_report(plan, interrupted)
     })
 }
 
 /// Run the bench, print the table on stdout, write `--json` and `--svg`; returns the report.
 /// When `interrupted` becomes true the bench stops with [`Interrupted`].
-pub fn run_and_report(args: &BenchNbdArgs, interrupted: &AtomicBool) -> anyhow::Result<NbdReport> {
-    let report = run(args, interrupted)?;
-    print!("{}", table(&report));
+pub fn run_and_report(plan: &NbdPlan, interrupted: &AtomicBool) -> anyhow::Result<NbdReport> {
+    let report = run(plan, interrupted)?;
+    super::render::publish(&report, &plan.outputs)?;
     eprintln!("tandem: bench nbd took {:.0} s", report.wall_s);
-    let chart = chart(&report);
-    super::write_outputs(
-        &report,
-        args.json.as_deref(),
-        args.svg.as_deref().map(|p| (p, &chart)),
-    )?;
     Ok(report)
 }
 
-fn check_args(args: &BenchNbdArgs) -> anyhow::Result<()> {
-    if args.jobs.is_empty() {
-        bail!("--jobs: no job given");
-    }
-    if args.targets.is_empty() {
-        bail!("--targets: no target given");
-    }
-    if let Some(disk) = &args.disk {
-        if DiskFormat::from_path(disk) != DiskFormat::Raw {
-            bail!(
-                "--disk {}: raw images only (both targets serve it as raw)",
-                disk.display()
-            );
-        }
-        if !disk.is_file() {
-            bail!("--disk {} does not exist", disk.display());
-        }
-    }
-    Ok(())
+/// What the run found before the first target starts.
+struct Setup {
+    accel: accel::AccelDecision,
+    qemu: PathBuf,
+    fio: PathBuf,
+    qemu_nbd: Option<PathBuf>,
+    guest: Option<PathBuf>,
+    targets: Vec<NbdTarget>,
+    jobs: Vec<FioJob>,
 }
 
-/// A free TCP port on 127.0.0.1 (free now; the server binds it a moment later).
-pub fn free_port() -> anyhow::Result<u16> {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("finding a free port")?;
-    Ok(l.local_addr()?.port())
-}
-
-/// The guest NBD port named by `nbd.port=` in the guest command-line words, else 10809.
-pub fn guest_nbd_port(cmdline: Option<&str>) -> u16 {
-    cmdline
-        .into_iter()
-        .flat_map(str::split_whitespace)
-        .filter_map(|w| w.strip_prefix("nbd.port="))
-        .filter_map(|p| p.parse().ok())
-        .next_back()
-        .unwrap_or(GUEST_NBD_PORT)
-}
-
-/// The guest management port named by `mgmt.port=` in the guest command-line words, else
-/// 10810; `None` when the words turn it off (`mgmt.port=0`).
-pub fn guest_mgmt_port(cmdline: Option<&str>) -> Option<u16> {
-    let port = cmdline
-        .into_iter()
-        .flat_map(str::split_whitespace)
-        .filter_map(|w| w.strip_prefix("mgmt.port="))
-        .filter_map(|p| p.parse().ok())
-        .next_back()
-        .unwrap_or(GUEST_MGMT_PORT);
-    (port != 0).then_some(port)
-}
-
-/// Whether `rw` writes.
-fn writes(rw: RwMode) -> bool {
-    !matches!(rw, RwMode::Read | RwMode::Randread)
-}
-
-/// `fio --version`.
-fn fio_version(fio: &Path) -> Option<String> {
-    let out = std::process::Command::new(fio)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .output()
-        .ok()?;
-    let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    (!v.is_empty()).then_some(v)
+fn setup(plan: &NbdPlan) -> anyhow::Result<Setup> {
+    let mut targets = plan.targets.clone();
+    dedup_in_order(&mut targets);
+    let mut jobs = plan.jobs.clone();
+    dedup_in_order(&mut jobs);
+    let accel = accel::choose(plan.vm.accel)?;
+    let qemu = crate::qemu_bin::ensure_qemu()?;
+    let fio = fio_with_nbd()?;
+    let qemu_nbd = if targets.contains(&NbdTarget::QemuNbd) {
+        Some(tool(Tool::QemuNbd, &qemu)?)
+    } else {
+        None
+    };
+    let guest = if targets.contains(&NbdTarget::Guest) {
+        Some(crate::image::ensure(plan.vm.image.as_deref())?)
+    } else {
+        None
+    };
+    Ok(Setup {
+        accel,
+        qemu,
+        fio,
+        qemu_nbd,
+        guest,
+        targets,
+        jobs,
+    })
 }
 
 /// Run the bench and return the report (nothing printed on stdout).
-pub fn run(args: &BenchNbdArgs, interrupted: &AtomicBool) -> anyhow::Result<NbdReport> {
+pub fn run(plan: &NbdPlan, interrupted: &AtomicBool) -> anyhow::Result<NbdReport> {
     let started = Instant::now();
-    check_args(args)?;
-    let mut targets = args.targets.clone();
-    super::blk::dedup_in_order(&mut targets);
-    let mut jobs = args.jobs.clone();
-    super::blk::dedup_in_order(&mut jobs);
-    let wants_guest = targets.contains(&NbdTarget::Guest);
-    let wants_anchor = targets.contains(&NbdTarget::QemuNbd);
-
-    let accel = accel::choose(args.vm.accel)?;
-    let qemu = crate::qemu_bin::ensure_qemu()?;
-    let path_var = std::env::var_os("PATH");
-    let fio = crate::qemu_bin::find_in_path("fio".as_ref(), path_var.as_deref())
-        .context("fio not found; install it with: apt-get install -y fio")?;
-    let enghelp = std::process::Command::new(&fio)
-        .arg("--enghelp=nbd")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .with_context(|| format!("running {}", fio.display()))?;
-    if !enghelp.success() {
-        bail!(
-            "{} has no nbd ioengine (fio built without libnbd); Debian's fio package has it",
-            fio.display()
-        );
-    }
-    let qemu_nbd = if wants_anchor {
-        Some(
-            crate::qemu_bin::find_tool(&qemu, "qemu-nbd")
-                .context("qemu-nbd not found; install it with: apt-get install -y qemu-utils")?,
-        )
-    } else {
-        None
-    };
-    let guest = if wants_guest {
-        Some(crate::image::ensure(args.vm.image.as_deref())?)
-    } else {
-        None
-    };
-
-    let base_dir = match &args.work_dir {
-        Some(d) => {
-            std::fs::create_dir_all(d).with_context(|| d.display().to_string())?;
-            d.clone()
-        }
-        None => std::env::temp_dir(),
-    };
-    let scratch =
-        crate::scratch::tempdir_in(&base_dir).with_context(|| base_dir.display().to_string())?;
+    plan.check()?;
+    let s = setup(plan)?;
+    let scratch = scratch_dir(plan.work_dir.as_deref())?;
     let dir = scratch.path();
-    let qmp_socket = dir.join("qmp.sock");
-    if wants_guest && qmp_socket.as_os_str().len() > MAX_SOCKET_PATH {
-        bail!(
-            "socket path {} is longer than {MAX_SOCKET_PATH} bytes; use a shorter --work-dir",
-            qmp_socket.display()
-        );
+    if s.targets.contains(&NbdTarget::Guest) {
+        check_socket_path(&dir.join("qmp.sock"))?;
     }
+    let (image_origin, image_bytes) = image_origin(plan)?;
+    let images = make_images(plan, &s, dir, &image_origin, interrupted)?;
+    let total = (s.targets.len() * s.jobs.len()) as u64 * u64::from(plan.repeats);
+    announce(plan, &s, total);
+    let durability = Durability::of(plan);
+    let mut progress = Progress::new(total);
+    let mut target_infos = Vec::new();
+    let mut rows: Vec<NbdRow> = Vec::new();
+    for &target in &s.targets {
+        let image = images[&target].clone();
+        let t0 = Instant::now();
+        progress.start(&format!("starting {target}"));
+        let mut started = match target {
+            NbdTarget::Guest => start_guest(plan, &s, &image, dir, &mut progress, interrupted)?,
+            NbdTarget::QemuNbd => start_anchor(&s, &image, dir, interrupted)?,
+        };
+        let start_s = t0.elapsed().as_secs_f64();
+        progress.note(&format!(
+            "{target}: serving {} after {start_s:.1} s ({})",
+            started.uri, image.path
+        ));
+        let runs = measure(
+            plan,
+            &s,
+            target,
+            &mut started,
+            dir,
+            &mut progress,
+            interrupted,
+        )?;
+        started.server.stop();
+        let (text, write_ack) = durability.of_target(target, plan.fsync);
+        for (job, job_runs) in s.jobs.iter().zip(runs) {
+            let mut row = NbdRow::new(target, *job, job_runs);
+            row.write_ack = if job.rw.writes() {
+                write_ack.clone()
+            } else {
+                "-".into()
+            };
+            rows.push(row);
+        }
+        target_infos.push(TargetInfo {
+            target,
+            description: started.description,
+            uri: started.uri,
+            command: started.command,
+            image,
+            guest_ready: started.ready,
+            durability: text,
+            write_ack,
+            start_s,
+        });
+    }
+    progress.finish();
+    let rows = order_and_ratios(rows, &s.jobs, &s.targets);
+    Ok(NbdReport {
+        accel: s.accel.accel,
+        accel_reason: s.accel.reason.clone(),
+        qemu_version: crate::qemu_bin::qemu_version(&s.qemu),
+        fio_version: fio_version(&s.fio),
+        machine: plan.machine,
+        mem: plan.vm.mem.to_string(),
+        guest_image: s.guest.as_ref().map(|g| g.display().to_string()),
+        guest_nvram: guest_nvram(plan, s.targets.contains(&NbdTarget::Guest)),
+        image_origin,
+        image_bytes,
+        cache: CACHE_MODE.into(),
+        durability_comparison: durability.comparison,
+        params: plan.params(),
+        repeats: plan.repeats,
+        jobs: s.jobs.iter().map(ToString::to_string).collect(),
+        targets: target_infos,
+        rows,
+        wall_s: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+    })
+}
 
-    // One image per target, same content.
-    let qemu_img = crate::qemu_bin::find_tool(&qemu, crate::qemu_bin::QEMU_IMG_NAME);
-    let (image_origin, image_bytes) = match &args.disk {
+/// Where the targets' images come from, and their size.
+fn image_origin(plan: &NbdPlan) -> anyhow::Result<(String, u64)> {
+    let (origin, bytes) = match &plan.disk {
         Some(p) => {
             let info = image_info(p, "given")?;
             (format!("copy of {}", info.path), info.bytes)
@@ -733,18 +777,30 @@ pub fn run(args: &BenchNbdArgs, interrupted: &AtomicBool) -> anyhow::Result<NbdR
         None => (
             "qemu-img create -f raw -o preallocation=full (zeros written to every block)"
                 .to_string(),
-            args.disk_size.bytes(),
+            plan.disk_size.bytes(),
         ),
     };
-    if let Some(span) = args.span {
-        if span.bytes() > image_bytes {
-            bail!("--span {span} is larger than the image ({image_bytes} bytes)");
+    if let Some(span) = plan.span {
+        if span.bytes() > bytes {
+            bail!("--span {span} is larger than the image ({bytes} bytes)");
         }
     }
+    Ok((origin, bytes))
+}
+
+/// One image per target, same content: copies of `--disk`, or fresh preallocated ones.
+fn make_images(
+    plan: &NbdPlan,
+    s: &Setup,
+    dir: &Path,
+    origin: &str,
+    interrupted: &AtomicBool,
+) -> anyhow::Result<BTreeMap<NbdTarget, ImageInfo>> {
+    let qemu_img = Tool::QemuImg.find(&s.qemu);
     let mut images = BTreeMap::new();
-    for &t in &targets {
+    for &t in &s.targets {
         let path = dir.join(format!("{t}.raw"));
-        match &args.disk {
+        match &plan.disk {
             Some(src) => {
                 eprintln!(
                     "tandem: copying {} to {} ({t})",
@@ -755,309 +811,338 @@ pub fn run(args: &BenchNbdArgs, interrupted: &AtomicBool) -> anyhow::Result<NbdR
                     .with_context(|| format!("copying {} to {}", src.display(), path.display()))?;
             }
             None => {
-                let qemu_img = qemu_img.as_deref().context(
-                    "qemu-img not found; install it with: apt-get install -y qemu-utils",
-                )?;
+                let qemu_img = qemu_img
+                    .as_deref()
+                    .with_context(|| Tool::QemuImg.missing())?;
                 eprintln!(
                     "tandem: creating {} ({}, preallocation=full) for {t}",
                     path.display(),
-                    args.disk_size
+                    plan.disk_size
                 );
-                create_preallocated(qemu_img, &path, args.disk_size)?;
+                create_preallocated(qemu_img, &path, plan.disk_size)?;
             }
         }
-        if interrupted.load(Ordering::SeqCst) {
-            return Err(Interrupted.into());
-        }
-        images.insert(t, image_info(&path, &image_origin)?);
+        check_interrupted(interrupted)?;
+        images.insert(t, image_info(&path, origin)?);
     }
+    Ok(images)
+}
 
-    let params = RunParams {
-        time_s: args.time,
-        ramp_s: args.ramp,
-        span_bytes: args.span.map(|s| s.bytes()),
-        fsync: args.fsync,
-    };
-    let total = (targets.len() * jobs.len()) as u64 * u64::from(args.repeats);
-    let per_run = u64::from(args.time + args.ramp);
+/// Say on stderr what the bench is about to do.
+fn announce(plan: &NbdPlan, s: &Setup, total: u64) {
+    let per_run = u64::from(plan.time + plan.ramp);
     eprintln!(
         "tandem: {total} fio runs: targets {}, {} job(s) x {} repeat(s), {} s each{} \
          (about {} s of I/O; guest on {} {}, -m {})",
-        targets
+        s.targets
             .iter()
             .map(|t| t.name())
             .collect::<Vec<_>>()
             .join(","),
-        jobs.len(),
-        args.repeats,
-        args.time,
-        if args.ramp > 0 {
-            format!(" + {} s ramp", args.ramp)
+        s.jobs.len(),
+        plan.repeats,
+        plan.time,
+        if plan.ramp > 0 {
+            format!(" + {} s ramp", plan.ramp)
         } else {
             String::new()
         },
         total * per_run,
-        args.machine,
-        accel,
-        args.vm.mem
+        plan.machine,
+        s.accel,
+        plan.vm.mem
     );
+}
 
-    let nvram_requested = !args.no_nvram;
-    let guest_nvram = if !wants_guest {
+/// The guest's NVRAM region, in words.
+fn guest_nvram(plan: &NbdPlan, wants_guest: bool) -> String {
+    if !wants_guest {
         "-".to_string()
-    } else if !nvram_requested {
+    } else if plan.no_nvram {
         "none (--no-nvram)".to_string()
-    } else if args.machine == Machine::Microvm {
+    } else if plan.machine == Machine::Microvm {
         "none (microvm has no PCI for ivshmem-plain)".to_string()
     } else {
-        format!("{} ivshmem-plain over a fresh file", args.nvram_size)
-    };
+        format!("{} ivshmem-plain over a fresh file", plan.nvram_size)
+    }
+}
 
-    let guest_has_nvram = nvram_requested && args.machine != Machine::Microvm;
-    let (guest_ack, guest_durability_text) =
-        guest_durability(args.vm.cmdline.as_deref(), guest_has_nvram);
-    let guest_nvlog = guest_durability_text.contains("durability=nvlog");
-    let with_flush = |ack: &str, flush: &str| {
-        if args.fsync > 0 {
-            format!("{ack} + FLUSH/{}: {flush}", args.fsync)
-        } else {
-            ack.to_string()
+/// When each target acknowledges a write, and whether the two are alike.
+struct Durability {
+    guest_ack: String,
+    guest_text: String,
+    guest_nvlog: bool,
+    comparison: String,
+}
+
+impl Durability {
+    fn of(plan: &NbdPlan) -> Durability {
+        let guest_has_nvram = !plan.no_nvram && plan.machine != Machine::Microvm;
+        let (guest_ack, guest_text) = guest_durability(plan.vm.cmdline.as_deref(), guest_has_nvram);
+        let guest_nvlog = guest_text.contains("durability=nvlog");
+        let comparison = match (plan.fsync, guest_nvlog) {
+            (0, _) => "not like with like: the guest acknowledges a write once it is in its log, \
+                       qemu-nbd once its O_DIRECT write returned; neither flushes the host disk \
+                       (--fsync 1 makes both flush every write)"
+                .to_string(),
+            (n, false) => format!(
+                "like with like: fio sends a FLUSH after every {n} write(s), and both targets \
+                 return it only once the data is on the image and the host disk was flushed"
+            ),
+            (n, true) => format!(
+                "not like with like: fio sends a FLUSH after every {n} write(s); qemu-nbd returns \
+                 it after fdatasync, the guest (durability=nvlog) once the data is in its NVRAM log"
+            ),
+        };
+        Durability {
+            guest_ack,
+            guest_text,
+            guest_nvlog,
+            comparison,
         }
-    };
-    let durability_comparison = match (args.fsync, guest_nvlog) {
-        (0, _) => "not like with like: the guest acknowledges a write once it is in its log, \
-                   qemu-nbd once its O_DIRECT write returned; neither flushes the host disk \
-                   (--fsync 1 makes both flush every write)"
-            .to_string(),
-        (n, false) => format!(
-            "like with like: fio sends a FLUSH after every {n} write(s), and both targets \
-             return it only once the data is on the image and the host disk was flushed"
-        ),
-        (n, true) => format!(
-            "not like with like: fio sends a FLUSH after every {n} write(s); qemu-nbd returns \
-             it after fdatasync, the guest (durability=nvlog) once the data is in its NVRAM log"
-        ),
-    };
+    }
 
-    let mut progress = Progress::new(total);
-    let fio_timeout = Duration::from_secs(per_run) + FIO_SLACK;
-    let mut target_infos = Vec::new();
-    let mut rows: Vec<NbdRow> = Vec::new();
-    for &target in &targets {
-        let image = images[&target].clone();
-        let image_path = PathBuf::from(&image.path);
-        let t0 = Instant::now();
-        progress.start(&format!("starting {target}"));
-        let mut mgmt = None;
-        let (mut server, uri, command, description, ready) = match target {
-            NbdTarget::Guest => {
-                let port = free_port()?;
-                let guest_port = guest_nbd_port(args.vm.cmdline.as_deref());
-                let mut nic = Nic::user().forward(port, guest_port);
-                let mut words = args.vm.cmdline.clone();
-                if let Some(guest_mgmt) = guest_mgmt_port(args.vm.cmdline.as_deref()) {
-                    let host_mgmt = free_port()?;
-                    nic = nic.forward(host_mgmt, guest_mgmt);
-                    let key = crate::mgmt::generate_key()?;
-                    // The channel on the user network's only NIC (host-only), with a fresh key;
-                    // the guest's own words after it.
-                    let own = words.take().unwrap_or_default();
-                    words = Some(format!("{} {own}", crate::mgmt::cmdline_words(&key, false)));
-                    mgmt = Some((host_mgmt, key));
-                }
-                let mut cmd = QemuCommand::new(&qemu)
-                    .name("tandem-bench-nbd")
-                    .machine(args.machine)
-                    .accel(accel.accel)
-                    .memory(args.vm.mem)
-                    .smp(args.vm.smp)
-                    .kernel(guest.as_ref().expect("guest image found"))
-                    .qmp_socket(&qmp_socket)
-                    .no_reboot(true)
-                    .disk(
-                        Disk::new(&image_path)
-                            .with_format(DiskFormat::Raw)
-                            .aio(Aio::Native)
-                            .cache_direct(true),
-                    )
-                    .nic(nic);
-                if args.machine == Machine::Microvm {
-                    cmd = cmd.microvm_acpi(false);
-                }
-                if nvram_requested {
-                    let nv = crate::state::ensure_nvram(&dir.join("nvram.bin"), args.nvram_size)?;
-                    cmd = cmd.shared_region(SharedRegion::new(nv.path, nv.size));
-                }
-                for note in cmd.notes() {
-                    progress.note(&format!("note: {note}"));
-                }
-                if let Some(words) = &words {
-                    cmd = cmd.cmdline(words.trim_end());
-                }
-                let vm = boot_guest(
-                    &cmd,
-                    &dir.join("guest-console.log"),
-                    Duration::from_secs(args.boot_timeout),
-                    interrupted,
-                )?;
-                let ready = vm.ready().map(|r| r.fields.clone());
-                let blk = match args.machine {
-                    Machine::Q35 => "virtio-blk-pci",
-                    Machine::Microvm => "virtio-blk-device",
-                };
-                let description = format!(
-                    "unikernel NBD service, {} {}, -m {}; {blk} on a file node aio=native \
-                     cache.direct=on; user networking 127.0.0.1:{port} -> guest :{guest_port}",
-                    args.machine, accel.accel, args.vm.mem
-                );
-                (
-                    Server::Guest(Box::new(vm)),
-                    format!("nbd://127.0.0.1:{port}/{EXPORT}"),
-                    cmd.to_string(),
-                    description,
-                    ready,
-                )
-            }
-            NbdTarget::QemuNbd => {
-                let port = free_port()?;
-                let cmd = NbdServerCommand::new(
-                    qemu_nbd.as_ref().expect("qemu-nbd found"),
-                    &image_path,
-                    EXPORT,
-                    port,
-                )
-                .cache_none(true)
-                .aio(Aio::Native);
-                let server = QemuNbd::start(&cmd, &dir.join("qemu-nbd.log"), interrupted)?;
-                (
-                    Server::Anchor(server),
-                    format!("nbd://127.0.0.1:{port}/{EXPORT}"),
-                    cmd.to_string(),
-                    "qemu-nbd on the host, cache=none aio=native".to_string(),
-                    None,
-                )
+    /// `target`'s sentence and its `write ack` label (FLUSH added with `--fsync`).
+    fn of_target(&self, target: NbdTarget, fsync: u32) -> (String, String) {
+        let with_flush = |ack: &str, flush: &str| {
+            if fsync > 0 {
+                format!("{ack} + FLUSH/{fsync}: {flush}")
+            } else {
+                ack.to_string()
             }
         };
-        let start_s = t0.elapsed().as_secs_f64();
-        progress.note(&format!(
-            "{target}: serving {uri} after {start_s:.1} s ({})",
-            image.path
-        ));
-
-        let mut runs: Vec<Vec<FioRun>> = vec![Vec::new(); jobs.len()];
-        for repeat in 1..=args.repeats {
-            for (i, job) in jobs.iter().enumerate() {
-                let what = format!("{target} {} run {repeat}/{}", job.label(), args.repeats);
-                progress.start(&what);
-                let name = format!("{target}-{}-{}-qd{}", job.rw, job.bs, job.qd);
-                let mut fio_args = job.fio_args(&name, &uri, &params);
-                let out = dir.join("fio.json");
-                fio_args.push(format!("--output={}", out.display()));
-                let before = match &mgmt {
-                    Some((p, key)) => Some(guest_status(*p, key).with_context(|| what.clone())?),
-                    None => None,
-                };
-                let (result, fio_job) = run_fio(
-                    &fio,
-                    &fio_args,
-                    &out,
-                    &dir.join("fio.log"),
-                    fio_timeout,
-                    interrupted,
-                    &mut server,
-                )
-                .with_context(|| what.clone())?;
-                let guest_copies = match (&mgmt, before) {
-                    (Some((p, key)), Some(before)) => {
-                        let after = guest_status(*p, key).with_context(|| what.clone())?;
-                        if after.restarts != before.restarts {
-                            progress.note(&format!(
-                                "{what}: the guest restarted during the run; no copy counts"
-                            ));
-                            None
-                        } else {
-                            Some(GuestCopies::between(&before, &after))
-                        }
-                    }
-                    _ => None,
-                };
-                progress.finish_one(
-                    &what,
-                    &format!(
-                        "{:.0} IOPS, {:.1} MB/s, clat p50 {:.0} us, p99 {:.0} us{}",
-                        result.iops,
-                        result.mbps,
-                        result.clat_us.p50,
-                        result.clat_us.p99,
-                        match guest_copies.and_then(|c| c.copies_per_request) {
-                            Some(c) => format!(", {c:.2} copies/req"),
-                            None => String::new(),
-                        }
-                    ),
-                );
-                runs[i].push(FioRun {
-                    repeat,
-                    result,
-                    guest_copies,
-                    fio: fio_job,
-                });
-            }
-        }
-        server.stop();
-        let (durability, write_ack) = match target {
+        match target {
             NbdTarget::Guest => (
-                guest_durability_text.clone(),
-                with_flush(&guest_ack, if guest_nvlog { "NVRAM log" } else { "disk" }),
+                self.guest_text.clone(),
+                with_flush(
+                    &self.guest_ack,
+                    if self.guest_nvlog {
+                        "NVRAM log"
+                    } else {
+                        "disk"
+                    },
+                ),
             ),
             NbdTarget::QemuNbd => (
                 ANCHOR_DURABILITY.to_string(),
                 with_flush("O_DIRECT write", "fdatasync"),
             ),
-        };
-        for (job, job_runs) in jobs.iter().zip(runs) {
-            let mut row = NbdRow::new(target, *job, job_runs);
-            row.write_ack = if writes(job.rw) {
-                write_ack.clone()
-            } else {
-                "-".into()
-            };
-            rows.push(row);
         }
-        target_infos.push(TargetInfo {
-            target,
-            description,
-            uri,
-            command,
-            image,
-            guest_ready: ready,
-            durability,
-            write_ack,
-            start_s,
-        });
     }
-    progress.finish();
-    let rows = order_and_ratios(rows, &jobs, &targets);
+}
 
-    Ok(NbdReport {
-        accel: accel.accel,
-        accel_reason: accel.reason.clone(),
-        qemu_version: crate::qemu_bin::qemu_version(&qemu),
-        fio_version: fio_version(&fio),
-        machine: args.machine,
-        mem: args.vm.mem.to_string(),
-        guest_image: guest.map(|g| g.display().to_string()),
-        guest_nvram,
-        image_origin,
-        image_bytes,
-        cache: CACHE_MODE.into(),
-        durability_comparison,
-        params,
-        repeats: args.repeats,
-        jobs: jobs.iter().map(ToString::to_string).collect(),
-        targets: target_infos,
-        rows,
-        wall_s: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+/// A target that serves: its server, where, how it was started.
+struct Started {
+    server: Server,
+    uri: String,
+    command: String,
+    description: String,
+    ready: Option<BTreeMap<String, String>>,
+    /// The guest's management port on the host, and its key.
+    mgmt: Option<(u16, crate::mgmt::Key)>,
+}
+
+/// Boot the guest as `tandem run` does, with a forward to its NBD port (and its management
+/// port, with a fresh key, unless its words turn that off).
+fn start_guest(
+    plan: &NbdPlan,
+    s: &Setup,
+    image: &ImageInfo,
+    dir: &Path,
+    progress: &mut Progress,
+    interrupted: &AtomicBool,
+) -> anyhow::Result<Started> {
+    let port = free_port()?;
+    let guest_port = guest_nbd_port(plan.vm.cmdline.as_deref());
+    let mut nic = Nic::user().forward(port, guest_port);
+    let mut words = plan.vm.cmdline.clone();
+    let mut mgmt = None;
+    if let Some(guest_mgmt) = guest_mgmt_port(plan.vm.cmdline.as_deref()) {
+        let host_mgmt = free_port()?;
+        nic = nic.forward(host_mgmt, guest_mgmt);
+        let key = crate::mgmt::generate_key()?;
+        // The channel on the user network's only NIC (host-only), with a fresh key; the
+        // guest's own words after it.
+        let own = words.take().unwrap_or_default();
+        words = Some(format!("{} {own}", crate::mgmt::cmdline_words(&key, false)));
+        mgmt = Some((host_mgmt, key));
+    }
+    let mut cmd = QemuCommand::new(&s.qemu)
+        .name("tandem-bench-nbd")
+        .machine(plan.machine)
+        .accel(s.accel.accel)
+        .memory(plan.vm.mem)
+        .smp(plan.vm.smp)
+        .kernel(s.guest.as_ref().expect("guest image found"))
+        .qmp_socket(dir.join("qmp.sock"))
+        .no_reboot(true)
+        .disk(
+            Disk::new(&image.path)
+                .with_format(DiskFormat::Raw)
+                .aio(Aio::Native)
+                .cache_direct(true),
+        )
+        .nic(nic);
+    if plan.machine == Machine::Microvm {
+        cmd = cmd.microvm_acpi(false);
+    }
+    if !plan.no_nvram {
+        let nv = crate::state::ensure_nvram(&dir.join("nvram.bin"), plan.nvram_size)?;
+        cmd = cmd.shared_region(SharedRegion::new(nv.path, nv.size));
+    }
+    for note in cmd.notes() {
+        progress.note(&format!("note: {note}"));
+    }
+    if let Some(words) = &words {
+        cmd = cmd.cmdline(words.trim_end());
+    }
+    let vm = boot_until_export(
+        &cmd,
+        EXPORT,
+        &dir.join("guest-console.log"),
+        Duration::from_secs(plan.boot_timeout),
+        interrupted,
+    )?;
+    let blk = match plan.machine {
+        Machine::Q35 => "virtio-blk-pci",
+        Machine::Microvm => "virtio-blk-device",
+    };
+    Ok(Started {
+        ready: vm.ready().map(|r| r.fields.clone()),
+        server: Server::Guest(Box::new(vm)),
+        uri: format!("nbd://127.0.0.1:{port}/{EXPORT}"),
+        command: cmd.to_string(),
+        description: format!(
+            "unikernel NBD service, {} {}, -m {}; {blk} on a file node aio=native \
+             cache.direct=on; user networking 127.0.0.1:{port} -> guest :{guest_port}",
+            plan.machine, s.accel.accel, plan.vm.mem
+        ),
+        mgmt,
     })
+}
+
+/// Start qemu-nbd (cache=none, aio=native) on the anchor's image.
+fn start_anchor(
+    s: &Setup,
+    image: &ImageInfo,
+    dir: &Path,
+    interrupted: &AtomicBool,
+) -> anyhow::Result<Started> {
+    let port = free_port()?;
+    let program = s.qemu_nbd.as_ref().expect("qemu-nbd found");
+    let cmd = NbdServerCommand::new(program, &image.path, EXPORT, port)
+        .cache_none(true)
+        .aio(Aio::Native);
+    let server = start_qemu_nbd(&cmd, &dir.join("qemu-nbd.log"), interrupted)?;
+    Ok(Started {
+        server: Server::Anchor(server),
+        uri: format!("nbd://127.0.0.1:{port}/{EXPORT}"),
+        command: cmd.to_string(),
+        description: "qemu-nbd on the host, cache=none aio=native".to_string(),
+        ready: None,
+        mgmt: None,
+    })
+}
+
+/// Start `qemu-nbd` and wait (bounded) until it accepts TCP connections on its port (a bare
+/// connect, no handshake: qemu-nbd logs the dropped client and goes on). Its output goes to
+/// `log`.
+pub fn start_qemu_nbd(
+    cmd: &NbdServerCommand,
+    log: &Path,
+    interrupted: &AtomicBool,
+) -> anyhow::Result<Daemon> {
+    let spec = DaemonSpec::new(
+        "qemu-nbd",
+        cmd.to_command(),
+        cmd,
+        log,
+        Ready::Listening((cmd.bind, cmd.port).into()),
+    );
+    Daemon::start(spec, Some(interrupted))
+}
+
+/// Every repeat of every job against one started target: runs[job].
+fn measure(
+    plan: &NbdPlan,
+    s: &Setup,
+    target: NbdTarget,
+    started: &mut Started,
+    dir: &Path,
+    progress: &mut Progress,
+    interrupted: &AtomicBool,
+) -> anyhow::Result<Vec<Vec<FioRun>>> {
+    let params = plan.params();
+    let fio_timeout = Duration::from_secs(u64::from(plan.time + plan.ramp)) + FIO_SLACK;
+    let mut runs: Vec<Vec<FioRun>> = vec![Vec::new(); s.jobs.len()];
+    for repeat in 1..=plan.repeats {
+        for (i, job) in s.jobs.iter().enumerate() {
+            let what = format!("{target} {} run {repeat}/{}", job.label(), plan.repeats);
+            progress.start(&what);
+            let name = format!("{target}-{}-{}-qd{}", job.rw, job.bs, job.qd);
+            let mut fio_args = job.fio_args(&name, &started.uri, &params);
+            let out = dir.join("fio.json");
+            fio_args.push(format!("--output={}", out.display()));
+            let before = match &started.mgmt {
+                Some((p, key)) => Some(guest_status(*p, key).with_context(|| what.clone())?),
+                None => None,
+            };
+            let fio = FioCall {
+                fio: &s.fio,
+                args: &fio_args,
+                out: &out,
+                log: &dir.join("fio.log"),
+                timeout: fio_timeout,
+            };
+            let (result, fio_job) =
+                run_fio(&fio, interrupted, &mut started.server).with_context(|| what.clone())?;
+            let guest_copies = copies(&started.mgmt, before, &what, progress)?;
+            progress.finish_one(&what, &summary_line(&result, guest_copies.as_ref()));
+            runs[i].push(FioRun {
+                repeat,
+                result,
+                guest_copies,
+                fio: fio_job,
+            });
+        }
+    }
+    Ok(runs)
+}
+
+/// What the guest copied during a run, from its counters before and now (`None` without a
+/// management port, or when the guest restarted meanwhile).
+fn copies(
+    mgmt: &Option<(u16, crate::mgmt::Key)>,
+    before: Option<Status>,
+    what: &str,
+    progress: &Progress,
+) -> anyhow::Result<Option<GuestCopies>> {
+    let (Some((p, key)), Some(before)) = (mgmt, before) else {
+        return Ok(None);
+    };
+    let after = guest_status(*p, key).with_context(|| what.to_string())?;
+    if after.restarts != before.restarts {
+        progress.note(&format!(
+            "{what}: the guest restarted during the run; no copy counts"
+        ));
+        return Ok(None);
+    }
+    Ok(Some(GuestCopies::between(&before, &after)))
+}
+
+/// One run's progress line.
+fn summary_line(result: &FioResult, copies: Option<&GuestCopies>) -> String {
+    format!(
+        "{:.0} IOPS, {:.1} MB/s, clat p50 {:.0} us, p99 {:.0} us{}",
+        result.iops,
+        result.mbps,
+        result.clat_us.p50,
+        result.clat_us.p99,
+        match copies.and_then(|c| c.copies_per_request) {
+            Some(c) => format!(", {c:.2} copies/req"),
+            None => String::new(),
+        }
+    )
 }
 
 /// Rows in table order (job-major, targets in `targets` order) with the guest/anchor ratio
@@ -1106,7 +1191,7 @@ enum Server {
     /// The guest (boxed: a `Vm` is large).
     Guest(Box<Vm>),
     /// `qemu-nbd`.
-    Anchor(QemuNbd),
+    Anchor(Daemon),
 }
 
 impl Server {
@@ -1120,9 +1205,9 @@ impl Server {
             },
             Server::Anchor(nbd) => {
                 std::thread::sleep(wait);
-                match nbd.child.try_wait() {
-                    Ok(Some(status)) => Err(format!("qemu-nbd exited ({status})")),
-                    _ => Ok(()),
+                match nbd.try_exit() {
+                    Some(status) => Err(format!("qemu-nbd exited ({status})")),
+                    None => Ok(()),
                 }
             }
         }
@@ -1141,69 +1226,36 @@ impl Server {
             Server::Guest(vm) => {
                 vm.stop(STOP_GRACE);
             }
-            Server::Anchor(nbd) => nbd.stop(),
+            Server::Anchor(nbd) => {
+                nbd.stop();
+            }
         }
     }
 }
 
-/// Boot the guest and wait for its `TANDEM NBD` line for export `blk0`.
-pub(super) fn boot_guest(
-    cmd: &QemuCommand,
-    console_log: &Path,
+/// One fio process: its arguments, its JSON output file and its log.
+#[derive(Clone, Copy)]
+struct FioCall<'a> {
+    fio: &'a Path,
+    args: &'a [String],
+    out: &'a Path,
+    log: &'a Path,
     timeout: Duration,
-    interrupted: &AtomicBool,
-) -> anyhow::Result<Vm> {
-    let mut vm = Vm::spawn(
-        cmd,
-        SpawnOptions {
-            echo_console: false,
-            echo_stderr: false,
-            console_log: Some(console_log.to_path_buf()),
-        },
-    )
-    .with_context(|| format!("command: {cmd}"))?;
-    let deadline = Instant::now() + timeout;
-    loop {
-        if interrupted.load(Ordering::SeqCst) {
-            vm.kill();
-            return Err(Interrupted.into());
-        }
-        if Instant::now() >= deadline {
-            vm.kill();
-            bail!(
-                "the guest did not announce NBD export {EXPORT} (a `TANDEM NBD ... /{EXPORT}` \
-                 line) within {timeout:?} (--boot-timeout)\ncommand: {cmd}\n{}",
-                vm.context()
-            );
-        }
-        match vm.poll(Duration::from_millis(100)) {
-            Poll::Line(line) => {
-                if let ConsoleEvent::Nbd { export, .. } = &line.event {
-                    if export == EXPORT {
-                        return Ok(vm);
-                    }
-                }
-            }
-            Poll::Exited(exit) => bail!(
-                "QEMU exited ({exit}) before the guest served NBD export {EXPORT}\n\
-                 command: {cmd}\n{}",
-                vm.context()
-            ),
-            Poll::Idle => {}
-        }
-    }
 }
 
 /// Run one fio job to its end while watching the server; returns the parsed result.
 fn run_fio(
-    fio: &Path,
-    fio_args: &[String],
-    out: &Path,
-    log: &Path,
-    timeout: Duration,
+    call: &FioCall,
     interrupted: &AtomicBool,
     server: &mut Server,
 ) -> anyhow::Result<(FioResult, serde_json::Value)> {
+    let FioCall {
+        fio,
+        args: fio_args,
+        out,
+        log,
+        timeout,
+    } = *call;
     let _ = std::fs::remove_file(out);
     let log_file = File::create(log).with_context(|| log.display().to_string())?;
     let line = std::iter::once(fio.display().to_string())
@@ -1229,9 +1281,9 @@ fn run_fio(
             let _ = child.kill();
             let _ = child.wait();
         };
-        if interrupted.load(Ordering::SeqCst) {
+        if let Err(e) = check_interrupted(interrupted) {
             stop(&mut child);
-            return Err(Interrupted.into());
+            return Err(e);
         }
         if Instant::now() >= deadline {
             stop(&mut child);
@@ -1264,227 +1316,10 @@ fn run_fio(
     parse_fio_json(&text).with_context(|| format!("command: {line}\nfio: {}", fio_log.trim()))
 }
 
-/// A running `qemu-nbd`, stopped (SIGTERM, then SIGKILL) when dropped.
-pub struct QemuNbd {
-    child: Child,
-    log: PathBuf,
-}
-
-impl QemuNbd {
-    /// Start `qemu-nbd` and wait (bounded) until it accepts TCP connections on its port.
-    /// Its output goes to `log`.
-    pub fn start(
-        cmd: &NbdServerCommand,
-        log: &Path,
-        interrupted: &AtomicBool,
-    ) -> anyhow::Result<QemuNbd> {
-        let out = File::create(log).with_context(|| log.display().to_string())?;
-        let err = out.try_clone()?;
-        let child = cmd
-            .to_command()
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0)
-            .spawn()
-            .with_context(|| format!("starting {cmd}"))?;
-        let mut server = QemuNbd {
-            child,
-            log: log.to_path_buf(),
-        };
-        let deadline = Instant::now() + SERVER_START_TIMEOUT;
-        loop {
-            if interrupted.load(Ordering::SeqCst) {
-                server.stop();
-                return Err(Interrupted.into());
-            }
-            if let Ok(Some(status)) = server.child.try_wait() {
-                bail!(
-                    "qemu-nbd exited ({status}) before listening:\n{}\ncommand: {cmd}",
-                    server.log_text()
-                );
-            }
-            // A bare connect (no handshake): qemu-nbd logs the dropped client and goes on.
-            if TcpStream::connect_timeout(&(cmd.bind, cmd.port).into(), Duration::from_millis(200))
-                .is_ok()
-            {
-                return Ok(server);
-            }
-            if Instant::now() >= deadline {
-                server.stop();
-                bail!(
-                    "qemu-nbd did not listen on {}:{} within {SERVER_START_TIMEOUT:?}:\n{}\n\
-                     command: {cmd}",
-                    cmd.bind,
-                    cmd.port,
-                    server.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// What qemu-nbd printed.
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Stop it: SIGTERM, up to 5 s, then SIGKILL.
-    pub fn stop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if !matches!(self.child.try_wait(), Ok(None)) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-impl Drop for QemuNbd {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// The comparison table.
-pub fn table(r: &NbdReport) -> String {
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "NBD targets (fio nbd engine, {} s per run{}, median of {} run(s); cache={})",
-        r.params.time_s,
-        if r.params.ramp_s > 0 {
-            format!(" after {} s ramp", r.params.ramp_s)
-        } else {
-            String::new()
-        },
-        r.repeats,
-        r.cache
-    );
-    let _ = writeln!(
-        s,
-        "image: {} bytes per target, {}",
-        r.image_bytes, r.image_origin
-    );
-    for t in &r.targets {
-        let _ = writeln!(s, "  {:<9} {}", t.target.name(), t.description);
-    }
-    if r.targets.iter().any(|t| t.target == NbdTarget::Guest) {
-        let _ = writeln!(s, "  guest NVRAM: {}", r.guest_nvram);
-    }
-    let _ = writeln!(s, "durability:");
-    for t in &r.targets {
-        let _ = writeln!(s, "  {:<9} {}", t.target.name(), t.durability);
-    }
-    let _ = writeln!(s, "  => {}", r.durability_comparison);
-    let mut t = Table::new(&[
-        ("job", Align::Left),
-        ("target", Align::Left),
-        ("IOPS", Align::Right),
-        ("MB/s", Align::Right),
-        ("p50 us", Align::Right),
-        ("p99 us", Align::Right),
-        ("p99.9 us", Align::Right),
-        ("guest/anchor", Align::Right),
-        ("copies/req", Align::Right),
-        ("write ack", Align::Left),
-    ]);
-    for row in &r.rows {
-        t.row(vec![
-            row.fio_job().label(),
-            row.target.name().to_string(),
-            format!("{:.0}", row.iops.median),
-            format!("{:.1}", row.mbps.median),
-            format!("{:.0}", row.clat_p50_us),
-            format!("{:.0}", row.clat_p99_us),
-            format!("{:.0}", row.clat_p999_us),
-            if row.target == NbdTarget::Guest {
-                ratio(row.ratio_guest_over_anchor)
-            } else {
-                String::new()
-            },
-            match (
-                row.target,
-                row.guest_copies.and_then(|c| c.copies_per_request),
-            ) {
-                (NbdTarget::QemuNbd, _) => "n/a (host)".into(),
-                (_, Some(c)) => format!("{c:.2}"),
-                (_, None) => "-".into(),
-            },
-            row.write_ack.clone(),
-        ]);
-    }
-    s.push_str(&t.render());
-    let _ = writeln!(
-        s,
-        "copies/req: bytes the guest's CPU copied on its NBD path (smoltcp frame<->socket \
-         buffer, socket buffer<->NBD server) per payload byte served, NBD headers and fio's \
-         ramp included\nlatency: fio completion latency (clat); guest {} ({}){}",
-        r.accel,
-        r.machine,
-        if r.accel == accel::Accel::Tcg {
-            ": the guest's CPU is emulated, the anchor's is not"
-        } else {
-            ""
-        }
-    );
-    s
-}
-
-/// The bar chart: one group per job, one bar per target (median IOPS, min–max whiskers).
-pub fn chart(r: &NbdReport) -> BarChart {
-    let series: Vec<NbdTarget> = r.targets.iter().map(|t| t.target).collect();
-    let mut groups: Vec<(FioJob, BarGroup)> = Vec::new();
-    for row in &r.rows {
-        let job = row.fio_job();
-        let idx = match groups.iter().position(|(j, _)| *j == job) {
-            Some(i) => i,
-            None => {
-                groups.push((
-                    job,
-                    BarGroup {
-                        label: job.label(),
-                        bars: Vec::new(),
-                    },
-                ));
-                groups.len() - 1
-            }
-        };
-        let mut label = si(row.iops.median);
-        if let Some(x) = row.ratio_guest_over_anchor {
-            label.push_str(&format!(" ({x:.2}x)"));
-        }
-        groups[idx].1.bars.push(Bar {
-            series: series.iter().position(|t| *t == row.target).unwrap_or(0),
-            value: row.iops.median,
-            range: (row.runs.len() > 1).then_some((row.iops.min, row.iops.max)),
-            label,
-        });
-    }
-    BarChart {
-        title: format!(
-            "NBD IOPS, guest vs qemu-nbd (fio nbd engine, {} s, median of {}; whiskers min–max)",
-            r.params.time_s, r.repeats
-        ),
-        series: series.iter().map(|t| t.name().to_string()).collect(),
-        groups: groups.into_iter().map(|(_, g)| g).collect(),
-        footer: Some(format!(
-            "guest: {} {} -m {}; both: cache=none aio=native, {} bytes",
-            r.machine, r.accel, r.mem, r.image_bytes
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::render::nbd as render;
 
     #[test]
     fn jobs_parse_and_print() {
@@ -1492,7 +1327,7 @@ mod tests {
         assert_eq!(
             j,
             FioJob {
-                rw: RwMode::Randread,
+                rw: RwMode::RANDREAD,
                 bs: BlockSize(4096),
                 qd: 16
             }
@@ -1557,17 +1392,6 @@ mod tests {
         assert!(a.contains(&"--ramp_time=2".to_string()));
         assert!(a.contains(&format!("--size={}", 64 << 20)));
         assert!(a.contains(&"--fsync=1".to_string()));
-    }
-
-    #[test]
-    fn guest_port_from_cmdline() {
-        assert_eq!(guest_nbd_port(None), 10809);
-        assert_eq!(guest_nbd_port(Some("log=debug")), 10809);
-        assert_eq!(guest_nbd_port(Some("nbd.port=2000 log=info")), 2000);
-        assert_eq!(guest_nbd_port(Some("nbd.port=x")), 10809);
-        assert_eq!(guest_mgmt_port(None), Some(10810));
-        assert_eq!(guest_mgmt_port(Some("mgmt.port=2001")), Some(2001));
-        assert_eq!(guest_mgmt_port(Some("log=info mgmt.port=0")), None);
     }
 
     #[test]
@@ -1795,7 +1619,7 @@ mod tests {
         assert_eq!(rows[2].ratio_guest_over_anchor, Some(0.25));
 
         let r = report(rows, &targets);
-        let text = table(&r);
+        let text = render::table(&r);
         assert!(text.contains("guest/anchor"), "{text}");
         let line = text
             .lines()
@@ -1811,7 +1635,7 @@ mod tests {
         assert!(anchor.contains("n/a (host)"), "{anchor}");
         assert!(text.contains("guest durability") && text.contains("qemu-nbd durability"));
         assert!(text.contains("not like with like"), "{text}");
-        let svg = chart(&r).render();
+        let svg = render::chart(&r).render();
         assert!(svg.contains("randread 4k qd1"));
         assert!(svg.contains("(0.25x)"));
         assert!(

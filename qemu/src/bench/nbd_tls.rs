@@ -20,23 +20,26 @@
 //! variants. The table shows median IOPS and MB/s per (job, variant) and, per server, the
 //! TLS/plaintext ratio of the median IOPS.
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::Serialize;
+use tandem_formats::cmdline::{key, word};
 
-use super::blk::{create_preallocated, ratio, si, Interrupted, RwMode};
-use super::nbd::{free_port, guest_nbd_port, FioJob, NbdTarget, QemuNbd, DEFAULT_JOBS, EXPORT};
-use super::{Align, Bar, BarChart, BarGroup, Progress, Summary, Table};
+use super::job::RwMode;
+use super::nbd::{start_qemu_nbd, FioJob, NbdPlan, NbdTarget, DEFAULT_JOBS, EXPORT};
+use super::orchestrate::{
+    boot_until_export, check_interrupted, dedup_in_order, scratch_dir, Progress, Summary,
+};
+use super::probe::{create_preallocated, export_size, free_port, guest_nbd_port, tool, Tool};
 use crate::accel;
 use crate::builder::SharedRegion;
 use crate::builder::{Aio, Disk, DiskFormat, Machine, NbdServerCommand, Nic, QemuCommand};
-use crate::cli::BenchNbdArgs;
 use crate::size::ByteSize;
+use crate::supervise::Daemon;
 use crate::vm::Vm;
 
 /// The jobs of `--tls` when `--jobs` is left at its (fio) default.
@@ -100,7 +103,7 @@ impl Variant {
     }
 }
 
-/// What `--tls` runs, from the arguments.
+/// What `--tls` runs, from the bench's plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsPlan {
     /// Jobs (read/write only), in table order.
@@ -117,25 +120,25 @@ pub struct TlsPlan {
 
 /// The plan of `--tls`: `--jobs` and `--disk-size` left at their defaults become the short
 /// TLS defaults; random jobs are refused (the client reads and writes sequentially).
-pub fn plan(args: &BenchNbdArgs) -> anyhow::Result<TlsPlan> {
+pub fn plan(args: &NbdPlan) -> anyhow::Result<TlsPlan> {
     let fio_default = parse_jobs(DEFAULT_JOBS)?;
     let mut jobs = if args.jobs == fio_default {
         parse_jobs(TLS_DEFAULT_JOBS)?
     } else {
         args.jobs.clone()
     };
-    super::blk::dedup_in_order(&mut jobs);
+    dedup_in_order(&mut jobs);
     if jobs.is_empty() {
         bail!("--jobs: no job given");
     }
     if let Some(j) = jobs
         .iter()
-        .find(|j| !matches!(j.rw, RwMode::Read | RwMode::Write))
+        .find(|j| !matches!(j.rw, RwMode::READ | RwMode::WRITE))
     {
         bail!("--tls: job {j}: read and write only (nbdcopy copies in order)");
     }
     let mut targets = args.targets.clone();
-    super::blk::dedup_in_order(&mut targets);
+    dedup_in_order(&mut targets);
     if targets.is_empty() {
         bail!("--targets: no target given");
     }
@@ -186,7 +189,7 @@ pub fn client_args(job: &FioJob, uri: &str, source: &Path, flush: bool) -> Vec<S
         "--no-extents".into(),
         "--sparse=0".into(),
     ];
-    if job.rw == RwMode::Write {
+    if job.rw == RwMode::WRITE {
         if flush {
             a.push("--flush".into());
         }
@@ -275,7 +278,7 @@ pub struct VariantInfo {
     pub client: String,
 }
 
-/// The `--json` report of `tandem bench nbd --tls`.
+/// The `--json` report of `tandem bench nbd --tls` ([`super::render::nbd_tls`] renders it).
 #[derive(Debug, Clone, Serialize)]
 pub struct TlsReport {
     /// The client used for every variant.
@@ -303,23 +306,17 @@ pub struct TlsReport {
 }
 
 /// `tandem bench nbd --tls`: run, print the table, write `--json` and `--svg`.
-pub fn run_and_report(args: &BenchNbdArgs, interrupted: &AtomicBool) -> anyhow::Result<TlsReport> {
+pub fn run_and_report(args: &NbdPlan, interrupted: &AtomicBool) -> anyhow::Result<TlsReport> {
     let report = run(args, interrupted)?;
-    print!("{}", table(&report));
+    super::render::publish(&report, &args.outputs)?;
     eprintln!("tandem: bench nbd --tls took {:.0} s", report.wall_s);
-    let chart = chart(&report);
-    super::write_outputs(
-        &report,
-        args.json.as_deref(),
-        args.svg.as_deref().map(|p| (p, &chart)),
-    )?;
     Ok(report)
 }
 
 /// A started server: the guest or qemu-nbd, its port and command line.
 enum Running {
     Guest(Box<Vm>),
-    Anchor(QemuNbd),
+    Anchor(Daemon),
 }
 
 impl Running {
@@ -328,7 +325,9 @@ impl Running {
             Running::Guest(vm) => {
                 vm.stop(crate::run::STOP_GRACE);
             }
-            Running::Anchor(n) => n.stop(),
+            Running::Anchor(n) => {
+                n.stop();
+            }
         }
     }
 }
@@ -346,20 +345,14 @@ struct Setup {
     creds: PathBuf,
 }
 
-fn setup(args: &BenchNbdArgs, plan: &TlsPlan, dir: &Path) -> anyhow::Result<Setup> {
+fn setup(args: &NbdPlan, plan: &TlsPlan, dir: &Path) -> anyhow::Result<Setup> {
     let accel = accel::choose(args.vm.accel)?;
     let qemu = crate::qemu_bin::ensure_qemu()?;
-    let qemu_img = crate::qemu_bin::find_tool(&qemu, crate::qemu_bin::QEMU_IMG_NAME)
-        .context("qemu-img not found; install it with: apt-get install -y qemu-utils")?;
-    let path_var = std::env::var_os("PATH");
-    let nbdcopy = crate::qemu_bin::find_in_path("nbdcopy".as_ref(), path_var.as_deref())
-        .context("nbdcopy not found; install it with: apt-get install -y libnbd-bin")?;
+    let qemu_img = tool(Tool::QemuImg, &qemu)?;
+    let nbdcopy = tool(Tool::Nbdcopy, &qemu)?;
     let has = |t| plan.variants.iter().any(|v| v.target() == t);
     let qemu_nbd = if has(NbdTarget::QemuNbd) {
-        Some(
-            crate::qemu_bin::find_tool(&qemu, "qemu-nbd")
-                .context("qemu-nbd not found; install it with: apt-get install -y qemu-utils")?,
-        )
+        Some(tool(Tool::QemuNbd, &qemu)?)
     } else {
         None
     };
@@ -395,7 +388,7 @@ fn setup(args: &BenchNbdArgs, plan: &TlsPlan, dir: &Path) -> anyhow::Result<Setu
 }
 
 /// The image for `target`: a copy of `--disk` or a fresh preallocated one.
-fn make_image(args: &BenchNbdArgs, plan: &TlsPlan, s: &Setup, path: &Path) -> anyhow::Result<()> {
+fn make_image(args: &NbdPlan, plan: &TlsPlan, s: &Setup, path: &Path) -> anyhow::Result<()> {
     match &args.disk {
         Some(src) => {
             std::fs::copy(src, path)
@@ -408,7 +401,7 @@ fn make_image(args: &BenchNbdArgs, plan: &TlsPlan, s: &Setup, path: &Path) -> an
 
 /// Boot the guest with `nbd.tls=on` and the credentials in its boot module.
 fn start_guest(
-    args: &BenchNbdArgs,
+    args: &NbdPlan,
     s: &Setup,
     dir: &Path,
     image: &Path,
@@ -423,7 +416,8 @@ fn start_guest(
         crate::tls::boot_module_text("", Some(&files))?.as_bytes(),
     )?;
     let words = format!(
-        "nbd.tls=on {}",
+        "{} {}",
+        word(key::NBD_TLS, "on"),
         args.vm.cmdline.as_deref().unwrap_or_default()
     );
     let mut cmd = QemuCommand::new(&s.qemu)
@@ -450,8 +444,9 @@ fn start_guest(
         cmd = cmd.shared_region(SharedRegion::new(nv.path, nv.size));
     }
     cmd = cmd.cmdline(words.trim_end());
-    let vm = super::nbd::boot_guest(
+    let vm = boot_until_export(
         &cmd,
+        EXPORT,
         &dir.join("guest-console.log"),
         Duration::from_secs(args.boot_timeout),
         interrupted,
@@ -484,26 +479,8 @@ fn start_anchor(
     } else {
         "qemu-nbd.log"
     });
-    let server = QemuNbd::start(&cmd, &log, interrupted)?;
+    let server = start_qemu_nbd(&cmd, &log, interrupted)?;
     Ok((Running::Anchor(server), port, cmd.to_string()))
-}
-
-/// The export's size (`nbdinfo --size URI`).
-fn export_size(uri: &str) -> anyhow::Result<u64> {
-    let out = std::process::Command::new("nbdinfo")
-        .args(["--size", uri])
-        .stdin(Stdio::null())
-        .output()
-        .context("running nbdinfo (apt-get install -y libnbd-bin)")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    match text.trim().parse() {
-        Ok(n) if out.status.success() => Ok(n),
-        _ => bail!(
-            "nbdinfo --size {uri} failed ({}): {text}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    }
 }
 
 /// Run one `nbdcopy` to its end; returns its seconds.
@@ -518,12 +495,11 @@ fn run_client(nbdcopy: &Path, a: &[String], interrupted: &AtomicBool) -> anyhow:
         .with_context(|| format!("starting {}", nbdcopy.display()))?;
     let deadline = Instant::now() + CLIENT_TIMEOUT;
     while child.try_wait()?.is_none() {
-        if interrupted.load(Ordering::SeqCst) || Instant::now() >= deadline {
+        let stopped = check_interrupted(interrupted);
+        if stopped.is_err() || Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            if interrupted.load(Ordering::SeqCst) {
-                return Err(Interrupted.into());
-            }
+            stopped?;
             bail!("nbdcopy ran past {CLIENT_TIMEOUT:?}");
         }
         std::thread::sleep(Duration::from_millis(1));
@@ -562,7 +538,7 @@ fn measure(
                 let a = client_args(job, &uri, &s.source, plan.flush);
                 let seconds =
                     run_client(&s.nbdcopy, &a, interrupted).with_context(|| what.clone())?;
-                let bytes = if job.rw == RwMode::Write {
+                let bytes = if job.rw == RwMode::WRITE {
                     s.image_bytes / 2
                 } else {
                     export_bytes
@@ -584,12 +560,10 @@ fn measure(
 }
 
 /// Run the TLS comparison and return the report (nothing printed on stdout).
-pub fn run(args: &BenchNbdArgs, interrupted: &AtomicBool) -> anyhow::Result<TlsReport> {
+pub fn run(args: &NbdPlan, interrupted: &AtomicBool) -> anyhow::Result<TlsReport> {
     let started = Instant::now();
     let plan = plan(args)?;
-    let base = args.work_dir.clone().unwrap_or_else(std::env::temp_dir);
-    std::fs::create_dir_all(&base).with_context(|| base.display().to_string())?;
-    let scratch = crate::scratch::tempdir_in(&base).with_context(|| base.display().to_string())?;
+    let scratch = scratch_dir(args.work_dir.as_deref())?;
     let dir = scratch.path();
     let s = setup(args, &plan, dir)?;
     let total = (plan.variants.len() * plan.jobs.len()) as u64 * u64::from(plan.repeats);
@@ -660,7 +634,8 @@ pub fn run(args: &BenchNbdArgs, interrupted: &AtomicBool) -> anyhow::Result<TlsR
     })
 }
 
-fn cell(variant: Variant, runs: Vec<TlsRun>) -> TlsCell {
+/// The cell of `runs` on `variant`.
+pub fn cell(variant: Variant, runs: Vec<TlsRun>) -> TlsCell {
     let col = |f: &dyn Fn(&TlsRun) -> f64| Summary::of(&runs.iter().map(f).collect::<Vec<_>>());
     TlsCell {
         variant,
@@ -689,99 +664,20 @@ pub fn rows(plan: &TlsPlan, image_bytes: u64, cells: Vec<Vec<TlsCell>>) -> Vec<T
         .collect()
 }
 
-/// The table: one row per job, median IOPS (MB/s) per variant, TLS/plain per server.
-pub fn table(r: &TlsReport) -> String {
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "NBD over TLS vs plaintext (client: {}; median of {} run(s); each run timed from \
-         start to exit, TLS handshake included)",
-        r.client, r.repeats
-    );
-    let _ = writeln!(
-        s,
-        "guest: {} {} -m {}, nbd.tls=on (one boot serves both); qemu-nbd: cache=none \
-         aio=native, --tls-creds for +tls; {} bytes per image; {}",
-        r.machine, r.accel, r.mem, r.image_bytes, r.credentials
-    );
-    let variants: Vec<Variant> = r.variants.iter().map(|v| v.variant).collect();
-    let mut cols: Vec<(String, Align)> = vec![("job".into(), Align::Left)];
-    cols.push(("reqs".into(), Align::Right));
-    for v in &variants {
-        cols.push((format!("{} IOPS (MB/s)", v.name()), Align::Right));
-    }
-    cols.push(("guest tls/plain".into(), Align::Right));
-    cols.push(("qemu-nbd tls/plain".into(), Align::Right));
-    let cols: Vec<(&str, Align)> = cols.iter().map(|(n, a)| (n.as_str(), *a)).collect();
-    let mut t = Table::new(&cols);
-    for row in &r.rows {
-        let mut cells = vec![row.job.clone(), row.requests.to_string()];
-        for v in &variants {
-            cells.push(match row.cells.iter().find(|c| c.variant == *v) {
-                Some(c) => format!("{:.0} ({:.1})", c.iops.median, c.mbps.median),
-                None => "-".into(),
-            });
-        }
-        cells.push(ratio(row.guest_tls_over_plain));
-        cells.push(ratio(row.qemu_nbd_tls_over_plain));
-        t.row(cells);
-    }
-    s.push_str(&t.render());
-    if r.accel == accel::Accel::Tcg {
-        s.push_str("TCG: the guest's CPU (and its TLS) is emulated, qemu-nbd's is not\n");
-    }
-    s
-}
-
-/// The bar chart: one group per job, one bar per variant (median IOPS, min–max whiskers).
-pub fn chart(r: &TlsReport) -> BarChart {
-    let variants: Vec<Variant> = r.variants.iter().map(|v| v.variant).collect();
-    let groups = r
-        .rows
-        .iter()
-        .map(|row| BarGroup {
-            label: row.job.clone(),
-            bars: row
-                .cells
-                .iter()
-                .map(|c| Bar {
-                    series: variants.iter().position(|v| *v == c.variant).unwrap_or(0),
-                    value: c.iops.median,
-                    range: (c.runs.len() > 1).then_some((c.iops.min, c.iops.max)),
-                    label: si(c.iops.median),
-                })
-                .collect(),
-        })
-        .collect();
-    BarChart {
-        title: format!(
-            "NBD IOPS, plaintext vs TLS, guest and qemu-nbd ({}, median of {})",
-            r.client, r.repeats
-        ),
-        series: variants.iter().map(|v| v.name().to_string()).collect(),
-        groups,
-        footer: Some(format!(
-            "guest: {} {} -m {}; ratios TLS/plain in the table and JSON",
-            r.machine, r.accel, r.mem
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
+    use crate::bench::render::nbd_tls as render;
+    use crate::cli::{BenchCommand, Cli, Command};
 
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: BenchNbdArgs,
-    }
-
-    fn args(extra: &[&str]) -> BenchNbdArgs {
-        let mut v = vec!["x"];
+    /// The plan of `tandem bench nbd EXTRA...`, as the command makes it.
+    fn args(extra: &[&str]) -> NbdPlan {
+        let mut v = vec!["tandem", "bench", "nbd"];
         v.extend_from_slice(extra);
-        Cli::try_parse_from(v).expect("parses").args
+        match Cli::try_parse_args(v).expect("parses").command {
+            Command::Bench(BenchCommand::Nbd(a)) => a.plan(),
+            _ => unreachable!(),
+        }
     }
 
     #[test]
@@ -895,11 +791,11 @@ mod tests {
             rows,
             wall_s: 1.0,
         };
-        let t = table(&r);
+        let t = render::table(&r);
         assert!(t.contains("nbdcopy, the same client for all four"), "{t}");
         assert!(t.contains("guest+tls IOPS"), "{t}");
         assert!(t.contains("0.50") && t.contains("0.80"), "{t}");
-        let svg = chart(&r).render();
+        let svg = render::chart(&r).render();
         assert!(svg.contains("qemu-nbd+tls"));
         let j = serde_json::to_value(&r).unwrap();
         assert_eq!(j["rows"][0]["cells"][1]["variant"], "guest+tls");

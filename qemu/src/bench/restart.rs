@@ -22,7 +22,6 @@
 //! The table shows medians per row and the speed-up against the cold boot; the JSON keeps
 //! every run with its parsed `phases (us)` lines.
 
-use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -31,18 +30,21 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::Serialize;
+use tandem_formats::cmdline::{key, word};
 
-use super::blk::Interrupted;
-use super::nbd::{free_port, guest_nbd_port, EXPORT};
-use super::{ms, Align, Bar, BarChart, BarGroup, Progress, Summary, Table};
+use super::nbd::EXPORT;
+use super::orchestrate::{
+    base_dir, check_socket_path, dedup_in_order, spawn_quiet, Interrupted, Progress, Summary,
+    VmPlan,
+};
+use super::probe::{free_port, guest_nbd_port};
+use super::render::{ms, Outputs};
 use crate::accel;
 use crate::builder::{Disk, DiskFormat, Machine, Nic, QemuCommand, SharedRegion};
-use crate::cli::BenchRestartArgs;
 use crate::console::ConsoleLine;
 use crate::run::STOP_GRACE;
 use crate::size::ByteSize;
-use crate::state::MAX_SOCKET_PATH;
-use crate::vm::{Poll, SpawnOptions, Vm};
+use crate::vm::{Poll, Vm};
 
 /// Size of each blank data disk.
 pub const DISK_SIZE: ByteSize = ByteSize::mib(32);
@@ -61,6 +63,25 @@ const BASELINE: [usize; 4] = [0, 0, 2, 2];
 /// The speed-up of the checkpoint restart over the cold restart the issue asks for (8 disks).
 pub const TARGET_SPEEDUP: f64 = 5.0;
 
+/// What `tandem bench restart` runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartPlan {
+    /// Numbers of data disks; each gets its own table.
+    pub disks: Vec<u32>,
+    /// Runs per disk count.
+    pub runs: u32,
+    /// The injected error.
+    pub kind: FaultKind,
+    /// Where the scratch directories go.
+    pub work_dir: Option<PathBuf>,
+    /// Seconds a boot or a restart may take.
+    pub boot_timeout: u64,
+    /// `--json` and `--svg`.
+    pub outputs: Outputs,
+    /// Guest and QEMU options.
+    pub vm: VmPlan,
+}
+
 /// The injected error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -74,11 +95,10 @@ pub enum FaultKind {
 impl FaultKind {
     /// The guest command-line words injecting it after `n` requests.
     pub fn cmdline(self, n: u32) -> String {
+        let after = word(key::DEBUG_PANIC_AFTER_REQUESTS, n);
         match self {
-            FaultKind::Panic => format!("debug.panic_after_requests={n}"),
-            FaultKind::Pagefault => {
-                format!("debug.panic_after_requests={n} debug.fault=pagefault")
-            }
+            FaultKind::Panic => after,
+            FaultKind::Pagefault => format!("{after} {}", word(key::DEBUG_FAULT, "pagefault")),
         }
     }
 }
@@ -155,7 +175,7 @@ pub struct DiskGroup {
     pub runs: Vec<RunRecord>,
 }
 
-/// The report (`--json`).
+/// The report (`--json`; [`super::render::restart`] renders it).
 #[derive(Debug, Clone, Serialize)]
 pub struct RestartReport {
     /// Accelerator.
@@ -179,7 +199,7 @@ pub struct RestartReport {
 }
 
 /// `tandem bench restart`: run, print the tables, write JSON/SVG; returns the exit status.
-pub fn bench_restart(args: &BenchRestartArgs) -> anyhow::Result<i32> {
+pub fn bench_restart(args: &RestartPlan) -> anyhow::Result<i32> {
     super::run_interruptible("QEMU was stopped", |interrupted| {
         run_and_report(args, interrupted)
     })
@@ -187,24 +207,18 @@ pub fn bench_restart(args: &BenchRestartArgs) -> anyhow::Result<i32> {
 
 /// Run, print the tables on stdout, write `--json` and `--svg`; returns the report.
 pub fn run_and_report(
-    args: &BenchRestartArgs,
+    args: &RestartPlan,
     interrupted: &AtomicBool,
 ) -> anyhow::Result<RestartReport> {
     let report = run(args, interrupted)?;
-    print!("{}", table(&report));
+    super::render::publish(&report, &args.outputs)?;
     eprintln!("tandem: bench restart took {:.0} s", report.wall_s);
-    let chart = chart(&report);
-    super::write_outputs(
-        &report,
-        args.json.as_deref(),
-        args.svg.as_deref().map(|p| (p, &chart)),
-    )?;
     Ok(report)
 }
 
 /// What one run needs.
 struct Ctx<'a> {
-    args: &'a BenchRestartArgs,
+    args: &'a RestartPlan,
     qemu: PathBuf,
     image: PathBuf,
     accel: accel::Accel,
@@ -212,23 +226,17 @@ struct Ctx<'a> {
 }
 
 /// Run the bench and return the report (nothing on stdout).
-pub fn run(args: &BenchRestartArgs, interrupted: &AtomicBool) -> anyhow::Result<RestartReport> {
+pub fn run(args: &RestartPlan, interrupted: &AtomicBool) -> anyhow::Result<RestartReport> {
     let started = Instant::now();
     let mut disk_counts = args.disks.clone();
-    super::blk::dedup_in_order(&mut disk_counts);
+    dedup_in_order(&mut disk_counts);
     if disk_counts.is_empty() {
         bail!("--disks: no disk count given");
     }
     let accel = accel::choose(args.vm.accel)?;
     let qemu = crate::qemu_bin::ensure_qemu()?;
     let image = crate::image::ensure(args.vm.image.as_deref())?;
-    let base = match &args.work_dir {
-        Some(d) => {
-            std::fs::create_dir_all(d).with_context(|| d.display().to_string())?;
-            d.clone()
-        }
-        None => std::env::temp_dir(),
-    };
+    let base = base_dir(args.work_dir.as_deref())?;
     let ctx = Ctx {
         args,
         qemu,
@@ -325,12 +333,7 @@ pub fn rows_of(runs: &[RunRecord]) -> Vec<RestartRow> {
 fn one_run(ctx: &Ctx, dir: &Path, disks: u32, run: u32) -> anyhow::Result<RunRecord> {
     let args = ctx.args;
     let qmp = dir.join("qmp.sock");
-    if qmp.as_os_str().len() > MAX_SOCKET_PATH {
-        bail!(
-            "socket path {} is longer than {MAX_SOCKET_PATH} bytes; use a shorter --work-dir",
-            qmp.display()
-        );
-    }
+    check_socket_path(&qmp)?;
     let mut disk_paths = Vec::new();
     for i in 0..disks {
         let p = dir.join(format!("disk{i}.raw"));
@@ -362,12 +365,13 @@ fn one_run(ctx: &Ctx, dir: &Path, disks: u32, run: u32) -> anyhow::Result<RunRec
     };
     let timeout = Duration::from_secs(args.boot_timeout);
     let injected = args.kind.cmdline(2);
+    let nvlog = word(key::DURABILITY, "nvlog");
     let (cold, restart_cold) = boot_then_restart(
         ctx,
         &|port| {
             command(
                 port,
-                format!("durability=nvlog checkpoint=ignore {injected}"),
+                format!("{nvlog} {} {injected}", word(key::CHECKPOINT, "ignore")),
             )
         },
         &dir.join(format!("cold-{disks}-{run}.log")),
@@ -376,7 +380,7 @@ fn one_run(ctx: &Ctx, dir: &Path, disks: u32, run: u32) -> anyhow::Result<RunRec
     .context("cold boot and restart")?;
     let (checkpoint, restart) = boot_then_restart(
         ctx,
-        &|port| command(port, format!("durability=nvlog {injected}")),
+        &|port| command(port, format!("{nvlog} {injected}")),
         &dir.join(format!("checkpoint-{disks}-{run}.log")),
         timeout,
     )
@@ -400,7 +404,7 @@ fn boot_then_restart(
 ) -> anyhow::Result<(StartRecord, StartRecord)> {
     let port = free_port()?;
     let cmd = command(port);
-    let mut vm = spawn(&cmd, log)?;
+    let mut vm = spawn_quiet(&cmd, log)?;
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let served = read_until_served(
         &mut vm,
@@ -452,18 +456,6 @@ fn boot_then_restart(
     };
     vm.stop(STOP_GRACE);
     Ok((boot, restart))
-}
-
-fn spawn(cmd: &QemuCommand, log: &Path) -> anyhow::Result<Vm> {
-    Vm::spawn(
-        cmd,
-        SpawnOptions {
-            echo_console: false,
-            echo_stderr: false,
-            console_log: Some(log.to_path_buf()),
-        },
-    )
-    .with_context(|| format!("command: {cmd}"))
 }
 
 /// A new probe connection this often while none has been greeted, after an injected error.
@@ -827,133 +819,10 @@ fn checkpoint_lines(h: &[ConsoleLine]) -> Vec<String> {
         .collect()
 }
 
-fn fmt_ms(v: f64) -> String {
-    if v >= 100.0 {
-        format!("{v:.0}")
-    } else {
-        format!("{v:.1}")
-    }
-}
-
-fn fmt_x(v: f64) -> String {
-    if v.is_finite() {
-        format!("{v:.1}x")
-    } else {
-        "-".into()
-    }
-}
-
-/// The tables, one per disk count, with the phases of the last run.
-pub fn table(r: &RestartReport) -> String {
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "Restart benchmark: injected {:?}, median of {} run(s); q35 {} -m {}; {} MiB blank raw \
-         disks, {} MiB NVRAM, durability=nvlog",
-        r.kind,
-        r.runs,
-        r.accel,
-        r.mem,
-        r.disk_bytes >> 20,
-        r.nvram_bytes >> 20
-    );
-    let _ = writeln!(
-        s,
-        "host: QEMU spawn (boots) or the triggering request (restarts) -> first 4 KiB READ reply;\n\
-         guest: boots since guest entry, restarts from the error (TANDEM RESTART at_us) -> first \
-         request served; speed-up: boots vs the cold boot, restarts vs the cold restart"
-    );
-    for g in &r.groups {
-        let _ = writeln!(s, "\n{} data disk(s):", g.disks);
-        let mut t = Table::new(&[
-            ("start", Align::Left),
-            ("host ms", Align::Right),
-            ("host min-max", Align::Right),
-            ("guest ms", Align::Right),
-            ("guest min-max", Align::Right),
-            ("speed-up (host)", Align::Right),
-            ("speed-up (guest)", Align::Right),
-        ]);
-        for row in &g.rows {
-            t.row(vec![
-                row.row.clone(),
-                fmt_ms(row.host_ms.median),
-                format!("{}-{}", fmt_ms(row.host_ms.min), fmt_ms(row.host_ms.max)),
-                fmt_ms(row.guest_ms.median),
-                format!("{}-{}", fmt_ms(row.guest_ms.min), fmt_ms(row.guest_ms.max)),
-                fmt_x(row.speedup_host),
-                fmt_x(row.speedup_guest),
-            ]);
-        }
-        s.push_str(&t.render());
-        if let Some(restart) = g.rows.iter().find(|r| r.row == ROWS[3]) {
-            let _ = writeln!(
-                s,
-                "restart from the checkpoint vs cold discovery: {} faster (guest), {} (host); target >= {TARGET_SPEEDUP}x with 8 disks",
-                fmt_x(restart.speedup_guest),
-                fmt_x(restart.speedup_host)
-            );
-        }
-        if let Some(last) = g.runs.last() {
-            for (name, start) in [
-                ("cold boot", &last.cold),
-                ("checkpoint boot", &last.checkpoint),
-                ("restart, cold", &last.restart_cold),
-                ("restart, checkpoint", &last.restart),
-            ] {
-                for p in &start.phases {
-                    let text = p.line.split_once("phases (us):").map_or("", |x| x.1);
-                    let what = p.line.split_once("phases (us):").map_or("", |x| x.0);
-                    let what = what.split_whitespace().last().unwrap_or("");
-                    let what = if what == "storage" { " (storage)" } else { "" };
-                    let _ = writeln!(s, "  {name}{what} phases (us):{text}");
-                }
-            }
-        }
-    }
-    s
-}
-
-/// The chart: one group per disk count, one bar per start (median host ms, whiskers).
-pub fn chart(r: &RestartReport) -> BarChart {
-    BarChart {
-        title: format!(
-            "Time to serve NBD again, median of {} (ms, host; whiskers min-max)",
-            r.runs
-        ),
-        series: ROWS.iter().map(|s| s.to_string()).collect(),
-        groups: r
-            .groups
-            .iter()
-            .map(|g| BarGroup {
-                label: format!("{} disk(s)", g.disks),
-                bars: g
-                    .rows
-                    .iter()
-                    .enumerate()
-                    .map(|(i, row)| Bar {
-                        series: i,
-                        value: row.host_ms.median,
-                        range: (g.runs.len() > 1).then_some((row.host_ms.min, row.host_ms.max)),
-                        label: format!(
-                            "{} ms (guest {} ms)",
-                            fmt_ms(row.host_ms.median),
-                            fmt_ms(row.guest_ms.median)
-                        ),
-                    })
-                    .collect(),
-            })
-            .collect(),
-        footer: Some(format!(
-            "q35 {} -m {}; injected {:?}; durability=nvlog",
-            r.accel, r.mem, r.kind
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::render::restart as render;
 
     #[test]
     fn fields_and_phases() {
@@ -1018,10 +887,10 @@ mod tests {
             }],
             wall_s: 1.0,
         };
-        let text = table(&r);
+        let text = render::table(&r);
         assert!(text.contains("restart, cold discovery"), "{text}");
         assert!(text.contains("20.0x"), "{text}");
-        let svg = chart(&r).render();
+        let svg = render::chart(&r).render();
         assert!(svg.contains("8 disk(s)"));
         let j = serde_json::to_value(&r).unwrap();
         assert_eq!(j["groups"][0]["rows"][3]["row"], "restart, checkpoint");

@@ -6,6 +6,7 @@ use alloc::boxed::Box;
 
 use hpdi::BufferPool;
 use log::info;
+use tandem_formats::console::BENCH_PREFIX;
 use unikernel::bench::{self, JobSpec};
 use unikernel::exit::GuestExit;
 use unikernel::units::Bytes;
@@ -14,7 +15,10 @@ use crate::discovery::Devices;
 use crate::dma::FrameRegion;
 
 fn fail(job: &JobSpec, msg: &str) -> ! {
-    crate::console::line(format_args!("BENCH {}", bench::error_json(job, msg)));
+    crate::console::line(format_args!(
+        "{BENCH_PREFIX}{}",
+        bench::error_json(job, msg)
+    ));
     crate::exit::exit(GuestExit::Failure)
 }
 
@@ -56,7 +60,10 @@ pub fn run(devices: &mut Devices, job: &JobSpec) -> ! {
     );
     match bench::run(dev, &mut pool, job, &crate::time::now_ns) {
         Ok(r) => {
-            crate::console::line(format_args!("BENCH {}", bench::json(job, transport, &r)));
+            crate::console::line(format_args!(
+                "{BENCH_PREFIX}{}",
+                bench::json(job, transport, &r)
+            ));
             let ok = r.errors == 0 && r.verified != Some(false);
             crate::exit::exit(if ok {
                 GuestExit::Clean
