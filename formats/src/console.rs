@@ -179,10 +179,10 @@ impl<'a> Event<'a> {
     /// Classify one console line (its terminator and leading terminal noise are ignored).
     pub fn parse(line: &'a str) -> Self {
         let line = strip_noise(line);
-        if let Some(rest) = line.strip_prefix(READY_PREFIX) {
-            if rest.is_empty() || rest.starts_with(char::is_whitespace) {
-                return Event::Ready(rest);
-            }
+        if let Some(rest) = line.strip_prefix(READY_PREFIX)
+            && (rest.is_empty() || rest.starts_with(char::is_whitespace))
+        {
+            return Event::Ready(rest);
         }
         if let Some(rest) = line.strip_prefix(PANIC_PREFIX) {
             return Event::Panic(rest);
@@ -193,10 +193,10 @@ impl<'a> Event<'a> {
         if let Some(rest) = line.strip_prefix(RESTART_PREFIX) {
             return Event::Restart(rest);
         }
-        if let Some(rest) = line.strip_prefix(BENCH_PREFIX) {
-            if rest.trim_start().starts_with('{') {
-                return Event::Bench(rest.trim());
-            }
+        if let Some(rest) = line.strip_prefix(BENCH_PREFIX)
+            && rest.trim_start().starts_with('{')
+        {
+            return Event::Bench(rest.trim());
         }
         if line.starts_with(EXCEPTION_PREFIX) {
             return Event::Exception {

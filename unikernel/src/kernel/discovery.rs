@@ -365,10 +365,10 @@ impl Devices {
                 }
                 Err(e) => self.push(None, location, failed("virtio-pci", e)),
             }
-            if self.records.len() > before {
-                if let Some((_, r)) = self.records.last_mut() {
-                    r.bar_masks = crate::pci::bar_masks(df);
-                }
+            if self.records.len() > before
+                && let Some((_, r)) = self.records.last_mut()
+            {
+                r.bar_masks = crate::pci::bar_masks(df);
             }
             debug!(
                 "init {df}: transport {} us, driver {} us",

@@ -17,7 +17,7 @@ static FRAMES: Mutex<FrameAllocator<32>> = Mutex::new(FrameAllocator::new());
 static DMA_TOTAL: AtomicU64 = AtomicU64::new(0);
 static DMA_USED: AtomicU64 = AtomicU64::new(0);
 
-extern "C" {
+unsafe extern "C" {
     static __kernel_start: u8;
     static __kernel_end: u8;
 }

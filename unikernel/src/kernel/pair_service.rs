@@ -242,12 +242,13 @@ pub fn turn(
         }
     }
     // A covering service that was shut down hands the peer's disks back once idle.
-    if p.takeover_idle() && stack.peer_nbd.as_ref().is_some_and(|s| s.idle()) {
-        if let Some(s) = stack.peer_nbd.take() {
-            for (name, dev) in s.into_devices() {
-                if devices.registry.insert(&name, dev).is_err() {
-                    warn!("pair: {name} is registered twice; the older one is kept");
-                }
+    if p.takeover_idle()
+        && stack.peer_nbd.as_ref().is_some_and(|s| s.idle())
+        && let Some(s) = stack.peer_nbd.take()
+    {
+        for (name, dev) in s.into_devices() {
+            if devices.registry.insert(&name, dev).is_err() {
+                warn!("pair: {name} is registered twice; the older one is kept");
             }
         }
     }

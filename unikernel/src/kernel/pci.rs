@@ -163,11 +163,11 @@ pub struct SizingCam {
 
 impl ConfigurationAccess for SizingCam {
     fn read_word(&self, df: DeviceFunction, reg: u8) -> u32 {
-        if let Some((p, r, mask)) = self.pending.get() {
-            if (p, r) == (df, reg) {
-                self.pending.set(None);
-                return mask;
-            }
+        if let Some((p, r, mask)) = self.pending.get()
+            && (p, r) == (df, reg)
+        {
+            self.pending.set(None);
+            return mask;
         }
         let v = self.inner.read_word(df, reg);
         if self.recording.get() == Some((df, reg)) {

@@ -287,12 +287,12 @@ impl Loop {
     fn debug_hooks(&mut self) {
         let requests = self.stack.nbd.as_ref().map(|s| s.requests());
         let reached = |n: u64| requests.is_some_and(|r| r >= n);
-        if let Some(n) = self.hooks.stall_after {
-            if reached(n) {
-                warn!("debug.stall_after_requests={n}: the service loop stops here");
-                loop {
-                    core::hint::spin_loop();
-                }
+        if let Some(n) = self.hooks.stall_after
+            && reached(n)
+        {
+            warn!("debug.stall_after_requests={n}: the service loop stops here");
+            loop {
+                core::hint::spin_loop();
             }
         }
         if !self.first_served && requests.is_some_and(|r| r > 0) {
@@ -304,12 +304,12 @@ impl Loop {
                 crate::life().restarts
             ));
         }
-        if let Some(n) = self.hooks.device_error_after {
-            if reached(n) {
-                warn!("debug.device_error_after_requests={n}: the next disk completion fails");
-                frontend_drivers::virtio_blk::INJECT_QUEUE_ERROR.store(true, Ordering::SeqCst);
-                self.hooks.device_error_after = None;
-            }
+        if let Some(n) = self.hooks.device_error_after
+            && reached(n)
+        {
+            warn!("debug.device_error_after_requests={n}: the next disk completion fails");
+            frontend_drivers::virtio_blk::INJECT_QUEUE_ERROR.store(true, Ordering::SeqCst);
+            self.hooks.device_error_after = None;
         }
         if self
             .stack
@@ -320,12 +320,12 @@ impl Loop {
             // A device whose queue failed cannot be trusted with more I/O: re-initialise it.
             panic!("fatal device error: a disk's queue failed");
         }
-        if let Some(n) = self.hooks.inject_after {
-            if reached(n) {
-                match self.cfg.debug_fault {
-                    Some(f) => arch::fault::raise(f),
-                    None => panic!("debug.panic_after_requests={n}: injected error"),
-                }
+        if let Some(n) = self.hooks.inject_after
+            && reached(n)
+        {
+            match self.cfg.debug_fault {
+                Some(f) => arch::fault::raise(f),
+                None => panic!("debug.panic_after_requests={n}: injected error"),
             }
         }
     }

@@ -76,7 +76,7 @@ pub struct ServerStats {
 #[derive(Clone, Copy)]
 struct Sub {
     conn: usize,
-    gen: u32,
+    generation: u32,
     op: usize,
     /// Index of the chunk within the operation (reads) .
     chunk: u32,
@@ -136,7 +136,7 @@ struct Streaming {
 }
 
 struct Conn {
-    gen: u32,
+    generation: u32,
     phase: Phase,
     /// What the handshake settled (valid in transmission and closing).
     neg: Negotiated,
@@ -247,7 +247,7 @@ impl Server {
         self.next_gen = self.next_gen.wrapping_add(1).max(1);
         self.stats.connections += 1;
         self.conns[slot] = Some(Conn {
-            gen: self.next_gen,
+            generation: self.next_gen,
             phase: Phase::Handshake(Handshake::for_peer(peer).with_tls(self.tls.mode())),
             neg: Negotiated {
                 export: 0,
@@ -288,10 +288,10 @@ impl Server {
             return;
         };
         if let Some(inb) = c.inbound.take() {
-            if let (Some(l), Some(w)) = (inb.logged.as_ref(), self.wlog.as_mut()) {
-                if let Some(r) = l.res {
-                    w.log.abandon(r);
-                }
+            if let (Some(l), Some(w)) = (inb.logged.as_ref(), self.wlog.as_mut())
+                && let Some(r) = l.res
+            {
+                w.log.abandon(r);
             }
             for b in inb
                 .buf
@@ -388,13 +388,13 @@ impl Server {
         }
         if let Some(g) = sub.read_gen {
             if let (Ok(_), Some(b)) = (c.result, sub.buf) {
-                self.patch_from_log(sub.conn, sub.gen, sub.op, sub.chunk, b);
+                self.patch_from_log(sub.conn, sub.generation, sub.op, sub.chunk, b);
             }
             self.read_done(g);
         }
         let conn = self.conns[sub.conn]
             .as_mut()
-            .filter(|conn| conn.gen == sub.gen);
+            .filter(|conn| conn.generation == sub.generation);
         let Some(conn) = conn else {
             // The connection is gone: just reclaim the buffer.
             if let Some(b) = sub.buf {
@@ -654,7 +654,7 @@ impl Server {
         let read_gen = (r.op == hpdi::Op::Read).then(|| self.read_started());
         let id = self.new_sub(Sub {
             conn: slot,
-            gen: c.gen,
+            generation: c.generation,
             op: i,
             chunk,
             buf,

@@ -101,7 +101,7 @@ isr_common:
     handler = sym exception_handler,
 );
 
-extern "C" {
+unsafe extern "C" {
     static isr_table: [u64; 32];
 }
 
@@ -184,7 +184,7 @@ pub fn init() {
 pub const TIMER_VECTOR: u8 = 0x40;
 pub const SPURIOUS_VECTOR: u8 = 0xff;
 
-extern "C" {
+unsafe extern "C" {
     fn isr_timer();
     fn isr_spurious();
 }

@@ -6,7 +6,7 @@ use core::arch::asm;
 
 /// # Safety
 /// Standard `memcpy` contract: valid, non-overlapping ranges of `n` bytes.
-#[no_mangle]
+#[unsafe(no_mangle)]
 pub unsafe extern "C" fn memcpy(dest: *mut u8, src: *const u8, n: usize) -> *mut u8 {
     // Eight bytes per step for the bulk (emulated string instructions cost per iteration),
     // then the tail byte by byte.
@@ -22,7 +22,7 @@ pub unsafe extern "C" fn memcpy(dest: *mut u8, src: *const u8, n: usize) -> *mut
 
 /// # Safety
 /// Standard `memmove` contract: valid ranges of `n` bytes, possibly overlapping.
-#[no_mangle]
+#[unsafe(no_mangle)]
 pub unsafe extern "C" fn memmove(dest: *mut u8, src: *const u8, n: usize) -> *mut u8 {
     if (dest as usize).wrapping_sub(src as usize) >= n {
         // No harmful overlap: copy forwards.
@@ -44,7 +44,7 @@ pub unsafe extern "C" fn memmove(dest: *mut u8, src: *const u8, n: usize) -> *mu
 
 /// # Safety
 /// Standard `memset` contract.
-#[no_mangle]
+#[unsafe(no_mangle)]
 pub unsafe extern "C" fn memset(dest: *mut u8, c: i32, n: usize) -> *mut u8 {
     let pattern = u64::from(c as u8) * 0x0101_0101_0101_0101;
     // SAFETY: the caller guarantees the range is valid for `n` bytes. Eight bytes per step,
@@ -60,7 +60,7 @@ pub unsafe extern "C" fn memset(dest: *mut u8, c: i32, n: usize) -> *mut u8 {
 
 /// # Safety
 /// Standard `memcmp` contract.
-#[no_mangle]
+#[unsafe(no_mangle)]
 pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
     for i in 0..n {
         // SAFETY: the caller guarantees both ranges are valid for `n` bytes; volatile reads
@@ -75,19 +75,19 @@ pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
 
 /// # Safety
 /// Standard `bcmp` contract.
-#[no_mangle]
+#[unsafe(no_mangle)]
 pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
     // SAFETY: forwarded contract.
     unsafe { memcmp(a, b, n) }
 }
 
 /// Referenced by the precompiled `core`; never called with `panic = "abort"`.
-#[no_mangle]
+#[unsafe(no_mangle)]
 pub extern "C" fn rust_eh_personality() {}
 
 /// Referenced by the precompiled `alloc` (built with unwinding); unreachable with
 /// `panic = "abort"`, so reaching it is reported and stops the guest.
-#[no_mangle]
+#[unsafe(no_mangle)]
 pub extern "C" fn _Unwind_Resume() -> ! {
     crate::console::emergency_line(format_args!("PANIC at <unwind>: _Unwind_Resume reached"));
     crate::exit::fail()

@@ -99,7 +99,7 @@ struct Item {
 enum CpPhase {
     Writing,
     Flushing { next: usize },
-    Retiring { gen: u64 },
+    Retiring { generation: u64 },
 }
 
 /// A consistency point in progress.
@@ -138,7 +138,7 @@ pub(super) struct WriteLog {
     /// Per export: (offset, seq) -> live record.
     index: Vec<BTreeMap<(u64, u64), Indexed>>,
     cp: Option<Cp>,
-    gen: u64,
+    generation: u64,
     reads: BTreeMap<u64, u32>,
     replaying: usize,
     /// Consistency points held off (test hook `debug.cp=hold`).
@@ -171,7 +171,7 @@ fn alloc_sub(subs: &mut Vec<Option<Sub>>, free: &mut Vec<usize>, sub: Sub) -> u6
 fn cp_sub(e: usize) -> Sub {
     Sub {
         conn: usize::MAX,
-        gen: 0,
+        generation: 0,
         op: e,
         chunk: 0,
         buf: None,
@@ -296,7 +296,7 @@ impl Server {
             exports,
             index,
             cp: None,
-            gen: 0,
+            generation: 0,
             reads: BTreeMap::new(),
             replaying,
             hold: false,
@@ -371,20 +371,20 @@ impl Server {
     pub(super) fn read_started(&mut self) -> u64 {
         match self.wlog.as_mut() {
             Some(w) => {
-                *w.reads.entry(w.gen).or_default() += 1;
-                w.gen
+                *w.reads.entry(w.generation).or_default() += 1;
+                w.generation
             }
             None => 0,
         }
     }
 
     pub(super) fn read_done(&mut self, g: u64) {
-        if let Some(w) = self.wlog.as_mut() {
-            if let Some(n) = w.reads.get_mut(&g) {
-                *n -= 1;
-                if *n == 0 {
-                    w.reads.remove(&g);
-                }
+        if let Some(w) = self.wlog.as_mut()
+            && let Some(n) = w.reads.get_mut(&g)
+        {
+            *n -= 1;
+            if *n == 0 {
+                w.reads.remove(&g);
             }
         }
     }
@@ -509,7 +509,7 @@ impl Server {
     pub(super) fn patch_from_log(
         &mut self,
         conn: usize,
-        gen: u32,
+        generation: u32,
         op: usize,
         chunk: u32,
         buf: BufId,
@@ -519,7 +519,7 @@ impl Server {
             .conns
             .get(conn)
             .and_then(Option::as_ref)
-            .filter(|c| c.gen == gen)
+            .filter(|c| c.generation == generation)
         else {
             return;
         };
@@ -564,10 +564,10 @@ impl Server {
         }
         if let Some(cp) = self.wlog.as_mut().and_then(|w| w.cp.as_mut()) {
             cp.pending -= 1;
-            if result.is_err() {
-                if let Some(f) = cp.failed.get_mut(export) {
-                    *f = true;
-                }
+            if result.is_err()
+                && let Some(f) = cp.failed.get_mut(export)
+            {
+                *f = true;
             }
         }
     }
@@ -590,7 +590,7 @@ impl Server {
                 // On disk already (written while an older record of a failing disk held
                 // the log's front): retire once that disk caught up.
                 CpPhase::Retiring {
-                    gen: w.gen.saturating_sub(1),
+                    generation: w.generation.saturating_sub(1),
                 }
             } else {
                 return;
@@ -626,8 +626,8 @@ impl Server {
                         return;
                     }
                 }
-                CpPhase::Retiring { gen } => {
-                    self.cp_retire(gen);
+                CpPhase::Retiring { generation } => {
+                    self.cp_retire(generation);
                     return;
                 }
             }
@@ -729,16 +729,18 @@ impl Server {
         if any_failed {
             w.stats.cp_failures += 1;
         }
-        w.gen += 1;
-        cp.phase = CpPhase::Retiring { gen: w.gen - 1 };
+        w.generation += 1;
+        cp.phase = CpPhase::Retiring {
+            generation: w.generation - 1,
+        };
         true
     }
 
     /// Retires the records now on disk once no read that started before they were there is
     /// still in flight.
-    fn cp_retire(&mut self, gen: u64) {
+    fn cp_retire(&mut self, generation: u64) {
         let Some(w) = self.wlog.as_mut() else { return };
-        if w.reads.range(..=gen).next().is_some() {
+        if w.reads.range(..=generation).next().is_some() {
             return;
         }
         let upto = w.retirable();
