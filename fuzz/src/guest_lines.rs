@@ -23,10 +23,11 @@ pub fn run(data: &[u8]) {
     let _cfg = cmdline::parse_parts(&[cmd, module], |_, issue| {
         issues += 1;
         let shown = issue.to_string();
-        if let Issue::BadValue { key, value, .. } = issue {
-            if key == cmdline::key::MGMT_KEY && value.len() >= 8 {
-                assert!(!shown.contains(value), "mgmt.key value echoed: {shown}");
-            }
+        if let Issue::BadValue { key, value, .. } = issue
+            && key == cmdline::key::MGMT_KEY
+            && value.len() >= 8
+        {
+            assert!(!shown.contains(value), "mgmt.key value echoed: {shown}");
         }
     });
     let words = cmd.split_ascii_whitespace().count() + module.split_ascii_whitespace().count();

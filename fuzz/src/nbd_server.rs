@@ -121,7 +121,7 @@ fn keep_heap() {
     {
         static ONCE: std::sync::Once = std::sync::Once::new();
         ONCE.call_once(|| {
-            extern "C" {
+            unsafe extern "C" {
                 fn mallopt(param: i32, value: i32) -> i32;
             }
             const M_TRIM_THRESHOLD: i32 = -1;

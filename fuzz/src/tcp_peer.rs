@@ -452,10 +452,9 @@ impl Harness {
                     target_protocol_addr,
                     ..
                 }) = ArpRepr::parse(&arp)
+                    && target_protocol_addr == PEER_IP
                 {
-                    if target_protocol_addr == PEER_IP {
-                        self.arp(ArpOperation::Reply, GUEST_MAC);
-                    }
+                    self.arp(ArpOperation::Reply, GUEST_MAC);
                 }
             }
             EthernetProtocol::Ipv4 => {

@@ -652,22 +652,21 @@ impl Queue {
             self.idle.notify_all();
         }
         let now = Instant::now();
-        if f.status == Status::Ok {
-            if let Some((buf, segs)) = f.rw.as_ref().and_then(|rw| rw.bounce.as_ref()) {
-                if f.kind == Kind::Read {
-                    let mut at = 0usize;
-                    for s in segs {
-                        let end = at + s.len as usize;
-                        if f.mem
-                            .write_slice(&buf.as_slice()[at..end], GuestAddress(s.addr))
-                            .is_err()
-                        {
-                            f.status = Status::IoErr;
-                            break;
-                        }
-                        at = end;
-                    }
+        if f.status == Status::Ok
+            && let Some((buf, segs)) = f.rw.as_ref().and_then(|rw| rw.bounce.as_ref())
+            && f.kind == Kind::Read
+        {
+            let mut at = 0usize;
+            for s in segs {
+                let end = at + s.len as usize;
+                if f.mem
+                    .write_slice(&buf.as_slice()[at..end], GuestAddress(s.addr))
+                    .is_err()
+                {
+                    f.status = Status::IoErr;
+                    break;
                 }
+                at = end;
             }
         }
         let ok = f.status == Status::Ok;

@@ -528,10 +528,10 @@ impl Streams {
             }
         }
         // Device-readable descriptors all come before the device-writable ones.
-        if let Some(first_w) = descs.iter().position(|d| d.writable) {
-            if descs[first_w..].iter().any(|d| !d.writable) {
-                return Err(Malformed::ReadableAfterWritable);
-            }
+        if let Some(first_w) = descs.iter().position(|d| d.writable)
+            && descs[first_w..].iter().any(|d| !d.writable)
+        {
+            return Err(Malformed::ReadableAfterWritable);
         }
         let r_len = total(&readable);
         // The status byte is the last writable byte.

@@ -320,12 +320,11 @@ fn serve_connection(backend: &Arc<BlkBackend>, ctl: &Control, listener: &mut Lis
         }
     };
     for (i, h) in daemon.get_epoll_handlers().iter().enumerate() {
-        if let Some(q) = backend.queues.get(i) {
-            if let Err(e) =
+        if let Some(q) = backend.queues.get(i)
+            && let Err(e) =
                 h.register_listener(q.event_fd(), EventSet::IN, backend.completion_event_id())
-            {
-                log::error!("queue {i}: watching completions: {e}");
-            }
+        {
+            log::error!("queue {i}: watching completions: {e}");
         }
     }
     if let Err(e) = daemon.start(listener) {
@@ -337,10 +336,10 @@ fn serve_connection(backend: &Arc<BlkBackend>, ctl: &Control, listener: &mut Lis
     {
         let mut g = ctl.conn.lock().unwrap_or_else(|e| e.into_inner());
         *g = daemon.shutdown_handle();
-        if ctl.requested.load(Ordering::SeqCst) {
-            if let Some(h) = g.take() {
-                h.shutdown();
-            }
+        if ctl.requested.load(Ordering::SeqCst)
+            && let Some(h) = g.take()
+        {
+            h.shutdown();
         }
     }
     log::info!("front end connected (connection {conn})");
