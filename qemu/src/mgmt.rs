@@ -54,10 +54,10 @@ pub fn key_word(key: &Key) -> String {
 /// whole text being the bare 64 hex digits (the older format).
 pub fn parse_key_file(text: &str) -> Option<Key> {
     let words: Vec<&str> = text.split_ascii_whitespace().collect();
-    if let [bare] = words[..] {
-        if let Some(k) = Key::parse(bare) {
-            return Some(k);
-        }
+    if let [bare] = words[..]
+        && let Some(k) = Key::parse(bare)
+    {
+        return Some(k);
     }
     let mut keys = words.iter().filter_map(|w| w.strip_prefix("mgmt.key="));
     match (keys.next(), keys.next()) {

@@ -232,10 +232,10 @@ impl Daemon {
 
     /// Its exit status, if it has exited.
     pub fn try_exit(&mut self) -> Option<ExitStatus> {
-        if self.exit.is_none() {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                self.exit = Some(s);
-            }
+        if self.exit.is_none()
+            && let Ok(Some(s)) = self.child.try_wait()
+        {
+            self.exit = Some(s);
         }
         self.exit
     }

@@ -289,13 +289,13 @@ impl Vm {
     }
 
     fn try_reap(&mut self) -> Option<GuestExit> {
-        if self.exit.is_none() {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                self.exit = Some(GuestExit::from_status(status));
-                self.exited_at = Some(self.started.elapsed());
-                if let Some(t) = self.stderr_thread.take() {
-                    let _ = t.join();
-                }
+        if self.exit.is_none()
+            && let Ok(Some(status)) = self.child.try_wait()
+        {
+            self.exit = Some(GuestExit::from_status(status));
+            self.exited_at = Some(self.started.elapsed());
+            if let Some(t) = self.stderr_thread.take() {
+                let _ = t.join();
             }
         }
         self.exit

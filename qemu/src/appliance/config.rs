@@ -354,12 +354,11 @@ pub fn load(path: &Path) -> Result<Appliance, ConfigError> {
         e.file = Some(file.clone());
         e
     })?;
-    if let Some(t) = &mut app.tls {
-        if Path::new(&t.dir).is_relative() {
-            let base =
-                std::path::absolute(path.parent().unwrap_or(Path::new(""))).unwrap_or_default();
-            t.dir = base.join(&t.dir).to_string_lossy().into_owned();
-        }
+    if let Some(t) = &mut app.tls
+        && Path::new(&t.dir).is_relative()
+    {
+        let base = std::path::absolute(path.parent().unwrap_or(Path::new(""))).unwrap_or_default();
+        t.dir = base.join(&t.dir).to_string_lossy().into_owned();
     }
     Ok(app)
 }
@@ -466,19 +465,20 @@ fn resolve_memory(p: &mut Problems, memory: Option<&str>) -> ByteSize {
 
 /// `durability` and `log`: words the guest's command line knows.
 fn check_guest_words(p: &mut Problems, raw: &ConfigFile) {
-    if let Some(d) = &raw.durability {
-        if d != "disk" && d != "nvlog" {
-            p.add("durability", quoted(d), "expected \"disk\" or \"nvlog\"");
-        }
+    if let Some(d) = &raw.durability
+        && d != "disk"
+        && d != "nvlog"
+    {
+        p.add("durability", quoted(d), "expected \"disk\" or \"nvlog\"");
     }
-    if let Some(l) = &raw.log {
-        if !["error", "warn", "info", "debug", "trace"].contains(&l.as_str()) {
-            p.add(
-                "log",
-                quoted(l),
-                "expected error, warn, info, debug or trace",
-            );
-        }
+    if let Some(l) = &raw.log
+        && !["error", "warn", "info", "debug", "trace"].contains(&l.as_str())
+    {
+        p.add(
+            "log",
+            quoted(l),
+            "expected error, warn, info, debug or trace",
+        );
     }
 }
 
@@ -781,14 +781,14 @@ fn resolve_single_disks(p: &mut Problems, raw: &ConfigFile) -> Vec<DiskPlan> {
         }
         disks.push(resolve_disk(p, &key, d, name, true));
     }
-    if let Some(d) = disks.first() {
-        if d.read_only {
-            p.add(
-                "disk[0].read_only",
-                "true",
-                "the first disk holds the guest's configuration checkpoint and must be writable",
-            );
-        }
+    if let Some(d) = disks.first()
+        && d.read_only
+    {
+        p.add(
+            "disk[0].read_only",
+            "true",
+            "the first disk holds the guest's configuration checkpoint and must be writable",
+        );
     }
     disks
 }

@@ -167,11 +167,11 @@ pub fn build(mut app: Appliance, out: &Path, opts: &BuildOptions) -> anyhow::Res
             d.uuid = Some(disk::random_uuid()?);
         }
     }
-    if let Kind::Pair(p) = &mut app.kind {
-        if p.id.is_none() {
-            let u = disk::random_uuid()?;
-            p.id = Some(u64::from_le_bytes(u[..8].try_into().unwrap_or([1; 8])).max(1));
-        }
+    if let Kind::Pair(p) = &mut app.kind
+        && p.id.is_none()
+    {
+        let u = disk::random_uuid()?;
+        p.id = Some(u64::from_le_bytes(u[..8].try_into().unwrap_or([1; 8])).max(1));
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     match write_all(&app, out, &image, tls.as_ref(), opts) {

@@ -780,10 +780,10 @@ fn image_origin(plan: &NbdPlan) -> anyhow::Result<(String, u64)> {
             plan.disk_size.bytes(),
         ),
     };
-    if let Some(span) = plan.span {
-        if span.bytes() > bytes {
-            bail!("--span {span} is larger than the image ({bytes} bytes)");
-        }
+    if let Some(span) = plan.span
+        && span.bytes() > bytes
+    {
+        bail!("--span {span} is larger than the image ({bytes} bytes)");
     }
     Ok((origin, bytes))
 }

@@ -214,14 +214,14 @@ pub fn probe_aio(
             vm.kill();
             return Ok(Err(format!("QEMU did not start within {PROBE_TIMEOUT:?}")));
         }
-        if sock.exists() {
-            if let Ok(mut q) = Qmp::connect(&sock, Duration::from_secs(2)) {
-                let _ = q.quit();
-                if vm.wait_exit(Duration::from_secs(5)).is_err() {
-                    vm.kill();
-                }
-                return Ok(Ok(()));
+        if sock.exists()
+            && let Ok(mut q) = Qmp::connect(&sock, Duration::from_secs(2))
+        {
+            let _ = q.quit();
+            if vm.wait_exit(Duration::from_secs(5)).is_err() {
+                vm.kill();
             }
+            return Ok(Ok(()));
         }
     }
 }

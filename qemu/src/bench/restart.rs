@@ -666,14 +666,14 @@ fn drive_probes(
                 failed += 1;
             }
         }
-        if !probes.iter().any(|p| p.step == Step::ReadReply) {
-            if let Some(i) = probes.iter().position(|p| p.step == Step::Ready) {
-                match probes[i].send(&read_request()) {
-                    Ok(()) => probes[i].step = Step::ReadReply,
-                    Err(e) => {
-                        probes.remove(i);
-                        last_err = note(&mut failed, e);
-                    }
+        if !probes.iter().any(|p| p.step == Step::ReadReply)
+            && let Some(i) = probes.iter().position(|p| p.step == Step::Ready)
+        {
+            match probes[i].send(&read_request()) {
+                Ok(()) => probes[i].step = Step::ReadReply,
+                Err(e) => {
+                    probes.remove(i);
+                    last_err = note(&mut failed, e);
                 }
             }
         }

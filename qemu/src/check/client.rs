@@ -279,10 +279,10 @@ impl Waiter<'_> {
                         .values()
                         .map(|p| p.sent)
                         .min();
-                    if let Some(t) = oldest {
-                        if t.elapsed() > self.timeout {
-                            return Err(format!("no reply within {:?} (timed out)", self.timeout));
-                        }
+                    if let Some(t) = oldest
+                        && t.elapsed() > self.timeout
+                    {
+                        return Err(format!("no reply within {:?} (timed out)", self.timeout));
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}

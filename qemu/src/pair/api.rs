@@ -708,10 +708,10 @@ pub fn tandem_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
         }
         return Ok(p);
     }
-    if let Ok(exe) = std::env::current_exe() {
-        if exe.file_name() == Some(OsStr::new("tandem")) {
-            return Ok(exe);
-        }
+    if let Ok(exe) = std::env::current_exe()
+        && exe.file_name() == Some(OsStr::new("tandem"))
+    {
+        return Ok(exe);
     }
     let ws = crate::image::workspace_root().ok_or_else(|| {
         anyhow!("cannot find the tandem executable: set {ENV_TANDEM_BIN} to its path")
