@@ -252,6 +252,35 @@ pub trait Words {
     fn fence(&self);
 }
 
+/// The header and control page in ordinary memory: what unit tests, fuzz harnesses and
+/// simulations use in place of the shared region (one word per 8 bytes, from offset 0).
+pub struct MemWords(pub core::cell::RefCell<alloc::vec::Vec<u64>>);
+
+impl MemWords {
+    /// Zeroed words up to the first node area.
+    pub fn new() -> Self {
+        Self(core::cell::RefCell::new(
+            alloc::vec![0; (AREAS / 8) as usize],
+        ))
+    }
+}
+
+impl Default for MemWords {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Words for MemWords {
+    fn load(&self, offset: u64) -> u64 {
+        self.0.borrow()[(offset / 8) as usize]
+    }
+    fn store(&self, offset: u64, value: u64) {
+        self.0.borrow_mut()[(offset / 8) as usize] = value;
+    }
+    fn fence(&self) {}
+}
+
 /// Reads a node's control word.
 pub fn get(w: &dyn Words, node: usize, word: u64) -> u64 {
     w.load(offset(node, word))
@@ -357,25 +386,8 @@ pub fn announcement(w: &dyn Words, n: usize) -> Option<(u64, u64, [u8; 4], [u8; 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use core::cell::RefCell;
 
-    struct Mem(RefCell<std::vec::Vec<u64>>);
-
-    impl Mem {
-        fn new() -> Self {
-            Mem(RefCell::new(std::vec![0; (AREAS / 8) as usize]))
-        }
-    }
-
-    impl Words for Mem {
-        fn load(&self, offset: u64) -> u64 {
-            self.0.borrow()[(offset / 8) as usize]
-        }
-        fn store(&self, offset: u64, value: u64) {
-            self.0.borrow_mut()[(offset / 8) as usize] = value;
-        }
-        fn fence(&self) {}
-    }
+    type Mem = MemWords;
 
     #[test]
     fn header_round_trip_and_damage() {

@@ -11,30 +11,14 @@
 //! decided consistently (a claim that stands is held; a node that claims either wins or is
 //! beaten by a higher or equal peer claim); an announcement read back is what was sealed.
 
-use std::cell::RefCell;
-
 use tandem_formats::nvlog::crc32c;
 use tandem_formats::pair_region::{
     announce, announcement, claim, get, holds, next_epoch, owner, peer_silenced, word, Header,
-    Request, State, Words, AREAS, CONTROL, NODES, PAGE,
+    MemWords, Request, State, AREAS, CONTROL, NODES, PAGE,
 };
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::Input;
-
-struct Mem(RefCell<Vec<u64>>);
-
-impl Words for Mem {
-    fn load(&self, offset: u64) -> u64 {
-        self.0.borrow()[(offset / 8) as usize]
-    }
-
-    fn store(&self, offset: u64, value: u64) {
-        self.0.borrow_mut()[(offset / 8) as usize] = value;
-    }
-
-    fn fence(&self) {}
-}
 
 const HEADER: usize = core::mem::size_of::<Header>();
 
@@ -66,7 +50,7 @@ pub fn run(data: &[u8]) {
     }
 
     // The control words (both nodes' blocks), from the fuzzer.
-    let mem = Mem(RefCell::new(vec![0u64; (AREAS / 8) as usize]));
+    let mem = MemWords::new();
     let first = (CONTROL / 8) as usize;
     for (i, c) in inp.rest().chunks(8).take(64).enumerate() {
         let mut w = [0u8; 8];

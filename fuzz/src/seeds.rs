@@ -10,7 +10,7 @@ use tandem_formats::checkpoint::{
 use tandem_formats::disk_label::{uuid_from, Label};
 use tandem_formats::nbd_wire::{self as wire, cflag, cmd, opt};
 use tandem_formats::nvlog::PAGE;
-use tandem_formats::pair_region::{announce, set, word, Header as PairHeader, State, Words, AREAS};
+use tandem_formats::pair_region::{announce, set, word, Header as PairHeader, State};
 use unikernel::nvlog::log::Nvlog;
 use zerocopy::IntoBytes;
 
@@ -324,20 +324,10 @@ fn label_seeds(out: &mut Vec<Seed>) {
 }
 
 fn pair_seeds(out: &mut Vec<Seed>) {
-    struct Mem(std::cell::RefCell<Vec<u64>>);
-    impl Words for Mem {
-        fn load(&self, o: u64) -> u64 {
-            self.0.borrow()[(o / 8) as usize]
-        }
-        fn store(&self, o: u64, v: u64) {
-            self.0.borrow_mut()[(o / 8) as usize] = v;
-        }
-        fn fence(&self) {}
-    }
     let t = "pair_region";
     let size = 64u64 << 20;
     let h = PairHeader::new(size, 0xfeed).unwrap();
-    let mem = Mem(std::cell::RefCell::new(vec![0; (AREAS / 8) as usize]));
+    let mem = tandem_formats::pair_region::MemWords::new();
     for n in 0..2 {
         set(&mem, n, word::HEARTBEAT, 100 + n as u64);
         set(&mem, n, word::STATE, State::Serving as u64);

@@ -1,13 +1,12 @@
 //! Two nodes over one region in memory, driven turn by turn with a clock the test sets.
 
-use core::cell::RefCell;
 use std::vec;
 use std::vec::Vec;
 
 use zerocopy::IntoBytes;
 
 use super::*;
-use crate::ha::region::{offset, AREAS};
+use crate::ha::region::{offset, MemWords, AREAS};
 
 const SIZE: u64 = 8 << 20;
 const IP: [[u8; 4]; 2] = [[10, 0, 0, 1], [10, 0, 0, 2]];
@@ -16,12 +15,22 @@ const MAC: [[u8; 6]; 2] = [[2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]];
 const MS: u64 = 1000;
 
 /// The region's header and control page, as the host's file and the guests' BAR hold them.
-struct Mem(RefCell<Vec<u64>>);
+type Mem = MemWords;
 
-impl Mem {
+/// What the tests do to the region besides the protocol: format it, and act as the host.
+trait TestRegion {
     /// A region freshly formatted by the host.
+    fn formatted() -> Self;
+    fn get(&self, node: usize, w: u64) -> u64;
+    fn set(&self, node: usize, w: u64, v: u64);
+    fn state(&self, node: usize) -> Option<State>;
+    /// The host asks `node` for `r` (as `tandem pair takeover|giveback` does).
+    fn request(&self, node: usize, r: Request);
+}
+
+impl TestRegion for Mem {
     fn formatted() -> Self {
-        let m = Mem(RefCell::new(vec![0; (AREAS / 8) as usize]));
+        let m = Mem::new();
         let h = Header::new(SIZE, 0x7a).unwrap();
         for (i, chunk) in h.as_bytes().chunks_exact(8).enumerate() {
             m.store(i as u64 * 8, u64::from_le_bytes(chunk.try_into().unwrap()));
@@ -41,7 +50,6 @@ impl Mem {
         State::from_word(self.get(node, word::STATE))
     }
 
-    /// The host asks `node` for `r` (as `tandem pair takeover|giveback` does).
     fn request(&self, node: usize, r: Request) {
         self.set(node, word::REQUEST, r as u64);
         self.set(
@@ -50,16 +58,6 @@ impl Mem {
             self.get(node, word::REQUEST_SEQ) + 1,
         );
     }
-}
-
-impl Words for Mem {
-    fn load(&self, offset: u64) -> u64 {
-        self.0.borrow()[(offset / 8) as usize]
-    }
-    fn store(&self, offset: u64, value: u64) {
-        self.0.borrow_mut()[(offset / 8) as usize] = value;
-    }
-    fn fence(&self) {}
 }
 
 fn cfg(node: u8) -> PairConfig {
