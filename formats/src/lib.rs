@@ -20,6 +20,7 @@ pub mod console;
 pub mod disk_label;
 pub mod mgmt_auth;
 pub mod mgmt_status;
+pub mod mirror;
 pub mod nbd_wire;
 pub mod nvlog;
 pub mod pair_region;

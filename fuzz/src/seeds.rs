@@ -418,5 +418,41 @@ pub fn all() -> Vec<Seed> {
     checkpoint_seeds(&mut out);
     label_seeds(&mut out);
     pair_seeds(&mut out);
+    mirror_seeds(&mut out);
     out
+}
+
+/// A stream a sender would write: hello, writes (payload, header), a commit, a heartbeat.
+fn mirror_seeds(out: &mut Vec<Seed>) {
+    use tandem_formats::mirror::{Frame, Kind};
+    let frames: [(Kind, u64, &[u8]); 6] = [
+        (Kind::Hello, 0, b""),
+        (Kind::Write, 8192, &[0x6b; 4096]),
+        (Kind::Write, 4096, &[0x11; 64]),
+        (Kind::Commit, 1, b""),
+        (Kind::Heartbeat, 0, b""),
+        (Kind::Write, 0, &[0x22; 72]),
+    ];
+    let mut stream = vec![0, 63, 7, 3];
+    let mut seq = 0;
+    for (kind, arg, payload) in frames {
+        // Hello and heartbeats do not advance the stream.
+        seq += u64::from(matches!(kind, Kind::Write | Kind::Commit));
+        let f = Frame {
+            kind,
+            stream_seq: seq,
+            log_id: 7,
+            arg,
+            payload,
+        };
+        f.encode(&mut stream);
+    }
+    out.push(("mirror_stream", "hello-writes-commit".into(), stream));
+    // The same as descriptions (mode 1): hello, a write of 16 bytes at 4096, a commit.
+    let mut desc = vec![1, 15, 7, 3];
+    desc.extend([0, 0, 0, 0, 0, 0]);
+    desc.extend([1, 1, 0x00, 0x02, 16, 0]);
+    desc.extend([0x5a; 16]);
+    desc.extend([2, 2, 1, 0, 0, 0]);
+    out.push(("mirror_stream", "described".into(), desc));
 }
