@@ -532,7 +532,9 @@ pub fn libvirt_xml(app: &Appliance, g: &GuestPlan) -> String {
     let _ = writeln!(s, "    <cmdline>{}</cmdline>", xml(&g.words.join(" ")));
     let _ = writeln!(s, "  </os>");
     let _ = writeln!(s, "  <features>\n    <acpi/>\n  </features>");
-    let _ = writeln!(s, "  <cpu mode='host-passthrough'/>");
+    // `maximum`: the host's CPU under KVM (as host-passthrough), every feature QEMU can
+    // emulate under TCG. host-passthrough makes libvirt refuse a type='qemu' domain.
+    let _ = writeln!(s, "  <cpu mode='maximum'/>");
     let _ = writeln!(s, "  <clock offset='utc'/>");
     let _ = writeln!(s, "  <on_poweroff>destroy</on_poweroff>");
     let _ = writeln!(s, "  <on_reboot>restart</on_reboot>");
@@ -826,6 +828,8 @@ mod tests {
             "{xml}"
         );
         assert!(xml.contains("/var/lib/tandem/demo/disk1.qcow2"));
+        // A CPU mode libvirt takes for type='kvm' and for type='qemu' (TCG) alike.
+        assert!(xml.contains("<cpu mode='maximum'/>") && !xml.contains("host-passthrough"));
         assert!(xml.contains("<readonly/>"));
         let xl = xl_config(&app, g);
         assert!(xl.contains("type = \"pvh\""));
