@@ -19,8 +19,11 @@
 //!
 //! Format: `FORMATS.md`, "NVLOG mirror stream".
 
+use hmac::{KeyInit, Mac};
+use sha2::Sha256;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
+use crate::mgmt_auth::{Key, KEY_LEN, NONCE_LEN};
 use crate::nvlog::crc32c;
 
 /// `TNMR`.
@@ -30,6 +33,44 @@ pub const VERSION: u16 = 1;
 pub const HEADER_LEN: usize = core::mem::size_of::<FrameHeader>();
 /// Largest payload of one frame.
 pub const MAX_PAYLOAD: usize = 1 << 20;
+
+/// Which end of a link: each proves the key to the other, bound to its role, so that
+/// neither a rogue receiver (acknowledging what it does not hold) nor a rogue sender (writing
+/// into a log copy) is accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Sender,
+    Receiver,
+}
+
+/// What the HMAC covers after the nonce and before the role byte.
+pub const AUTH_CONTEXT: &[u8] = b"tandem-mirror";
+
+fn auth_mac(key: &Key, nonce: &[u8; NONCE_LEN], role: Role) -> hmac::Hmac<Sha256> {
+    let mut m = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(&key.0[..KEY_LEN])
+        .expect("HMAC takes any key length");
+    m.update(nonce);
+    m.update(AUTH_CONTEXT);
+    m.update(&[match role {
+        Role::Sender => b'S',
+        Role::Receiver => b'R',
+    }]);
+    m
+}
+
+/// The link handshake: each side sends a fresh nonce, then answers the other's with
+/// HMAC-SHA256(key, nonce || "tandem-mirror" || role). No secret crosses the wire.
+pub fn auth_tag(key: &Key, peer_nonce: &[u8; NONCE_LEN], my_role: Role) -> [u8; 32] {
+    auth_mac(key, peer_nonce, my_role)
+        .finalize()
+        .into_bytes()
+        .into()
+}
+
+/// Whether `tag` answers `my_nonce` from a peer in `peer_role` (constant time).
+pub fn auth_verify(key: &Key, my_nonce: &[u8; NONCE_LEN], peer_role: Role, tag: &[u8; 32]) -> bool {
+    auth_mac(key, my_nonce, peer_role).verify_slice(tag).is_ok()
+}
 
 /// A frame header (little-endian).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
@@ -281,6 +322,11 @@ impl Receiver {
         }
     }
 
+    /// The log this receiver keeps a copy of.
+    pub fn log_id(&self) -> u64 {
+        self.log_id
+    }
+
     /// The last stream sequence number applied (what `Hello` tells the sender).
     pub fn applied(&self) -> u64 {
         self.applied
@@ -352,6 +398,25 @@ mod tests {
         }
         .encode(&mut out);
         out
+    }
+
+    #[test]
+    fn the_handshake_binds_key_nonce_and_role() {
+        let (k, other) = (Key([3; 32]), Key([4; 32]));
+        let nonce = [9; 32];
+        let tag = auth_tag(&k, &nonce, Role::Sender);
+        assert!(auth_verify(&k, &nonce, Role::Sender, &tag));
+        assert!(!auth_verify(&other, &nonce, Role::Sender, &tag));
+        assert!(!auth_verify(&k, &[8; 32], Role::Sender, &tag));
+        assert!(
+            !auth_verify(&k, &nonce, Role::Receiver, &tag),
+            "a reflected tag"
+        );
+        let mgmt = crate::mgmt_auth::response(&k, &nonce);
+        assert!(
+            !auth_verify(&k, &nonce, Role::Sender, &mgmt),
+            "a management response"
+        );
     }
 
     #[test]

@@ -69,6 +69,7 @@ pub mod image;
 pub mod in_netns;
 pub mod ledger;
 pub mod mgmt;
+pub mod mirror;
 pub mod nbd_client;
 pub mod pair;
 pub mod qemu_bin;
