@@ -30,6 +30,8 @@
 //! - [`cargo_build`]: building a missing workspace artifact (the guest image,
 //!   `tandem-backend`) with cargo under a lock.
 //! - [`mgmt`]: the guest's management channel (keys, one authenticated command).
+//! - [`mirror`]: the NVLOG mirror link between two hosts (issue 16, in progress): the sending
+//!   and receiving ends over TCP with a mutual HMAC handshake.
 //! - [`nbd_client`], [`ledger`], [`in_netns`]: a small blocking NBD client, the write ledger
 //!   that checks every acknowledged write reads back, and running such clients inside a
 //!   pair's network namespace.
