@@ -1,8 +1,8 @@
 //! The `tandem` command line (clap derive), one submodule per command family: [`run`]
-//! (`tandem run`), [`bench`] (`tandem bench ...`), [`pair`] (`tandem pair ...`); the small
+//! (`tandem run`), [`bench`](mod@bench) (`tandem bench ...`), [`pair`] (`tandem pair ...`); the small
 //! commands (`qmp`, `mgmt`, `tls`) and the shared argument types are here. The commands
 //! themselves live in [`crate::run`], [`crate::bench`], [`crate::qmp_cmd`] and the modules each
-//! command names. The bench commands' arguments become the benches' typed plans in [`bench`]
+//! command names. The bench commands' arguments become the benches' typed plans in [`bench`](mod@bench)
 //! (`BenchBlkArgs::plan` and so on): the command line depends on [`crate::bench`], never the
 //! other way round. Everything is re-exported here, so `cli::RunArgs` and the like keep their
 //! paths.
@@ -15,9 +15,9 @@ use crate::accel::AccelChoice;
 use crate::bench::{Outputs, VmPlan};
 use crate::size::ByteSize;
 
-mod bench;
-mod pair;
-mod run;
+pub mod bench;
+pub mod pair;
+pub mod run;
 
 pub use bench::*;
 pub use pair::*;
