@@ -23,4 +23,5 @@ pub mod mgmt_status;
 pub mod mirror;
 pub mod nbd_wire;
 pub mod nvlog;
+pub mod nvlog_region;
 pub mod pair_region;

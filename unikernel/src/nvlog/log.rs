@@ -11,14 +11,12 @@ use alloc::vec::Vec;
 use core::sync::atomic::{fence, Ordering};
 
 use hpdi::{BufId, BufferPool, Segment, SgList};
-use zerocopy::{FromBytes, IntoBytes};
+use zerocopy::IntoBytes;
 
 use super::format::*;
 
-/// Largest record payload.
-pub const MAX_RECORD: u32 = 32 << 20;
-/// Sequence numbers stay below this (a superblock beyond it is corrupt).
-const MAX_SEQ: u64 = 1 << 62;
+pub use tandem_formats::nvlog_region::MAX_RECORD;
+use tandem_formats::nvlog_region::{newest_superblock, record_crc, walk, Geometry, Pages};
 
 /// A committed record not yet retired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,31 +78,23 @@ fn page_id(region: u8, index: u64) -> BufId {
     BufId::new(region, index as u32)
 }
 
-/// The newest valid superblock copy in page 0 of `region` (of `pages` pages) and which copy
-/// it is; `None` when neither is valid (a new log).
-fn newest_superblock(
-    pool: &BufferPool,
+/// Pool region `region` (of `pages` pages) as the pages the shared walk reads.
+struct PoolPages<'a> {
+    pool: &'a BufferPool,
     region: u8,
     pages: u64,
-) -> Result<Option<(usize, Superblock)>, NvlogError> {
-    let page0 = pool
-        .buf(page_id(region, 0))
-        .map_err(|_| NvlogError::BadRegion)?;
-    let copies = [0usize, 2048].map(|at| {
-        Superblock::read_from_prefix(&page0[at..])
-            .ok()
-            .map(|(s, _)| s)
-    });
-    Ok(copies
-        .iter()
-        .enumerate()
-        .filter_map(|(i, c)| {
-            // A sequence number near the end of the range is corruption (no log lives
-            // that long), and would overflow the next one.
-            c.filter(|s| s.valid() && u64::from(s.pages) == pages && s.retired_seq < MAX_SEQ)
-                .map(|s| (i, s))
-        })
-        .max_by_key(|(_, s)| s.retired_seq))
+}
+
+impl Pages for PoolPages<'_> {
+    fn pages(&self) -> u64 {
+        self.pages
+    }
+    fn page(&self, i: u64) -> Option<&[u8]> {
+        if i >= self.pages {
+            return None;
+        }
+        self.pool.buf(page_id(self.region, i)).ok()
+    }
 }
 
 impl Nvlog {
@@ -120,11 +110,10 @@ impl Nvlog {
         let pages = pool.region_capacity(region) as u64;
         // Every page of the region belongs to the log for good.
         while pool.alloc_in(region).is_ok() {}
-        let header_pages = (pages.saturating_sub(1)).div_ceil(HEADERS_PER_PAGE as u64 + 1);
-        let data_pages = pages.saturating_sub(1 + header_pages);
-        if header_pages == 0 || data_pages < 16 {
+        let Some(g) = Geometry::of(pages) else {
             return Err(NvlogError::TooSmall);
-        }
+        };
+        let (header_pages, data_pages) = (g.header_pages, g.data_pages);
         let mut log = Self {
             region,
             header_pages,
@@ -140,7 +129,14 @@ impl Nvlog {
             live: VecDeque::new(),
             reservations: BTreeMap::new(),
         };
-        let Some((copy, sb)) = newest_superblock(pool, region, pages)? else {
+        pool.buf(page_id(region, 0))
+            .map_err(|_| NvlogError::BadRegion)?;
+        let found = newest_superblock(&PoolPages {
+            pool,
+            region,
+            pages,
+        });
+        let Some((copy, sb)) = found else {
             log.write_superblock(pool);
             log.write_superblock(pool);
             return Ok((
@@ -170,33 +166,21 @@ impl Nvlog {
         Ok((log, report))
     }
 
-    /// Walks the records from the tail while each is the next in sequence and intact, and
-    /// keeps them as live (to replay); returns the sequence number of a torn record that
-    /// ended the walk (a bad checksum or impossible fields), if one did.
+    /// Keeps the records the shared recovery walk finds from the tail (to replay); returns
+    /// the sequence number of a torn record that ended the walk, if one did.
     fn recover(&mut self, pool: &BufferPool) -> Option<u64> {
-        let mut torn = None;
-        for _ in 0..self.slots {
-            let h = self.header_at(pool, self.head_slot);
-            if h.magic != RECORD_MAGIC || h.log_id != self.log_id || h.seq != self.next_seq {
-                break;
-            }
-            let kind = RecordKind::from_flags(h.flags);
-            let sane = kind.is_some()
-                && h.length > 0
-                && h.length <= MAX_RECORD
-                && u64::from(h.page) < self.data_pages
-                && u64::from(h.pages()) <= self.data_pages;
-            let (Some(kind), true) = (kind, sane) else {
-                torn = Some(h.seq);
-                break;
-            };
-            if self.record_crc(pool, &h) != h.crc {
-                torn = Some(h.seq);
-                break;
-            }
+        let w = walk(
+            &self.pages(pool),
+            &self.geometry(),
+            self.log_id,
+            self.head_slot,
+            self.next_seq,
+        );
+        for f in &w.records {
+            let h = f.header;
             self.live.push_back(Live {
                 seq: h.seq,
-                kind,
+                kind: f.kind,
                 disk_id: h.disk_id,
                 offset: h.offset,
                 length: h.length,
@@ -205,7 +189,16 @@ impl Nvlog {
             self.head_slot += 1;
             self.next_seq += 1;
         }
-        torn
+        w.torn
+    }
+
+    fn geometry(&self) -> Geometry {
+        Geometry {
+            pages: 1 + self.header_pages + self.data_pages,
+            header_pages: self.header_pages,
+            data_pages: self.data_pages,
+            slots: self.slots,
+        }
     }
 
     /// Gives the records found at open positions on one line (the ring unrolled after its
@@ -384,7 +377,7 @@ impl Nvlog {
             reserved: [0; 12],
             crc: 0,
         };
-        h.crc = self.record_crc(pool, &h);
+        h.crc = record_crc(&self.pages(pool), &self.geometry(), &h).unwrap_or(0);
         // The payload is in place before the header that vouches for it.
         fence(Ordering::SeqCst);
         let slot = self.head_slot;
@@ -426,30 +419,12 @@ impl Nvlog {
         }
     }
 
-    fn header_at(&self, pool: &BufferPool, slot: u64) -> RecordHeader {
-        pool.slice(&self.header_segment(slot))
-            .ok()
-            .and_then(|b| RecordHeader::read_from_bytes(b).ok())
-            .unwrap_or_default()
-    }
-
-    fn record_crc(&self, pool: &BufferPool, h: &RecordHeader) -> u32 {
-        let mut zeroed = *h;
-        zeroed.crc = 0;
-        let mut d = CRC.digest();
-        d.update(zeroed.as_bytes());
-        let mut at = 0;
-        let payload = if h.pages() > 0 { h.length } else { 0 };
-        while at < payload {
-            let sg = self.segments(u64::from(h.page), at, (payload - at).min(64 * PAGE as u32));
-            for seg in sg.as_slice() {
-                if let Ok(b) = pool.slice(seg) {
-                    d.update(b);
-                }
-                at += seg.len;
-            }
+    fn pages<'a>(&self, pool: &'a BufferPool) -> PoolPages<'a> {
+        PoolPages {
+            pool,
+            region: self.region,
+            pages: 1 + self.header_pages + self.data_pages,
         }
-        d.finalize()
     }
 
     fn write_superblock(&mut self, pool: &mut BufferPool) {
