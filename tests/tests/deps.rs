@@ -9,6 +9,11 @@
 //! `apt-get install`, and `apt-get install -s -o Dir::State::status=FILE` with those
 //! arguments must be accepted: exit 0, no broken packages. Nothing is installed.
 //!
+//! The cluster packages (corosync, Pacemaker, resource-agents, libvirtd) are planned with
+//! `--no-install-recommends`, and from a starting state without systemd (a container image)
+//! their simulated install brings neither systemd nor systemd-sysv; with recommends it
+//! would (so the flag is needed, not decoration).
+//!
 //! Needs apt's package lists (`apt-get update` once); fails saying so when they are missing.
 
 use std::collections::{HashMap, HashSet};
@@ -55,7 +60,33 @@ Depends: qemu-utils (= 1:10.0.2+ds-2+deb13u1~bpo12+1)
 Description: extra block backend modules for qemu-system and qemu-utils";
 
 /// The packages `scripts/deps` maps its commands to that a bare Debian 12 lacks.
-const TOOL_PACKAGES: &[&str] = &["libnbd-bin", "fio", "libvirt-clients", "libxml2-utils"];
+const TOOL_PACKAGES: &[&str] = &[
+    "libnbd-bin",
+    "fio",
+    "libvirt-clients",
+    "libxml2-utils",
+    "corosync",
+    "pacemaker",
+    "pacemaker-cli-utils",
+    "resource-agents",
+    "libvirt-daemon",
+    "libvirt-daemon-driver-qemu",
+];
+
+/// The cluster packages (the hosts-as-namespaces tests): they ship services, and none of
+/// them may bring an init system with it.
+const CLUSTER_PACKAGES: &[&str] = &[
+    "corosync",
+    "pacemaker",
+    "pacemaker-cli-utils",
+    "resource-agents",
+    "libvirt-daemon",
+    "libvirt-daemon-driver-qemu",
+];
+
+/// The init-system packages the cluster packages must not pull in (libvirt-daemon-system,
+/// a recommendation of libvirt-daemon, depends on systemd-sysv).
+const INIT_PACKAGES: &[&str] = &["systemd", "systemd-sysv", "libvirt-daemon-system"];
 
 /// What the script installed before (all missing packages and qemu-utils, unpinned) on the
 /// image: the command line that failed with "held broken packages".
@@ -614,5 +645,59 @@ fn non_root_prints_the_command() {
             "install them with: sudo apt-get update && sudo apt-get install {plan}\n"
         )),
         "{text}"
+    );
+}
+
+/// Whether the simulated install `sim` installs `pkg`.
+fn installs(sim: &str, pkg: &str) -> bool {
+    sim.lines()
+        .any(|l| l.strip_prefix("Inst ").and_then(|r| r.split(' ').next()) == Some(pkg))
+}
+
+/// The cluster packages come without an init system: from the image (which has systemd) and
+/// from the image without systemd (a container), nothing of systemd is installed; with
+/// recommends, libvirt-daemon-system and systemd-sysv would come.
+#[test]
+fn cluster_packages_pull_in_no_init_system() {
+    let ImageRun { plan, sim, .. } = image_run();
+    for p in CLUSTER_PACKAGES {
+        assert!(has(plan, p), "{p} missing from {plan:?}");
+    }
+    assert!(has(plan, "--no-install-recommends"), "{plan:?}");
+    for p in INIT_PACKAGES {
+        assert!(!installs(sim, p), "image: the plan installs {p}:\n{sim}");
+    }
+
+    let st = State::new(
+        "image without systemd",
+        image()
+            .without(|s| package(s).starts_with("systemd"))
+            .pruned(),
+    );
+    assert_eq!(st.status.installed("systemd-sysv"), None);
+    let plan = st.plan();
+    let sim = st.plan_accepted(&plan);
+    for p in CLUSTER_PACKAGES.iter().chain(["qemu-system-x86"].iter()) {
+        assert!(installs(&sim, p), "{}: {p} not installed:\n{sim}", st.name);
+    }
+    for p in INIT_PACKAGES {
+        assert!(
+            !installs(&sim, p),
+            "{}: the plan installs {p}:\n{sim}",
+            st.name
+        );
+    }
+    assert_done_after(st.name, st.after(&sim));
+
+    // The flag matters: with recommends, the init system comes along.
+    let with: Vec<String> = plan
+        .iter()
+        .filter(|a| *a != "--no-install-recommends")
+        .cloned()
+        .collect();
+    let (ok, text) = st.simulate(&with);
+    assert!(
+        ok && installs(&text, "systemd-sysv"),
+        "expected systemd-sysv with recommends:\n{text}"
     );
 }
