@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use tandem_formats::cmdline::{key, word};
 
 use super::config::{Appliance, Kind};
-use crate::accel::{self, AccelChoice};
+use crate::accel::{self, Accel, AccelChoice};
 use crate::builder::{shell_quote, DiskFormat, MacAddr, QemuCommand, SharedRegion};
 use crate::cli::{Cli, Command, RunArgs};
 use crate::mgmt::KEY_FILE;
@@ -479,6 +479,44 @@ fn installed(app: &Appliance, rel: &str) -> String {
 /// places them under `tandem run`).
 const FIRST_SLOT: usize = 2;
 
+/// How a domain XML gives the guest its NVRAM, and for which accelerator it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DomainOptions<'a> {
+    /// `type='kvm'` or `type='qemu'` (TCG). The CPU element (`maximum`) suits both.
+    pub accel: Accel,
+    /// Where the NVRAM region is.
+    pub nvram: NvramDevice<'a>,
+}
+
+/// Where a domain's NVRAM region is. Either way it is an `ivshmem-plain` device in the slot
+/// after the NIC: the first ivshmem function the guest finds on PCI is its NVRAM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NvramDevice<'a> {
+    /// The appliance's region file under `install_dir`, through `qemu:commandline` (libvirt's
+    /// `<shmem>` cannot name a file).
+    File,
+    /// `<shmem name='NAME'>`: the file `/dev/shm/NAME` on whichever host runs the domain (a
+    /// cluster guest, whose log the mirror keeps there on the other host).
+    Shmem(&'a str),
+}
+
+impl DomainOptions<'_> {
+    /// What `tandem image build` writes: `type='kvm'`, the region file.
+    pub fn appliance() -> Self {
+        DomainOptions {
+            accel: Accel::Kvm,
+            nvram: NvramDevice::File,
+        }
+    }
+
+    fn domain_type(&self) -> &'static str {
+        match self.accel {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "qemu",
+        }
+    }
+}
+
 /// The libvirt domain XML (`domain.xml`).
 pub fn libvirt_xml(app: &Appliance, g: &GuestPlan) -> String {
     let mut s = String::new();
@@ -507,9 +545,17 @@ pub fn libvirt_xml(app: &Appliance, g: &GuestPlan) -> String {
             k = xml(k),
         );
     }
+    s.push_str(&domain_xml(app, g, &DomainOptions::appliance()));
+    s
+}
+
+/// The `<domain>` element of a guest's libvirt XML (no comment before it).
+pub fn domain_xml(app: &Appliance, g: &GuestPlan, opts: &DomainOptions<'_>) -> String {
+    let mut s = String::new();
     let _ = writeln!(
         s,
-        "<domain type='kvm' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>"
+        "<domain type='{}' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>",
+        opts.domain_type()
     );
     let _ = writeln!(s, "  <name>{}</name>", xml(&g.domain));
     let _ = writeln!(
@@ -541,6 +587,9 @@ pub fn libvirt_xml(app: &Appliance, g: &GuestPlan) -> String {
     let _ = writeln!(s, "  <on_crash>destroy</on_crash>");
     let _ = writeln!(s, "  <devices>");
     let nic_slot = xml_disks_and_nic(&mut s, app, g);
+    if let NvramDevice::Shmem(name) = opts.nvram {
+        xml_shmem(&mut s, name, g.region.1, nic_slot + 1);
+    }
     let _ = writeln!(s, "    <controller type='usb' model='none'/>");
     let _ = writeln!(
         s,
@@ -552,7 +601,7 @@ pub fn libvirt_xml(app: &Appliance, g: &GuestPlan) -> String {
     );
     let _ = writeln!(s, "    <memballoon model='none'/>");
     let _ = writeln!(s, "  </devices>");
-    xml_qemu_commandline(&mut s, app, g, nic_slot);
+    xml_qemu_commandline(&mut s, app, g, nic_slot, opts);
     let _ = writeln!(s, "</domain>");
     s
 }
@@ -595,27 +644,41 @@ fn xml_disks_and_nic(s: &mut String, app: &Appliance, g: &GuestPlan) -> usize {
     nic_slot
 }
 
+/// The NVRAM as `<shmem>` in PCI slot `slot` (libvirt maps `/dev/shm/NAME`; the size is in
+/// whole MiB, a power of two like every region size).
+fn xml_shmem(s: &mut String, name: &str, size: ByteSize, slot: usize) {
+    let _ = writeln!(s, "    <shmem name='{}'>", xml(name));
+    let _ = writeln!(s, "      <model type='ivshmem-plain'/>");
+    let _ = writeln!(s, "      <size unit='M'>{}</size>", size.as_mib());
+    let _ = writeln!(s, "      {}", pci_address(slot));
+    let _ = writeln!(s, "    </shmem>");
+}
+
 /// What libvirt has no element for, as QEMU arguments: the NVRAM region's ivshmem-plain
-/// device (in the slot after the NIC) and the isa-debug-exit port.
-fn xml_qemu_commandline(s: &mut String, app: &Appliance, g: &GuestPlan, nic_slot: usize) {
+/// device over a file (in the slot after the NIC) and the isa-debug-exit port.
+fn xml_qemu_commandline(
+    s: &mut String,
+    app: &Appliance,
+    g: &GuestPlan,
+    nic_slot: usize,
+    opts: &DomainOptions<'_>,
+) {
     let _ = writeln!(s, "  <qemu:commandline>");
-    let region = format!(
-        "memory-backend-file,id=nvram0,share=on,mem-path={},size={}",
-        installed(app, &g.region.0),
-        g.region.1
-    );
-    let region_dev = format!(
-        "ivshmem-plain,memdev=nvram0,bus=pcie.0,addr={:#x}",
-        nic_slot + 1
-    );
-    for v in [
-        "-object",
-        region.as_str(),
-        "-device",
-        region_dev.as_str(),
-        "-device",
-        "isa-debug-exit,iobase=0xf4,iosize=0x04",
-    ] {
+    let mut args = Vec::new();
+    if opts.nvram == NvramDevice::File {
+        let region = format!(
+            "memory-backend-file,id=nvram0,share=on,mem-path={},size={}",
+            installed(app, &g.region.0),
+            g.region.1
+        );
+        let region_dev = format!(
+            "ivshmem-plain,memdev=nvram0,bus=pcie.0,addr={:#x}",
+            nic_slot + 1
+        );
+        args.extend(["-object".to_string(), region, "-device".into(), region_dev]);
+    }
+    args.extend(["-device".into(), "isa-debug-exit,iobase=0xf4,iosize=0x04".into()]);
+    for v in &args {
         let _ = writeln!(s, "    <qemu:arg value='{}'/>", xml(v));
     }
     let _ = writeln!(s, "  </qemu:commandline>");
