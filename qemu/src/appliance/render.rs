@@ -677,7 +677,10 @@ fn xml_qemu_commandline(
         );
         args.extend(["-object".to_string(), region, "-device".into(), region_dev]);
     }
-    args.extend(["-device".into(), "isa-debug-exit,iobase=0xf4,iosize=0x04".into()]);
+    args.extend([
+        "-device".into(),
+        "isa-debug-exit,iobase=0xf4,iosize=0x04".into(),
+    ]);
     for v in &args {
         let _ = writeln!(s, "    <qemu:arg value='{}'/>", xml(v));
     }
