@@ -168,6 +168,12 @@ pub mod word {
     pub const REQUEST_SEQ: u64 = 136;
     /// [node] The last request sequence number carried out.
     pub const REQUEST_DONE: u64 = 144;
+    /// [node] The node's [`super::conn`] table: server-side TCP connections open at its
+    /// last update (recorded or not), how many of those found no entry, and a count of the
+    /// updates (incremented after each change of the table is complete).
+    pub const CONN_OPEN: u64 = 152;
+    pub const CONN_UNRECORDED: u64 = 160;
+    pub const CONN_UPDATES: u64 = 168;
     /// [host] The claim epoch for which the host killed this node's QEMU and saw it exit.
     pub const DEAD: u64 = 192;
 }
@@ -383,6 +389,194 @@ pub fn announcement(w: &dyn Words, n: usize) -> Option<(u64, u64, [u8; 4], [u8; 
     Some((off, len, (ip as u32).to_be_bytes(), m))
 }
 
+/// Each node's table of its server-side TCP connections (FORMATS.md, "Pair region",
+/// "Connection table"): what a survivor needs to tell the peer's clients at once that their
+/// connections are gone (`unikernel::ha::reset`), instead of leaving each client to its own
+/// timeout.
+///
+/// One writer, the node ([`Table`]); the survivor and the host read ([`entry`],
+/// [`connections`]). Each entry is sealed by a CRC32C word stored last (and cleared first
+/// whenever the entry changes), so an entry torn by the node's death mid-update reads as empty.
+/// The table holds [`ENTRIES`]; a node with more connections records what fits and counts the
+/// rest (`word::CONN_UNRECORDED`).
+///
+/// Entries hold the 4-tuple only, no sequence numbers: keeping those current would cost a
+/// region store per segment, smoltcp does not expose them, and the survivor does not need
+/// them: RFC 5961's challenge ACK makes the client state its exact sequence numbers at the
+/// moment of the reset, which no recorded value could.
+pub mod conn {
+    use alloc::vec::Vec;
+
+    use zerocopy::IntoBytes;
+
+    use super::{crc32c, get, set, word, Words, BLOCK, CONTROL, NODES};
+
+    /// Entries per node: two NBD services of 24 sockets each (own exports and, while
+    /// covering, the peer's), or one and the management channel's with room to spare.
+    pub const ENTRIES: usize = 48;
+    /// Bytes per entry (four words).
+    pub const ENTRY: u64 = 32;
+    /// Where the tables start: right after the two control blocks, node A's then node B's.
+    pub const TABLES: u64 = CONTROL + NODES as u64 * BLOCK;
+    /// Mixed into every seal, so zeroed or foreign words never read as an entry.
+    pub const SEAL_MAGIC: [u8; 8] = *b"TNDMCONN";
+
+    /// Words of an entry, by offset within it.
+    pub const IPS: u64 = 0;
+    pub const PORTS: u64 = 8;
+    pub const SINCE: u64 = 16;
+    pub const SEAL: u64 = 24;
+
+    const _: () = assert!(TABLES + (NODES * ENTRIES) as u64 * ENTRY <= super::AREAS);
+
+    /// Byte offset in the region of entry `i` of `node`'s table.
+    pub fn entry_offset(node: usize, i: usize) -> u64 {
+        TABLES + (node * ENTRIES + i) as u64 * ENTRY
+    }
+
+    /// One TCP connection, as the server sees it.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Conn {
+        pub local_ip: [u8; 4],
+        pub local_port: u16,
+        pub remote_ip: [u8; 4],
+        pub remote_port: u16,
+    }
+
+    impl Conn {
+        /// The entry's `ips` and `ports` words.
+        pub fn words(&self) -> (u64, u64) {
+            let ip = |a: [u8; 4]| u64::from(u32::from_be_bytes(a));
+            let ips = (ip(self.local_ip) << 32) | ip(self.remote_ip);
+            let ports = (u64::from(self.local_port) << 16) | u64::from(self.remote_port);
+            (ips, ports)
+        }
+
+        /// The connection the two words describe (`None` when reserved bits are set).
+        pub fn from_words(ips: u64, ports: u64) -> Option<Self> {
+            if ports >> 32 != 0 {
+                return None;
+            }
+            Some(Conn {
+                local_ip: ((ips >> 32) as u32).to_be_bytes(),
+                local_port: (ports >> 16) as u16,
+                remote_ip: (ips as u32).to_be_bytes(),
+                remote_port: ports as u16,
+            })
+        }
+    }
+
+    /// The seal of entry `i` of `node`'s table holding these words: bit 32 set (never 0,
+    /// "empty"), a CRC32C of the magic, the position and the words in the low 32 bits.
+    pub fn seal(node: usize, i: usize, ips: u64, ports: u64, since: u64) -> u64 {
+        let words = [node as u64, i as u64, ips, ports, since];
+        (1 << 32) | u64::from(crc32c(&[&SEAL_MAGIC, words.as_bytes()]))
+    }
+
+    /// Entry `i` of `node`'s table, if sealed: the connection and when the node recorded it
+    /// (its own clock, µs).
+    pub fn entry(w: &dyn Words, node: usize, i: usize) -> Option<(Conn, u64)> {
+        if node >= NODES || i >= ENTRIES {
+            return None;
+        }
+        let at = entry_offset(node, i);
+        let s = w.load(at + SEAL);
+        if s == 0 {
+            return None;
+        }
+        let (ips, ports, since) = (w.load(at + IPS), w.load(at + PORTS), w.load(at + SINCE));
+        if s != seal(node, i, ips, ports, since) {
+            return None;
+        }
+        Some((Conn::from_words(ips, ports)?, since))
+    }
+
+    /// Every intact entry of `node`'s table.
+    pub fn connections(w: &dyn Words, node: usize) -> Vec<Conn> {
+        (0..ENTRIES).filter_map(|i| entry(w, node, i)).map(|e| e.0).collect()
+    }
+
+    /// The writer's side: the node keeps its table equal to its open connections.
+    pub struct Table {
+        node: usize,
+        slots: [Option<Conn>; ENTRIES],
+        /// The connections of the last update, in the order given (a cheap "nothing changed").
+        last: Vec<Conn>,
+        unrecorded: u64,
+        updates: u64,
+    }
+
+    impl Table {
+        /// `node`'s table, emptied: a new life has no connections yet (those of a previous
+        /// life died with its network stack).
+        pub fn start(w: &dyn Words, node: usize) -> Self {
+            for i in 0..ENTRIES {
+                w.store(entry_offset(node, i) + SEAL, 0);
+            }
+            set(w, node, word::CONN_OPEN, 0);
+            set(w, node, word::CONN_UNRECORDED, 0);
+            let updates = get(w, node, word::CONN_UPDATES).wrapping_add(1);
+            w.fence();
+            set(w, node, word::CONN_UPDATES, updates);
+            Table {
+                node,
+                slots: [None; ENTRIES],
+                last: Vec::new(),
+                unrecorded: 0,
+                updates,
+            }
+        }
+
+        /// Brings the table in line with `open`, the node's connections now (at `now_us`):
+        /// entries of closed connections are cleared, new connections take free entries, those
+        /// finding none are counted. Returns whether anything was written: nothing is when
+        /// `open` is what it was at the last call.
+        pub fn sync(&mut self, w: &dyn Words, now_us: u64, open: &[Conn]) -> bool {
+            if open == self.last.as_slice() {
+                return false;
+            }
+            self.last.clear();
+            self.last.extend_from_slice(open);
+            for (i, slot) in self.slots.iter_mut().enumerate() {
+                if slot.is_some_and(|c| !open.contains(&c)) {
+                    w.store(entry_offset(self.node, i) + SEAL, 0);
+                    *slot = None;
+                }
+            }
+            w.fence();
+            for c in open {
+                if self.slots.contains(&Some(*c)) {
+                    continue;
+                }
+                let Some(i) = self.slots.iter().position(Option::is_none) else {
+                    continue;
+                };
+                self.slots[i] = Some(*c);
+                let at = entry_offset(self.node, i);
+                let (ips, ports) = c.words();
+                w.store(at + IPS, ips);
+                w.store(at + PORTS, ports);
+                w.store(at + SINCE, now_us);
+                w.fence();
+                w.store(at + SEAL, seal(self.node, i, ips, ports, now_us));
+            }
+            let recorded = self.slots.iter().flatten().count();
+            self.unrecorded = (open.len() - recorded.min(open.len())) as u64;
+            set(w, self.node, word::CONN_OPEN, open.len() as u64);
+            set(w, self.node, word::CONN_UNRECORDED, self.unrecorded);
+            self.updates = self.updates.wrapping_add(1);
+            w.fence();
+            set(w, self.node, word::CONN_UPDATES, self.updates);
+            true
+        }
+
+        /// Connections open at the last update that found no entry.
+        pub fn unrecorded(&self) -> u64 {
+            self.unrecorded
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -535,6 +729,87 @@ mod tests {
         );
         set(&w, 1, word::LOG_LEN, 5);
         assert_eq!(announcement(&w, 1), None, "a changed word breaks the seal");
+    }
+
+    fn conn(i: u16) -> conn::Conn {
+        conn::Conn {
+            local_ip: [10, 77, 0, 10],
+            local_port: 10809,
+            remote_ip: [10, 77, 0, 1],
+            remote_port: 40000 + i,
+        }
+    }
+
+    #[test]
+    fn connection_table_round_trip_and_updates() {
+        let w = Mem::new();
+        let mut t = conn::Table::start(&w, 0);
+        let started = get(&w, 0, word::CONN_UPDATES);
+        assert!(conn::connections(&w, 0).is_empty());
+        assert!(t.sync(&w, 5, &[conn(1), conn(2)]));
+        assert!(!t.sync(&w, 6, &[conn(1), conn(2)]), "nothing changed");
+        assert_eq!(conn::connections(&w, 0), [conn(1), conn(2)]);
+        assert_eq!(conn::entry(&w, 0, 0), Some((conn(1), 5)));
+        assert_eq!(get(&w, 0, word::CONN_OPEN), 2);
+        assert_eq!(get(&w, 0, word::CONN_UPDATES), started + 1);
+        // conn 1 closes, conn 3 opens: it takes the freed entry; conn 2 stays where it was.
+        assert!(t.sync(&w, 7, &[conn(2), conn(3)]));
+        assert_eq!(conn::entry(&w, 0, 0), Some((conn(3), 7)));
+        assert_eq!(conn::entry(&w, 0, 1), Some((conn(2), 5)));
+        assert!(conn::connections(&w, 1).is_empty(), "the peer's table is untouched");
+        // The words round-trip through the entry encoding.
+        let c = conn(9);
+        let (ips, ports) = c.words();
+        assert_eq!(conn::Conn::from_words(ips, ports), Some(c));
+        assert_eq!(conn::Conn::from_words(ips, ports | 1 << 40), None);
+        // A new life starts empty.
+        conn::Table::start(&w, 0);
+        assert!(conn::connections(&w, 0).is_empty());
+        assert_eq!(get(&w, 0, word::CONN_OPEN), 0);
+    }
+
+    #[test]
+    fn torn_or_moved_entries_read_as_empty() {
+        let w = Mem::new();
+        let mut t = conn::Table::start(&w, 1);
+        t.sync(&w, 1, &[conn(1), conn(2)]);
+        // The node died between the words and the seal of entry 1: a word of a newer
+        // connection over the old seal.
+        let at = conn::entry_offset(1, 1);
+        w.store(at + conn::PORTS, conn(7).words().1);
+        assert_eq!(conn::connections(&w, 1), [conn(1)]);
+        // A sealed entry copied to another slot or the other node's table is not valid there.
+        let e0 = conn::entry_offset(1, 0);
+        for off in [conn::IPS, conn::PORTS, conn::SINCE, conn::SEAL] {
+            w.store(conn::entry_offset(1, 5) + off, w.load(e0 + off));
+            w.store(conn::entry_offset(0, 0) + off, w.load(e0 + off));
+        }
+        assert_eq!(conn::entry(&w, 1, 5), None);
+        assert_eq!(conn::entry(&w, 0, 0), None);
+        assert_eq!(conn::entry(&w, 1, conn::ENTRIES), None, "out of range");
+        assert_eq!(conn::entry(&w, 2, 0), None, "no third node");
+    }
+
+    #[test]
+    fn more_connections_than_entries_are_counted() {
+        let w = Mem::new();
+        let mut t = conn::Table::start(&w, 0);
+        let many: std::vec::Vec<_> = (0..conn::ENTRIES as u16 + 5).map(conn).collect();
+        t.sync(&w, 1, &many);
+        assert_eq!(conn::connections(&w, 0).len(), conn::ENTRIES);
+        assert_eq!(get(&w, 0, word::CONN_OPEN), many.len() as u64);
+        assert_eq!(get(&w, 0, word::CONN_UNRECORDED), 5);
+        assert_eq!(t.unrecorded(), 5);
+        // Two recorded ones close: two of the unrecorded take their entries.
+        let fewer = &many[2..];
+        t.sync(&w, 2, fewer);
+        let now = conn::connections(&w, 0);
+        assert_eq!(now.len(), conn::ENTRIES);
+        assert!(now.iter().all(|c| fewer.contains(c)));
+        assert_eq!(get(&w, 0, word::CONN_UNRECORDED), 3);
+        // Nothing written beyond the node's own table.
+        assert!(conn::connections(&w, 1).is_empty());
+        assert_eq!(get(&w, 1, word::CONN_OPEN), 0);
     }
 
     #[test]
