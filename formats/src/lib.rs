@@ -21,6 +21,7 @@ pub mod disk_label;
 pub mod mgmt_auth;
 pub mod mgmt_status;
 pub mod mirror;
+pub mod mirror_ship;
 pub mod nbd_wire;
 pub mod nvlog;
 pub mod nvlog_region;

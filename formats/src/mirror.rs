@@ -381,6 +381,85 @@ impl Receiver {
     }
 }
 
+/// Byte offset in page 0 of a node's NVLOG region of the [`MirrorBlock`] (between the two
+/// superblock copies, which take 72 bytes each at 0 and 2048).
+pub const BLOCK_AT: usize = 1024;
+/// `TNDMMIRB`.
+pub const BLOCK_MAGIC: [u8; 8] = *b"TNDMMIRB";
+pub const BLOCK_VERSION: u32 = 1;
+/// The sender rewrites its block at least this often, so the guest can tell a live sender
+/// from a dead one by the `beat` counter.
+pub const BEAT_MS: u64 = 100;
+
+/// What the mirror sender on the node's host tells the guest, in the guest's own region.
+/// The host is its only writer; the guest only reads it. The sender writes the whole block
+/// at once with a new CRC; a read that catches it half written fails the CRC and the guest
+/// keeps the last good one.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout, PartialEq, Eq)]
+pub struct MirrorBlock {
+    pub magic: [u8; 8],
+    pub version: u32,
+    /// A [`LinkState`] value.
+    pub state: u32,
+    /// The NVLOG (superblock `log_id`) that `mirrored` counts in.
+    pub log_id: u64,
+    /// Every record of that log up to this sequence number is in the other host's copy, or
+    /// retired (on disk).
+    pub mirrored: u64,
+    /// Incremented on every rewrite.
+    pub beat: u64,
+    pub reserved: [u8; 20],
+    /// CRC32C of the bytes above.
+    pub crc: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<MirrorBlock>() == 64);
+// The block sits between the superblock copies.
+const _: () = assert!(BLOCK_AT >= 72 && BLOCK_AT + 64 <= 2048);
+
+/// The link as the sender sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum LinkState {
+    /// Connected: `mirrored` advances with the guest's commits.
+    Up = 1,
+    /// Not connected (the peer host is down, the link is cut, or it refused the key).
+    Down = 2,
+}
+
+impl MirrorBlock {
+    pub fn new(state: LinkState, log_id: u64, mirrored: u64, beat: u64) -> Self {
+        let mut b = Self {
+            magic: BLOCK_MAGIC,
+            version: BLOCK_VERSION,
+            state: state as u32,
+            log_id,
+            mirrored,
+            beat,
+            reserved: [0; 20],
+            crc: 0,
+        };
+        b.crc = crc32c(&[&b.as_bytes()[..core::mem::offset_of!(MirrorBlock, crc)]]);
+        b
+    }
+
+    /// The block in `bytes` (at least 64), if it is whole and valid.
+    pub fn parse(bytes: &[u8]) -> Option<Self> {
+        let (b, _) = Self::read_from_prefix(bytes).ok()?;
+        let crc = crc32c(&[&b.as_bytes()[..core::mem::offset_of!(MirrorBlock, crc)]]);
+        (b.magic == BLOCK_MAGIC && b.version == BLOCK_VERSION && b.crc == crc).then_some(b)
+    }
+
+    pub fn link(&self) -> Option<LinkState> {
+        match self.state {
+            1 => Some(LinkState::Up),
+            2 => Some(LinkState::Down),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -531,5 +610,19 @@ mod tests {
         let crc = crc32c(&[h.as_bytes()]);
         other[40..44].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(take(&other), Err(StreamError::WrongLog(8)));
+    }
+
+    #[test]
+    fn the_mirror_block_round_trips_and_a_torn_one_is_refused() {
+        let b = MirrorBlock::new(LinkState::Up, 0xabc, 41, 7);
+        let bytes = b.as_bytes().to_vec();
+        assert_eq!(MirrorBlock::parse(&bytes), Some(b));
+        assert_eq!(b.link(), Some(LinkState::Up));
+        for i in 0..bytes.len() {
+            let mut t = bytes.clone();
+            t[i] ^= 0x10;
+            assert_eq!(MirrorBlock::parse(&t), None, "byte {i} flipped");
+        }
+        assert_eq!(MirrorBlock::parse(&bytes[..63]), None);
     }
 }

@@ -15,4 +15,6 @@ pub use tandem_formats::nvlog as format;
 pub mod log;
 
 #[cfg(test)]
+mod mirror_tests;
+#[cfg(test)]
 mod tests;
