@@ -51,6 +51,8 @@
 //! - [`appliance`]: appliance images (`tandem image build|run|check`): one description
 //!   gives a directory with the kernel, labelled disks, NVRAM, launch script, libvirt XML,
 //!   xl config and a manifest.
+//! - [`cluster`]: `tandem cluster config`, the files an operator feeds to corosync,
+//!   Pacemaker and libvirt to run appliances across two hosts with the NVLOG mirrored.
 //!
 //! Integration tests in the workspace's `tests/` package use [`builder`] and [`vm`] to boot
 //! the real guest image, so the tests and the command start QEMU the same way.
@@ -65,6 +67,7 @@ pub mod builder;
 pub mod cargo_build;
 pub mod check;
 pub mod cli;
+pub mod cluster;
 pub mod console;
 pub mod exit;
 pub mod image;

@@ -16,6 +16,7 @@ fn main() {
         Command::Tls(tandem_qemu::cli::TlsCommand::Create(args)) => {
             tandem_qemu::tls::create_cli(args)
         }
+        Command::Cluster(cmd) => cmd.run(),
     };
     match result {
         Ok(code) => std::process::exit(code),

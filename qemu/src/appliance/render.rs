@@ -453,7 +453,7 @@ fn script_qemu_args(g: &GuestPlan) -> Vec<String> {
 }
 
 /// XML text escaping (attribute and element content).
-fn xml(s: &str) -> String {
+pub(crate) fn xml(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

@@ -1,5 +1,6 @@
 //! The `tandem` command line (clap derive), one submodule per command family: [`run`]
-//! (`tandem run`), [`bench`](mod@bench) (`tandem bench ...`), [`pair`] (`tandem pair ...`); the small
+//! (`tandem run`), [`bench`](mod@bench) (`tandem bench ...`), [`pair`] (`tandem pair ...`), [`cluster`]
+//! (`tandem cluster ...`); the small
 //! commands (`qmp`, `mgmt`, `tls`) and the shared argument types are here. The commands
 //! themselves live in [`crate::run`], [`crate::bench`], [`crate::qmp_cmd`] and the modules each
 //! command names. The bench commands' arguments become the benches' typed plans in [`bench`](mod@bench)
@@ -16,10 +17,12 @@ use crate::bench::{Outputs, VmPlan};
 use crate::size::ByteSize;
 
 pub mod bench;
+pub mod cluster;
 pub mod pair;
 pub mod run;
 
 pub use bench::*;
+pub use cluster::*;
 pub use pair::*;
 pub use run::*;
 
@@ -74,6 +77,9 @@ pub enum Command {
     /// TLS credentials for NBD over TLS (QEMU's tls-creds-x509 directory layout).
     #[command(subcommand)]
     Tls(TlsCommand),
+    /// Two hosts under corosync, Pacemaker and libvirt: the operator's configuration files.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
 }
 
 /// `tandem tls ...`.
