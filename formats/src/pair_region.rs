@@ -493,7 +493,10 @@ pub mod conn {
 
     /// Every intact entry of `node`'s table.
     pub fn connections(w: &dyn Words, node: usize) -> Vec<Conn> {
-        (0..ENTRIES).filter_map(|i| entry(w, node, i)).map(|e| e.0).collect()
+        (0..ENTRIES)
+            .filter_map(|i| entry(w, node, i))
+            .map(|e| e.0)
+            .collect()
     }
 
     /// The writer's side: the node keeps its table equal to its open connections.
@@ -756,7 +759,10 @@ mod tests {
         assert!(t.sync(&w, 7, &[conn(2), conn(3)]));
         assert_eq!(conn::entry(&w, 0, 0), Some((conn(3), 7)));
         assert_eq!(conn::entry(&w, 0, 1), Some((conn(2), 5)));
-        assert!(conn::connections(&w, 1).is_empty(), "the peer's table is untouched");
+        assert!(
+            conn::connections(&w, 1).is_empty(),
+            "the peer's table is untouched"
+        );
         // The words round-trip through the entry encoding.
         let c = conn(9);
         let (ips, ports) = c.words();

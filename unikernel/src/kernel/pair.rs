@@ -7,14 +7,21 @@
 //! and prints what it reports (`TANDEM TAKEOVER|GIVEBACK ...` lines, warnings). What to do
 //! with the storage services and the network is returned as an [`Action`] for the service
 //! loop to carry out (`pair_service`).
+//!
+//! It also keeps this node's connection table in the region current ([`Clients`]), and resets
+//! the peer's clients after a takeover (`unikernel::ha::reset`, issue 16 §5): without it a
+//! client waiting for a reply learns of the takeover only from its own timeout.
 
 use alloc::format;
 use alloc::string::String;
+use alloc::vec::Vec;
 
 use log::{info, warn};
 use unikernel::cmdline::PairConfig;
 use unikernel::ha::protocol::{self, Covering, Event, Joining, Protocol};
+use unikernel::ha::region::conn::{self, Conn};
 use unikernel::ha::region::{State, Words};
+use unikernel::ha::reset::{self, Outcome, Resets};
 
 pub use unikernel::ha::protocol::Action;
 
@@ -55,6 +62,8 @@ impl Words for Region {
 pub struct Pair {
     protocol: Protocol,
     region: Region,
+    /// This node's connection table, and the resets of the peer's clients under way.
+    pub clients: Clients,
 }
 
 impl core::ops::Deref for Pair {
@@ -84,7 +93,17 @@ impl Pair {
         let (me, peer) = (cfg.name(), peer_name(&cfg));
         let protocol = Protocol::join(cfg, &region, at, now_us(), &mut |e| report(me, peer, e))
             .map_err(|e| format!("shared region at {:#x}: {e}", regs.base()))?;
-        Ok(Self { protocol, region })
+        let clients = Clients {
+            table: conn::Table::start(&region, protocol.me),
+            open: Vec::new(),
+            resets: Resets::new(),
+            me,
+        };
+        Ok(Self {
+            protocol,
+            region,
+            clients,
+        })
     }
 
     /// The region's control words.
@@ -126,6 +145,86 @@ impl Pair {
         self.protocol
             .publish_activity(&self.region, cp_active, replay_left);
     }
+}
+
+/// This node's connection table in the region, and the resets of the peer's clients.
+pub struct Clients {
+    table: conn::Table,
+    /// The connections found this turn (kept to reuse its allocation).
+    open: Vec<Conn>,
+    resets: Resets,
+    me: char,
+}
+
+impl Clients {
+    /// One turn: the resets under way, then this node's table brought up to date (it is
+    /// written only when the set of connections changed: on accept and close).
+    pub fn poll(
+        &mut self,
+        region: &Region,
+        iface_now: smoltcp::time::Instant,
+        sockets: &mut smoltcp::iface::SocketSet<'static>,
+    ) {
+        let me = self.me;
+        self.resets
+            .poll(sockets, iface_now, &mut |o| report_reset(me, o));
+        let resets = &self.resets;
+        reset::open_connections(sockets, |h| resets.owns(h), &mut self.open);
+        self.table.sync(region, now_us(), &self.open);
+    }
+
+    /// After taking the address `ip` over from node `peer`: resets every client the peer
+    /// recorded on that address. Returns how many resets were started.
+    pub fn reset_peers_clients(
+        &mut self,
+        region: &Region,
+        peer: usize,
+        ip: [u8; 4],
+        iface: &mut smoltcp::iface::Interface,
+        sockets: &mut smoltcp::iface::SocketSet<'static>,
+    ) -> usize {
+        let conns: Vec<Conn> = conn::connections(region, peer)
+            .into_iter()
+            .filter(|c| c.local_ip == ip)
+            .collect();
+        let unrecorded =
+            unikernel::ha::region::get(region, peer, unikernel::ha::region::word::CONN_UNRECORDED);
+        let me = self.me;
+        let started = self
+            .resets
+            .start(iface, sockets, &conns, crate::net::now(), &mut |o| {
+                report_reset(me, o)
+            });
+        console::line(format_args!(
+            "TANDEM TAKEOVER node={me} step=reset-clients clients={started} unrecorded={unrecorded} t_us={}",
+            now_us()
+        ));
+        started
+    }
+
+    /// Stops resetting clients on `ip` (given back).
+    pub fn cancel(&mut self, ip: [u8; 4], sockets: &mut smoltcp::iface::SocketSet<'static>) {
+        self.resets.cancel(sockets, |c| c.local_ip == ip);
+    }
+}
+
+/// A `TANDEM CLIENT-RESET` line for each reset that ended.
+fn report_reset(me: char, o: Outcome) {
+    let (conn, result, after) = match o {
+        Outcome::Gone { conn, after } => (conn, "gone", Some(after)),
+        Outcome::NoAnswer { conn } => (conn, "no-answer", None),
+        Outcome::Accepted { conn } => (conn, "accepted-aborted", None),
+        Outcome::Refused { conn } => (conn, "refused", None),
+    };
+    let [a, b, c, d] = conn.remote_ip;
+    let [e, f, g, h] = conn.local_ip;
+    console::line(format_args!(
+        "TANDEM CLIENT-RESET node={me} client={a}.{b}.{c}.{d}:{} server={e}.{f}.{g}.{h}:{} result={result} after_ms={} t_us={}",
+        conn.remote_port,
+        conn.local_port,
+        after.map_or(0, |d| d.total_millis()),
+        now_us()
+    ));
 }
 
 /// Called by the restart path after the devices were quiesced: `node` obeys `epoch`.

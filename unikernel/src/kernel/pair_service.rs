@@ -168,6 +168,9 @@ pub fn turn(
     announcer: &mut Announcer,
 ) -> Option<Cause> {
     announcer.run(stack);
+    let region = *p.region();
+    p.clients
+        .poll(&region, crate::net::now(), &mut stack.sockets);
     let (cp, left) = [stack.nbd.as_ref(), stack.peer_nbd.as_ref()]
         .into_iter()
         .flatten()
@@ -223,6 +226,9 @@ pub fn turn(
         Action::TakeAddress { ip } => {
             stack.add_address(ip);
             announcer.schedule(ip);
+            // The first gratuitous ARP now, ahead of the resets' SYNs: the clients' answers
+            // must come here, not to the failed node's MAC.
+            announcer.run(stack);
             let [a, b, c, d] = ip;
             if let Some(s) = stack.peer_nbd.as_ref() {
                 for e in s.exports() {
@@ -233,11 +239,15 @@ pub fn turn(
                 }
             }
             p.covering_serving();
+            let (region, peer) = (*p.region(), 1 - p.me);
+            p.clients
+                .reset_peers_clients(&region, peer, ip, &mut stack.iface, &mut stack.sockets);
         }
         Action::Release { ip } | Action::DropCovering { ip } => {
             if let Some(s) = stack.peer_nbd.as_mut() {
                 s.shutdown(&mut stack.sockets);
             }
+            p.clients.cancel(ip, &mut stack.sockets);
             stack.remove_address(ip);
         }
     }
