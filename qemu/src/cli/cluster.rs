@@ -37,9 +37,7 @@ impl ClusterCommand {
     /// Run it; returns the exit status.
     pub fn run(&self) -> anyhow::Result<i32> {
         match self {
-            ClusterCommand::Config(a) => {
-                crate::cluster::config_command(&a.config, &a.out, a.accel)
-            }
+            ClusterCommand::Config(a) => crate::cluster::config_command(&a.config, &a.out, a.accel),
         }
     }
 }

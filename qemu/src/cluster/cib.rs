@@ -117,7 +117,9 @@ fn operations(s: &mut String, indent: &str, rsc: &str, ops: &[Op<'_>]) {
     let _ = writeln!(s, "{indent}<operations>");
     for (name, interval, timeout, role) in ops {
         let role_attr = role.map(|r| format!(" role=\"{r}\"")).unwrap_or_default();
-        let suffix = role.map(|r| format!("-{}", r.to_lowercase())).unwrap_or_default();
+        let suffix = role
+            .map(|r| format!("-{}", r.to_lowercase()))
+            .unwrap_or_default();
         let _ = writeln!(
             s,
             "{indent}  <op id=\"{rsc}-{name}-{interval}{suffix}\" name=\"{name}\" \
@@ -224,7 +226,10 @@ fn fence_device(s: &mut String, c: &Cluster, h: usize) {
         c.fence_agent
     );
     let params = fence_params(c, h);
-    let pairs: Vec<(&str, String)> = params.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let pairs: Vec<(&str, String)> = params
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
     set(
         s,
         "        ",

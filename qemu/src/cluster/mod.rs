@@ -150,14 +150,22 @@ pub fn write(dir: &Path, files: &[OutFile]) -> anyhow::Result<()> {
 }
 
 /// `tandem cluster config`: load, generate, write; prints what was written.
-pub fn config_command(config: &Path, out: &Path, accel: Option<AccelChoice>) -> anyhow::Result<i32> {
+pub fn config_command(
+    config: &Path,
+    out: &Path,
+    accel: Option<AccelChoice>,
+) -> anyhow::Result<i32> {
     let c = spec::load(config)?;
     let accel = match accel {
         Some(AccelChoice::Kvm) => Accel::Kvm,
         Some(AccelChoice::Tcg) => Accel::Tcg,
         flag => {
             let d = crate::accel::choose(flag)?;
-            eprintln!("tandem: guests' domains for {} ({})", d.accel.name(), d.reason);
+            eprintln!(
+                "tandem: guests' domains for {} ({})",
+                d.accel.name(),
+                d.reason
+            );
             d.accel
         }
     };

@@ -267,7 +267,10 @@ impl Cluster {
     /// Guest `g`'s mirror address on host `h`.
     pub fn mirror_addr(&self, g: &Guest, h: usize) -> SocketAddr {
         // Checked in `resolve`: port + index fits.
-        SocketAddr::new(self.hosts[h].interconnect, self.mirror.port + g.index as u16)
+        SocketAddr::new(
+            self.hosts[h].interconnect,
+            self.mirror.port + g.index as u16,
+        )
     }
 }
 
@@ -361,7 +364,11 @@ pub fn resolve(raw: &ClusterFile, base: &Path) -> Result<Cluster, SpecError> {
         .clone()
         .unwrap_or_else(|| DEFAULT_FENCE_AGENT.into());
     if !param_name_ok(&fence_agent) {
-        p.add("fence.agent", &fence_agent, "a fence agent's name (fence_...)");
+        p.add(
+            "fence.agent",
+            &fence_agent,
+            "a fence agent's name (fence_...)",
+        );
     }
     let coro = raw.corosync.clone().unwrap_or_default();
     let pcmk = raw.pacemaker.clone().unwrap_or_default();
@@ -370,7 +377,12 @@ pub fn resolve(raw: &ClusterFile, base: &Path) -> Result<Cluster, SpecError> {
         p.add("corosync.token_ms", token_ms, "1000 to 60000");
     }
     let authkey = host_path(&mut p, "corosync.keyfile", coro.keyfile, DEFAULT_AUTHKEY);
-    let corosync_log = host_path(&mut p, "corosync.logfile", coro.logfile, DEFAULT_COROSYNC_LOG);
+    let corosync_log = host_path(
+        &mut p,
+        "corosync.logfile",
+        coro.logfile,
+        DEFAULT_COROSYNC_LOG,
+    );
     let domain_dir = host_path(
         &mut p,
         "pacemaker.domain_dir",
@@ -425,21 +437,24 @@ const GUEST_RULE: &str = "1 to 32 of A-Z a-z 0-9 _ -, starting with a letter \
 fn host_name_ok(s: &str) -> bool {
     (1..=63).contains(&s.len())
         && s.starts_with(|c: char| c.is_ascii_alphabetic())
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || ".-".contains(c))
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-".contains(c))
 }
 
 /// A guest name: safe in XML ids, libvirt domain names and file names.
 fn guest_name_ok(s: &str) -> bool {
     (1..=32).contains(&s.len())
         && s.starts_with(|c: char| c.is_ascii_alphabetic())
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || "_-".contains(c))
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c))
 }
 
 /// A fence agent or parameter name.
 fn param_name_ok(s: &str) -> bool {
     (1..=64).contains(&s.len())
         && s.starts_with(|c: char| c.is_ascii_alphabetic())
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || "_-".contains(c))
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c))
 }
 
 /// An absolute path on the hosts, safe in XML, a corosync value and a shell word.
@@ -450,7 +465,8 @@ fn host_path(p: &mut Problems, key: &str, v: Option<String>, default: &str) -> S
     let ok = v.starts_with('/')
         && v.len() > 1
         && !v.ends_with('/')
-        && v.chars().all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c));
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c));
     if !ok {
         p.add(
             key,
@@ -698,7 +714,10 @@ fn guest_appliance(
     let mut file: ConfigFile = match toml::from_str(&text) {
         Ok(f) => f,
         Err(e) => {
-            p.key(at, format!("{}: {}", path.display(), e.to_string().trim_end()));
+            p.key(
+                at,
+                format!("{}: {}", path.display(), e.to_string().trim_end()),
+            );
             return None;
         }
     };
