@@ -35,6 +35,10 @@
 //! - [`nbd_client`], [`ledger`], [`in_netns`]: a small blocking NBD client, the write ledger
 //!   that checks every acknowledged write reads back, and running such clients inside a
 //!   pair's network namespace.
+//! - [`hosts`]: hosts as namespaces for the cross-host tests (issue 16): several "machines"
+//!   on one (network, mount and UTS namespaces with private `/run`, `/dev/shm` and state),
+//!   veth links between them, corosync, Pacemaker, virtlogd and libvirtd in each, a
+//!   test-only fence agent, and "the host dies" (every process of one SIGKILLed).
 //! - [`tls`]: NBD-over-TLS credentials in QEMU's `tls-creds-x509` layout, and `tandem tls
 //!   create` (a throwaway CA, server and client certificates).
 //!
@@ -70,6 +74,7 @@ pub mod cli;
 pub mod cluster;
 pub mod console;
 pub mod exit;
+pub mod hosts;
 pub mod image;
 pub mod in_netns;
 pub mod ledger;
