@@ -129,28 +129,24 @@ fn operations(s: &mut String, indent: &str, rsc: &str, ops: &[Op<'_>]) {
     let _ = writeln!(s, "{indent}</operations>");
 }
 
-/// The fence parameters of host `h`: the operator's, placeholders for `fence_ipmilan`
-/// when there are none, and `pcmk_host_list`.
+/// The fence parameters of host `h`: the operator's, a placeholder for each parameter
+/// `fence_ipmilan` cannot do without that is missing, and `pcmk_host_list`.
 pub fn fence_params(c: &Cluster, h: usize) -> Vec<(String, String)> {
     let host = &c.hosts[h];
-    let mut params: Vec<(String, String)> = host
-        .fence
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    if params.is_empty() && c.fence_agent == DEFAULT_FENCE_AGENT {
-        params = [
+    let mut params = host.fence.clone();
+    if c.fence_agent == DEFAULT_FENCE_AGENT {
+        for (k, v) in [
             ("ip", format!("{CHANGE_ME}-bmc-address-of-{}", host.name)),
             ("username", CHANGE_ME.to_string()),
             (
                 "password_script",
                 format!("/etc/tandem/fence-{}-password.sh", host.name),
             ),
-            ("lanplus", "1".to_string()),
-        ]
-        .map(|(k, v)| (k.to_string(), v))
-        .to_vec();
+        ] {
+            params.entry(k.to_string()).or_insert(v);
+        }
     }
+    let mut params: Vec<(String, String)> = params.into_iter().collect();
     params.push(("pcmk_host_list".into(), host.name.clone()));
     params
 }
