@@ -15,8 +15,13 @@
 //!   comes back takes nothing back on its own: moving back is `crm_resource --move`, then
 //!   `--clear`.
 //!
-//! The guest owns its client address (it is on its command line and it answers ARP for it
-//! wherever it runs), so there is no IPaddr2 resource.
+//! The guest owns its client address (it is on its command line, so it comes up with the
+//! guest wherever it starts), so there is no IPaddr2 resource.
+//!
+//! Promotion: the `ocf:tandem:nvlog` agent sets the promotion score of its host (node
+//! attribute `master-nvlog-G-rsc`, `crm_attribute --promotion`) only when its copy of the
+//! log is complete; the colocation then brings `vm-G`'s home preference and stickiness into
+//! which host is promoted.
 //!
 //! Fencing: stonith on, one device per host (`pcmk_host_list` = that host, never run on the
 //! host it fences). Each guest's `priority` is a distinct power of two, so the two hosts'
