@@ -48,13 +48,29 @@ fn two_node_cluster(site: &Site) -> (Host, Host, Link) {
     let mut a = site.host("node1").unwrap();
     let mut b = site.host("node2").unwrap();
     let ic = Link::veth(
-        End { host: &a, ifname: "ic0", addr: Some("10.99.0.1/24"), bridge: None },
-        End { host: &b, ifname: "ic0", addr: Some("10.99.0.2/24"), bridge: None },
+        End {
+            host: &a,
+            ifname: "ic0",
+            addr: Some("10.99.0.1/24"),
+            bridge: None,
+        },
+        End {
+            host: &b,
+            ifname: "ic0",
+            addr: Some("10.99.0.2/24"),
+            bridge: None,
+        },
     )
     .unwrap();
     let nodes = [
-        TestNode { name: "node1".into(), addr: [10, 99, 0, 1].into() },
-        TestNode { name: "node2".into(), addr: [10, 99, 0, 2].into() },
+        TestNode {
+            name: "node1".into(),
+            addr: [10, 99, 0, 1].into(),
+        },
+        TestNode {
+            name: "node2".into(),
+            addr: [10, 99, 0, 2].into(),
+        },
     ];
     let conf = cluster::test_corosync_conf("tandemtest", &nodes);
     a.start_cluster_stack(&conf).unwrap();
@@ -65,16 +81,18 @@ fn two_node_cluster(site: &Site) -> (Host, Host, Link) {
 /// Waits until `host`'s `crm_mon` shows `online` (exactly) online with quorum.
 fn wait_online(host: &Host, online: &[&str]) -> cluster::CrmStatus {
     let what = format!("{} to see {online:?} online with quorum", host.name());
-    wait_for(&what, FORM_TIMEOUT, |last| match cluster::crm_status(host) {
-        Ok(s) => {
-            *last = format!("{s:?}");
-            let mut on = s.online();
-            on.sort_unstable();
-            (s.quorum && on == online).then_some(s)
-        }
-        Err(e) => {
-            *last = format!("{e:#}");
-            None
+    wait_for(&what, FORM_TIMEOUT, |last| {
+        match cluster::crm_status(host) {
+            Ok(s) => {
+                *last = format!("{s:?}");
+                let mut on = s.online();
+                on.sort_unstable();
+                (s.quorum && on == online).then_some(s)
+            }
+            Err(e) => {
+                *last = format!("{e:#}");
+                None
+            }
         }
     })
     .unwrap_or_else(|e| panic!("{e:#}\n{}", logs(host)))
@@ -121,8 +139,14 @@ fn appliance_config(dir: &Path) -> std::path::PathBuf {
     let text = std::fs::read_to_string(workspace_root().join("examples/appliance.toml")).unwrap();
     let out = dir.join("app");
     let line = "# install_dir = \"/var/lib/tandem/tandem-demo\"";
-    assert!(text.contains(line), "examples/appliance.toml changed: {line} not found");
-    let text = text.replace(line, &format!("install_dir = {:?}", out.display().to_string()));
+    assert!(
+        text.contains(line),
+        "examples/appliance.toml changed: {line} not found"
+    );
+    let text = text.replace(
+        line,
+        &format!("install_dir = {:?}", out.display().to_string()),
+    );
     let config = dir.join("appliance.toml");
     std::fs::write(&config, text).unwrap();
     config
@@ -161,15 +185,21 @@ fn libvirtd_starts_the_appliance_xml() {
     virsh(&["start", "tandem-demo"]);
     let qemu_log = "/var/log/libvirt/qemu/tandem-demo.log";
 
-    let list = wait_for("the guest's NBD exports on the bridge", Duration::from_secs(180), |last| {
-        let o = h.exec(&["nbdinfo", "--list", "nbd://10.0.2.15"]).ok()?;
-        *last = format!(
-            "{}\n{}",
-            String::from_utf8_lossy(&o.stderr),
-            h.read_file(qemu_log).unwrap_or_default()
-        );
-        o.status.success().then(|| String::from_utf8_lossy(&o.stdout).into_owned())
-    })
+    let list = wait_for(
+        "the guest's NBD exports on the bridge",
+        Duration::from_secs(180),
+        |last| {
+            let o = h.exec(&["nbdinfo", "--list", "nbd://10.0.2.15"]).ok()?;
+            *last = format!(
+                "{}\n{}",
+                String::from_utf8_lossy(&o.stderr),
+                h.read_file(qemu_log).unwrap_or_default()
+            );
+            o.status
+                .success()
+                .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+        },
+    )
     .unwrap_or_else(|e| panic!("{e:#}\n{}", virsh(&["list", "--all"])));
     for export in ["data", "archive"] {
         assert!(list.contains(&format!("export=\"{export}\"")), "{list}");
@@ -200,7 +230,10 @@ fn libvirtd_starts_the_appliance_xml() {
 fn gone(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
-        Ok(s) => s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')),
+        Ok(s) => s
+            .rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z')),
     }
 }
 
@@ -227,19 +260,31 @@ fn kill_all_stops_every_process_of_a_host() {
     let killed = a.kill_all().unwrap();
     assert!(killed >= before.len() - 1, "killed {killed} of {before:?}");
     assert!(a.daemons().is_empty());
-    wait_for("node1's processes to be gone", Duration::from_secs(30), |last| {
-        let left: Vec<u32> = before.iter().copied().filter(|&p| p != a.pid() && !gone(p)).collect();
-        *last = format!("{left:?}");
-        left.is_empty().then_some(())
-    })
+    wait_for(
+        "node1's processes to be gone",
+        Duration::from_secs(30),
+        |last| {
+            let left: Vec<u32> = before
+                .iter()
+                .copied()
+                .filter(|&p| p != a.pid() && !gone(p))
+                .collect();
+            *last = format!("{left:?}");
+            left.is_empty().then_some(())
+        },
+    )
     .unwrap();
     assert_eq!(a.processes(), [a.pid()], "only the holder is left");
 
-    let q = wait_for("node2's corosync to see node1 leave", Duration::from_secs(120), |last| {
-        let q = cluster::quorum(&b).ok()?;
-        *last = format!("{q:?}");
-        (q.members == ["node2"]).then_some(q)
-    })
+    let q = wait_for(
+        "node2's corosync to see node1 leave",
+        Duration::from_secs(120),
+        |last| {
+            let q = cluster::quorum(&b).ok()?;
+            *last = format!("{q:?}");
+            (q.members == ["node2"]).then_some(q)
+        },
+    )
     .unwrap_or_else(|e| panic!("{e:#}\n{}", logs(&b)));
     assert!(q.quorate, "two_node keeps quorum: {q:?}");
 
@@ -256,4 +301,38 @@ fn kill_all_stops_every_process_of_a_host() {
         log.lines().any(|l| l == "reboot node1" || l == "off node1"),
         "the test agent did not fence node1: {log:?}"
     );
+}
+
+/// A panic in a test tears its hosts down: the drop kills every process of the host,
+/// deletes its network namespace and removes its directory.
+#[test]
+fn a_panic_tears_the_host_down() {
+    need(&[("virtlogd", "libvirt-daemon")]);
+    let site = Site::new().unwrap();
+    let seen = std::sync::Mutex::new(None);
+    let res = std::panic::catch_unwind(|| {
+        let mut h = site.host("doomed").unwrap();
+        h.start(DaemonKind::Virtlogd).unwrap();
+        let pids = h.processes();
+        *seen.lock().unwrap() = Some((h.netns().to_string(), h.root().to_path_buf(), pids));
+        panic!("a failing test");
+    });
+    assert!(res.is_err());
+    let (netns, root, pids) = seen.lock().unwrap().take().expect("the host was made");
+    assert_eq!(pids.len(), 2, "holder and virtlogd: {pids:?}");
+    assert!(
+        !Path::new("/run/netns").join(&netns).exists(),
+        "{netns} left"
+    );
+    assert!(!root.exists(), "{} left", root.display());
+    wait_for(
+        "the host's processes to be gone",
+        Duration::from_secs(10),
+        |last| {
+            let left: Vec<u32> = pids.iter().copied().filter(|&p| !gone(p)).collect();
+            *last = format!("{left:?}");
+            left.is_empty().then_some(())
+        },
+    )
+    .unwrap();
 }

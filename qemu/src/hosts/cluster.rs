@@ -366,7 +366,10 @@ mod tests {
             online,
             unclean,
         };
-        assert_eq!(s.nodes, vec![node("a", true, false), node("b", false, true)]);
+        assert_eq!(
+            s.nodes,
+            vec![node("a", true, false), node("b", false, true)]
+        );
         assert_eq!(s.online(), ["a"]);
         let none =
             parse_crm_mon(r#"<pacemaker-result><current_dc present="false"/></pacemaker-result>"#)
