@@ -10,10 +10,20 @@
 //! each trial every block the writer wrote is read back through A's address: an
 //! acknowledged write that does not read back is counted lost (the target is 0). Then A is
 //! restarted and gets its disks back (automatic giveback) for the next trial.
+//!
+//! Beside the writer, each trial has a *waiting client* with an ordinary 5 s read timeout: it
+//! sends A a large READ, reads the reply's header and then nothing until the kill (the reply
+//! stalls on its receive window), so after the kill it waits for the rest of a reply that
+//! will never come, with nothing unacknowledged that could make it notice. The time until its
+//! read fails with ECONNRESET is the "client reset" phase: the survivor resets A's recorded
+//! clients as it takes A's address (issue 16 §5, `unikernel::ha::reset`); without that, the
+//! client would wait out its 5 s.
 
-use std::net::SocketAddr;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -29,6 +39,11 @@ use crate::nbd_client::NbdClient;
 use crate::pair::{Giveback, Node, Pair, PairSpec, Sig};
 use crate::size::ByteSize;
 use crate::supervise::wait_until as wait;
+
+/// The waiting client's read timeout: an ordinary client's.
+pub const WAITER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The READ the waiting client sends A (far beyond its receive window: A never finishes it).
+const WAITER_READ: u32 = 8 << 20;
 
 /// What `tandem bench failover` runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +87,12 @@ pub struct Trial {
     pub lost_writes: usize,
     /// Writes without a reply (they may or may not have landed; allowed either way).
     pub unanswered_writes: u64,
+    /// The waiting client's read failed with ECONNRESET, this long after the kill (`None`:
+    /// it ended otherwise, see `client_wait_end`).
+    pub client_reset_ms: Option<f64>,
+    /// How the waiting client's wait ended: `reset`, `timeout` (its own 5 s), `eof`, or an
+    /// error.
+    pub client_wait_end: String,
 }
 
 /// One phase of the takeover over all trials.
@@ -182,11 +203,13 @@ fn run(plan: &FailoverPlan, stop: &AtomicBool, began: Instant) -> anyhow::Result
         progress.finish_one(
             &format!("trial {}", t + 1),
             &format!(
-                "served again after {:.0} ms (claim {:.0}, silenced {:.0}, covering {:.0}); {} acked, {} lost",
+                "served again after {:.0} ms (claim {:.0}, silenced {:.0}, covering {:.0}); waiting client: {} at {:.0} ms; {} acked, {} lost",
                 trial.first_ack_ms,
                 trial.claim_ms,
                 trial.silenced_ms,
                 trial.serving_ms,
+                trial.client_wait_end,
+                trial.client_reset_ms.unwrap_or(f64::NAN),
                 trial.acked_writes,
                 trial.lost_writes
             ),
@@ -209,6 +232,13 @@ fn run(plan: &FailoverPlan, stop: &AtomicBool, began: Instant) -> anyhow::Result
 /// The phase summaries over all trials.
 fn phases(trials: &[Trial]) -> Vec<Phase> {
     let series = |f: &dyn Fn(&Trial) -> f64| trials.iter().map(f).collect::<Vec<f64>>();
+    // Over the trials whose waiting client was reset (the others say why in the JSON).
+    let resets = |f: &dyn Fn(&Trial, f64) -> f64| {
+        trials
+            .iter()
+            .filter_map(|t| t.client_reset_ms.map(|r| f(t, r)))
+            .collect::<Vec<f64>>()
+    };
     let phase = |name, v: Vec<f64>| Phase {
         name,
         median_ms: Summary::of(&v).median,
@@ -233,6 +263,11 @@ fn phases(trials: &[Trial]) -> Vec<Phase> {
             "total: kill -> first request served",
             series(&|t| t.first_ack_ms),
         ),
+        phase(
+            "client reset (serving -> ECONNRESET)",
+            resets(&|t, r| r - t.serving_ms),
+        ),
+        phase("client-visible: kill -> ECONNRESET", resets(&|_, r| r)),
     ]
 }
 
@@ -249,12 +284,14 @@ impl Bench<'_> {
         wait("writes to A", step, stop, || {
             acked.load(Ordering::SeqCst) >= self.plan.writes_before
         })?;
+        let (waiter, go) = self.start_waiter()?;
         // The sampler, then the kill.
         let marks = Arc::new(Marks::default());
         let sampling = Arc::new(AtomicBool::new(true));
         let kill_at = Instant::now();
         let sampler = self.start_sampler(&marks, &sampling, kill_at)?;
         self.pair.kill(Node::A, Sig::Kill)?;
+        let _ = go.send(());
         let after = acked.load(Ordering::SeqCst);
         wait(
             "the first write served on A's address after the kill",
@@ -278,6 +315,21 @@ impl Bench<'_> {
             .find(|o| o.to_ms >= kill_ms)
             .map(|o| o.to_ms - kill_ms)
             .context("no outage around the kill in the writer's record")?;
+        let (client_wait_end, client_reset_ms) = match waiter.join() {
+            Ok(Ok((kind, at))) => {
+                let ms = ms(at.saturating_duration_since(kill_at));
+                match kind {
+                    ErrorKind::ConnectionReset => ("reset".to_string(), Some(ms)),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut => {
+                        (format!("timeout at {ms:.0} ms"), None)
+                    }
+                    ErrorKind::UnexpectedEof => (format!("eof at {ms:.0} ms"), None),
+                    k => (format!("{k:?} at {ms:.0} ms"), None),
+                }
+            }
+            Ok(Err(e)) => (format!("error: {e:#}"), None),
+            Err(_) => ("the waiting client panicked".to_string(), None),
+        };
         let lost = self.read_back(&report.ledger)?;
         let m = |v: &AtomicU64| v.load(Ordering::SeqCst) as f64 / 1000.0;
         let trial = Trial {
@@ -295,6 +347,8 @@ impl Bench<'_> {
             acked_writes: report.ledger.acked_writes,
             lost_writes: lost,
             unanswered_writes: report.ledger.unanswered_writes,
+            client_reset_ms,
+            client_wait_end,
         };
         self.give_back(released_before)?;
         Ok(trial)
@@ -323,6 +377,25 @@ impl Bench<'_> {
         };
         let (ws, ns) = (writer_stop.clone(), self.ns);
         std::thread::spawn(move || crate::in_netns::run(ns, || ledger::run_writer(&wspec, &ws)))
+    }
+
+    /// The waiting client, in the pair's namespace: connected to A, its READ sent and the
+    /// reply's header read. It reads on once told (after the kill) until its connection
+    /// fails; it returns how, and when.
+    fn start_waiter(&self) -> anyhow::Result<(WaiterHandle, mpsc::Sender<()>)> {
+        let (ready_tx, ready) = mpsc::channel();
+        let (go, go_rx) = mpsc::channel();
+        let (a, ns) = (self.a, self.ns);
+        let handle = std::thread::spawn(move || {
+            crate::in_netns::run(ns, move || waiting_client(a, &ready_tx, &go_rx))?
+        });
+        match ready.recv_timeout(self.step) {
+            Ok(()) => Ok((handle, go)),
+            Err(_) => match handle.join() {
+                Ok(Err(e)) => Err(e.context("the waiting client")),
+                _ => bail!("the waiting client did not get its reply header"),
+            },
+        }
     }
 
     /// A thread reading the shared region every 100 µs and marking, from `kill_at`, B's
@@ -386,6 +459,46 @@ impl Bench<'_> {
     }
 }
 
+/// The waiting client's thread: how its wait ended, and when.
+type WaiterHandle = JoinHandle<anyhow::Result<(ErrorKind, Instant)>>;
+
+/// The waiting client's life (see the module doc): connect, READ, the reply's header, then
+/// once `go` comes, reads until its connection fails.
+fn waiting_client(
+    a: SocketAddr,
+    ready: &mpsc::Sender<()>,
+    go: &mpsc::Receiver<()>,
+) -> anyhow::Result<(ErrorKind, Instant)> {
+    use tandem_formats::nbd_wire::{be32, cmd, REQUEST_MAGIC, SIMPLE_REPLY_MAGIC};
+    let mut s = TcpStream::connect_timeout(&a, WAITER_TIMEOUT)?;
+    s.set_read_timeout(Some(WAITER_TIMEOUT))?;
+    s.set_write_timeout(Some(WAITER_TIMEOUT))?;
+    crate::nbd_client::negotiate(&mut s, "blk0")?;
+    let mut req = Vec::with_capacity(28);
+    req.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
+    req.extend_from_slice(&0u16.to_be_bytes());
+    req.extend_from_slice(&cmd::READ.to_be_bytes());
+    req.extend_from_slice(&1u64.to_be_bytes());
+    req.extend_from_slice(&0u64.to_be_bytes());
+    req.extend_from_slice(&WAITER_READ.to_be_bytes());
+    s.write_all(&req)?;
+    let mut hdr = [0u8; 16];
+    s.read_exact(&mut hdr)?;
+    if be32(&hdr[0..4]) != SIMPLE_REPLY_MAGIC || be32(&hdr[4..8]) != 0 {
+        bail!("the READ was refused: {hdr:02x?}");
+    }
+    let _ = ready.send(());
+    go.recv()?;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Ok((ErrorKind::UnexpectedEof, Instant::now())),
+            Ok(_) => {}
+            Err(e) => return Ok((e.kind(), Instant::now())),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -406,6 +519,8 @@ mod tests {
             acked_writes: 120,
             lost_writes: 0,
             unanswered_writes: 1,
+            client_reset_ms: Some(331.0),
+            client_wait_end: "reset".into(),
         };
         let r = FailoverReport {
             trials: vec![trial],
