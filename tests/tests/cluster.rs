@@ -42,6 +42,21 @@ const LIBVIRT_TOOLS: &[(&str, &str)] = &[
     ("nbdinfo", "libnbd-bin"),
 ];
 
+/// The test cluster's corosync.conf: node1 and node2 on the interconnect.
+fn test_conf() -> String {
+    let nodes = [
+        TestNode {
+            name: "node1".into(),
+            addr: [10, 99, 0, 1].into(),
+        },
+        TestNode {
+            name: "node2".into(),
+            addr: [10, 99, 0, 2].into(),
+        },
+    ];
+    cluster::test_corosync_conf("tandemtest", &nodes)
+}
+
 /// Two hosts joined by an interconnect (10.99.0.1 and .2 on `ic0`), the test cluster's
 /// corosync.conf, corosync and pacemakerd started in both.
 fn two_node_cluster(site: &Site) -> (Host, Host, Link) {
@@ -62,17 +77,7 @@ fn two_node_cluster(site: &Site) -> (Host, Host, Link) {
         },
     )
     .unwrap();
-    let nodes = [
-        TestNode {
-            name: "node1".into(),
-            addr: [10, 99, 0, 1].into(),
-        },
-        TestNode {
-            name: "node2".into(),
-            addr: [10, 99, 0, 2].into(),
-        },
-    ];
-    let conf = cluster::test_corosync_conf("tandemtest", &nodes);
+    let conf = test_conf();
     a.start_cluster_stack(&conf).unwrap();
     b.start_cluster_stack(&conf).unwrap();
     (a, b, ic)
@@ -240,7 +245,8 @@ fn gone(pid: u32) -> bool {
 /// "The host dies": after `kill_all` nothing of node1 runs but its holder (corosync,
 /// Pacemaker and its subdaemons, virtlogd, libvirtd all gone), node2's corosync sees the
 /// membership shrink to itself (and keeps quorum: two_node), and node2's Pacemaker fences
-/// node1 with the test fence agent, leaving it cleanly offline.
+/// node1 with the test fence agent, leaving it cleanly offline. Restarted (fresh `/run`), node1
+/// rejoins.
 #[test]
 fn kill_all_stops_every_process_of_a_host() {
     need(CLUSTER_TOOLS);
@@ -301,6 +307,13 @@ fn kill_all_stops_every_process_of_a_host() {
         log.lines().any(|l| l == "reboot node1" || l == "off node1"),
         "the test agent did not fence node1: {log:?}"
     );
+
+    // The host returns: a reboot's fresh /run and /dev/shm, its disk kept; it rejoins.
+    a.clear_volatile().unwrap();
+    a.start_cluster_stack(&test_conf()).unwrap();
+    for h in [&a, &b] {
+        wait_online(h, &["node1", "node2"]);
+    }
 }
 
 /// A panic in a test tears its hosts down: the drop kills every process of the host,
