@@ -41,9 +41,11 @@ pub const GIVE_UP: Duration = Duration::from_secs(7);
 /// Socket buffer bytes each way: nothing but a SYN is ever sent, nothing is ever received.
 const BUF: usize = 64;
 
-/// Server-side TCP connections in `sockets` (IPv4, in a synchronized state: the client may be
+/// Server-side TCP connections in `sockets` (IPv4, established or closing: the client may be
 /// waiting on them), in the set's order, into `out` (cleared first). Sockets for which
-/// `skip` is true are left out.
+/// `skip` is true are left out. Half-open ones (SYN-RECEIVED) are not: the client has sent
+/// nothing yet that could wait for a reply, and a SYN flood from spoofed addresses must not
+/// fill the table and be answered with SYNs after a takeover.
 pub fn open_connections(
     sockets: &SocketSet<'_>,
     skip: impl Fn(SocketHandle) -> bool,
@@ -57,13 +59,7 @@ pub fn open_connections(
         };
         let serving = matches!(
             s.state(),
-            S::SynReceived
-                | S::Established
-                | S::FinWait1
-                | S::FinWait2
-                | S::CloseWait
-                | S::Closing
-                | S::LastAck
+            S::Established | S::FinWait1 | S::FinWait2 | S::CloseWait | S::Closing | S::LastAck
         );
         if !serving || skip(h) {
             continue;

@@ -195,8 +195,9 @@ impl Clients {
             .start(iface, sockets, &conns, crate::net::now(), &mut |o| {
                 report_reset(me, o)
             });
+        let p = if peer == 0 { 'a' } else { 'b' };
         console::line(format_args!(
-            "TANDEM TAKEOVER node={me} step=reset-clients clients={started} unrecorded={unrecorded} t_us={}",
+            "TANDEM TAKEOVER node={me} peer={p} step=reset-clients clients={started} unrecorded={unrecorded} t_us={}",
             now_us()
         ));
         started

@@ -437,14 +437,35 @@ fn only_synchronized_server_sockets_are_recorded() {
         out.is_empty(),
         "a listener and a reset socket are no connections"
     );
-    // A client connects from port 40001: the listener takes it (SYN-RECEIVED, then
-    // ESTABLISHED once the client acknowledges).
+    // A client connects from port 40001: the listener takes it. Half-open (SYN-RECEIVED,
+    // possibly from a spoofed address) it is not recorded; once the client acknowledged our
+    // SYN|ACK it is.
     n.arp_reply();
     n.client_sends_from(40001, TcpControl::Syn, 100, None);
     n.poll();
     assert_eq!(
         n.sockets.get::<tcp::Socket>(h).state(),
         tcp::State::SynReceived
+    );
+    open_connections(&n.sockets, |h| resets.owns(h), &mut out);
+    assert!(out.is_empty(), "a half-open connection is not recorded");
+    let syn_ack = loop {
+        match n.sent() {
+            Some(Sent::Tcp {
+                control: TcpControl::Syn,
+                dst_port: 40001,
+                seq,
+                ..
+            }) => break seq,
+            Some(_) => {}
+            None => panic!("no SYN|ACK to the client"),
+        }
+    };
+    n.client_sends_from(40001, TcpControl::None, 101, Some(syn_ack + 1));
+    n.poll();
+    assert_eq!(
+        n.sockets.get::<tcp::Socket>(h).state(),
+        tcp::State::Established
     );
     open_connections(&n.sockets, |h| resets.owns(h), &mut out);
     assert_eq!(
