@@ -219,9 +219,30 @@ fn kill_all_in(id: (u64, u64), keep: &[u32]) -> anyhow::Result<usize> {
     }
 }
 
-/// Removes the namespaces (and their processes) of test processes that are gone: a test
-/// killed outright never ran its drops.
+/// Removes the namespaces (and their processes) and the site directories of test processes
+/// that are gone: a test killed outright never ran its drops.
 pub fn sweep_stale() {
+    sweep_stale_netns();
+    // Site directories: scratch directories (`tandem-<pid>-...`) with a fence map.
+    let tmp = std::env::temp_dir();
+    let Ok(dir) = std::fs::read_dir(&tmp) else {
+        return;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let owner = name
+            .strip_prefix("tandem-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok());
+        if owner.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists())
+            && e.path().join("fence-map").is_dir()
+        {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+fn sweep_stale_netns() {
     let Ok(dir) = std::fs::read_dir("/run/netns") else {
         return;
     };
