@@ -303,6 +303,8 @@ pub struct Config {
     pub nvlog_ram_mib: u32,
     /// Failover pair settings (`pair=`).
     pub pair: Option<PairConfig>,
+    /// `mirror=`, `mirror.*`: the NVLOG mirror to another host.
+    pub mirror: MirrorConfig,
     exports: ExportList,
     /// `pair.peer_export=` words.
     peer_exports: ExportList,
@@ -385,6 +387,7 @@ impl Default for Config {
             durability_given: false,
             nvlog_ram_mib: 8,
             pair: None,
+            mirror: MirrorConfig::default(),
             exports: ExportList::default(),
             peer_exports: ExportList::default(),
             bench: JobSpec::default(),
@@ -393,6 +396,80 @@ impl Default for Config {
             pair_named: false,
         }
     }
+}
+
+/// When a write may be acknowledged, with the NVLOG mirrored to another host (`mirror=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MirrorMode {
+    /// No mirror: acknowledged once in the local log.
+    #[default]
+    Off,
+    /// Acknowledged once in the local log and in the mirror (ONTAP's HA rule, DRBD's C).
+    Sync,
+    /// Acknowledged once in the local log while the mirror is at most `max_lag` records
+    /// behind; a host failure loses at most those records.
+    Async,
+}
+
+/// What to do while the mirror is lost (`mirror.policy=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MirrorPolicy {
+    /// Go on, degraded: a write is acknowledged once it is on disk (the log is flushed by
+    /// consistency points, then writes go through), until the mirror is back.
+    #[default]
+    Degraded,
+    /// Hold every acknowledgement until the mirror is back.
+    Stop,
+}
+
+/// The guest's mirror settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MirrorConfig {
+    pub mode: MirrorMode,
+    pub policy: MirrorPolicy,
+    /// `mirror.max_lag=`: records (async mode).
+    pub max_lag: u64,
+    /// `mirror.timeout_ms=`: a sender silent this long counts as lost.
+    pub timeout_ms: u64,
+}
+
+impl Default for MirrorConfig {
+    fn default() -> Self {
+        Self {
+            mode: MirrorMode::Off,
+            policy: MirrorPolicy::Degraded,
+            max_lag: 64,
+            timeout_ms: 1000,
+        }
+    }
+}
+
+/// `mirror=` and `mirror.*`.
+fn apply_mirror(cfg: &mut Config, key: &str, value: &str) -> Result<(), Problem> {
+    let m = &mut cfg.mirror;
+    match key {
+        key::MIRROR => match value {
+            "off" => m.mode = MirrorMode::Off,
+            "sync" => m.mode = MirrorMode::Sync,
+            "async" => m.mode = MirrorMode::Async,
+            _ => return Err(Bad("off|sync|async")),
+        },
+        key::MIRROR_POLICY => match value {
+            "degraded" => m.policy = MirrorPolicy::Degraded,
+            "stop" => m.policy = MirrorPolicy::Stop,
+            _ => return Err(Bad("degraded|stop")),
+        },
+        key::MIRROR_MAX_LAG => match value.parse::<u64>() {
+            Ok(n) if (1..=65_536).contains(&n) => m.max_lag = n,
+            _ => return Err(Bad("1..=65536 records")),
+        },
+        key::MIRROR_TIMEOUT_MS => match value.parse::<u64>() {
+            Ok(n) if (100..=60_000).contains(&n) => m.timeout_ms = n,
+            _ => return Err(Bad("100..=60000")),
+        },
+        _ => return Err(Unknown),
+    }
+    Ok(())
 }
 
 /// A failover pair node's settings (`pair=` and `pair.*`).
@@ -579,6 +656,10 @@ pub mod key {
     pub const BENCH_SPAN_MIB: &str = "bench.span_mib";
     pub const BENCH_TIME_MS: &str = "bench.time_ms";
     pub const BENCH_VERIFY: &str = "bench.verify";
+    pub const MIRROR: &str = "mirror";
+    pub const MIRROR_POLICY: &str = "mirror.policy";
+    pub const MIRROR_MAX_LAG: &str = "mirror.max_lag";
+    pub const MIRROR_TIMEOUT_MS: &str = "mirror.timeout_ms";
     /// Every key above.
     pub const ALL: &[&str] = &[
         LOG,
@@ -630,6 +711,10 @@ pub mod key {
         BENCH_SPAN_MIB,
         BENCH_TIME_MS,
         BENCH_VERIFY,
+        MIRROR,
+        MIRROR_POLICY,
+        MIRROR_MAX_LAG,
+        MIRROR_TIMEOUT_MS,
     ];
 }
 
@@ -694,6 +779,7 @@ fn apply<'a>(
         "nbd" => apply_nbd(cfg, key, value),
         "mgmt" => apply_mgmt(cfg, key, value),
         "debug" => apply_debug(cfg, key, value),
+        "mirror" => apply_mirror(cfg, key, value),
         "bench" => parse_bench(&mut cfg.bench, key, value).map_err(Bad),
         _ => apply_core(cfg, key, value),
     };

@@ -426,6 +426,11 @@ pub enum LinkState {
     Up = 1,
     /// Not connected (the peer host is down, the link is cut, or it refused the key).
     Down = 2,
+    /// Not connected, and the peer's copy is marked outdated where the other host checks
+    /// before it starts this node (so it is never replayed): the sender does this only once
+    /// every record the copy vouched for is retired (on disk). Only now may the guest
+    /// acknowledge writes that are on disk but not in the copy (`mirror.policy=degraded`).
+    Outdated = 3,
 }
 
 impl MirrorBlock {
@@ -455,6 +460,7 @@ impl MirrorBlock {
         match self.state {
             1 => Some(LinkState::Up),
             2 => Some(LinkState::Down),
+            3 => Some(LinkState::Outdated),
             _ => None,
         }
     }

@@ -39,6 +39,11 @@ use super::server_tests::{connect, export, parse_reply, request, Client};
 use super::wire::{cflag, cmd};
 use crate::nvlog::format::PAGE;
 use crate::nvlog::log::Nvlog;
+use tandem_formats::cmdline::{MirrorConfig, MirrorMode, MirrorPolicy};
+use tandem_formats::mirror::{LinkState, MirrorBlock, BLOCK_AT};
+use tandem_formats::mirror_ship::Shipper;
+use tandem_formats::nvlog_region::{newest_superblock, recoverable};
+use zerocopy::IntoBytes;
 
 /// Seeds run by default (CI), per durability: about a minute each on two cores.
 const DEFAULT_SEEDS: u64 = 1000;
@@ -343,12 +348,81 @@ struct Run {
     rng: Rng,
     /// What happened, for the report of a failure.
     trail: VecDeque<String>,
+    /// The NVLOG mirrored to another "host" (`mirror=sync`), when the run has one.
+    mirror: Option<MirrorSim>,
+}
+
+/// The other host's copy of the log and the sender that fills it (the real shipper), with
+/// a link that goes down and comes back.
+struct MirrorSim {
+    cfg: MirrorConfig,
+    copy: Vec<u8>,
+    shipper: Shipper,
+    beat: u64,
+    link_up: bool,
+    /// The copy is marked outdated: a node starting on the other host discards it.
+    outdated: bool,
+    /// The copy has had a full pass since the sender last started over: the cluster may
+    /// start the node over it (an agent promotes only such a copy).
+    synced: bool,
+    /// Crashes that were host failures (the node restarted over the copy).
+    host_failures: u64,
+}
+
+impl MirrorSim {
+    /// One sender pass: ship what the log has committed into the copy, then tell the guest
+    /// (its block in page 0) how far the copy goes, or that the link is down.
+    fn pass(&mut self, server: &mut Server) {
+        let region = |s: &Server| {
+            let mut mem = vec![0u8; NVRAM_PAGES * PAGE];
+            for i in 0..NVRAM_PAGES {
+                let b = hpdi::BufId::new(1, i as u32);
+                mem[i * PAGE..(i + 1) * PAGE].copy_from_slice(s.pool().buf(b).unwrap());
+            }
+            mem
+        };
+        let snapshot = region(server);
+        self.beat += 1;
+        let (state, log_id) = match newest_superblock(&snapshot[..]) {
+            Some((_, sb)) => (LinkState::Up, sb.log_id),
+            None => return,
+        };
+        let block = if self.link_up {
+            let plan = self.shipper.pass(&snapshot[..], || {
+                newest_superblock(&region(server)[..]).map(|(_, s)| s)
+            });
+            for w in &plan.writes {
+                let at = w.at as usize;
+                self.copy[at..at + w.bytes.len()].copy_from_slice(&w.bytes);
+            }
+            self.outdated = false;
+            self.synced = true;
+            MirrorBlock::new(state, log_id, self.shipper.committed(), self.beat)
+        } else {
+            // Down: once every record the copy vouches for is retired (on disk), mark the
+            // copy outdated and say so; then the guest may write through.
+            // (The sender cannot know what the guest acknowledged: it waits until the log
+            // holds no live record at all.)
+            let retired = newest_superblock(&snapshot[..]).map_or(0, |(_, s)| s.retired_seq);
+            if recoverable(&snapshot[..]) <= retired {
+                self.outdated = true;
+            }
+            let state = if self.outdated {
+                LinkState::Outdated
+            } else {
+                LinkState::Down
+            };
+            MirrorBlock::new(state, log_id, self.shipper.committed(), self.beat)
+        };
+        let page0 = server.pool_mut().buf_mut(hpdi::BufId::new(1, 0)).unwrap();
+        page0[BLOCK_AT..BLOCK_AT + 64].copy_from_slice(block.as_bytes());
+    }
 }
 
 const NAMES: [&str; EXPORTS] = ["disk0", "disk1"];
 
 impl Run {
-    fn new(seed: u64, durability: Durability) -> Self {
+    fn new(seed: u64, durability: Durability, mirrored: bool) -> Self {
         let md = match durability {
             Durability::Disk => MDurability::Disk,
             Durability::Nvlog => MDurability::Nvlog,
@@ -370,6 +444,25 @@ impl Run {
             next_cookie: 1,
             rng: Rng::new(seed ^ 0x5eed),
             trail: VecDeque::new(),
+            mirror: mirrored.then(|| MirrorSim {
+                cfg: MirrorConfig {
+                    mode: MirrorMode::Sync,
+                    policy: if seed.is_multiple_of(2) {
+                        MirrorPolicy::Degraded
+                    } else {
+                        MirrorPolicy::Stop
+                    },
+                    max_lag: 8,
+                    timeout_ms: 100,
+                },
+                copy: vec![0; NVRAM_PAGES * PAGE],
+                shipper: Shipper::new(),
+                beat: 0,
+                link_up: true,
+                outdated: false,
+                synced: false,
+                host_failures: 0,
+            }),
         };
         run.boot();
         run
@@ -388,7 +481,9 @@ impl Run {
         let mut mem: Box<dyn DmaMemory> = Box::new(HostMemory::new(self.nvram.len()));
         mem.bytes_mut().copy_from_slice(&self.nvram);
         let region = pool.add_region(mem, PAGE).unwrap();
-        let (log, _) = Nvlog::open(&mut pool, region, self.seed).unwrap();
+        // A log formatted now gets a new identity, as the guest's (from the TSC) does.
+        self.now_us += 1;
+        let (log, _) = Nvlog::open(&mut pool, region, self.seed ^ (self.now_us << 20)).unwrap();
         let disks = self
             .disks
             .iter()
@@ -405,6 +500,9 @@ impl Run {
         let mut server = Server::new(exports, disks, pool, CONNS * EXPORTS)
             .with_log(log, self.durability)
             .unwrap();
+        if let Some(m) = &self.mirror {
+            server.set_mirror(m.cfg);
+        }
         server.set_time(self.now_us);
         self.conns.clear();
         for slot in 0..CONNS * EXPORTS {
@@ -430,6 +528,28 @@ impl Run {
         }
         if self.ram_log {
             self.nvram.fill(0);
+        }
+        if let Some(m) = self.mirror.as_mut()
+            && (m.synced || m.outdated)
+            && self.rng.chance(50)
+        {
+            // The whole host failed: the node starts on the other host, over the copy;
+            // the failed host's log becomes the (stale) copy the sender resyncs.
+            core::mem::swap(&mut self.nvram, &mut m.copy);
+            let outdated = core::mem::take(&mut m.outdated);
+            m.synced = false;
+            // The failed host's log is never taken as the copy: it is another history (its
+            // unacknowledged records share sequence numbers with what the node logs now).
+            // The receiver starts from an empty copy and the sender resends everything.
+            m.copy.fill(0);
+            m.shipper.reset(None);
+            m.host_failures += 1;
+            if outdated {
+                // Never replayed: the disks hold every acknowledged write.
+                self.nvram.fill(0);
+                self.note("  the copy is outdated: the node starts with an empty log".into());
+            }
+            self.note("HOST FAILURE: the node restarts over the mirror's copy".into());
         }
         for d in &self.disks {
             d.borrow_mut().crash();
@@ -491,6 +611,14 @@ impl Run {
                 }
             }
             server.poll_disks();
+            if let Some(m) = self.mirror.as_mut() {
+                if self.rng.chance(if m.link_up { 2 } else { 5 }) {
+                    m.link_up = !m.link_up;
+                }
+                if self.rng.chance(40) {
+                    m.pass(server);
+                }
+            }
             self.replies()?;
         }
         Ok(())
@@ -609,8 +737,9 @@ fn run_seed(
     seed: u64,
     steps: &[Step],
     durability: Durability,
+    mirrored: bool,
 ) -> Result<Box<Run>, Box<(String, Run)>> {
-    let mut r = Run::new(seed, durability);
+    let mut r = Run::new(seed, durability, mirrored);
     match r.run(steps) {
         Ok(()) => Ok(Box::new(r)),
         Err(e) => Err(Box::new((e, r))),
@@ -618,14 +747,14 @@ fn run_seed(
 }
 
 /// Drops steps while the run still fails: the smallest script that shows the failure.
-fn shrink(seed: u64, mut steps: Vec<Step>, durability: Durability) -> Vec<Step> {
+fn shrink(seed: u64, mut steps: Vec<Step>, durability: Durability, mirrored: bool) -> Vec<Step> {
     let mut chunk = steps.len() / 2;
     while chunk >= 1 {
         let mut i = 0;
         while i < steps.len() {
             let mut fewer = steps.clone();
             fewer.drain(i..(i + chunk).min(steps.len()));
-            if run_seed(seed, &fewer, durability).is_err() {
+            if run_seed(seed, &fewer, durability, mirrored).is_err() {
                 steps = fewer;
             } else {
                 i += chunk;
@@ -640,10 +769,14 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
-fn campaign(durability: Durability, salt: u64) {
-    let seeds = env_u64("TANDEM_MODEL_SEEDS").unwrap_or(DEFAULT_SEEDS);
+fn campaign(durability: Durability, salt: u64, mirrored: bool) {
+    let seeds = env_u64("TANDEM_MODEL_SEEDS").unwrap_or(if mirrored {
+        DEFAULT_SEEDS / 3
+    } else {
+        DEFAULT_SEEDS
+    });
     let only = env_u64("TANDEM_MODEL_SEED");
-    let (mut ops, mut crashes, mut sectors) = (0, 0, 0);
+    let (mut ops, mut crashes, mut sectors, mut host_failures) = (0, 0, 0, 0);
     let list: Vec<u64> = match only {
         Some(s) => vec![s],
         None => (0..seeds)
@@ -652,18 +785,19 @@ fn campaign(durability: Durability, salt: u64) {
     };
     for seed in list {
         let steps = script(seed, 300);
-        match run_seed(seed, &steps, durability) {
+        match run_seed(seed, &steps, durability, mirrored) {
             Ok(r) => {
+                host_failures += r.mirror.as_ref().map_or(0, |m| m.host_failures);
                 ops += r.model.counts.ops;
                 crashes += r.model.counts.crashes;
                 sectors += r.model.counts.sectors_checked;
             }
             Err(failed) => {
                 let e = failed.0;
-                let small = shrink(seed, steps, durability);
-                let (e2, r) = match run_seed(seed, &small, durability) {
+                let small = shrink(seed, steps, durability, mirrored);
+                let (e2, r) = match run_seed(seed, &small, durability, mirrored) {
                     Err(x) => *x,
-                    Ok(_) => (e.clone(), Run::new(seed, durability)),
+                    Ok(_) => (e.clone(), Run::new(seed, durability, mirrored)),
                 };
                 std::eprintln!("seed {seed} ({durability:?}) diverges: {e}");
                 std::eprintln!("shrunk to {} steps: {small:#?}", small.len());
@@ -676,19 +810,28 @@ fn campaign(durability: Durability, salt: u64) {
         }
     }
     std::eprintln!(
-        "model ({durability:?}): {seeds} seeds, {ops} ops, {crashes} crashes, {sectors} \
-         sectors checked, 0 divergences"
+        "model ({durability:?}, mirrored: {mirrored}): {seeds} seeds, {ops} ops, {crashes} \
+         crashes ({host_failures} host failures over the mirror's copy), {sectors} sectors \
+         checked, 0 divergences"
     );
 }
 
 #[test]
 fn random_runs_with_crashes_match_the_model_under_disk() {
-    campaign(Durability::Disk, 0);
+    campaign(Durability::Disk, 0, false);
 }
 
 #[test]
 fn random_runs_with_crashes_match_the_model_under_nvlog() {
-    campaign(Durability::Nvlog, 0x77);
+    campaign(Durability::Nvlog, 0x77, false);
+}
+
+/// `mirror=sync` (either policy): the link goes down and comes back, and half the crashes
+/// are host failures after which the node starts over the other host's copy of its log.
+/// No acknowledged write may be lost.
+#[test]
+fn random_runs_with_host_failures_over_the_mirror_match_the_model() {
+    campaign(Durability::Nvlog, 0x1337, true);
 }
 
 #[test]
@@ -731,7 +874,7 @@ fn write_then_write_zeroes_then_read_reads_zeroes_across_a_crash() {
         });
         steps.push(Step::Turns(50));
         steps.push(Step::Crash);
-        if let Err(failed) = run_seed(1, &steps, durability) {
+        if let Err(failed) = run_seed(1, &steps, durability, false) {
             panic!("{durability:?}: {}", failed.0);
         }
     }

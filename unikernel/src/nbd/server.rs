@@ -26,9 +26,11 @@ use super::ExportInfo;
 
 mod limits;
 mod log_path;
+mod mirror_gate;
 mod tls_conn;
 pub use limits::{Limits, MAX_QUEUED};
 pub use log_path::{Durability, LogStats};
+pub use mirror_gate::MirrorStatus;
 
 /// The device status drivers report when a device's queue itself failed
 /// (`frontend_drivers::virtio_blk::STATUS_QUEUE_ERROR`).
@@ -112,6 +114,9 @@ struct Op {
     /// Finished only once the write log has these records on disk (FLUSH and FUA under
     /// `disk` durability).
     wait: Option<log_path::Wait>,
+    /// The last log record of a write, zeroing or trim (0: none yet): its reply waits for
+    /// the mirror gate.
+    record: u64,
 }
 
 /// A write whose payload is arriving. Full chunks are held back until the whole payload is
@@ -223,6 +228,12 @@ impl Server {
 
     pub fn pool(&self) -> &BufferPool {
         &self.pool
+    }
+
+    /// The pool, to change what a test's simulated host writes into shared memory.
+    #[cfg(test)]
+    pub(crate) fn pool_mut(&mut self) -> &mut BufferPool {
+        &mut self.pool
     }
 
     pub fn max_conns(&self) -> usize {
@@ -623,6 +634,7 @@ impl Server {
             ready: VecDeque::new(),
             ready_base: 0,
             wait: None,
+            record: 0,
         });
         if checked.cmd == Command::Write {
             // With a log, every write is logged (see `log_path`: one order for all changes).
@@ -796,6 +808,9 @@ impl Server {
             let Some(wait_error) = waited else {
                 continue;
             };
+            if op.record > 0 && op.error.is_none() && !self.mirror_allows(c.export, op.record) {
+                continue;
+            }
             let mut op = c.ops[i].take().expect("op exists");
             if wait_error != 0 {
                 op.error.get_or_insert(wait_error);

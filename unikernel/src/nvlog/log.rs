@@ -241,6 +241,11 @@ impl Nvlog {
         self.region
     }
 
+    /// This log's identity (its superblock's `log_id`).
+    pub fn log_id(&self) -> u64 {
+        self.log_id
+    }
+
     pub fn live(&self) -> &VecDeque<Live> {
         &self.live
     }

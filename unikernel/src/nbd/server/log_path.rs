@@ -33,11 +33,14 @@ use alloc::vec::Vec;
 
 use hpdi::{BufId, Error, Request};
 
+use super::mirror_gate::{MirrorGate, MirrorStatus};
 use super::{Conn, Server, Stream, Sub, CHUNK, ZERO_PIECE};
 use crate::nbd::transmission::Command;
 use crate::nbd::wire::errno;
 use crate::nvlog::format::{RecordKind, PAGE};
 use crate::nvlog::log::{Nvlog, Reservation, MAX_RECORD};
+use tandem_formats::cmdline::MirrorConfig;
+use tandem_formats::mirror::BLOCK_AT;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
@@ -144,6 +147,7 @@ pub(super) struct WriteLog {
     /// Consistency points held off (test hook `debug.cp=hold`).
     hold: bool,
     stats: LogStats,
+    mirror: MirrorGate,
 }
 
 /// Pages per device request of a consistency point (64 KiB).
@@ -302,9 +306,58 @@ impl Server {
             hold: false,
             stats: LogStats::default(),
             durability,
+            mirror: MirrorGate::new(MirrorConfig::default(), log.log_id()),
             log,
         });
         Ok(self)
+    }
+
+    /// Gates acknowledgements on the NVLOG mirror (`mirror=`; see `mirror_gate`).
+    pub fn set_mirror(&mut self, cfg: MirrorConfig) {
+        if let Some(w) = self.wlog.as_mut() {
+            w.mirror = MirrorGate::new(cfg, w.log.log_id());
+        }
+    }
+
+    /// The mirror's status and how far it goes, with a log attached.
+    pub fn mirror_state(&self) -> Option<(MirrorStatus, u64)> {
+        self.wlog
+            .as_ref()
+            .map(|w| (w.mirror.status(), w.mirror.mirrored()))
+    }
+
+    /// Reads the mirror sender's block from page 0 of the log region.
+    fn mirror_poll(&mut self) {
+        let now = self.now_us;
+        let Some(w) = self.wlog.as_mut() else { return };
+        if w.mirror.status() == MirrorStatus::Off {
+            return;
+        }
+        let Ok(page0) = self.pool.buf(BufId::new(w.log.region(), 0)) else {
+            return;
+        };
+        if let Some(s) = w.mirror.observe(&page0[BLOCK_AT..BLOCK_AT + 64], now) {
+            match s {
+                MirrorStatus::Up => log::info!("mirror: up (mirrored to {})", w.mirror.mirrored()),
+                s => log::warn!(
+                    "mirror: lost; {} (loss {})",
+                    match s {
+                        MirrorStatus::Degraded => "degraded: writes are acknowledged once on disk",
+                        _ => "stopped: acknowledgements wait for the mirror",
+                    },
+                    w.mirror.losses
+                ),
+            }
+        }
+    }
+
+    /// Whether the reply of a write whose last record is `seq` may go (the mirror gate).
+    pub(super) fn mirror_allows(&self, export: usize, seq: u64) -> bool {
+        let Some(w) = self.wlog.as_ref() else {
+            return true;
+        };
+        let on_disk = w.exports[export].on_disk >= seq || w.log.retired_seq() >= seq;
+        w.mirror.allows(seq, on_disk)
     }
 
     /// Holds consistency points off (records stay in the log only): a test hook for crash
@@ -420,6 +473,7 @@ impl Server {
             kind,
         };
         w.logged(e, seq, at, ix);
+        op.record = seq;
         op.to_issue -= u64::from(n);
         if op.cmd.fua && w.durability == Durability::Disk {
             op.wait = Some(w.wait_for(e, seq));
@@ -497,6 +551,7 @@ impl Server {
             kind: RecordKind::Data,
         };
         w.logged(e, seq, logged.piece_at, ix);
+        op.record = seq;
         logged.res = None;
         if op.cmd.fua && w.durability == Durability::Disk {
             op.wait = Some(w.wait_for(e, seq));
@@ -574,6 +629,7 @@ impl Server {
 
     /// Advances the consistency point (starting one when records wait).
     pub(super) fn cp_step(&mut self) {
+        self.mirror_poll();
         let now = self.now_us;
         let Some(w) = self.wlog.as_mut() else { return };
         if w.cp.is_none() {
