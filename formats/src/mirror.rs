@@ -72,6 +72,27 @@ pub fn auth_verify(key: &Key, my_nonce: &[u8; NONCE_LEN], peer_role: Role, tag: 
     auth_mac(key, my_nonce, peer_role).verify_slice(tag).is_ok()
 }
 
+/// Bytes of a `Hello` payload: the copy's newest valid superblock (72 bytes) and which of
+/// its two slots holds it (1 byte). A `Hello` without payload: the copy holds no log.
+pub const HELLO_PAYLOAD: usize = core::mem::size_of::<crate::nvlog::Superblock>() + 1;
+
+/// The `Hello` payload that tells the sender what the copy's superblock is (see
+/// `mirror_ship::Shipper::reset`).
+pub fn hello_payload(copy: Option<(usize, crate::nvlog::Superblock)>) -> alloc::vec::Vec<u8> {
+    let mut out = alloc::vec::Vec::new();
+    if let Some((slot, sb)) = copy {
+        out.extend_from_slice(sb.as_bytes());
+        out.push(slot.min(1) as u8);
+    }
+    out
+}
+
+/// Reads a `Hello` payload back; `None` for an empty one or a superblock that is not valid.
+pub fn parse_hello(payload: &[u8]) -> Option<(usize, crate::nvlog::Superblock)> {
+    let (sb, rest) = crate::nvlog::Superblock::read_from_prefix(payload).ok()?;
+    (sb.valid() && rest.len() == 1 && rest[0] <= 1).then_some((usize::from(rest[0]), sb))
+}
+
 /// A frame header (little-endian).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]
@@ -205,7 +226,12 @@ impl<'a> Frame<'a> {
         }
         let kind = Kind::from_code(h.kind).ok_or(FrameError::BadKind(h.kind))?;
         let len = h.len as usize;
-        if len > MAX_PAYLOAD || (kind != Kind::Write && len != 0) {
+        let allowed = match kind {
+            Kind::Write => MAX_PAYLOAD,
+            Kind::Hello => HELLO_PAYLOAD,
+            _ => 0,
+        };
+        if len > allowed || (kind == Kind::Hello && len != 0 && len != HELLO_PAYLOAD) {
             return Err(FrameError::BadLength(h.len));
         }
         Ok(len)
@@ -630,5 +656,40 @@ mod tests {
             assert_eq!(MirrorBlock::parse(&t), None, "byte {i} flipped");
         }
         assert_eq!(MirrorBlock::parse(&bytes[..63]), None);
+    }
+
+    #[test]
+    fn hello_carries_the_copy_superblock_or_nothing() {
+        let mut sb = crate::nvlog::Superblock::read_from_bytes(&[0u8; 72]).unwrap();
+        sb.magic = crate::nvlog::SUPER_MAGIC;
+        sb.version = crate::nvlog::VERSION;
+        sb.log_id = 77;
+        sb.retired_seq = 5;
+        sb.seal();
+        let p = hello_payload(Some((1, sb)));
+        assert_eq!(parse_hello(&p), Some((1, sb)));
+        assert_eq!(parse_hello(&hello_payload(None)), None);
+        let mut out = Vec::new();
+        Frame {
+            kind: Kind::Hello,
+            stream_seq: 0,
+            log_id: 7,
+            arg: 3,
+            payload: &p,
+        }
+        .encode(&mut out);
+        let f = Frame::decode(&out).unwrap();
+        assert_eq!(parse_hello(f.payload), Some((1, sb)));
+        // Any other length of Hello payload is refused.
+        let mut bad = Vec::new();
+        Frame {
+            kind: Kind::Hello,
+            stream_seq: 0,
+            log_id: 7,
+            arg: 3,
+            payload: &p[..10],
+        }
+        .encode(&mut bad);
+        assert!(Frame::decode(&bad).is_err());
     }
 }

@@ -17,6 +17,7 @@ fn main() {
             tandem_qemu::tls::create_cli(args)
         }
         Command::Cluster(cmd) => cmd.run(),
+        Command::Mirror(cmd) => cmd.run(),
     };
     match result {
         Ok(code) => std::process::exit(code),

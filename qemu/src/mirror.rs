@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use tandem_formats::mgmt_auth::{Key, NONCE_LEN};
 use tandem_formats::mirror::{
-    auth_tag, auth_verify, Decoder, Frame, Kind, Receiver, Role, MAX_PAYLOAD,
+    auth_tag, auth_verify, hello_payload, parse_hello, Decoder, Frame, Kind, Receiver, Role,
+    MAX_PAYLOAD,
 };
 
 /// How long a handshake step may take.
@@ -89,6 +90,15 @@ fn read_frame<T>(
     }
 }
 
+/// What a receiver says first: how far it applied, and its copy's superblock.
+#[derive(Debug, Clone, Copy)]
+pub struct Hello {
+    /// The last stream sequence number the receiver applied.
+    pub applied: u64,
+    /// The copy's newest valid superblock and its slot (`None`: the copy holds no log).
+    pub copy: Option<(usize, tandem_formats::nvlog::Superblock)>,
+}
+
 /// The sending end of one connection.
 pub struct MirrorSender {
     stream: TcpStream,
@@ -105,22 +115,51 @@ impl MirrorSender {
     /// sender and the last stream sequence number the receiver holds: the sender continues
     /// after it (resending the whole region when it cannot say what came after).
     pub fn connect(addr: SocketAddr, key: &Key, log_id: u64) -> anyhow::Result<(Self, u64)> {
-        let mut stream = TcpStream::connect_timeout(&addr, HANDSHAKE_TIMEOUT)
+        let (s, hello) = Self::connect_within(addr, key, log_id, HANDSHAKE_TIMEOUT)?;
+        Ok((s, hello.applied))
+    }
+
+    /// [`MirrorSender::connect`] with a bound on the connect and each handshake step, and
+    /// all the receiver's `Hello` says.
+    pub fn connect_within(
+        addr: SocketAddr,
+        key: &Key,
+        log_id: u64,
+        timeout: Duration,
+    ) -> anyhow::Result<(Self, Hello)> {
+        let mut stream = TcpStream::connect_timeout(&addr, timeout)
             .with_context(|| format!("mirror: connecting to {addr}"))?;
         stream.set_nodelay(true)?;
         handshake(&mut stream, key, Role::Sender)?;
         let mut decoder = Decoder::new();
-        let applied = read_frame(&mut stream, &mut decoder, HANDSHAKE_TIMEOUT, &mut |f| {
-            (f.kind == Kind::Hello && f.log_id == log_id).then_some(f.arg)
+        let hello = read_frame(&mut stream, &mut decoder, timeout, &mut |f| {
+            (f.kind == Kind::Hello && f.log_id == log_id).then(|| Hello {
+                applied: f.arg,
+                copy: parse_hello(f.payload),
+            })
         })?;
         let sender = MirrorSender {
             stream,
             decoder,
             log_id,
-            sent: applied,
+            sent: hello.applied,
             acked: 0,
         };
-        Ok((sender, applied))
+        Ok((sender, hello))
+    }
+
+    /// Tells an idle receiver the sender is alive.
+    pub fn heartbeat(&mut self) -> anyhow::Result<()> {
+        let mut out = Vec::with_capacity(64);
+        Frame {
+            kind: Kind::Heartbeat,
+            stream_seq: self.sent,
+            log_id: self.log_id,
+            arg: 0,
+            payload: &[],
+        }
+        .encode(&mut out);
+        self.stream.write_all(&out).context("mirror: sending")
     }
 
     fn send(&mut self, kind: Kind, arg: u64, payload: &[u8]) -> anyhow::Result<()> {
@@ -181,6 +220,21 @@ pub struct MirrorReceiver {
     key: Key,
     copy: File,
     receiver: Receiver,
+    /// Told of each change the status file shows: connected, and the first acknowledgement
+    /// of a connection (the sender's first pass is a full one: the copy is then synced).
+    watch: Option<Box<dyn FnMut(LinkEvent) + Send>>,
+    acks: u64,
+}
+
+/// What a receiver tells its watcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// A sender authenticated.
+    Connected,
+    /// The first acknowledgement of a connection, with its sequence number.
+    Synced(u64),
+    /// The connection ended.
+    Disconnected,
 }
 
 impl MirrorReceiver {
@@ -208,7 +262,20 @@ impl MirrorReceiver {
             key,
             copy: file,
             receiver: Receiver::new(log_id, region_len, 0),
+            watch: None,
+            acks: 0,
         })
+    }
+
+    /// Calls `f` on each [`LinkEvent`].
+    pub fn set_watch(&mut self, f: impl FnMut(LinkEvent) + Send + 'static) {
+        self.watch = Some(Box::new(f));
+    }
+
+    fn tell(&mut self, e: LinkEvent) {
+        if let Some(w) = self.watch.as_mut() {
+            w(e);
+        }
     }
 
     /// The address it listens on.
@@ -221,30 +288,80 @@ impl MirrorReceiver {
         (self.receiver.applied(), self.receiver.committed())
     }
 
+    /// Makes [`MirrorReceiver::serve_next`] return when no sender is waiting.
+    pub fn set_nonblocking_accept(&self, on: bool) -> anyhow::Result<()> {
+        Ok(self.listener.set_nonblocking(on)?)
+    }
+
+    /// Serves the next connection if one is waiting (else waits `wait` and returns `None`);
+    /// the listener must be non-blocking.
+    pub fn serve_next(&mut self, idle: Duration, wait: Duration) -> anyhow::Result<Option<Ended>> {
+        match self.listener.accept() {
+            Ok((stream, _)) => {
+                stream.set_nonblocking(false)?;
+                self.serve(stream, idle).map(Some)
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                std::thread::sleep(wait);
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Accepts one connection and serves it to its end: authenticates the sender, says how
     /// far the copy goes, applies its frames, acknowledges its commits. An unauthenticated
     /// peer is an error (nothing of it is applied).
     pub fn serve_one(&mut self, idle: Duration) -> anyhow::Result<Ended> {
-        let (mut stream, _) = self.listener.accept()?;
+        let (stream, _) = self.listener.accept()?;
+        self.serve(stream, idle)
+    }
+
+    fn serve(&mut self, mut stream: TcpStream, idle: Duration) -> anyhow::Result<Ended> {
         stream.set_nodelay(true)?;
         handshake(&mut stream, &self.key, Role::Receiver)?;
         let applied = self.receiver.applied();
-        self.send(&mut stream, Kind::Hello, applied)?;
-        Ok(self.apply_stream(&mut stream, idle))
+        let copy = self.copy_superblock()?;
+        self.send_with(&mut stream, Kind::Hello, applied, &hello_payload(copy))?;
+        self.acks = 0;
+        self.tell(LinkEvent::Connected);
+        let end = self.apply_stream(&mut stream, idle);
+        self.tell(LinkEvent::Disconnected);
+        Ok(end)
     }
 
     /// Sends a frame of the receiver's own (`Hello`, `Ack`) carrying `arg`.
     fn send(&self, stream: &mut TcpStream, kind: Kind, arg: u64) -> std::io::Result<()> {
+        self.send_with(stream, kind, arg, &[])
+    }
+
+    fn send_with(
+        &self,
+        stream: &mut TcpStream,
+        kind: Kind,
+        arg: u64,
+        payload: &[u8],
+    ) -> std::io::Result<()> {
         let mut out = Vec::new();
         Frame {
             kind,
             stream_seq: self.receiver.applied(),
             log_id: self.receiver.log_id(),
             arg,
-            payload: &[],
+            payload,
         }
         .encode(&mut out);
         stream.write_all(&out)
+    }
+
+    /// The copy's newest valid superblock and its slot (what `Hello` tells the sender).
+    fn copy_superblock(
+        &self,
+    ) -> anyhow::Result<Option<(usize, tandem_formats::nvlog::Superblock)>> {
+        let len = self.copy.metadata()?.len();
+        let mut bytes = vec![0u8; len as usize];
+        self.copy.read_exact_at(&mut bytes, 0)?;
+        Ok(tandem_formats::nvlog_region::newest_superblock(&bytes[..]))
     }
 
     /// Applies frames from `stream` until it ends.
@@ -297,10 +414,16 @@ impl MirrorReceiver {
         if let Some(seq) = outcome? {
             self.send(stream, Kind::Ack, seq)
                 .map_err(|e| format!("acknowledging: {e}"))?;
+            self.acks += 1;
+            if self.acks == 1 {
+                self.tell(LinkEvent::Synced(seq));
+            }
         }
         Ok(used)
     }
 }
+
+pub mod daemon;
 
 #[cfg(test)]
 mod tests;

@@ -18,11 +18,13 @@ use crate::size::ByteSize;
 
 pub mod bench;
 pub mod cluster;
+pub mod mirror;
 pub mod pair;
 pub mod run;
 
 pub use bench::*;
 pub use cluster::*;
+pub use mirror::*;
 pub use pair::*;
 pub use run::*;
 
@@ -80,6 +82,10 @@ pub enum Command {
     /// Two hosts under corosync, Pacemaker and libvirt: the operator's configuration files.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// The NVLOG mirror between two hosts: `send` (where the guest runs), `receive` (the
+    /// other host), `inspect`.
+    #[command(subcommand)]
+    Mirror(MirrorCommand),
 }
 
 /// `tandem tls ...`.
