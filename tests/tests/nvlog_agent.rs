@@ -90,13 +90,20 @@ impl World {
         let bin = dir.path().join("bin");
         std::fs::create_dir_all(&bin).unwrap();
         std::fs::create_dir_all(dir.path().join("attrs")).unwrap();
-        for (name, text) in [("tandem", FAKE_TANDEM), ("crm_attribute", FAKE_CRM_ATTRIBUTE)] {
+        for (name, text) in [
+            ("tandem", FAKE_TANDEM),
+            ("crm_attribute", FAKE_CRM_ATTRIBUTE),
+        ] {
             let p = bin.join(name);
             std::fs::write(&p, text).unwrap();
             std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755))
                 .unwrap();
         }
-        std::fs::write(dir.path().join("mirror.key"), format!("{}\n", "ab".repeat(32))).unwrap();
+        std::fs::write(
+            dir.path().join("mirror.key"),
+            format!("{}\n", "ab".repeat(32)),
+        )
+        .unwrap();
         World { dir }
     }
 
@@ -184,7 +191,11 @@ impl<'w> AgentHost<'w> {
     /// Runs `action` and checks its return code.
     fn expect(&self, action: &str, rc: i32) -> String {
         let (got, text) = self.run(action, &[]);
-        assert_eq!(got, rc, "{} {action}: rc {got}, wanted {rc}:\n{text}", self.node);
+        assert_eq!(
+            got, rc,
+            "{} {action}: rc {got}, wanted {rc}:\n{text}",
+            self.node
+        );
         text
     }
 
@@ -251,13 +262,23 @@ fn meta_data_declares_the_parameters_and_promotable_actions() {
             "{p}:\n{xml}"
         );
     }
-    for a in ["start", "stop", "promote", "demote", "validate-all", "meta-data"] {
+    for a in [
+        "start",
+        "stop",
+        "promote",
+        "demote",
+        "validate-all",
+        "meta-data",
+    ] {
         assert!(xml.contains(&format!("<action name=\"{a}\"")), "{a}");
     }
     assert!(xml.contains("role=\"Promoted\"") && xml.contains("role=\"Unpromoted\""));
     // Every parameter the generator writes is declared.
     for line in xml.lines().filter(|l| l.starts_with("<parameter ")) {
-        assert!(line.contains("unique=") && line.contains("required="), "{line}");
+        assert!(
+            line.contains("unique=") && line.contains("required="),
+            "{line}"
+        );
     }
 }
 
@@ -303,10 +324,16 @@ fn bootstrap_promotes_the_home_host_with_an_empty_log() {
     h1.expect("promote", OCF_SUCCESS);
     assert!(!h1.running("recv") && h1.running("send"));
     assert_eq!(std::fs::metadata(h1.shm()).unwrap().len(), SIZE);
-    assert_eq!(w.attr("crm_config--tandem-nvlog-A-primary").as_deref(), Some("host1"));
+    assert_eq!(
+        w.attr("crm_config--tandem-nvlog-A-primary").as_deref(),
+        Some("host1")
+    );
     assert_eq!(h1.score().as_deref(), Some("100"));
     let calls = h1.calls();
-    let send = calls.lines().find(|l| l.starts_with("mirror send")).unwrap();
+    let send = calls
+        .lines()
+        .find(|l| l.starts_with("mirror send"))
+        .unwrap();
     assert!(send.contains("--peer 10.10.0.2:7790"), "{send}");
     assert!(
         send.contains("crm_attribute -N host2 -n tandem-nvlog-A-outdated -v 1"),
@@ -337,7 +364,10 @@ fn a_synced_copy_is_promoted_as_it_is() {
     std::fs::write(h2.shm(), vec![0x5a; SIZE as usize]).unwrap();
     h2.expect("promote", OCF_SUCCESS);
     assert!(std::fs::read(h2.shm()).unwrap().iter().all(|&b| b == 0x5a));
-    assert_eq!(w.attr("crm_config--tandem-nvlog-A-primary").as_deref(), Some("host2"));
+    assert_eq!(
+        w.attr("crm_config--tandem-nvlog-A-primary").as_deref(),
+        Some("host2")
+    );
     let send = h2.calls();
     assert!(send.contains("--peer 10.10.0.1:7790"), "{send}");
     h2.expect("monitor", OCF_RUNNING_PROMOTED);

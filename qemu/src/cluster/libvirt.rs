@@ -7,6 +7,9 @@
 //!   keeps G's log in that very file, so when G is started there it finds its log. It is an
 //!   `ivshmem-plain` device in the PCI slot after the NIC, where the appliance's region is,
 //!   so the guest's discovery (the first ivshmem function on PCI) finds it the same way;
+//! - the guest's command line turns its mirror gate on (`mirror=`, `mirror.policy=`, and in
+//!   async mode `mirror.max_lag=`): without it the guest acknowledges a write once it is in
+//!   its local log, and a host failure loses what the other host's copy did not get yet;
 //! - the domain type follows the accelerator the hosts will use: `kvm`, or `qemu` for TCG.
 //!   The CPU element (`<cpu mode='maximum'/>`) is accepted by both.
 //!
@@ -27,6 +30,7 @@ pub fn domain_xml(c: &Cluster, g: &Guest, accel: Accel) -> anyhow::Result<String
         .next()
         .ok_or_else(|| anyhow::anyhow!("guest {}: no guest plan", g.name))?;
     plan.domain = g.name.clone();
+    plan.words.extend(mirror_words(c));
     let shm = g.shm_name();
     let opts = DomainOptions {
         accel,
@@ -58,4 +62,20 @@ pub fn domain_xml(c: &Cluster, g: &Guest, accel: Accel) -> anyhow::Result<String
     );
     s.push_str(&render::domain_xml(app, &plan, &opts));
     Ok(s)
+}
+
+/// The guest's mirror words from `[mirror]`: its mode and policy and, in async mode, the lag
+/// bound in records. `max_lag` is in bytes of log; every record carries at least one 4 KiB
+/// payload page, so `bytes / 4096` records never exceed it (clamped to what the guest takes,
+/// 1 to 65536).
+pub fn mirror_words(c: &Cluster) -> Vec<String> {
+    let mut words = vec![
+        format!("mirror={}", c.mirror.mode),
+        format!("mirror.policy={}", c.mirror.policy),
+    ];
+    if c.mirror.mode == "async" {
+        let records = (c.mirror.max_lag.bytes() / 4096).clamp(1, 65_536);
+        words.push(format!("mirror.max_lag={records}"));
+    }
+    words
 }

@@ -251,6 +251,36 @@ fn domains_map_the_nvram_from_dev_shm_for_the_chosen_accelerator() {
     assert!(!own.contains("<shmem name="));
 }
 
+/// The guest's mirror gate is on: its command line carries `[mirror]`'s mode and policy
+/// (async: the lag bound in records, 1M of log = 256 records of at least one page each).
+#[test]
+fn domains_turn_the_guests_mirror_gate_on() {
+    let d = guests_dir();
+    let c = cluster(CLUSTER, d.path()).unwrap();
+    let (f, _) = files(&c, Accel::Tcg);
+    let x = text(&f, "libvirt/A.xml");
+    let line = x.lines().find(|l| l.contains("<cmdline>")).unwrap();
+    let words: Vec<&str> = line
+        .trim()
+        .trim_start_matches("<cmdline>")
+        .trim_end_matches("</cmdline>")
+        .split_whitespace()
+        .collect();
+    for w in [
+        "mirror=async",
+        "mirror.policy=degraded",
+        "mirror.max_lag=256",
+    ] {
+        assert!(words.contains(&w), "{w}: {line}");
+    }
+    let sync = CLUSTER.replace("mode = \"async\"", "mode = \"sync\"");
+    let c = cluster(&sync, d.path()).unwrap();
+    assert_eq!(
+        libvirt::mirror_words(&c),
+        ["mirror=sync", "mirror.policy=degraded"]
+    );
+}
+
 #[test]
 fn the_spec_round_trips_through_toml() {
     let raw: spec::ClusterFile = toml::from_str(CLUSTER).unwrap();
