@@ -280,6 +280,56 @@ pub fn parse_crm_mon(xml: &str) -> anyhow::Result<CrmStatus> {
     })
 }
 
+/// One resource (a primitive, or a clone's instance) in `crm_mon`'s view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceStatus {
+    /// Its id (a clone's instances share the primitive's id).
+    pub id: String,
+    /// `Started`, `Stopped`, `Promoted`, `Unpromoted`, ...
+    pub role: String,
+    /// Whether a failed operation marks it.
+    pub failed: bool,
+    /// The nodes it runs on.
+    pub nodes: Vec<String>,
+}
+
+/// The `<resource>` elements of `crm_mon -1 --output-as=xml`, clones' instances included.
+pub fn parse_resources(xml: &str) -> Vec<ResourceStatus> {
+    let mut out = Vec::new();
+    for (i, _) in xml.match_indices("<resource ") {
+        let rest = &xml[i..];
+        let Some(end) = rest.find('>') else { continue };
+        let tag = &rest[..end];
+        let body = if tag.ends_with('/') {
+            ""
+        } else {
+            rest.find("</resource>").map_or("", |e| &rest[end..e])
+        };
+        let (Some(id), Some(role)) = (attr(tag, "id"), attr(tag, "role")) else {
+            continue;
+        };
+        out.push(ResourceStatus {
+            id: id.to_string(),
+            role: role.to_string(),
+            failed: attr(tag, "failed") == Some("true"),
+            nodes: tags(body, "node")
+                .into_iter()
+                .filter_map(|t| attr(t, "name").map(str::to_string))
+                .collect(),
+        });
+    }
+    out
+}
+
+/// The resources `crm_mon` in `host` shows.
+pub fn resources(host: &Host) -> anyhow::Result<Vec<ResourceStatus>> {
+    Ok(parse_resources(&host.exec_ok(&[
+        "crm_mon",
+        "-1",
+        "--output-as=xml",
+    ])?))
+}
+
 /// What `corosync-quorumtool -s` says: quorate, and the members' names.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Quorum {
@@ -376,6 +426,43 @@ mod tests {
                 .unwrap();
         assert!(!none.quorum && none.dc.is_none());
         assert!(parse_crm_mon("Connection to cluster failed").is_err());
+    }
+
+    #[test]
+    fn crm_mon_resources_are_read() {
+        let xml = r#"<pacemaker-result api-version="2.25" request="crm_mon">
+  <resources>
+    <resource id="vm-A" resource_agent="ocf:heartbeat:VirtualDomain" role="Started" active="true" failed="false" nodes_running_on="1">
+      <node name="host1" id="1" cached="true"/>
+    </resource>
+    <clone id="nvlog-A" multi_state="true" unique="false">
+      <resource id="nvlog-A-rsc" resource_agent="ocf:tandem:nvlog" role="Promoted" active="true" failed="false">
+        <node name="host1" id="1" cached="true"/>
+      </resource>
+      <resource id="nvlog-A-rsc" resource_agent="ocf:tandem:nvlog" role="Unpromoted" active="true" failed="true">
+        <node name="host2" id="2" cached="true"/>
+      </resource>
+    </clone>
+    <resource id="fence-host1" resource_agent="stonith:x" role="Stopped" active="false" failed="false"/>
+  </resources>
+</pacemaker-result>"#;
+        let r = parse_resources(xml);
+        let short: Vec<(&str, &str, bool, Vec<&str>)> = r
+            .iter()
+            .map(|r| {
+                let nodes = r.nodes.iter().map(String::as_str).collect();
+                (r.id.as_str(), r.role.as_str(), r.failed, nodes)
+            })
+            .collect();
+        assert_eq!(
+            short,
+            vec![
+                ("vm-A", "Started", false, vec!["host1"]),
+                ("nvlog-A-rsc", "Promoted", false, vec!["host1"]),
+                ("nvlog-A-rsc", "Unpromoted", true, vec!["host2"]),
+                ("fence-host1", "Stopped", false, vec![]),
+            ]
+        );
     }
 
     #[test]

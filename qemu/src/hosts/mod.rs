@@ -15,7 +15,8 @@
 //!   whose upper layers are this host's own directories (its "disk"), with the cluster
 //!   state directories emptied: nothing of the machine's own cluster state leaks in.
 //!   `/usr/sbin` gets an overlay too, so that the test fence agent exists on the test hosts
-//!   only (Pacemaker looks for fence agents there and nowhere else).
+//!   only (Pacemaker looks for fence agents there and nowhere else), and `/usr/lib/ocf`, so
+//!   that OCF agents a test installs ([`Host::install`]) exist in its hosts only.
 //!
 //! Hosts are joined by veth pairs ([`Link`]): an interconnect for corosync, and bridged links
 //! for a client network. [`Host::kill_all`] SIGKILLs every process of the host (found through
@@ -259,6 +260,20 @@ impl Host {
     /// [`Host::kill_all`], before starting daemons again.
     pub fn clear_volatile(&self) -> anyhow::Result<()> {
         self.sh(ns::VOLATILE_SCRIPT).map(drop)
+    }
+
+    /// Installs the machine's file `src` as `dest` in the host (parents created), with
+    /// `mode`: e.g. an OCF agent under `/usr/lib/ocf/resource.d/`, kept in the host's own
+    /// overlay layer.
+    pub fn install(&self, src: &Path, dest: &str, mode: u32) -> anyhow::Result<()> {
+        let p = self.path(dest);
+        if let Some(dir) = p.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::copy(src, &p)
+            .with_context(|| format!("installing {} as {dest} in {}", src.display(), self.name))?;
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+        Ok(())
     }
 
     /// Adds a bridge `name` (up, optionally with the address `cidr`) to the host.

@@ -14,9 +14,10 @@ use nix::unistd::Pid;
 use super::{cluster, run_bounded, Host, NETNS_PREFIX};
 
 /// Directories the host sees through a copy-on-write overlay over the machine's own (the
-/// upper layer is the host's "disk"): configuration, state and logs, and `/usr/sbin` for the
-/// test fence agent.
-const OVERLAYS: &[&str] = &["etc", "var/lib", "var/log", "usr/sbin"];
+/// upper layer is the host's "disk"): configuration, state and logs, `/usr/sbin` for the
+/// test fence agent, and `/usr/lib/ocf` (when resource-agents is installed) so that a test
+/// can install an OCF agent (`ocf:tandem:nvlog`) in its hosts only.
+const OVERLAYS: &[&str] = &["etc", "var/lib", "var/log", "usr/sbin", "usr/lib/ocf"];
 
 /// Cluster and libvirt state the machine may have (a package's first run, another test's
 /// leftovers): emptied in each host so that every host starts as a fresh install.
@@ -128,6 +129,9 @@ pub fn setup_mounts(host: &Host) -> anyhow::Result<()> {
     let root = host.root();
     let mut script = format!("set -e\nhostname {}\n{VOLATILE_SCRIPT}", host.name());
     for dir in OVERLAYS {
+        if !Path::new("/").join(dir).is_dir() {
+            continue; // nothing to overlay (e.g. no resource-agents): the host has none either
+        }
         let flat = dir.replace('/', "-");
         let upper = root.join("upper").join(&flat);
         let work = root.join("work").join(&flat);
