@@ -46,6 +46,22 @@ pub fn guest_image() -> &'static Path {
     })
 }
 
+/// The `tandem` binary of this tree (built once per test process, a no-op when fresh, so a
+/// test runs the code under test; `TANDEM_BIN` overrides).
+pub fn tandem_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) =
+            std::env::var_os(tandem_qemu::pair::api::ENV_TANDEM_BIN).filter(|p| !p.is_empty())
+        {
+            return PathBuf::from(p);
+        }
+        let ws = workspace_root();
+        tandem_qemu::pair::api::build_tandem(&ws).unwrap_or_else(|e| panic!("{e:#}"));
+        ws.join("target").join("release").join("tandem")
+    })
+}
+
 /// The QEMU executable.
 pub fn qemu() -> PathBuf {
     tandem_qemu::qemu_bin::find_qemu().unwrap_or_else(|e| panic!("{e}"))

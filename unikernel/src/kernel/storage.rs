@@ -248,6 +248,10 @@ impl NbdService {
             MAX_CLIENTS,
         ));
         server.set_tls(tls);
+        if spec.own {
+            // The NVLOG mirror gates this node's own log (the sender on its host reads it).
+            server.set_mirror(cfg.mirror);
+        }
         if cfg.debug_hold_cp && spec.own {
             warn!("debug.cp=hold: consistency points held; logged writes stay in the log only");
             server.hold_consistency_points(true);
