@@ -40,6 +40,21 @@ pub const COPY_FRAME_TO_SOCKET: &str = "copy_frame_to_socket";
 pub const COPY_SOCKET_TO_APP: &str = "copy_socket_to_app";
 pub const COPY_APP_TO_SOCKET: &str = "copy_app_to_socket";
 pub const COPY_SOCKET_TO_FRAME: &str = "copy_socket_to_frame";
+/// After the counters, with a log mirrored to another host (`mirror=` on): the mirror's
+/// state (one of [`MIRROR_STATES`]) and how far the copy goes (an NVLOG sequence number).
+pub const MIRROR: &str = "mirror";
+pub const MIRRORED: &str = "mirrored";
+/// `up`: writes are acknowledged once mirrored; `degraded`: the mirror is lost and the copy
+/// outdated, writes go through to disk; `stopped`: the mirror is lost, acknowledgements wait.
+pub const MIRROR_STATES: [&str; 3] = ["up", "degraded", "stopped"];
+
+/// The mirror's part of a status reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mirror {
+    /// One of [`MIRROR_STATES`].
+    pub state: &'static str,
+    pub mirrored: u64,
+}
 
 /// Bytes the NBD data path served and copied since this start (see the module doc).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -104,6 +119,8 @@ pub struct Status {
     /// Heap bytes in use.
     pub heap_used: u64,
     pub data: DataPath,
+    /// With `mirror=` on.
+    pub mirror: Option<Mirror>,
 }
 
 impl Status {
@@ -149,10 +166,23 @@ impl Status {
         let body = line.strip_prefix(OK_PREFIX.trim_end()).unwrap_or(line);
         let mut st = Status::default();
         let mut seen = 0u16;
+        let mut mirror = (None, None);
         for word in body.split_whitespace() {
             let Some((key, value)) = word.split_once('=') else {
                 continue;
             };
+            match key {
+                MIRROR => {
+                    let state = MIRROR_STATES.iter().find(|s| **s == value);
+                    mirror.0 = Some(*state.ok_or(ParseError::BadValue(MIRROR))?);
+                    continue;
+                }
+                MIRRORED => {
+                    mirror.1 = Some(value.parse().map_err(|_| ParseError::BadValue(MIRRORED))?);
+                    continue;
+                }
+                _ => {}
+            }
             let Some(idx) = st.fields().iter().position(|(k, _)| *k == key) else {
                 continue;
             };
@@ -172,7 +202,15 @@ impl Status {
             .find(|(i, _)| seen & (1 << i) == 0)
         {
             Some((_, (k, _))) => Err(ParseError::Missing(k)),
-            None => Ok(st),
+            None => {
+                st.mirror = match mirror {
+                    (Some(state), Some(mirrored)) => Some(Mirror { state, mirrored }),
+                    (None, None) => None,
+                    (None, _) => return Err(ParseError::Missing(MIRROR)),
+                    (_, None) => return Err(ParseError::Missing(MIRRORED)),
+                };
+                Ok(st)
+            }
         }
     }
 }
@@ -194,6 +232,9 @@ impl fmt::Display for Status {
                 f.write_str(" ")?;
             }
             write!(f, "{k}={v}")?;
+        }
+        if let Some(m) = self.mirror {
+            write!(f, " {MIRROR}={} {MIRRORED}={}", m.state, m.mirrored)?;
         }
         Ok(())
     }
@@ -237,6 +278,7 @@ mod tests {
                 copy_app_to_socket: 4136,
                 copy_socket_to_frame: 4135,
             },
+            mirror: None,
         }
     }
 
@@ -290,5 +332,31 @@ mod tests {
             DataPath::default(),
             "a counter that went back gives 0"
         );
+    }
+
+    #[test]
+    fn the_mirror_fields_round_trip_and_are_optional() {
+        let mut st = Status {
+            restarts: 1,
+            requests: 2,
+            ..Status::default()
+        };
+        assert_eq!(Status::parse(&st.to_string()), Ok(st));
+        for state in MIRROR_STATES {
+            st.mirror = Some(Mirror {
+                state,
+                mirrored: 77,
+            });
+            let line = alloc::format!("{OK_PREFIX}{st}");
+            assert!(
+                line.contains(&alloc::format!("mirror={state} mirrored=77")),
+                "{line}"
+            );
+            assert_eq!(Status::parse(&line), Ok(st));
+        }
+        let bad = st.to_string().replace("mirror=stopped", "mirror=sideways");
+        assert_eq!(Status::parse(&bad), Err(ParseError::BadValue(MIRROR)));
+        let half = st.to_string().replace(" mirrored=77", "");
+        assert_eq!(Status::parse(&half), Err(ParseError::Missing(MIRRORED)));
     }
 }

@@ -31,7 +31,7 @@ use tandem_tests::*;
 
 const NVRAM_MIB: u64 = 16;
 const SLOTS: usize = 96;
-const DEFAULT_KILLS: u32 = 3;
+const DEFAULT_KILLS: u32 = 12;
 /// Bound on anything that involves a boot (TCG on a loaded 2-CPU host).
 const LONG: Duration = Duration::from_secs(120);
 
@@ -261,4 +261,104 @@ fn host_deaths_under_fua_writes_lose_no_acknowledged_write() {
     }
     let _ = vm.kill();
     eprintln!("{kills} host deaths, {total_acked} acknowledged FUA writes, 0 lost");
+}
+
+/// A lost mirror: replies wait (`stopped`) until it returns, unless the copy was marked
+/// outdated, after which writes go through to disk (`degraded`); a returning receiver is
+/// resynchronised and replies are mirrored again.
+#[test]
+fn a_lost_mirror_holds_replies_until_it_returns_or_the_copy_is_outdated() {
+    let tmp = tandem_qemu::scratch::tempdir().expect("temp dir");
+    let dir = tmp.path().to_path_buf();
+    let disk = dir.join("a.raw");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let key = dir.join("mirror.key");
+    tandem_qemu::mgmt::write_key(&key, &tandem_qemu::mgmt::generate_key().unwrap()).unwrap();
+    let site = Site {
+        dir: dir.clone(),
+        disk,
+        key,
+        port: free_port(),
+    };
+    let (live, copy) = (dir.join("nvram-live.bin"), dir.join("nvram-copy.bin"));
+    std::fs::File::create(&live)
+        .unwrap()
+        .set_len(NVRAM_MIB << 20)
+        .unwrap();
+    let nbd = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{nbd}").parse().unwrap();
+    let cmd = guest_command(Machine::Q35, &dir)
+        .disk(Disk::new(&site.disk))
+        .nic(Nic::user().mac(test_mac()).forward(nbd, 10809))
+        .cmdline("durability=nvlog mirror=sync mirror.policy=degraded mirror.timeout_ms=2000")
+        .shared_region(SharedRegion::new(&live, ByteSize::mib(NVRAM_MIB)));
+    let mut vm = spawn(&cmd, &dir);
+    vm.wait_for_line("NBD export", LONG, |l| l.text.starts_with("TANDEM NBD "))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (rs, ss) = (dir.join("recv.status"), dir.join("send.status"));
+    // The sender may outdate the copy only once this file exists.
+    let allow = dir.join("allow-outdate");
+    let outdate = format!("test -e {}", allow.display());
+    let sender = {
+        let _ = std::fs::remove_file(&ss);
+        let child = Command::new(tandem_bin())
+            .args(["mirror", "send", "--guest", "A", "--peer"])
+            .arg(format!("127.0.0.1:{}", site.port))
+            .arg("--region")
+            .arg(&live)
+            .arg("--key")
+            .arg(&site.key)
+            .arg("--status")
+            .arg(&ss)
+            .args(["--outdate-cmd", &outdate])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("sender.log")).unwrap())
+            .spawn()
+            .expect("tandem mirror send");
+        Daemon(child)
+    };
+    let mut receiver = site.receiver(&copy, &rs);
+    let line = |vm: &mut Vm, what: &str| {
+        let w = what.to_string();
+        vm.wait_for_line(what, LONG, move |l| l.text.contains(&w))
+            .unwrap_or_else(|e| panic!("{e}"));
+    };
+    line(&mut vm, "mirror: up");
+    let mut c = NbdClient::connect_with(addr, "blk0", LONG, LONG).expect("connect");
+    c.write(0, &pattern(0, 1), true).expect("a mirrored write");
+
+    // The receiver goes: the guest holds replies.
+    drop(receiver);
+    line(&mut vm, "mirror: lost; stopped");
+    let held = std::thread::spawn(move || {
+        let r = c.write(4096, &pattern(1, 2), true);
+        (r.map(|_| Instant::now()), c)
+    });
+    wait_for("the sender to report the link down", LONG, || {
+        status_of(&ss)["state"] == "down"
+    });
+    let back = Instant::now();
+    receiver = site.receiver(&copy, &rs);
+    let (acked_at, mut c) = held.join().expect("writer");
+    let acked_at = acked_at.expect("the held write is acknowledged once the mirror is back");
+    assert!(
+        acked_at > back,
+        "a write was acknowledged while the mirror was down"
+    );
+    line(&mut vm, "mirror: up");
+
+    // Now the copy may be outdated: the receiver goes, the guest writes through.
+    std::fs::write(&allow, "").unwrap();
+    drop(receiver);
+    line(&mut vm, "mirror: lost; degraded");
+    assert_eq!(status_of(&ss)["state"], "outdated");
+    c.write(8192, &pattern(2, 3), true)
+        .expect("a write goes through to disk while degraded");
+    let mut r = c.read(0, 3 * 4096).expect("read back");
+    assert_eq!(r.split_off(8192), pattern(2, 3));
+    drop(sender);
+    let _ = vm.kill();
 }

@@ -260,11 +260,13 @@ impl Loop {
     /// The management channel, and what an authenticated client injects.
     fn poll_mgmt(&mut self) {
         let data_path = self.stack.data_path();
+        let mirror = self.stack.nbd.as_ref().and_then(|n| n.mirror());
         let mgmt_status = || unikernel::mgmt_status::Status {
             restarts: u64::from(crate::life().restarts),
             requests: stack_requests(),
             heap_used: mem::stats().heap_used,
             data: data_path,
+            mirror,
         };
         match self.stack.poll_mgmt(&mgmt_status) {
             Some(mgmt::Injection::Panic) => panic!("mgmt: injected panic"),

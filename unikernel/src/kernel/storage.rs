@@ -317,6 +317,15 @@ impl NbdService {
         self.server.stats.requests
     }
 
+    /// The mirror's part of the status reply (`None` with `mirror=off`).
+    pub fn mirror(&self) -> Option<unikernel::mgmt_status::Mirror> {
+        let (status, mirrored) = self.server.mirror_state()?;
+        Some(unikernel::mgmt_status::Mirror {
+            state: status.name()?,
+            mirrored,
+        })
+    }
+
     /// Payload bytes of the reads and the writes taken so far.
     pub fn payload_bytes(&self) -> (u64, u64) {
         (

@@ -18,6 +18,7 @@
 //! An error reply is never held: it acknowledges nothing.
 
 use tandem_formats::cmdline::{MirrorConfig, MirrorMode, MirrorPolicy};
+use tandem_formats::mgmt_status::MIRROR_STATES;
 use tandem_formats::mirror::{LinkState, MirrorBlock};
 
 /// The mirror as the guest sees it.
@@ -35,12 +36,15 @@ pub enum MirrorStatus {
 }
 
 impl MirrorStatus {
-    pub fn name(self) -> &'static str {
+    /// The status reply's word (`tandem_formats::mgmt_status::MIRROR_STATES`); `None` when
+    /// off.
+    pub fn name(self) -> Option<&'static str> {
+        let [up, degraded, stopped] = MIRROR_STATES;
         match self {
-            MirrorStatus::Off => "off",
-            MirrorStatus::Up => "up",
-            MirrorStatus::Degraded => "degraded",
-            MirrorStatus::Stopped => "stopped",
+            MirrorStatus::Off => None,
+            MirrorStatus::Up => Some(up),
+            MirrorStatus::Degraded => Some(degraded),
+            MirrorStatus::Stopped => Some(stopped),
         }
     }
 }
