@@ -17,6 +17,7 @@
 pub mod checkpoint;
 pub mod guest_lines;
 pub mod label;
+pub mod mirror_ship;
 pub mod mirror_stream;
 pub mod nbd_handshake;
 pub mod nbd_request;
@@ -41,6 +42,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("checkpoint", checkpoint::run),
     ("label", label::run),
     ("guest_lines", guest_lines::run),
+    ("mirror_ship", mirror_ship::run),
     ("mirror_stream", mirror_stream::run),
     ("pair_region", pair_region::run),
     ("tcp_peer", tcp_peer::run),

@@ -455,4 +455,13 @@ fn mirror_seeds(out: &mut Vec<Seed>) {
     desc.extend([0x5a; 16]);
     desc.extend([2, 2, 1, 0, 0, 0]);
     out.push(("mirror_stream", "described".into(), desc));
+    // mirror_ship: a built log (mode 1) over 20 pages, and raw bytes.
+    let mut log = vec![1, 3, 9, 0];
+    log.extend((0u8..=255).cycle().take(600));
+    out.push(("mirror_ship", "built-log".into(), log));
+    out.push((
+        "mirror_ship",
+        "raw".into(),
+        vec![0, 0, 1, 2, 0xff, 0x00, 0x7f],
+    ));
 }
