@@ -9,8 +9,10 @@
 //! host dies: QEMU and the sender get SIGKILL at once, with writes in flight. The receiver is
 //! stopped (what the agent does when it promotes), the guest boots over the copy (as
 //! Pacemaker starts it on the other host), and every block must read back its last
-//! acknowledged pattern (or an unanswered one that may have landed). The roles then swap
-//! and the next trial kills the new host. The cluster engines around this are
+//! acknowledged pattern (or an unanswered one that may have landed). Every other trial, the
+//! restarted guest is killed again straight after it starts serving, inside its replay of
+//! the copy, and starts again in place. The roles then swap and the next trial kills the new
+//! host. The cluster engines around this are
 //! `cluster_failover.rs`; this is the data path alone, so that many kills fit in CI.
 //!
 //! `TANDEM_MIRROR_KILLS=N` sets the number of host deaths (CI default below).
@@ -247,6 +249,12 @@ fn host_deaths_under_fua_writes_lose_no_acknowledged_write() {
         );
         live = 1 - live;
         vm = site.boot(&files[live], nbd);
+        if trial % 2 == 1 {
+            // The new host's guest dies again inside its replay (records found in the copy
+            // are still going to disk) and restarts in place over the same file.
+            let _ = vm.kill();
+            vm = site.boot(&files[live], nbd);
+        }
         let mut c = NbdClient::connect(addr, "blk0", Duration::from_secs(30)).expect("connect");
         let bad = all.verify(&mut c).expect("read back");
         assert!(
