@@ -13,25 +13,10 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use tandem_qemu::appliance::{self, config, disk, manifest, BuildOptions};
-use tandem_qemu::pair::api::ENV_TANDEM_BIN;
 use tandem_tests::*;
-
-/// The `tandem` binary of this tree (built once per test process; `TANDEM_BIN` overrides).
-fn tandem_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os(ENV_TANDEM_BIN).filter(|p| !p.is_empty()) {
-            return PathBuf::from(p);
-        }
-        let ws = workspace_root();
-        tandem_qemu::pair::api::build_tandem(&ws).unwrap_or_else(|e| panic!("{e:#}"));
-        ws.join("target").join("release").join("tandem")
-    })
-}
 
 fn example(name: &str) -> PathBuf {
     workspace_root().join("examples").join(name)

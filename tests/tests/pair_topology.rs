@@ -7,12 +7,12 @@
 //! Pairs run one at a time (each is two busy TCG guests; the host may have 2 CPUs). Every
 //! wait is bounded and waits on a console line, a control word, an event or a process.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use tandem_qemu::pair::api::{process_alive, ENV_TANDEM_BIN};
+use tandem_qemu::pair::api::process_alive;
 use tandem_qemu::pair::layout::{self as r, word, Header};
 use tandem_qemu::pair::{Node, Pair, PairSpec, Sig};
 use tandem_tests::*;
@@ -23,20 +23,6 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The `tandem` binary, built from this tree once per test process (a no-op when fresh), so
-/// the supervisor runs the code under test; `TANDEM_BIN` overrides.
-fn tandem_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os(ENV_TANDEM_BIN).filter(|p| !p.is_empty()) {
-            return PathBuf::from(p);
-        }
-        let ws = workspace_root();
-        tandem_qemu::pair::api::build_tandem(&ws).unwrap_or_else(|e| panic!("{e:#}"));
-        ws.join("target").join("release").join("tandem")
-    })
 }
 
 fn spec(dir: &Path) -> PairSpec {

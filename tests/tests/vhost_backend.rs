@@ -21,7 +21,6 @@ use tandem_qemu::builder::{Machine, Nic, QemuCommand, VhostUserBlk};
 use tandem_qemu::exit::GuestExit;
 use tandem_qemu::ledger::{pattern, Ledger, BLOCK};
 use tandem_qemu::nbd_client::NbdClient;
-use tandem_qemu::pair::api::ENV_TANDEM_BIN;
 use tandem_qemu::size::ByteSize;
 use tandem_qemu::vhost_backend::{self, BackendCommand, BackendDaemon, Engine};
 use tandem_qemu::vm::Vm;
@@ -39,19 +38,6 @@ fn backend_bin() -> &'static Path {
         let ws = workspace_root();
         vhost_backend::build(&ws).unwrap_or_else(|e| panic!("{e:#}"));
         vhost_backend::default_path(&ws)
-    })
-}
-
-/// The `tandem` binary of this tree (built once per test process; `TANDEM_BIN` overrides).
-fn tandem_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os(ENV_TANDEM_BIN).filter(|p| !p.is_empty()) {
-            return PathBuf::from(p);
-        }
-        let ws = workspace_root();
-        tandem_qemu::pair::api::build_tandem(&ws).unwrap_or_else(|e| panic!("{e:#}"));
-        ws.join("target").join("release").join("tandem")
     })
 }
 
