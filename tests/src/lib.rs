@@ -62,6 +62,14 @@ pub fn tandem_bin() -> &'static Path {
     })
 }
 
+/// A TCP port free on the host's loopback now (for QEMU's user-net forwards and daemons).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
 /// The QEMU executable.
 pub fn qemu() -> PathBuf {
     tandem_qemu::qemu_bin::find_qemu().unwrap_or_else(|e| panic!("{e}"))

@@ -17,7 +17,7 @@
 //! test) and the console shows the failure warnings without a retry storm (the guest backs
 //! off 10 ms .. 1 s between retries).
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -39,14 +39,6 @@ const LEN: usize = 64 << 10;
 /// Most "consistency point failed" lines a test may print (back-off, not a spin).
 const MAX_FAILURE_LINES: usize = 200;
 const EIO: u32 = 5;
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A guest with disk A (behind blkdebug when `rules` is given) and disk B, NVRAM attached.
 struct Rig {

@@ -4,7 +4,6 @@
 //! - `nvlog`: after FLUSH returns, the data may be only in the NVRAM log region (consistency
 //!   points are held off here to make sure of it); the next boot replays it to the disk.
 
-use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
 use std::process::Command;
 
@@ -12,14 +11,6 @@ use tandem_qemu::builder::{Machine, Nic, SharedRegion};
 use tandem_qemu::size::ByteSize;
 use tandem_qemu::vm::Vm;
 use tandem_tests::*;
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Boots on `dir/a.raw` (created once) with an optional NVRAM file; waits for the service.
 fn boot(dir: &Path, nvram: bool, cmdline: &str, port: u16) -> Vm {

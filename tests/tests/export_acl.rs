@@ -6,7 +6,7 @@
 //! allowed to 10.0.2.0/24 serve qemu-io as usual.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpStream};
 use std::time::Duration;
 
 use tandem_qemu::builder::{Machine, Nic};
@@ -22,14 +22,6 @@ const REP_ACK: u32 = 1;
 const REP_SERVER: u32 = 2;
 const REP_INFO: u32 = 3;
 const REP_ERR_POLICY: u32 = (1 << 31) + 2;
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Served {
     vm: Vm,

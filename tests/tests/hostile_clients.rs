@@ -4,7 +4,7 @@
 //! restart.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,14 +21,6 @@ const DEADLINE: Duration = Duration::from_secs(10);
 const SLACK: Duration = Duration::from_secs(10);
 /// The guest's stall time in these tests (`nbd.stall_ms`).
 const STALL: Duration = Duration::from_secs(5);
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Guest {
     vm: Vm,

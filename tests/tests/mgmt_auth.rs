@@ -6,7 +6,7 @@
 //! on the console.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use tandem_formats::mgmt_auth as auth;
@@ -17,14 +17,6 @@ use tandem_qemu::vm::Vm;
 use tandem_tests::*;
 
 const REPLY: Duration = Duration::from_secs(30);
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Boots a guest with `words`; returns it and the host port forwarded to tcp/10810.
 fn boot(dir: &std::path::Path, words: &str, ready: &str) -> (Vm, SocketAddr) {

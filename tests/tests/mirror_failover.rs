@@ -17,7 +17,7 @@
 //!
 //! `TANDEM_MIRROR_KILLS=N` sets the number of host deaths (CI default below).
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,14 +36,6 @@ const SLOTS: usize = 96;
 const DEFAULT_KILLS: u32 = 12;
 /// Bound on anything that involves a boot (TCG on a loaded 2-CPU host).
 const LONG: Duration = Duration::from_secs(120);
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Waits (bounded) for `cond`, polling.
 fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
@@ -82,6 +74,26 @@ struct Site {
 }
 
 impl Site {
+    /// A scratch directory with the shared disk and the link key (kept while the first is).
+    fn new() -> (tandem_qemu::scratch::TempDir, Site) {
+        let tmp = tandem_qemu::scratch::tempdir().expect("temp dir");
+        let dir = tmp.path().to_path_buf();
+        let disk = dir.join("a.raw");
+        std::fs::File::create(&disk)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        let key = dir.join("mirror.key");
+        tandem_qemu::mgmt::write_key(&key, &tandem_qemu::mgmt::generate_key().unwrap()).unwrap();
+        let site = Site {
+            dir,
+            disk,
+            key,
+            port: free_port(),
+        };
+        (tmp, site)
+    }
+
     fn receiver(&self, copy: &Path, status: &Path) -> Daemon {
         let _ = std::fs::remove_file(status);
         let child = Command::new(tandem_bin())
@@ -179,21 +191,8 @@ fn host_deaths_under_fua_writes_lose_no_acknowledged_write() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(DEFAULT_KILLS);
-    let tmp = tandem_qemu::scratch::tempdir().expect("temp dir");
-    let dir = tmp.path().to_path_buf();
-    let disk = dir.join("a.raw");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
-    let key = dir.join("mirror.key");
-    tandem_qemu::mgmt::write_key(&key, &tandem_qemu::mgmt::generate_key().unwrap()).unwrap();
-    let site = Site {
-        dir: dir.clone(),
-        disk,
-        key,
-        port: free_port(),
-    };
+    let (_tmp, site) = Site::new();
+    let dir = site.dir.clone();
     // The two hosts' NVRAM files; the guest starts on host 0.
     let files = [dir.join("nvram-host0.bin"), dir.join("nvram-host1.bin")];
     std::fs::File::create(&files[0])
@@ -276,21 +275,8 @@ fn host_deaths_under_fua_writes_lose_no_acknowledged_write() {
 /// resynchronised and replies are mirrored again.
 #[test]
 fn a_lost_mirror_holds_replies_until_it_returns_or_the_copy_is_outdated() {
-    let tmp = tandem_qemu::scratch::tempdir().expect("temp dir");
-    let dir = tmp.path().to_path_buf();
-    let disk = dir.join("a.raw");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
-    let key = dir.join("mirror.key");
-    tandem_qemu::mgmt::write_key(&key, &tandem_qemu::mgmt::generate_key().unwrap()).unwrap();
-    let site = Site {
-        dir: dir.clone(),
-        disk,
-        key,
-        port: free_port(),
-    };
+    let (_tmp, site) = Site::new();
+    let dir = site.dir.clone();
     let (live, copy) = (dir.join("nvram-live.bin"), dir.join("nvram-copy.bin"));
     std::fs::File::create(&live)
         .unwrap()

@@ -3,7 +3,7 @@
 //! must not disturb anyone else.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -16,14 +16,6 @@ use tandem_tests::*;
 const DISK_MIB: u64 = 128;
 /// What the export serves: the disk less the 1 MiB reserved for its label and checkpoints.
 const EXPORT_BYTES: u64 = (DISK_MIB - 1) << 20;
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A booted guest serving one 128 MiB disk as `blk0` on a host port.
 struct Served {

@@ -7,7 +7,7 @@
 //! of that restarts the guest; `nbd.tls=on` serves both.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -22,14 +22,6 @@ use tandem_tests::*;
 const DISK: ByteSize = ByteSize::mib(16);
 /// The export: the disk less the 1 MiB the guest keeps for itself (as in nbd_clients.rs).
 const EXPORT_BYTES: usize = 15 << 20;
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Served {
     vm: Vm,

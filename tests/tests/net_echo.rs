@@ -3,20 +3,11 @@
 //! A 1 MiB random stream sent to the guest's echo service comes back intact.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpStream};
 use std::time::{Duration, Instant};
 
 use tandem_qemu::builder::{Machine, Nic};
 use tandem_tests::*;
-
-/// A free port on 127.0.0.1 (released before QEMU binds it; the window is tiny).
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Connects once the forward answers and the guest accepts (bounded retries).
 fn connect(port: u16) -> TcpStream {

@@ -10,7 +10,7 @@
 //! from `TANDEM_BACKEND`; `tandem` likewise (`TANDEM_BIN`). Waits are on what can be
 //! observed (a console line, a write reaching the image, a log line, an exit), bounded.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -397,14 +397,6 @@ fn device_reset_mid_job() {
         "{}",
         daemon.log_text()
     );
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// SIGTERM while the guest's storage service writes (FUA, durability=disk, so an
