@@ -33,7 +33,7 @@ while [ $# -gt 0 ]; do
   case $1 in
     --status) status=$2; shift 2 ;;
     --copy) copy=$2; shift 2 ;;
-    --size) size=$2; shift 2 ;;
+    --size) size=${2%b}; shift 2 ;;
     --keep) keep=1; shift ;;
     *) shift ;;
   esac
@@ -330,6 +330,14 @@ fn bootstrap_promotes_the_home_host_with_an_empty_log() {
     );
     assert_eq!(h1.score().as_deref(), Some("100"));
     let calls = h1.calls();
+    let recv = calls
+        .lines()
+        .find(|l| l.starts_with("mirror receive"))
+        .unwrap();
+    assert!(
+        recv.contains(&format!("--size {SIZE}b")),
+        "bytes, not MiB: {recv}"
+    );
     let send = calls
         .lines()
         .find(|l| l.starts_with("mirror send"))
