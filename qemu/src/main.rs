@@ -37,5 +37,6 @@ fn bench(cmd: &BenchCommand) -> anyhow::Result<i32> {
         BenchCommand::Nbd(args) => bench::nbd::bench_nbd(&args.plan()),
         BenchCommand::Restart(args) => bench::restart::bench_restart(&args.plan()),
         BenchCommand::Failover(args) => bench::failover::bench_failover(&args.plan()),
+        BenchCommand::Mirror(args) => bench::mirror::bench_mirror(&args.plan()),
     }
 }

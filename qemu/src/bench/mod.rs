@@ -1,6 +1,6 @@
 //! Benchmarks: `tandem bench boot` ([`boot`]), `tandem bench blk` ([`blk`]), `tandem bench
-//! nbd` ([`nbd`], and with `--tls` [`nbd_tls`]), `tandem bench restart` ([`restart`]) and
-//! `tandem bench failover` ([`failover`]).
+//! nbd` ([`nbd`], and with `--tls` [`nbd_tls`]), `tandem bench restart` ([`restart`]),
+//! `tandem bench failover` ([`failover`]) and `tandem bench mirror` ([`mirror`]).
 //!
 //! One module per concern, shared by every bench:
 //!
@@ -22,6 +22,7 @@ pub mod blk;
 pub mod boot;
 pub mod failover;
 pub mod job;
+pub mod mirror;
 pub mod nbd;
 pub mod nbd_tls;
 pub mod orchestrate;

@@ -9,6 +9,7 @@ use crate::bench::blk::{Backend, BlkPlan, PathChoice};
 use crate::bench::boot::BootPlan;
 use crate::bench::failover::FailoverPlan;
 use crate::bench::job::{BlockSize, RwMode};
+use crate::bench::mirror::{MirrorMode, MirrorPlan, WriteKind};
 use crate::bench::nbd::{FioJob, NbdPlan, NbdTarget};
 use crate::bench::restart::{FaultKind, RestartPlan};
 use crate::builder::Machine;
@@ -53,6 +54,15 @@ pub enum BenchCommand {
     /// acknowledged write is read back through A's address after each takeover; a lost one
     /// fails the bench. Needs root (the pair's network namespace).
     Failover(BenchFailoverArgs),
+    /// What the NVLOG mirror adds to a client's write latency: one guest per configuration
+    /// (mirror=off, mirror=sync, mirror=async), booted once and measured in interleaved
+    /// rounds; QD1 4 KiB writes (FUA and plain) through NBD; a table of median p50/p90/p99
+    /// latency and IOPS with the ratio and the difference (µs) to mirror off, beside the
+    /// link's measured TCP round trip.
+    ///
+    /// The mirror's two ends (`tandem mirror send` and `receive`) run in-process on threads,
+    /// over loopback, or with --link-delay-us through a relay that delays both directions.
+    Mirror(BenchMirrorArgs),
 }
 
 /// Which machines to bench.
@@ -414,6 +424,79 @@ impl BenchFailoverArgs {
             work_dir: self.work_dir.clone(),
             outputs: outputs(&self.json, &self.svg),
             step_timeout: self.step_timeout,
+        }
+    }
+}
+
+/// `tandem bench mirror`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchMirrorArgs {
+    /// Configurations (comma list): off, sync, async. Ratios and differences are against
+    /// off, which always comes first.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "off,sync,async",
+        value_name = "LIST"
+    )]
+    pub modes: Vec<MirrorMode>,
+    /// Write kinds (comma list): fua, plain.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "fua,plain",
+        value_name = "LIST"
+    )]
+    pub kinds: Vec<WriteKind>,
+    /// Timed writes per configuration, kind and round.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub writes: u32,
+    /// Rounds; the table shows medians over them.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: u32,
+    /// `mirror.max_lag` (records) of the async configuration.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub max_lag: u64,
+    /// Delay (µs) added to every round trip over the interconnect: the mirrors and the
+    /// ping-pong go through a relay on loopback that holds each direction's bytes half of
+    /// it. 0: plain loopback.
+    #[arg(long, default_value_t = 0, value_name = "US",
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub link_delay_us: u32,
+    /// Directory for the disks, NVRAM files, copies and logs (a fresh subdirectory, removed
+    /// afterwards). Default: the system temp dir.
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Seconds a boot, or the mirror getting in sync, may take.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub boot_timeout: u64,
+    /// Write the results (every run included) as JSON here.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Write a bar chart (SVG) of the median latencies and the link's round trip here.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub vm: VmArgs,
+}
+
+impl BenchMirrorArgs {
+    /// The bench's plan.
+    pub fn plan(&self) -> MirrorPlan {
+        MirrorPlan {
+            modes: self.modes.clone(),
+            kinds: self.kinds.clone(),
+            writes: self.writes,
+            rounds: self.rounds,
+            max_lag: self.max_lag,
+            link_delay_us: self.link_delay_us,
+            work_dir: self.work_dir.clone(),
+            boot_timeout: self.boot_timeout,
+            outputs: outputs(&self.json, &self.svg),
+            vm: self.vm.plan(),
         }
     }
 }

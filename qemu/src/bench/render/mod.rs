@@ -14,6 +14,7 @@ use serde::Serialize;
 pub mod blk;
 pub mod boot;
 pub mod failover;
+pub mod mirror;
 pub mod nbd;
 pub mod nbd_tls;
 pub mod restart;
