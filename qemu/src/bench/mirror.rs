@@ -898,6 +898,54 @@ mod tests {
     }
 
     #[test]
+    fn report_renders() {
+        use crate::bench::render::Report;
+        let runs = vec![
+            run(MirrorMode::Off, WriteKind::Fua, 1, 400.0),
+            run(MirrorMode::Sync, WriteKind::Fua, 1, 1200.0),
+        ];
+        let link = Link::new(500);
+        let r = MirrorReport {
+            accel: accel::Accel::Tcg,
+            accel_reason: String::new(),
+            mem: "64M".into(),
+            writes: 10,
+            rounds: 1,
+            write_bytes: WRITE_BYTES,
+            max_lag: 64,
+            link: LinkReport {
+                kind: link.kind().into(),
+                description: link.describe(),
+                delay_us: 500,
+                rtt_p50_us: Summary::of(&[800.0]),
+                rtt_rounds_us: vec![800.0],
+            },
+            rows: rows_of(
+                &runs,
+                &[MirrorMode::Off, MirrorMode::Sync],
+                &[WriteKind::Fua],
+                64,
+            ),
+            runs,
+            wall_s: 1.0,
+        };
+        let t = r.table();
+        assert!(
+            t.contains("round trip (48-byte ping-pong) p50 800 µs"),
+            "{t}"
+        );
+        assert!(
+            t.contains("(FUA writes, p50): +800 µs = 1.0 x the link's round trip"),
+            "{t}"
+        );
+        let svg = r.svg();
+        assert!(
+            svg.contains("1200 µs (+800)") && svg.contains("relay +500 µs"),
+            "{svg}"
+        );
+    }
+
+    #[test]
     fn run_stats() {
         let lat: Vec<f64> = (1..=100).map(f64::from).collect();
         let s = stats(
