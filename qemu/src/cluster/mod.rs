@@ -213,7 +213,8 @@ pub fn readme(c: &Cluster, accel: Accel) -> String {
          ssh (scp -p), as root; keep their modes.\n\n\
          1. Both hosts: install corosync, pacemaker, resource-agents, the fence agent\n\
          \x20  ({agent}), libvirt (libvirt-daemon + libvirt-daemon-driver-qemu) and QEMU, and\n\
-         \x20  tandem with its OCF agent as /usr/lib/ocf/resource.d/tandem/nvlog.\n\
+         \x20  tandem (on root's PATH) with its OCF agent:\n\
+         \x20    install -D -m 0755 scripts/ocf/nvlog /usr/lib/ocf/resource.d/tandem/nvlog\n\
          2. Both hosts: each guest's appliance directory (tandem image build) at its\n\
          \x20  install_dir, on storage both hosts reach at the same path (its disks above all).\n\
          3. Both hosts: {COROSYNC_CONF} -> /etc/corosync/corosync.conf (0644),\n\
