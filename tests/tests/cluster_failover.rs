@@ -23,7 +23,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -72,20 +72,6 @@ fn need_tools() {
         "{} is not installed (package resource-agents): run scripts/deps",
         vd.display()
     );
-}
-
-/// The `tandem` binary of this tree (release; `TANDEM_BIN` overrides).
-fn tandem_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let env = tandem_qemu::pair::api::ENV_TANDEM_BIN;
-        if let Some(p) = std::env::var_os(env).filter(|p| !p.is_empty()) {
-            return PathBuf::from(p);
-        }
-        let ws = workspace_root();
-        tandem_qemu::pair::api::build_tandem(&ws).unwrap_or_else(|e| panic!("{e:#}"));
-        ws.join("target/release/tandem")
-    })
 }
 
 fn guest_addr() -> SocketAddr {
