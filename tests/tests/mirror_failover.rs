@@ -295,7 +295,10 @@ fn a_lost_mirror_holds_replies_until_it_returns_or_the_copy_is_outdated() {
     let (rs, ss) = (dir.join("recv.status"), dir.join("send.status"));
     // The sender may outdate the copy only once this file exists.
     let allow = dir.join("allow-outdate");
-    let outdate = format!("test -e {}", allow.display());
+    // The outdated mark is a file here (a node attribute in the cluster).
+    let mark = dir.join("outdated-mark");
+    let outdate = format!("test -e {} && touch {}", allow.display(), mark.display());
+    let uptodate = format!("rm -f {}", mark.display());
     let sender = {
         let _ = std::fs::remove_file(&ss);
         let child = Command::new(tandem_bin())
@@ -307,7 +310,7 @@ fn a_lost_mirror_holds_replies_until_it_returns_or_the_copy_is_outdated() {
             .arg(&site.key)
             .arg("--status")
             .arg(&ss)
-            .args(["--outdate-cmd", &outdate])
+            .args(["--outdate-cmd", &outdate, "--uptodate-cmd", &uptodate])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("sender.log")).unwrap())
             .spawn()
@@ -349,10 +352,22 @@ fn a_lost_mirror_holds_replies_until_it_returns_or_the_copy_is_outdated() {
     drop(receiver);
     line(&mut vm, "mirror: lost; degraded");
     assert_eq!(status_of(&ss)["state"], "outdated");
+    assert!(mark.exists(), "the copy was marked outdated");
     c.write(8192, &pattern(2, 3), true)
         .expect("a write goes through to disk while degraded");
     let mut r = c.read(0, 3 * 4096).expect("read back");
     assert_eq!(r.split_off(8192), pattern(2, 3));
+
+    // The receiver returns: its copy is resynchronised and its mark cleared before the
+    // guest is told the mirror is up (so what it acknowledges next is never wiped).
+    let _receiver = site.receiver(&copy, &rs);
+    line(&mut vm, "mirror: up");
+    assert!(
+        !mark.exists(),
+        "the mirror was up before the outdated mark was cleared"
+    );
+    c.write(12288, &pattern(3, 4), true)
+        .expect("a mirrored write again");
     drop(sender);
     let _ = vm.kill();
 }

@@ -596,6 +596,7 @@ fn start_guest(ctx: &Ctx, mode: MirrorMode, dir: &Path) -> anyhow::Result<Guest>
             key: ctx.key.clone(),
             status: Some(dir.join("sender.status")),
             outdate_cmd: None,
+            uptodate_cmd: None,
         };
         ends.threads.push(
             std::thread::Builder::new()

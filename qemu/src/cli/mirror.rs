@@ -49,6 +49,10 @@ pub struct MirrorSendArgs {
     /// write through (`mirror.policy=degraded`).
     #[arg(long, value_name = "CMD")]
     pub outdate_cmd: Option<String>,
+    /// A command (sh -c) that clears that mark; run on every connection once the copy holds
+    /// everything, before the guest is told the mirror is up (a failure keeps it down).
+    #[arg(long, value_name = "CMD")]
+    pub uptodate_cmd: Option<String>,
 }
 
 /// `tandem mirror receive`.
@@ -60,7 +64,7 @@ pub struct MirrorReceiveArgs {
     /// The copy (`/dev/shm/tandem-nvlog-GUEST`).
     #[arg(long, value_name = "FILE")]
     pub copy: PathBuf,
-    /// The copy's size: the guest's NVRAM size (e.g. 16M).
+    /// The copy's size: the guest's NVRAM size (16M, or 16777216b; a bare number is MiB).
     #[arg(long)]
     pub size: ByteSize,
     /// Where the sender connects.
@@ -106,6 +110,7 @@ impl MirrorCommand {
                     key: crate::mgmt::read_key(&a.key)?,
                     status: a.status.clone(),
                     outdate_cmd: a.outdate_cmd.clone(),
+                    uptodate_cmd: a.uptodate_cmd.clone(),
                 };
                 daemon::run_sender(&o, &*stop_flag()?)?;
             }

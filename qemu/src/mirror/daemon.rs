@@ -201,6 +201,10 @@ pub struct SendOpts {
     /// Run (sh -c) to mark the peer's copy outdated; without it the guest never writes
     /// through (`mirror.policy=degraded` then behaves as `stop`).
     pub outdate_cmd: Option<String>,
+    /// Run (sh -c) once a connection's first full pass is acknowledged, before the guest is
+    /// told the mirror is up: it clears the outdated mark, so the copy that now holds what the
+    /// guest acknowledges is never wiped as outdated. If it fails, the link counts as down.
+    pub uptodate_cmd: Option<String>,
 }
 
 /// The sender's memory across connections.
@@ -243,6 +247,7 @@ impl Sending<'_> {
         let mut shipper = Shipper::new();
         shipper.reset(hello.copy);
         self.outdated = false;
+        let mut cleared = false;
         let mut told = Instant::now();
         while !stop.load(Ordering::SeqCst) {
             let pages = FilePages::new(&self.file)?;
@@ -253,7 +258,13 @@ impl Sending<'_> {
                     s.write(w.at, &w.bytes)?;
                 }
                 s.commit(c)?;
-                self.mirrored = s.wait_ack(c, LINK_TIMEOUT)?;
+                let acked = s.wait_ack(c, LINK_TIMEOUT)?;
+                if !cleared {
+                    // The copy holds everything now: clear its outdated mark first.
+                    run_hook("--uptodate-cmd", self.o.uptodate_cmd.as_deref())?;
+                    cleared = true;
+                }
+                self.mirrored = acked;
                 self.tell(LinkState::Up);
                 told = Instant::now();
                 continue;
@@ -275,16 +286,15 @@ impl Sending<'_> {
             && let Some(cmd) = &self.o.outdate_cmd
             && drained(&self.file)
         {
-            match std::process::Command::new("sh").arg("-c").arg(cmd).status() {
-                Ok(st) if st.success() => {
+            match run_hook("--outdate-cmd", Some(cmd)) {
+                Ok(()) => {
                     eprintln!(
                         "tandem mirror: the peer's copy of {} is outdated",
                         self.o.guest
                     );
                     self.outdated = true;
                 }
-                Ok(st) => eprintln!("tandem mirror: --outdate-cmd failed ({st})"),
-                Err(e) => eprintln!("tandem mirror: --outdate-cmd: {e}"),
+                Err(e) => eprintln!("tandem mirror: {e:#}"),
             }
         }
         self.tell(if self.outdated {
@@ -293,6 +303,18 @@ impl Sending<'_> {
             LinkState::Down
         });
     }
+}
+
+/// Runs an operator's hook (sh -c); `None` is success.
+fn run_hook(what: &str, cmd: Option<&str>) -> anyhow::Result<()> {
+    let Some(cmd) = cmd else { return Ok(()) };
+    let st = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .status()
+        .with_context(|| format!("{what}: running it"))?;
+    anyhow::ensure!(st.success(), "{what} failed ({st})");
+    Ok(())
 }
 
 /// Whether the region's log holds no live record (everything is on disk).
